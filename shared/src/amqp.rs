@@ -1,0 +1,139 @@
+//! Broker connections with bounded attempts, reconnect backoff and confirmed publishing.
+
+use std::time::Duration;
+
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties,
+    options::{BasicPublishOptions, ConfirmSelectOptions},
+    types::{AMQPValue, FieldTable, ShortString},
+};
+
+use crate::config::AmqpSettings;
+
+/// Why talking to the broker failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AmqpError {
+    /// No answer within the configured bound (a TCP connect to a black hole can hang).
+    #[error("broker did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The broker or the connection reported an error.
+    #[error("broker error: {0}")]
+    Broker(#[from] lapin::Error),
+    /// The broker refused to take responsibility for a message.
+    #[error("broker refused the message (nack)")]
+    Nack,
+}
+
+/// Opens a connection named `name` (shown in the broker's management UI), bounded by
+/// `amqp.connect_timeout`.
+///
+/// # Errors
+/// [`AmqpError::Timeout`] or [`AmqpError::Broker`].
+pub async fn connect(settings: &AmqpSettings, name: &str) -> Result<Connection, AmqpError> {
+    let props = ConnectionProperties::default().with_connection_name(name.into());
+    tokio::time::timeout(settings.connect_timeout, Connection::connect(&settings.url, props))
+        .await
+        .map_err(|_| AmqpError::Timeout(settings.connect_timeout))?
+        .map_err(AmqpError::from)
+}
+
+/// A channel in publisher-confirm mode.
+///
+/// # Errors
+/// [`AmqpError::Broker`].
+pub async fn confirm_channel(connection: &Connection) -> Result<Channel, AmqpError> {
+    let channel = connection.create_channel().await?;
+    channel.confirm_select(ConfirmSelectOptions::default()).await?;
+    Ok(channel)
+}
+
+/// Properties of a persistent JSON message.
+pub fn persistent_json() -> BasicProperties {
+    BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type("application/json".into())
+}
+
+/// Adds a string header.
+pub fn header(headers: &mut FieldTable, key: &str, value: impl Into<String>) {
+    headers.insert(ShortString::from(key), AMQPValue::LongString(value.into().into()));
+}
+
+/// Publishes and waits for the broker's confirm, bounded by `timeout`.
+///
+/// # Errors
+/// [`AmqpError::Nack`], [`AmqpError::Timeout`] or [`AmqpError::Broker`]; in every case the
+/// message must be treated as not accepted.
+pub async fn publish_confirmed(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+    properties: BasicProperties,
+    timeout: Duration,
+) -> Result<(), AmqpError> {
+    let confirm = async {
+        let confirm = channel
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                BasicPublishOptions::default(),
+                body,
+                properties,
+            )
+            .await?;
+        Ok::<_, AmqpError>(confirm.await?)
+    };
+    match tokio::time::timeout(timeout, confirm).await {
+        Err(_) => Err(AmqpError::Timeout(timeout)),
+        Ok(Err(e)) => Err(e),
+        Ok(Ok(Confirmation::Ack(None))) => Ok(()),
+        // Acked but returned (unroutable) or nacked: the broker does not hold it.
+        Ok(Ok(Confirmation::Ack(Some(_)) | Confirmation::Nack(_) | Confirmation::NotRequested)) => {
+            Err(AmqpError::Nack)
+        }
+    }
+}
+
+/// Exponential backoff between reconnection attempts: 100 ms doubling up to `max`.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    /// Starts at 100 ms.
+    pub fn new(max: Duration) -> Self {
+        Self {
+            next: Duration::from_millis(100).min(max),
+            max,
+        }
+    }
+
+    /// The wait before the next attempt.
+    pub fn next_delay(&mut self) -> Duration {
+        let delay = self.next;
+        self.next = (self.next * 2).min(self.max);
+        delay
+    }
+
+    /// Back to the shortest wait, after a success.
+    pub fn reset(&mut self) {
+        self.next = Duration::from_millis(100).min(self.max);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_its_cap_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(500));
+        let delays: Vec<_> = (0..5).map(|_| b.next_delay().as_millis()).collect();
+        assert_eq!(delays, [100, 200, 400, 500, 500]);
+        b.reset();
+        assert_eq!(b.next_delay().as_millis(), 100);
+    }
+}

@@ -1,0 +1,306 @@
+//! Layered configuration: compiled defaults, then an optional TOML file (`--config`), then
+//! environment variables `RELAY__SECTION__KEY` (for example `RELAY__INGEST__LISTEN`).
+//!
+//! One file configures every process; each process validates the sections it uses and exits
+//! naming the bad key. The defaults below are the reference for every key.
+
+use std::{net::SocketAddr, path::Path, time::Duration};
+
+use serde::Deserialize;
+
+/// The compiled defaults, in the same TOML shape as a configuration file.
+pub const DEFAULTS: &str = include_str!("defaults.toml");
+
+/// Keys whose environment value is a comma-separated list.
+const LIST_KEYS: &[&str] = &["ingest.publisher_keys"];
+
+/// A configuration that cannot be used; the message names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A source could not be read or a value had the wrong type.
+    #[error("configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    /// A value was read but is not acceptable.
+    #[error("configuration key `{key}`: {reason}")]
+    Invalid {
+        /// Dotted key, e.g. `ingest.publisher_keys`.
+        key: &'static str,
+        /// Why it was refused.
+        reason: String,
+    },
+}
+
+/// Every setting of every Relay process.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Broker connection and topology names.
+    pub amqp: AmqpSettings,
+    /// `relay ingest`.
+    pub ingest: IngestSettings,
+    /// `relay dispatch`.
+    pub dispatch: DispatchSettings,
+    /// `consumer-api`.
+    pub api: ApiSettings,
+    /// Logging.
+    pub log: LogSettings,
+}
+
+/// `[amqp]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpSettings {
+    /// Broker URI, `amqp://user:pass@host:port/vhost` (vhost `/` is `%2f`).
+    pub url: String,
+    /// Prefix of every exchange and queue name, so several Relays can share a broker.
+    pub prefix: String,
+    /// Bound on one connection attempt (TCP, AMQP handshake and topology declaration).
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Longest wait between reconnection attempts (the backoff doubles up to it).
+    #[serde(with = "humantime_serde")]
+    pub reconnect_max_backoff: Duration,
+}
+
+/// `[ingest]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestSettings {
+    /// Address of the HTTP API (and its `/metrics`, `/healthz`, `/readyz`).
+    pub listen: SocketAddr,
+    /// Bearer keys producers present; at least one is required.
+    pub publisher_keys: Vec<String>,
+    /// Largest event body accepted, in bytes.
+    pub max_event_bytes: usize,
+    /// Most events in one `POST /v1/events/batch`.
+    pub max_batch: usize,
+    /// How long to wait for the broker's publisher confirm before answering 503.
+    #[serde(with = "humantime_serde")]
+    pub publish_timeout: Duration,
+}
+
+/// `[dispatch]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DispatchSettings {
+    /// Address of `/metrics`, `/healthz` and `/readyz`.
+    pub listen: SocketAddr,
+    /// Unacknowledged events one dispatcher holds at once (AMQP prefetch).
+    pub prefetch: u16,
+    /// Timeout of one webhook request, connect to last body byte.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Bytes of a response body read (and kept as an excerpt); the rest is discarded.
+    pub response_body_limit: usize,
+    /// Base URL of consumer-api, where the subscription directory is loaded from.
+    pub directory_url: String,
+    /// Full reload interval of the directory, on top of live change notifications.
+    #[serde(with = "humantime_serde")]
+    pub directory_refresh: Duration,
+}
+
+/// `[api]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSettings {
+    /// Address of the consumer API.
+    pub listen: SocketAddr,
+    /// Admin bearer key for consumer-api; dispatchers use it to read the directory.
+    pub admin_key: String,
+    /// Store: `sqlite://path/to/file.db` (created if missing).
+    pub database_url: String,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    /// `pretty` for people, `json` for log shippers.
+    pub format: LogFormat,
+    /// A `tracing` filter, e.g. `info` or `info,relay=debug`.
+    pub level: String,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Which process is validating, so each checks only what it uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Process {
+    /// `relay ingest`
+    Ingest,
+    /// `relay dispatch`
+    Dispatch,
+    /// `consumer-api`
+    ConsumerApi,
+}
+
+impl Settings {
+    /// Loads defaults, then `file` if given, then the process environment.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the key that is unreadable or of the wrong type.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_with_env(file, None)
+    }
+
+    /// As [`Settings::load`], with the environment given as a map (tests).
+    ///
+    /// # Errors
+    /// As [`Settings::load`].
+    pub fn load_with_env(
+        file: Option<&Path>,
+        env: Option<config::Map<String, String>>,
+    ) -> Result<Self, ConfigError> {
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
+        if let Some(path) = file {
+            builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
+        }
+        let mut environment = config::Environment::with_prefix("RELAY")
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(true)
+            .list_separator(",");
+        for key in LIST_KEYS {
+            environment = environment.with_list_parse_key(key);
+        }
+        builder = builder.add_source(environment.source(env));
+        Ok(builder.build()?.try_deserialize()?)
+    }
+
+    /// Checks what `process` relies on.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the first bad key.
+    pub fn validate(&self, process: Process) -> Result<(), ConfigError> {
+        let invalid = |key, reason: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                reason: reason.to_owned(),
+            })
+        };
+        if !self.amqp.url.starts_with("amqp://") && !self.amqp.url.starts_with("amqps://") {
+            return invalid("amqp.url", "must start with amqp:// or amqps://");
+        }
+        if self.amqp.url.parse::<lapin::uri::AMQPUri>().is_err() {
+            return invalid("amqp.url", "is not a valid AMQP URI");
+        }
+        if self.amqp.connect_timeout.is_zero() {
+            return invalid("amqp.connect_timeout", "must be more than zero");
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return invalid("log.level", "is not a valid tracing filter (try `info`)");
+        }
+        match process {
+            Process::Ingest => {
+                let keys = &self.ingest.publisher_keys;
+                if keys.is_empty() || keys.iter().any(|k| k.trim().is_empty()) {
+                    return invalid("ingest.publisher_keys", "needs at least one non-empty key");
+                }
+                if self.ingest.max_event_bytes < 64 {
+                    return invalid("ingest.max_event_bytes", "must be at least 64");
+                }
+                if self.ingest.max_batch == 0 {
+                    return invalid("ingest.max_batch", "must be at least 1");
+                }
+            }
+            Process::Dispatch => {
+                if self.dispatch.prefetch == 0 {
+                    return invalid("dispatch.prefetch", "must be at least 1");
+                }
+                if self.dispatch.request_timeout.is_zero() {
+                    return invalid("dispatch.request_timeout", "must be more than zero");
+                }
+                if !self.dispatch.directory_url.starts_with("http") {
+                    return invalid("dispatch.directory_url", "must be an http(s) URL of consumer-api");
+                }
+                if self.api.admin_key.trim().is_empty() {
+                    return invalid("api.admin_key", "dispatchers need it to read the directory");
+                }
+            }
+            Process::ConsumerApi => {
+                if self.api.admin_key.len() < 16 {
+                    return invalid("api.admin_key", "needs at least 16 characters");
+                }
+                if !self.api.database_url.starts_with("sqlite:") {
+                    return invalid("api.database_url", "must be a sqlite: URL");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Option<config::Map<String, String>> {
+        Some(pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect())
+    }
+
+    #[test]
+    fn defaults_load_and_environment_overrides_them() {
+        let s = Settings::load_with_env(
+            None,
+            env(&[
+                ("RELAY__INGEST__LISTEN", "127.0.0.1:9999"),
+                ("RELAY__INGEST__PUBLISHER_KEYS", "k1,k2"),
+                ("RELAY__DISPATCH__REQUEST_TIMEOUT", "3s"),
+                ("RELAY__DISPATCH__PREFETCH", "7"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.ingest.listen.port(), 9999);
+        assert_eq!(s.ingest.publisher_keys, ["k1", "k2"]);
+        assert_eq!(s.dispatch.request_timeout, Duration::from_secs(3));
+        assert_eq!(s.dispatch.prefetch, 7);
+        assert_eq!(s.amqp.prefix, "relay.");
+        s.validate(Process::Ingest).unwrap();
+    }
+
+    #[test]
+    fn a_file_overrides_defaults() {
+        let dir = std::env::temp_dir().join(format!("relay-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("relay.toml");
+        std::fs::write(&path, "[amqp]\nprefix = \"other.\"\n").unwrap();
+        let s = Settings::load_with_env(Some(&path), env(&[])).unwrap();
+        assert_eq!(s.amqp.prefix, "other.");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let err = Settings::load_with_env(None, env(&[("RELAY__DISPATCH__PREFETCH", "lots")])).unwrap_err();
+        assert!(err.to_string().contains("dispatch.prefetch"), "{err}");
+
+        let err = Settings::load_with_env(None, env(&[("RELAY__DISPATCH__REQUEST_TIMEOUT", "soon")])).unwrap_err();
+        assert!(err.to_string().contains("dispatch.request_timeout"), "{err}");
+
+        let s = Settings::load_with_env(None, env(&[])).unwrap();
+        let err = s.validate(Process::Ingest).unwrap_err();
+        assert!(err.to_string().contains("ingest.publisher_keys"), "{err}");
+
+        let s = Settings::load_with_env(None, env(&[("RELAY__AMQP__URL", "http://x")])).unwrap();
+        let err = s.validate(Process::Dispatch).unwrap_err();
+        assert!(err.to_string().contains("amqp.url"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_in_a_file_are_refused() {
+        let dir = std::env::temp_dir().join(format!("relay-cfg-unknown-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("relay.toml");
+        std::fs::write(&path, "[ingest]\nlisten_addr = \"127.0.0.1:1\"\n").unwrap();
+        let err = Settings::load_with_env(Some(&path), env(&[])).unwrap_err();
+        assert!(err.to_string().contains("listen_addr"), "{err}");
+    }
+}

@@ -1,0 +1,19 @@
+//! Pieces every Relay process shares: the event envelope and its validation, topic filters,
+//! Standard Webhooks signing, the RabbitMQ topology, layered configuration, tracing, metrics
+//! and the operational HTTP routes (`/metrics`, `/healthz`, `/readyz`).
+#![forbid(unsafe_code)]
+
+pub mod amqp;
+pub mod config;
+pub mod control;
+pub mod envelope;
+pub mod filter;
+pub mod ids;
+pub mod metrics;
+pub mod ops;
+pub mod problem;
+pub mod shutdown;
+pub mod signing;
+pub mod subscription;
+pub mod telemetry;
+pub mod topology;
