@@ -143,7 +143,8 @@ pub fn parse_json<'de, T: Deserialize<'de>>(body: &'de [u8]) -> Result<T, Envelo
             join(&name)
         } else if let Some(name) = backticked(&reason, "unknown field `") {
             reason = format!("{name} is not a field of this object");
-            join(&name)
+            // For an unknown field the path already ends at the field itself.
+            if path == "." { name } else { path }
         } else if path == "." {
             String::new()
         } else {

@@ -11,6 +11,7 @@ pub mod filter;
 pub mod ids;
 pub mod metrics;
 pub mod ops;
+pub mod session;
 pub mod problem;
 pub mod shutdown;
 pub mod signing;

@@ -13,6 +13,8 @@ use lapin::{
     types::{AMQPValue, FieldTable, ShortString},
 };
 
+/// Header ingest stamps with the acceptance time in Unix milliseconds; latency is measured from it.
+pub const HEADER_ACCEPTED_MS: &str = "x-relay-accepted-ms";
 /// Header carrying why a message was parked in `invalid`.
 pub const HEADER_INVALID_REASON: &str = "x-relay-invalid-reason";
 /// Header carrying the subscription a dead-lettered delivery was for.

@@ -1,0 +1,135 @@
+//! Control notifications: after every committed subscription change, a
+//! [`ControlMessage`] on the control exchange tells every dispatcher at once.
+//!
+//! They are an optimisation, not the source of truth: dispatchers also reload the whole
+//! directory periodically. So a change is committed and acknowledged to the client even when
+//! the broker is down; the notification is then only logged and counted as failed.
+
+use std::{sync::Arc, time::Duration};
+
+use lapin::Channel;
+use prometheus::IntCounterVec;
+use relay_shared::{
+    amqp::{self, AmqpError},
+    control::ControlMessage,
+};
+use tokio::sync::watch;
+
+/// Longest a request waits for the broker's confirm of its notification.
+pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a notification was not published.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// No broker connection right now (connecting or reconnecting).
+    #[error("not connected to the broker")]
+    NotConnected,
+    /// The broker did not confirm the message.
+    #[error(transparent)]
+    Amqp(#[from] AmqpError),
+}
+
+/// Publishes control notifications on the current broker channel.
+#[derive(Debug, Clone)]
+pub struct ControlPublisher {
+    channel: watch::Receiver<Option<Channel>>,
+    exchange: Arc<str>,
+    /// `outcome` = `published` | `failed`.
+    notifications: IntCounterVec,
+}
+
+impl ControlPublisher {
+    /// A publisher to `exchange` over whichever channel `channel` currently holds.
+    pub fn new(
+        channel: watch::Receiver<Option<Channel>>,
+        exchange: &str,
+        notifications: IntCounterVec,
+    ) -> Self {
+        Self {
+            channel,
+            exchange: exchange.into(),
+            notifications,
+        }
+    }
+
+    /// Publishes `message` and waits for the broker's confirm, at most [`PUBLISH_TIMEOUT`].
+    ///
+    /// # Errors
+    /// [`ControlError::NotConnected`] at once while there is no connection, else
+    /// [`ControlError::Amqp`] when the broker did not confirm in time.
+    pub async fn publish(&self, message: &ControlMessage) -> Result<(), ControlError> {
+        let channel = self
+            .channel
+            .borrow()
+            .clone()
+            .ok_or(ControlError::NotConnected)?;
+        // A message of strings and integers always serialises.
+        let body = serde_json::to_vec(message).unwrap_or_default();
+        amqp::publish_confirmed(
+            &channel,
+            &self.exchange,
+            "",
+            &body,
+            amqp::persistent_json(),
+            PUBLISH_TIMEOUT,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Publishes `message` after a committed change; a failure is logged and counted, never
+    /// returned, because the change itself has succeeded.
+    ///
+    /// The publish runs in its own task, so a client that hangs up mid-request does not
+    /// cancel the notification of a change that was already committed.
+    pub async fn notify(&self, message: ControlMessage) {
+        let publisher = self.clone();
+        let task = tokio::spawn(async move {
+            let id = match &message {
+                ControlMessage::Upsert { subscription } => subscription.id.clone(),
+                ControlMessage::Delete { id } => id.clone(),
+            };
+            match publisher.publish(&message).await {
+                Ok(()) => {
+                    publisher
+                        .notifications
+                        .with_label_values(&["published"])
+                        .inc();
+                    tracing::debug!(subscription_id = %id, "control notification published");
+                }
+                Err(e) => {
+                    publisher.notifications.with_label_values(&["failed"]).inc();
+                    tracing::warn!(
+                        subscription_id = %id,
+                        error = %e,
+                        "control notification not published; dispatchers will see the change at their next directory refresh"
+                    );
+                }
+            }
+        });
+        // The task only logs; a panic in it has nothing more to report here.
+        let _ = task.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn without_a_connection_publishing_fails_at_once_and_notify_counts_it() {
+        let (_tx, rx) = watch::channel(None);
+        let counter = IntCounterVec::new(prometheus::Opts::new("n", "n"), &["outcome"]).unwrap();
+        let publisher = ControlPublisher::new(rx, "relay.control", counter.clone());
+        let message = ControlMessage::Delete { id: "sub_1".into() };
+        let started = std::time::Instant::now();
+        assert!(matches!(
+            publisher.publish(&message).await,
+            Err(ControlError::NotConnected)
+        ));
+        publisher.notify(message).await;
+        assert!(started.elapsed() < Duration::from_secs(1));
+        assert_eq!(counter.with_label_values(&["failed"]).get(), 1);
+        assert_eq!(counter.with_label_values(&["published"]).get(), 0);
+    }
+}

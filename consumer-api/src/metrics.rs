@@ -1,0 +1,45 @@
+//! consumer-api's metrics, registered under `relay_api_` on the registry `main` hands down
+//! (the broker gauge keeps the name every Relay process uses, `relay_amqp_connected`).
+
+use prometheus::{HistogramVec, IntCounterVec, IntGauge, Registry};
+use relay_shared::metrics::{FAST_SECONDS, counter_vec, gauge, histogram_vec};
+
+/// Every metric consumer-api records.
+#[derive(Debug, Clone)]
+pub struct ApiMetrics {
+    /// Duration of HTTP requests by `method`, matched `route` and `status`.
+    pub http_requests: HistogramVec,
+    /// Control notifications by `outcome` (`published`, `failed`).
+    pub control_notifications: IntCounterVec,
+    /// 1 while the broker connection is up.
+    pub amqp_connected: IntGauge,
+}
+
+impl ApiMetrics {
+    /// Registers every metric on `registry`.
+    ///
+    /// # Errors
+    /// A metric of the same name is already registered there.
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        Ok(Self {
+            http_requests: histogram_vec(
+                registry,
+                "relay_api_http_request_duration_seconds",
+                "Duration of consumer API requests, by method, route and status.",
+                &["method", "route", "status"],
+                FAST_SECONDS,
+            )?,
+            control_notifications: counter_vec(
+                registry,
+                "relay_api_control_notifications_total",
+                "Subscription change notifications to dispatchers, by outcome (published, failed).",
+                &["outcome"],
+            )?,
+            amqp_connected: gauge(
+                registry,
+                "relay_amqp_connected",
+                "1 while the broker connection is up, else 0.",
+            )?,
+        })
+    }
+}

@@ -1,0 +1,646 @@
+//! The subscription store: one table, reached through sqlx's `Any` driver so that the same
+//! SQL (portable types, `$1` placeholders) can later run on PostgreSQL as well as SQLite.
+//!
+//! Every write is a single statement, so concurrent requests never hold a transaction open
+//! across an await point and SQLite's writer lock is taken only for the statement itself.
+
+use std::{borrow::Cow, future::Future, pin::Pin, time::Duration};
+
+use relay_shared::subscription::DirectoryEntry;
+use sqlx::{
+    AnyPool, Row,
+    any::{AnyPoolOptions, AnyRow},
+    migrate::{Migration, MigrationSource, MigrationType, Migrator},
+};
+
+/// Columns of a subscription, in the order [`Subscription::from_row`] reads them.
+const COLUMNS: &str = "id, url, event_types, consumer, description, enabled, secret, revision, created_at, updated_at";
+
+/// How long a request waits for a pooled connection before the store counts as unavailable.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// SQLite waits this long for the writer lock instead of failing at once with `SQLITE_BUSY`.
+const SQLITE_BUSY_TIMEOUT_MS: u32 = 5_000;
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// No subscription has that id.
+    #[error("no such subscription")]
+    NotFound,
+    // The sqlx errors are in the message and deliberately not exposed as `source`: their
+    // own source chains repeat the message, which would print it several times in `{:#}`.
+    /// The database could not be reached or refused the statement.
+    #[error("database error: {0}")]
+    Database(sqlx::Error),
+    /// The schema could not be brought up to date.
+    #[error("database migration failed: {0}")]
+    Migrate(sqlx::migrate::MigrateError),
+    /// A stored row does not decode (edited by hand, or written by a newer version).
+    #[error("subscription {id} is stored in an unreadable form: {reason}")]
+    Corrupt {
+        /// The row's id.
+        id: String,
+        /// What did not decode.
+        reason: String,
+    },
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Database(e)
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        Self::Migrate(e)
+    }
+}
+
+impl StoreError {
+    /// Whether retrying later may succeed (the database is busy or unreachable), as opposed
+    /// to a fault that will repeat.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Database(e) => {
+                matches!(
+                    e,
+                    sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_)
+                ) || e
+                    .as_database_error()
+                    .and_then(|d| d.code())
+                    // SQLITE_BUSY (5) and SQLITE_LOCKED (6), with or without extended codes.
+                    .is_some_and(|code| {
+                        code.parse::<i64>().is_ok_and(|c| matches!(c & 0xff, 5 | 6))
+                    })
+            }
+            Self::NotFound | Self::Migrate(_) | Self::Corrupt { .. } => false,
+        }
+    }
+}
+
+/// A stored subscription, secret included.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscription {
+    /// `sub_<ULID>`.
+    pub id: String,
+    /// Endpoint receiving the deliveries.
+    pub url: String,
+    /// Topic filters.
+    pub event_types: Vec<String>,
+    /// Owner, if any.
+    pub consumer: Option<String>,
+    /// Free text for people.
+    pub description: Option<String>,
+    /// Disabled subscriptions receive nothing.
+    pub enabled: bool,
+    /// Signing secret, `whsec_…`.
+    pub secret: String,
+    /// 1 at creation, +1 on every change.
+    pub revision: i64,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339.
+    pub updated_at: String,
+}
+
+impl Subscription {
+    /// The entry dispatchers hold for this subscription.
+    pub fn directory_entry(&self) -> DirectoryEntry {
+        DirectoryEntry {
+            id: self.id.clone(),
+            url: self.url.clone(),
+            event_types: self.event_types.clone(),
+            consumer: self.consumer.clone(),
+            enabled: self.enabled,
+            secrets: vec![self.secret.clone()],
+            revision: self.revision,
+        }
+    }
+
+    fn from_row(row: &AnyRow) -> Result<Self, StoreError> {
+        let id: String = row.try_get("id")?;
+        let event_types: String = row.try_get("event_types")?;
+        let event_types = serde_json::from_str(&event_types).map_err(|e| StoreError::Corrupt {
+            id: id.clone(),
+            reason: format!("event_types: {e}"),
+        })?;
+        Ok(Self {
+            url: row.try_get("url")?,
+            event_types,
+            consumer: row.try_get("consumer")?,
+            description: row.try_get("description")?,
+            enabled: row.try_get::<i64, _>("enabled")? != 0,
+            secret: row.try_get("secret")?,
+            revision: row.try_get("revision")?,
+            created_at: row.try_get("created_at")?,
+            updated_at: row.try_get("updated_at")?,
+            id,
+        })
+    }
+}
+
+/// A change to some fields of a subscription; `None` leaves a field as it is.
+/// For the optional fields, `Some(None)` clears them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SubscriptionPatch {
+    /// New endpoint.
+    pub url: Option<String>,
+    /// New topic filters.
+    pub event_types: Option<Vec<String>>,
+    /// New owner, or `Some(None)` to clear it.
+    pub consumer: Option<Option<String>>,
+    /// New description, or `Some(None)` to clear it.
+    pub description: Option<Option<String>>,
+    /// Enable or disable.
+    pub enabled: Option<bool>,
+}
+
+impl SubscriptionPatch {
+    /// Whether the patch changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self == &Self::default()
+    }
+}
+
+/// Which page of subscriptions to read.
+#[derive(Debug, Clone, Default)]
+pub struct PageRequest {
+    /// Only ids strictly after this one (the previous page's last id).
+    pub after: Option<String>,
+    /// Only this consumer's subscriptions.
+    pub consumer: Option<String>,
+    /// At most this many.
+    pub limit: u32,
+}
+
+/// One page of subscriptions in id order.
+#[derive(Debug, Clone)]
+pub struct Page {
+    /// The subscriptions.
+    pub items: Vec<Subscription>,
+    /// The last id of this page when more follow; `None` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// The subscription store.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: AnyPool,
+}
+
+impl Store {
+    /// Opens the database at `url` and brings its schema up to date. A SQLite file is created
+    /// if missing and switched to WAL mode, so readers never wait for the writer.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`] when the database cannot be opened,
+    /// [`StoreError::Migrate`] when the schema cannot be migrated.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let sqlite = url.starts_with("sqlite:");
+        let url = if sqlite {
+            sqlite_create_if_missing(url)
+        } else {
+            url.to_owned()
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(if sqlite { 4 } else { 10 })
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if sqlite {
+                        // Per-connection settings: the Any driver only passes the URL on, so
+                        // they cannot be given as connect options.
+                        sqlx::query(&format!("PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}"))
+                            .execute(&mut *conn)
+                            .await?;
+                        // Safe with WAL: a crash loses at most the last commits, never integrity.
+                        sqlx::query("PRAGMA synchronous = NORMAL")
+                            .execute(&mut *conn)
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await?;
+        if sqlite {
+            // WAL is a property of the file, so setting it once here lasts.
+            sqlx::query("PRAGMA journal_mode = WAL")
+                .execute(&pool)
+                .await?;
+        }
+        Migrator::new(EmbeddedMigrations::for_url(&url))
+            .await?
+            .run(&pool)
+            .await?;
+        Ok(Self { pool })
+    }
+
+    /// Closes every connection (waits for those in use to be returned).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Stores a new subscription.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`].
+    pub async fn create(&self, subscription: &Subscription) -> Result<(), StoreError> {
+        sqlx::query(&format!(
+            "INSERT INTO subscriptions ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+        ))
+        .bind(&subscription.id)
+        .bind(&subscription.url)
+        .bind(encode_event_types(&subscription.event_types))
+        .bind(&subscription.consumer)
+        .bind(&subscription.description)
+        .bind(i64::from(subscription.enabled))
+        .bind(&subscription.secret)
+        .bind(subscription.revision)
+        .bind(&subscription.created_at)
+        .bind(&subscription.updated_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Reads one subscription.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`], [`StoreError::Database`] or [`StoreError::Corrupt`].
+    pub async fn get(&self, id: &str) -> Result<Subscription, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM subscriptions WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or(StoreError::NotFound)?;
+        Subscription::from_row(&row)
+    }
+
+    /// Reads one page of subscriptions in id order.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`] or [`StoreError::Corrupt`].
+    pub async fn list(&self, page: &PageRequest) -> Result<Page, StoreError> {
+        let limit = page.limit.max(1);
+        // One row more than asked tells whether another page follows, without a count.
+        let fetch = i64::from(limit) + 1;
+        let after = page.after.as_deref().unwrap_or("");
+        // Two statements rather than `($2 IS NULL OR consumer = $2)`, which PostgreSQL cannot
+        // type and which would keep SQLite from using the (consumer, id) index.
+        let rows = match &page.consumer {
+            None => {
+                sqlx::query(&format!(
+                    "SELECT {COLUMNS} FROM subscriptions WHERE id > $1 ORDER BY id LIMIT $2"
+                ))
+                .bind(after)
+                .bind(fetch)
+                .fetch_all(&self.pool)
+                .await?
+            }
+            Some(consumer) => {
+                sqlx::query(&format!(
+                    "SELECT {COLUMNS} FROM subscriptions WHERE consumer = $1 AND id > $2 ORDER BY id LIMIT $3"
+                ))
+                .bind(consumer)
+                .bind(after)
+                .bind(fetch)
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
+        let mut items = rows
+            .iter()
+            .map(Subscription::from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        let next_cursor = if items.len() > limit as usize {
+            items.truncate(limit as usize);
+            items.last().map(|s| s.id.clone())
+        } else {
+            None
+        };
+        Ok(Page { items, next_cursor })
+    }
+
+    /// Applies `patch` and increments the revision, in one statement so that concurrent
+    /// changes each get their own revision. `now` becomes `updated_at`.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`], [`StoreError::Database`] or [`StoreError::Corrupt`].
+    pub async fn update(
+        &self,
+        id: &str,
+        patch: &SubscriptionPatch,
+        now: &str,
+    ) -> Result<Subscription, StoreError> {
+        let row = sqlx::query(&format!(
+            "UPDATE subscriptions SET \
+                url = COALESCE($2, url), \
+                event_types = COALESCE($3, event_types), \
+                consumer = CASE WHEN $4 = 1 THEN $5 ELSE consumer END, \
+                description = CASE WHEN $6 = 1 THEN $7 ELSE description END, \
+                enabled = COALESCE($8, enabled), \
+                revision = revision + 1, \
+                updated_at = $9 \
+             WHERE id = $1 RETURNING {COLUMNS}"
+        ))
+        .bind(id)
+        .bind(patch.url.as_deref())
+        .bind(patch.event_types.as_deref().map(encode_event_types))
+        .bind(i64::from(patch.consumer.is_some()))
+        .bind(patch.consumer.clone().flatten())
+        .bind(i64::from(patch.description.is_some()))
+        .bind(patch.description.clone().flatten())
+        .bind(patch.enabled.map(i64::from))
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or(StoreError::NotFound)?;
+        Subscription::from_row(&row)
+    }
+
+    /// Deletes a subscription.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] or [`StoreError::Database`].
+    pub async fn delete(&self, id: &str) -> Result<(), StoreError> {
+        let done = sqlx::query("DELETE FROM subscriptions WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+}
+
+fn encode_event_types(event_types: &[String]) -> String {
+    // A list of strings always serialises.
+    serde_json::to_string(event_types).unwrap_or_else(|_| String::from("[]"))
+}
+
+/// Adds `mode=rwc` (read, write, create) unless the URL already chooses a mode: the Any driver
+/// takes SQLite options only from the URL.
+fn sqlite_create_if_missing(url: &str) -> String {
+    let query = url.split_once('?').map(|(_, q)| q);
+    match query {
+        Some(q) if q.split('&').any(|p| p.starts_with("mode=")) => url.to_owned(),
+        Some(_) => format!("{url}&mode=rwc"),
+        None => format!("{url}?mode=rwc"),
+    }
+}
+
+/// The SQL migrations compiled into the binary (`migrations/<backend>/NNNN_name.sql`).
+///
+/// Embedded by hand rather than with `sqlx::migrate!`, which needs sqlx's `macros` feature
+/// and with it a second build of SQLite for the proc-macro host.
+#[derive(Debug)]
+struct EmbeddedMigrations(&'static [(i64, &'static str, &'static str)]);
+
+/// SQLite migrations: (version, description, SQL).
+const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "subscriptions",
+    include_str!("../migrations/sqlite/0001_subscriptions.sql"),
+)];
+
+impl EmbeddedMigrations {
+    fn for_url(_url: &str) -> Self {
+        // Only SQLite so far; a `migrations/postgres/` set is chosen here once it exists.
+        Self(SQLITE_MIGRATIONS)
+    }
+}
+
+type ResolveResult = Result<Vec<Migration>, sqlx::error::BoxDynError>;
+
+impl MigrationSource<'static> for EmbeddedMigrations {
+    fn resolve(self) -> Pin<Box<dyn Future<Output = ResolveResult> + Send + 'static>> {
+        let migrations = self
+            .0
+            .iter()
+            .map(|&(version, description, sql)| {
+                Migration::new(
+                    version,
+                    Cow::Borrowed(description),
+                    MigrationType::Simple,
+                    Cow::Borrowed(sql),
+                    false,
+                )
+            })
+            .collect();
+        Box::pin(std::future::ready(Ok(migrations)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use relay_shared::ids::new_id;
+
+    use super::*;
+
+    /// A store in a fresh file under the temporary directory.
+    async fn temp_store() -> (Store, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("consumer-api-store-{}", new_id("t")));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("relay.db");
+        let store = Store::open(&format!("sqlite://{}", path.display()))
+            .await
+            .unwrap();
+        (store, dir)
+    }
+
+    fn subscription(consumer: Option<&str>) -> Subscription {
+        Subscription {
+            id: new_id("sub"),
+            url: "https://example.com/hook".into(),
+            event_types: vec!["order.*".into(), "invoice.#".into()],
+            consumer: consumer.map(str::to_owned),
+            description: Some("test".into()),
+            enabled: true,
+            secret: relay_shared::signing::generate_secret(),
+            revision: 1,
+            created_at: "2026-01-01T00:00:00Z".into(),
+            updated_at: "2026-01-01T00:00:00Z".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn create_get_and_reopen_keep_every_field() {
+        let (store, dir) = temp_store().await;
+        let s = subscription(Some("acme"));
+        store.create(&s).await.unwrap();
+        assert_eq!(store.get(&s.id).await.unwrap(), s);
+        assert!(matches!(
+            store.get("sub_missing").await,
+            Err(StoreError::NotFound)
+        ));
+        store.close().await;
+
+        // Migrations are idempotent and the data survives a restart.
+        let reopened = Store::open(&format!("sqlite://{}", dir.join("relay.db").display()))
+            .await
+            .unwrap();
+        assert_eq!(reopened.get(&s.id).await.unwrap(), s);
+        let mode: String = sqlx::query("PRAGMA journal_mode")
+            .fetch_one(&reopened.pool)
+            .await
+            .unwrap()
+            .try_get(0)
+            .unwrap();
+        assert_eq!(mode.to_ascii_lowercase(), "wal");
+        reopened.close().await;
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn list_pages_in_id_order_with_an_exact_last_page() {
+        let (store, dir) = temp_store().await;
+        let mut ids = Vec::new();
+        for i in 0..5 {
+            let s = subscription(if i % 2 == 0 { Some("acme") } else { None });
+            store.create(&s).await.unwrap();
+            ids.push(s.id);
+            // ULIDs made in the same millisecond are not ordered; keep creation order.
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let page = store
+                .list(&PageRequest {
+                    after: after.clone(),
+                    consumer: None,
+                    limit: 2,
+                })
+                .await
+                .unwrap();
+            seen.extend(page.items.iter().map(|s| s.id.clone()));
+            match page.next_cursor {
+                Some(cursor) => {
+                    assert_eq!(Some(&cursor), seen.last());
+                    after = Some(cursor);
+                }
+                None => break,
+            }
+        }
+        assert_eq!(seen, ids);
+
+        // Exactly `limit` rows left: no cursor pointing at an empty page.
+        let page = store
+            .list(&PageRequest {
+                after: Some(ids[2].clone()),
+                consumer: None,
+                limit: 2,
+            })
+            .await
+            .unwrap();
+        assert_eq!(page.items.len(), 2);
+        assert_eq!(page.next_cursor, None);
+
+        let acme = store
+            .list(&PageRequest {
+                after: None,
+                consumer: Some("acme".into()),
+                limit: 10,
+            })
+            .await
+            .unwrap();
+        let acme_ids: Vec<_> = acme.items.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(
+            acme_ids,
+            [ids[0].as_str(), ids[2].as_str(), ids[4].as_str()]
+        );
+        store.close().await;
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn update_applies_only_given_fields_and_bumps_the_revision() {
+        let (store, dir) = temp_store().await;
+        let s = subscription(Some("acme"));
+        store.create(&s).await.unwrap();
+
+        let patch = SubscriptionPatch {
+            enabled: Some(false),
+            consumer: Some(None),
+            ..SubscriptionPatch::default()
+        };
+        let updated = store
+            .update(&s.id, &patch, "2026-02-02T00:00:00Z")
+            .await
+            .unwrap();
+        assert_eq!(updated.revision, 2);
+        assert!(!updated.enabled);
+        assert_eq!(updated.consumer, None);
+        assert_eq!(updated.description, s.description);
+        assert_eq!(updated.url, s.url);
+        assert_eq!(updated.event_types, s.event_types);
+        assert_eq!(updated.created_at, s.created_at);
+        assert_eq!(updated.updated_at, "2026-02-02T00:00:00Z");
+
+        let patch = SubscriptionPatch {
+            url: Some("http://other.example/x".into()),
+            event_types: Some(vec!["a.b".into()]),
+            description: Some(Some("new".into())),
+            consumer: Some(Some("beta".into())),
+            enabled: Some(true),
+        };
+        let updated = store
+            .update(&s.id, &patch, "2026-02-03T00:00:00Z")
+            .await
+            .unwrap();
+        assert_eq!(updated.revision, 3);
+        assert_eq!(updated.url, "http://other.example/x");
+        assert_eq!(updated.event_types, ["a.b"]);
+        assert_eq!(updated.description.as_deref(), Some("new"));
+        assert_eq!(updated.consumer.as_deref(), Some("beta"));
+        assert!(updated.enabled);
+        assert_eq!(store.get(&s.id).await.unwrap(), updated);
+        assert_eq!(updated.directory_entry().secrets, [s.secret.as_str()]);
+
+        assert!(matches!(
+            store.update("sub_missing", &patch, "x").await,
+            Err(StoreError::NotFound)
+        ));
+        store.close().await;
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn delete_removes_once() {
+        let (store, dir) = temp_store().await;
+        let s = subscription(None);
+        store.create(&s).await.unwrap();
+        store.delete(&s.id).await.unwrap();
+        assert!(matches!(store.get(&s.id).await, Err(StoreError::NotFound)));
+        assert!(matches!(
+            store.delete(&s.id).await,
+            Err(StoreError::NotFound)
+        ));
+        store.close().await;
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn sqlite_urls_get_create_mode_unless_they_choose_one() {
+        assert_eq!(
+            sqlite_create_if_missing("sqlite://a.db"),
+            "sqlite://a.db?mode=rwc"
+        );
+        assert_eq!(
+            sqlite_create_if_missing("sqlite://a.db?cache=shared"),
+            "sqlite://a.db?cache=shared&mode=rwc"
+        );
+        assert_eq!(
+            sqlite_create_if_missing("sqlite://a.db?mode=ro"),
+            "sqlite://a.db?mode=ro"
+        );
+    }
+}

@@ -1,0 +1,402 @@
+//! What a subscription may contain: request bodies as clients send them, and the checks that
+//! turn them into values the store accepts. Every refusal names its field.
+
+use std::collections::HashMap;
+
+use relay_shared::{envelope::MAX_CONSUMER_LEN, filter::TopicFilter};
+use serde::{Deserialize, Deserializer};
+
+use crate::{error::FieldError, store::SubscriptionPatch};
+
+/// The longest endpoint URL accepted, in characters.
+pub const MAX_URL_LEN: usize = 2048;
+/// The most topic filters one subscription may have.
+pub const MAX_EVENT_TYPES: usize = 50;
+/// The longest description accepted, in characters.
+pub const MAX_DESCRIPTION_LEN: usize = 500;
+
+/// A field of a PATCH body: absent (leave as is), `null`, or a value.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Nullable<T> {
+    /// Not in the body.
+    #[default]
+    Absent,
+    /// `null` in the body.
+    Null,
+    /// A value.
+    Value(T),
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Nullable<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // Only called when the field is present (absent fields take the default), so
+        // `None` here means an explicit `null`.
+        Ok(Option::<T>::deserialize(deserializer)?.map_or(Self::Null, Self::Value))
+    }
+}
+
+/// Body of `POST /v1/subscriptions`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRequest {
+    /// Endpoint.
+    pub url: String,
+    /// Topic filters.
+    pub event_types: Vec<String>,
+    /// Owner.
+    #[serde(default)]
+    pub consumer: Option<String>,
+    /// Free text.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Defaults to true.
+    #[serde(default)]
+    pub enabled: Option<bool>,
+}
+
+/// Body of `PATCH /v1/subscriptions/{id}`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatchRequest {
+    /// New endpoint; `null` is refused.
+    #[serde(default)]
+    pub url: Nullable<String>,
+    /// New topic filters; `null` is refused.
+    #[serde(default)]
+    pub event_types: Nullable<Vec<String>>,
+    /// New owner; `null` clears it.
+    #[serde(default)]
+    pub consumer: Nullable<String>,
+    /// New description; `null` clears it.
+    #[serde(default)]
+    pub description: Nullable<String>,
+    /// Enable or disable; `null` is refused.
+    #[serde(default)]
+    pub enabled: Nullable<bool>,
+}
+
+/// A create request that passed every check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidCreate {
+    /// Endpoint.
+    pub url: String,
+    /// Topic filters.
+    pub event_types: Vec<String>,
+    /// Owner.
+    pub consumer: Option<String>,
+    /// Free text.
+    pub description: Option<String>,
+    /// Whether deliveries are made.
+    pub enabled: bool,
+}
+
+impl CreateRequest {
+    /// Checks every field.
+    ///
+    /// # Errors
+    /// The first [`FieldError`] found.
+    pub fn validate(self) -> Result<ValidCreate, FieldError> {
+        validate_url(&self.url)?;
+        validate_event_types(&self.event_types)?;
+        if let Some(consumer) = &self.consumer {
+            validate_consumer(consumer, "consumer")?;
+        }
+        if let Some(description) = &self.description {
+            validate_description(description)?;
+        }
+        Ok(ValidCreate {
+            url: self.url,
+            event_types: self.event_types,
+            consumer: self.consumer,
+            description: self.description,
+            enabled: self.enabled.unwrap_or(true),
+        })
+    }
+}
+
+impl PatchRequest {
+    /// Checks every field present and returns the change to make.
+    ///
+    /// # Errors
+    /// The first [`FieldError`] found.
+    pub fn validate(self) -> Result<SubscriptionPatch, FieldError> {
+        let url = required(self.url, "url")?;
+        if let Some(url) = &url {
+            validate_url(url)?;
+        }
+        let event_types = required(self.event_types, "event_types")?;
+        if let Some(event_types) = &event_types {
+            validate_event_types(event_types)?;
+        }
+        let consumer = clearable(self.consumer);
+        if let Some(Some(consumer)) = &consumer {
+            validate_consumer(consumer, "consumer")?;
+        }
+        let description = clearable(self.description);
+        if let Some(Some(description)) = &description {
+            validate_description(description)?;
+        }
+        Ok(SubscriptionPatch {
+            url,
+            event_types,
+            consumer,
+            description,
+            enabled: required(self.enabled, "enabled")?,
+        })
+    }
+}
+
+/// A field that may be left out but not set to `null`.
+fn required<T>(value: Nullable<T>, field: &str) -> Result<Option<T>, FieldError> {
+    match value {
+        Nullable::Absent => Ok(None),
+        Nullable::Null => Err(FieldError::new(field, format!("{field} cannot be null"))),
+        Nullable::Value(v) => Ok(Some(v)),
+    }
+}
+
+/// A field that may be left out, or set to `null` to clear it.
+fn clearable<T>(value: Nullable<T>) -> Option<Option<T>> {
+    match value {
+        Nullable::Absent => None,
+        Nullable::Null => Some(None),
+        Nullable::Value(v) => Some(Some(v)),
+    }
+}
+
+/// An absolute http(s) URL with a host and no credentials.
+///
+/// # Errors
+/// A [`FieldError`] on `url` saying what is wrong.
+pub fn validate_url(url: &str) -> Result<(), FieldError> {
+    let refuse = |reason: String| Err(FieldError::new("url", reason));
+    if url.chars().count() > MAX_URL_LEN {
+        return refuse(format!("url must be at most {MAX_URL_LEN} characters"));
+    }
+    // The URL parser would quietly trim these; the stored URL must be the one that is used.
+    if url.trim() != url {
+        return refuse("url must not start or end with whitespace".into());
+    }
+    let parsed = match url::Url::parse(url) {
+        Ok(parsed) => parsed,
+        Err(e) => return refuse(format!("url is not a valid absolute URL ({e})")),
+    };
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return refuse(format!(
+            "url must use http or https, not {}",
+            parsed.scheme()
+        ));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return refuse("url must have a host".into());
+    }
+    // Credentials in a URL end up in logs and in the directory; receivers authenticate
+    // deliveries by their signature instead.
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return refuse("url must not contain credentials (user:password@)".into());
+    }
+    Ok(())
+}
+
+/// 1 to 50 distinct, valid topic filters.
+///
+/// # Errors
+/// A [`FieldError`] on `event_types` or the offending `event_types[i]`.
+pub fn validate_event_types(event_types: &[String]) -> Result<(), FieldError> {
+    if event_types.is_empty() {
+        return Err(FieldError::new(
+            "event_types",
+            "event_types needs at least one filter",
+        ));
+    }
+    if event_types.len() > MAX_EVENT_TYPES {
+        return Err(FieldError::new(
+            "event_types",
+            format!("event_types may have at most {MAX_EVENT_TYPES} filters"),
+        ));
+    }
+    let mut seen = HashMap::with_capacity(event_types.len());
+    for (i, filter) in event_types.iter().enumerate() {
+        let field = format!("event_types[{i}]");
+        TopicFilter::parse(filter).map_err(|e| FieldError::new(&field, e.to_string()))?;
+        if let Some(first) = seen.insert(filter.as_str(), i) {
+            return Err(FieldError::new(
+                field,
+                format!("{filter:?} is already event_types[{first}]"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// 1 to 64 characters of `A-Z a-z 0-9 _ - . :`, as in an event's `consumer`.
+///
+/// # Errors
+/// A [`FieldError`] on `field`.
+pub fn validate_consumer(consumer: &str, field: &str) -> Result<(), FieldError> {
+    let ok = !consumer.is_empty()
+        && consumer.len() <= MAX_CONSUMER_LEN
+        && consumer
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'));
+    if ok {
+        Ok(())
+    } else {
+        Err(FieldError::new(
+            field,
+            format!(
+                "consumer must be 1 to {MAX_CONSUMER_LEN} characters of A-Z, a-z, 0-9, '_', '-', '.', ':'"
+            ),
+        ))
+    }
+}
+
+/// At most 500 characters.
+///
+/// # Errors
+/// A [`FieldError`] on `description`.
+pub fn validate_description(description: &str) -> Result<(), FieldError> {
+    if description.chars().count() > MAX_DESCRIPTION_LEN {
+        return Err(FieldError::new(
+            "description",
+            format!("description must be at most {MAX_DESCRIPTION_LEN} characters"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use relay_shared::envelope::{EnvelopeErrorKind, parse_json};
+
+    use super::*;
+
+    fn create(body: &str) -> Result<ValidCreate, (String, String)> {
+        let request: CreateRequest =
+            parse_json(body.as_bytes()).map_err(|e| (format!("{:?}", e.kind), e.field))?;
+        request
+            .validate()
+            .map_err(|e| (String::from("invalid"), e.field))
+    }
+
+    fn refused_field(body: &str) -> String {
+        create(body).unwrap_err().1
+    }
+
+    #[test]
+    fn a_minimal_create_defaults_to_enabled() {
+        let v = create(r#"{"url":"https://example.com/hook","event_types":["order.*"]}"#).unwrap();
+        assert!(v.enabled);
+        assert_eq!(v.consumer, None);
+        assert_eq!(v.event_types, ["order.*"]);
+        let v = create(
+            r##"{"url":"http://10.0.0.1:8080/x?y=1","event_types":["#"],"consumer":"acme:eu-1","description":"d","enabled":false}"##,
+        )
+        .unwrap();
+        assert!(!v.enabled);
+        assert_eq!(v.consumer.as_deref(), Some("acme:eu-1"));
+    }
+
+    #[test]
+    fn urls_must_be_http_with_a_host_and_no_credentials() {
+        for bad in [
+            "example.com/hook",
+            "ftp://example.com/",
+            "file:///etc/passwd",
+            "https://user:pass@example.com/",
+            "https://user@example.com/",
+            "http://",
+            " https://example.com/",
+            "mailto:a@example.com",
+        ] {
+            assert!(validate_url(bad).is_err(), "{bad:?} accepted");
+        }
+        let long = format!("https://example.com/{}", "a".repeat(MAX_URL_LEN));
+        assert!(validate_url(&long).is_err());
+        assert!(validate_url("https://example.com").is_ok());
+        assert!(validate_url("http://[::1]:9000/a").is_ok());
+    }
+
+    #[test]
+    fn event_types_are_checked_one_by_one() {
+        assert_eq!(
+            refused_field(r#"{"url":"https://e.com","event_types":[]}"#),
+            "event_types"
+        );
+        assert_eq!(
+            refused_field(r#"{"url":"https://e.com","event_types":["a.b","Bad"]}"#),
+            "event_types[1]"
+        );
+        assert_eq!(
+            refused_field(r#"{"url":"https://e.com","event_types":["a.*","b","a.*"]}"#),
+            "event_types[2]"
+        );
+        let many: Vec<String> = (0..=MAX_EVENT_TYPES).map(|i| format!("t{i}")).collect();
+        assert_eq!(
+            validate_event_types(&many).unwrap_err().field,
+            "event_types"
+        );
+        assert!(validate_event_types(&many[..MAX_EVENT_TYPES]).is_ok());
+    }
+
+    #[test]
+    fn shape_errors_name_their_field() {
+        let err =
+            create(r#"{"url":"https://e.com","event_types":["a"],"colour":"red"}"#).unwrap_err();
+        assert_eq!(
+            err,
+            (
+                format!("{:?}", EnvelopeErrorKind::InvalidField),
+                "colour".into()
+            )
+        );
+        let err = create(r#"{"event_types":["a"]}"#).unwrap_err();
+        assert_eq!(err.1, "url");
+        let err = create(r#"{"url":"https://e.com","event_types":"a"}"#).unwrap_err();
+        assert_eq!(err.1, "event_types");
+        let err = create(r#"{"url":"#).unwrap_err();
+        assert_eq!(err.0, format!("{:?}", EnvelopeErrorKind::MalformedJson));
+    }
+
+    #[test]
+    fn consumer_and_description_are_bounded() {
+        assert_eq!(
+            refused_field(r#"{"url":"https://e.com","event_types":["a"],"consumer":"a b"}"#),
+            "consumer"
+        );
+        assert_eq!(
+            refused_field(r#"{"url":"https://e.com","event_types":["a"],"consumer":""}"#),
+            "consumer"
+        );
+        assert!(validate_consumer(&"x".repeat(64), "consumer").is_ok());
+        assert!(validate_consumer(&"x".repeat(65), "consumer").is_err());
+        assert!(validate_description(&"é".repeat(500)).is_ok());
+        assert!(validate_description(&"é".repeat(501)).is_err());
+    }
+
+    fn patch(body: &str) -> Result<SubscriptionPatch, String> {
+        let request: PatchRequest = parse_json(body.as_bytes()).map_err(|e| e.field)?;
+        request.validate().map_err(|e| e.field)
+    }
+
+    #[test]
+    fn patch_tells_absent_from_null() {
+        assert!(patch("{}").unwrap().is_empty());
+        let p = patch(r#"{"consumer":null,"description":"x","enabled":false}"#).unwrap();
+        assert_eq!(p.consumer, Some(None));
+        assert_eq!(p.description, Some(Some("x".into())));
+        assert_eq!(p.enabled, Some(false));
+        assert_eq!(p.url, None);
+        assert_eq!(p.event_types, None);
+        assert_eq!(patch(r#"{"url":null}"#).unwrap_err(), "url");
+        assert_eq!(patch(r#"{"event_types":null}"#).unwrap_err(), "event_types");
+        assert_eq!(patch(r#"{"enabled":null}"#).unwrap_err(), "enabled");
+        assert_eq!(
+            patch(r#"{"event_types":["ok","no way"]}"#).unwrap_err(),
+            "event_types[1]"
+        );
+        assert_eq!(patch(r#"{"url":"gopher://x"}"#).unwrap_err(), "url");
+        assert_eq!(patch(r#"{"secret":"whsec_x"}"#).unwrap_err(), "secret");
+        assert_eq!(patch(r#"{"consumer":"bad/name"}"#).unwrap_err(), "consumer");
+    }
+}

@@ -1,0 +1,165 @@
+//! The webhook HTTP client: one signed POST per delivery attempt, classified into success or
+//! a typed failure the worker decides on (retry, dead-letter, disable).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use reqwest::{StatusCode, header};
+use relay_shared::{config::DispatchSettings, signing::signature_header};
+
+use super::directory::Route;
+
+/// Why an attempt failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AttemptError {
+    /// The endpoint answered with a non-2xx status (redirects are not followed).
+    #[error("endpoint answered HTTP {status}")]
+    Status {
+        /// The status code.
+        status: u16,
+        /// The start of the response body, for the delivery log.
+        body_excerpt: String,
+        /// `Retry-After` in seconds, when the endpoint sent one.
+        retry_after: Option<u64>,
+    },
+    /// No complete answer within the request timeout.
+    #[error("request timed out after {0:?}")]
+    Timeout(Duration),
+    /// The connection could not be made (refused, DNS, TLS…).
+    #[error("connection failed: {0}")]
+    Connect(String),
+    /// Anything else that broke the exchange (reset mid-response…).
+    #[error("request failed: {0}")]
+    Request(String),
+}
+
+impl AttemptError {
+    /// The HTTP status, when the endpoint answered.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Self::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// A 410 Gone: the endpoint asks never to be called again.
+    pub fn is_gone(&self) -> bool {
+        self.status() == Some(410)
+    }
+}
+
+/// A pooled client shared by every delivery of a dispatcher.
+#[derive(Debug, Clone)]
+pub struct WebhookClient {
+    http: reqwest::Client,
+    timeout: Duration,
+    body_limit: usize,
+}
+
+impl WebhookClient {
+    /// Builds the client: request timeout, no redirects, pooled keep-alive connections.
+    ///
+    /// # Errors
+    /// The TLS backend could not be initialised.
+    pub fn new(settings: &DispatchSettings) -> reqwest::Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(settings.request_timeout)
+            .connect_timeout(settings.request_timeout.min(Duration::from_secs(10)))
+            .redirect(reqwest::redirect::Policy::none())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .user_agent(concat!("Relay/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Self {
+            http,
+            timeout: settings.request_timeout,
+            body_limit: settings.response_body_limit,
+        })
+    }
+
+    /// POSTs `body` to the route, signed for message `msg_id`. Returns the 2xx status.
+    ///
+    /// # Errors
+    /// An [`AttemptError`] for anything but a 2xx answer.
+    pub async fn deliver(&self, route: &Route, msg_id: &str, body: Bytes) -> Result<u16, AttemptError> {
+        let timestamp = time::OffsetDateTime::now_utc().unix_timestamp();
+        let signature = signature_header(&route.keys, msg_id, timestamp, &body);
+        let response = self
+            .http
+            .post(route.url.clone())
+            .header(header::CONTENT_TYPE, "application/json")
+            .header("webhook-id", msg_id)
+            .header("webhook-timestamp", timestamp)
+            .header("webhook-signature", signature)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| self.classify(&e))?;
+        let status = response.status();
+        let retry_after = retry_after(&response);
+        let excerpt = self.read_excerpt(response).await;
+        if status.is_success() {
+            Ok(status.as_u16())
+        } else {
+            Err(AttemptError::Status {
+                status: status.as_u16(),
+                body_excerpt: excerpt,
+                retry_after,
+            })
+        }
+    }
+
+    fn classify(&self, e: &reqwest::Error) -> AttemptError {
+        if e.is_timeout() {
+            AttemptError::Timeout(self.timeout)
+        } else if e.is_connect() {
+            AttemptError::Connect(error_chain(e))
+        } else {
+            AttemptError::Request(error_chain(e))
+        }
+    }
+
+    /// Reads at most `body_limit` bytes of the body; reading it lets the connection be reused.
+    async fn read_excerpt(&self, mut response: reqwest::Response) -> String {
+        let mut kept = Vec::new();
+        while kept.len() < self.body_limit {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    let room = self.body_limit - kept.len();
+                    kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        String::from_utf8_lossy(&kept).into_owned()
+    }
+}
+
+fn retry_after(response: &reqwest::Response) -> Option<u64> {
+    let honoured = matches!(
+        response.status(),
+        StatusCode::TOO_MANY_REQUESTS | StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
+    );
+    if !honoured {
+        return None;
+    }
+    response
+        .headers()
+        .get(header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The error and its causes on one line ("error sending request: connection refused").
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,75 @@
+//! Dispatcher metrics. Labels are bounded: never a subscription id or a URL.
+
+use prometheus::{Histogram, IntCounterVec, IntGauge, Registry};
+use relay_shared::metrics::{REQUEST_SECONDS, counter_vec, gauge, histogram};
+
+/// Counters, gauges and histograms of the delivery path.
+#[derive(Debug, Clone)]
+pub struct DispatchMetrics {
+    /// `relay_deliveries_total{outcome}`
+    pub deliveries: IntCounterVec,
+    /// `relay_delivery_attempt_seconds`
+    pub attempt_seconds: Histogram,
+    /// `relay_event_to_delivery_seconds`
+    pub event_to_delivery_seconds: Histogram,
+    /// `relay_inflight_deliveries`
+    pub inflight: IntGauge,
+    /// `relay_subscriptions_loaded`
+    pub subscriptions_loaded: IntGauge,
+    /// `relay_events_ingested_total{source="amqp"}`: events published straight to the exchange.
+    pub ingested: IntCounterVec,
+    /// `relay_ingest_rejected_total{reason="invalid_amqp"}`
+    pub rejected: IntCounterVec,
+    /// `relay_amqp_connected`
+    pub amqp_connected: IntGauge,
+}
+
+impl DispatchMetrics {
+    /// Registers the dispatcher metrics on `registry`.
+    ///
+    /// # Errors
+    /// A name is already registered there.
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        Ok(Self {
+            deliveries: counter_vec(
+                registry,
+                "relay_deliveries_total",
+                "Deliveries by outcome (success, failed, dead).",
+                &["outcome"],
+            )?,
+            attempt_seconds: histogram(
+                registry,
+                "relay_delivery_attempt_seconds",
+                "Duration of one webhook request, successful or not.",
+                REQUEST_SECONDS,
+            )?,
+            event_to_delivery_seconds: histogram(
+                registry,
+                "relay_event_to_delivery_seconds",
+                "Time from acceptance by ingest to the endpoint's 2xx.",
+                &[
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 300.0, 3600.0, 36000.0,
+                ],
+            )?,
+            inflight: gauge(registry, "relay_inflight_deliveries", "Webhook requests in flight.")?,
+            subscriptions_loaded: gauge(
+                registry,
+                "relay_subscriptions_loaded",
+                "Subscriptions in this dispatcher's directory.",
+            )?,
+            ingested: counter_vec(
+                registry,
+                "relay_events_ingested_total",
+                "Events accepted, by source; amqp counts events published straight to the exchange.",
+                &["source"],
+            )?,
+            rejected: counter_vec(
+                registry,
+                "relay_ingest_rejected_total",
+                "Events refused, by reason; invalid_amqp counts messages parked in the invalid queue.",
+                &["reason"],
+            )?,
+            amqp_connected: gauge(registry, "relay_amqp_connected", "1 while connected to the broker.")?,
+        })
+    }
+}

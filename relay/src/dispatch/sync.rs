@@ -1,0 +1,225 @@
+//! Keeps the directory current: a full snapshot from consumer-api at start, after every
+//! reconnect and every `dispatch.directory_refresh`, plus live `relay.control` notifications
+//! on an exclusive queue per dispatcher.
+
+use std::{sync::Arc, time::Duration};
+
+use futures_util::StreamExt;
+use lapin::{
+    options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions},
+    types::FieldTable,
+};
+use relay_shared::{
+    control::ControlMessage, ops::Readiness, shutdown::Shutdown, subscription::DirectoryPage,
+    topology::Topology,
+};
+use tokio::sync::{Notify, watch};
+
+use super::{directory::Directory, metrics::DispatchMetrics};
+use relay_shared::session::{self as broker, Session};
+
+/// Readiness condition name for the directory.
+pub const READY_DIRECTORY: &str = "directory";
+
+/// Why a snapshot could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// consumer-api could not be reached or answered badly.
+    #[error("directory request failed: {0}")]
+    Http(#[from] reqwest::Error),
+    /// consumer-api answered with an error status.
+    #[error("consumer-api answered HTTP {0} for the directory")]
+    Status(u16),
+}
+
+/// Loads snapshots from consumer-api.
+#[derive(Debug, Clone)]
+pub struct SnapshotLoader {
+    http: reqwest::Client,
+    url: String,
+    admin_key: String,
+}
+
+impl SnapshotLoader {
+    /// A loader for consumer-api at `base_url`.
+    ///
+    /// # Errors
+    /// The HTTP client could not be built.
+    pub fn new(base_url: &str, admin_key: &str) -> reqwest::Result<Self> {
+        Ok(Self {
+            http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?,
+            url: format!("{}/v1/directory", base_url.trim_end_matches('/')),
+            admin_key: admin_key.to_owned(),
+        })
+    }
+
+    /// Fetches every page and installs the result.
+    ///
+    /// # Errors
+    /// A [`SnapshotError`]; the directory is left as it was.
+    pub async fn load_into(&self, directory: &Directory) -> Result<usize, SnapshotError> {
+        directory.begin_snapshot();
+        match self.fetch_all().await {
+            Ok(entries) => {
+                let n = entries.len();
+                directory.finish_snapshot(entries);
+                Ok(n)
+            }
+            Err(e) => {
+                directory.abort_snapshot();
+                Err(e)
+            }
+        }
+    }
+
+    async fn fetch_all(&self) -> Result<Vec<relay_shared::subscription::DirectoryEntry>, SnapshotError> {
+        let mut entries = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let mut request = self.http.get(&self.url).bearer_auth(&self.admin_key).query(&[("limit", "1000")]);
+            if let Some(cursor) = &after {
+                request = request.query(&[("after", cursor)]);
+            }
+            let response = request.send().await?;
+            if !response.status().is_success() {
+                return Err(SnapshotError::Status(response.status().as_u16()));
+            }
+            let page: DirectoryPage = response.json().await?;
+            entries.extend(page.data);
+            match page.next_cursor {
+                Some(cursor) => after = Some(cursor),
+                None => return Ok(entries),
+            }
+        }
+    }
+}
+
+/// Reloads the snapshot periodically and whenever `reload` is notified; marks the directory
+/// ready once the first load succeeded.
+pub async fn refresh_loop(
+    loader: SnapshotLoader,
+    directory: Arc<Directory>,
+    refresh: Duration,
+    reload: Arc<Notify>,
+    readiness: Readiness,
+    metrics: DispatchMetrics,
+    mut shutdown: Shutdown,
+) {
+    readiness.not_ready(READY_DIRECTORY, "not loaded yet");
+    let mut loaded_once = false;
+    loop {
+        let wait = match loader.load_into(&directory).await {
+            Ok(n) => {
+                metrics.subscriptions_loaded.set(i64::try_from(n).unwrap_or(i64::MAX));
+                if !loaded_once {
+                    tracing::info!(subscriptions = n, "directory loaded");
+                    readiness.ready(READY_DIRECTORY);
+                    loaded_once = true;
+                }
+                refresh
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot load the subscription directory; retrying");
+                if !loaded_once {
+                    readiness.not_ready(READY_DIRECTORY, e.to_string());
+                }
+                Duration::from_secs(1)
+            }
+        };
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = reload.notified() => {}
+            () = shutdown.wait() => return,
+        }
+    }
+}
+
+/// Applies `relay.control` notifications for each broker session, and asks for a full reload
+/// after every (re)connect since notifications sent while disconnected are lost.
+pub async fn control_loop(
+    mut sessions: watch::Receiver<Option<Session>>,
+    topology: Topology,
+    directory: Arc<Directory>,
+    reload: Arc<Notify>,
+    metrics: DispatchMetrics,
+    mut shutdown: Shutdown,
+) {
+    while let Some(session) = broker::next_session(&mut sessions, &mut shutdown).await {
+        if let Err(e) = follow_control(&session, &topology, &directory, &reload, &metrics, &mut shutdown).await {
+            tracing::warn!(error = %e, "control notifications interrupted");
+        }
+        if shutdown.is_triggered() {
+            return;
+        }
+        // Wait for this session to be replaced before subscribing again.
+        tokio::select! {
+            _ = sessions.changed() => {}
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            () = shutdown.wait() => return,
+        }
+    }
+}
+
+async fn follow_control(
+    session: &Session,
+    topology: &Topology,
+    directory: &Directory,
+    reload: &Notify,
+    metrics: &DispatchMetrics,
+    shutdown: &mut Shutdown,
+) -> lapin::Result<()> {
+    let channel = session.create_channel().await?;
+    let queue = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_bind(
+            queue.name().clone(),
+            topology.control.as_str().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let mut consumer = channel
+        .basic_consume(
+            queue.name().clone(),
+            "relay-dispatch-control".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    // Bound before reloading, so no change falls between the snapshot and the first notification.
+    reload.notify_one();
+    loop {
+        let delivery = tokio::select! {
+            delivery = consumer.next() => delivery,
+            () = shutdown.wait() => return Ok(()),
+        };
+        match delivery {
+            Some(Ok(delivery)) => match serde_json::from_slice::<ControlMessage>(&delivery.data) {
+                Ok(message) => {
+                    tracing::debug!(?message, "directory change");
+                    directory.apply(message);
+                    metrics
+                        .subscriptions_loaded
+                        .set(i64::try_from(directory.len()).unwrap_or(i64::MAX));
+                }
+                Err(e) => tracing::error!(error = %e, "unreadable control message ignored"),
+            },
+            Some(Err(e)) => return Err(e),
+            None => return Ok(()),
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! Confirmed publishing of events to the `events` exchange.
+
+use std::time::{Duration, Instant};
+
+use lapin::{
+    Channel,
+    types::{AMQPValue, FieldTable, ShortString},
+};
+use relay_shared::{
+    amqp::{self, AmqpError},
+    config::Settings,
+    envelope::Envelope,
+    ops::Readiness,
+    shutdown::Shutdown,
+    topology::{HEADER_ACCEPTED_MS, Topology},
+};
+use tokio::sync::watch;
+
+use super::metrics::IngestMetrics;
+use relay_shared::session as broker;
+
+/// Why an event was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// No broker connection right now.
+    #[error("the broker is unreachable")]
+    Unavailable,
+    /// The publish or its confirm failed; the event is not accepted.
+    #[error(transparent)]
+    Broker(#[from] AmqpError),
+}
+
+/// Publishes events with publisher confirms on a channel that follows the broker session.
+#[derive(Debug, Clone)]
+pub struct Publisher {
+    channel: watch::Receiver<Option<Channel>>,
+    exchange: String,
+    timeout: Duration,
+    metrics: IngestMetrics,
+}
+
+impl Publisher {
+    /// Starts the broker session and the confirm channel that follows it.
+    pub fn start(settings: &Settings, readiness: Readiness, metrics: IngestMetrics, shutdown: Shutdown) -> Self {
+        let sessions = broker::keep_connected(
+            settings.amqp.clone(),
+            "relay-ingest",
+            readiness,
+            metrics.amqp_connected.clone(),
+            shutdown.clone(),
+        );
+        Self {
+            channel: broker::confirm_channels(sessions, shutdown),
+            exchange: Topology::new(&settings.amqp.prefix).events,
+            timeout: settings.ingest.publish_timeout,
+            metrics,
+        }
+    }
+
+    /// Publishes one event persistently and waits for the broker's confirm.
+    ///
+    /// # Errors
+    /// [`PublishError`]: the event was not accepted and the producer should retry.
+    pub async fn publish(&self, envelope: &Envelope) -> Result<(), PublishError> {
+        let channel = self.channel.borrow().clone().ok_or(PublishError::Unavailable)?;
+        let now_ms = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
+        let mut headers = FieldTable::default();
+        headers.insert(
+            ShortString::from(HEADER_ACCEPTED_MS),
+            AMQPValue::LongLongInt(i64::try_from(now_ms).unwrap_or(i64::MAX)),
+        );
+        let properties = amqp::persistent_json()
+            .with_message_id(envelope.id.as_str().into())
+            .with_type(envelope.event_type.as_str().into())
+            .with_timestamp(u64::try_from(now_ms / 1000).unwrap_or_default())
+            .with_headers(headers);
+        let started = Instant::now();
+        amqp::publish_confirmed(&channel, &self.exchange, "", &envelope.to_json(), properties, self.timeout)
+            .await?;
+        self.metrics.confirm_seconds.observe(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+}

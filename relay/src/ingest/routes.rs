@@ -1,0 +1,163 @@
+//! HTTP handlers of the ingest API. Every rejection is an `application/problem+json` body.
+
+use std::sync::Arc;
+
+use axum::{
+    Json, Router,
+    body::Body,
+    extract::State,
+    http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+    routing::post,
+};
+use futures_util::future::join_all;
+use relay_shared::{
+    config::IngestSettings,
+    envelope::{Envelope, IncomingEvent, parse_json},
+    ids::new_id,
+    problem::{Problem, bearer_matches, is_json, read_body},
+};
+use serde_json::value::RawValue;
+use time::OffsetDateTime;
+
+use super::{IngestMetrics, PublishError, Publisher};
+
+#[derive(Debug)]
+struct Ingest {
+    keys: Vec<String>,
+    max_event_bytes: usize,
+    max_batch: usize,
+    publisher: Publisher,
+    metrics: IngestMetrics,
+}
+
+type Shared = State<Arc<Ingest>>;
+
+/// The ingest routes.
+pub fn router(settings: &IngestSettings, publisher: Publisher, metrics: IngestMetrics) -> Router {
+    let state = Arc::new(Ingest {
+        keys: settings.publisher_keys.clone(),
+        max_event_bytes: settings.max_event_bytes,
+        max_batch: settings.max_batch,
+        publisher,
+        metrics,
+    });
+    Router::new()
+        .route("/v1/events", post(publish_one))
+        .route("/v1/events/batch", post(publish_batch))
+        .fallback(|| async { Problem::not_found("route") })
+        .method_not_allowed_fallback(|| async {
+            Problem::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "Method not allowed",
+                "this route accepts POST",
+            )
+        })
+        .with_state(state)
+}
+
+impl Ingest {
+    /// Auth, media type and size checks shared by both routes.
+    async fn admit(&self, headers: &HeaderMap, body: Body, limit: usize) -> Result<bytes::Bytes, Problem> {
+        if !bearer_matches(headers, self.keys.iter().map(String::as_str)) {
+            self.metrics.reject("auth");
+            return Err(Problem::unauthorized());
+        }
+        if !is_json(headers) {
+            self.metrics.reject("media_type");
+            return Err(Problem::unsupported_media_type());
+        }
+        read_body(body, limit).await.inspect_err(|p| {
+            self.metrics.reject(if p.status == 413 { "too_large" } else { "invalid" });
+        })
+    }
+
+    fn invalid(&self, problem: Problem) -> Problem {
+        self.metrics.reject("invalid");
+        problem
+    }
+
+    fn unavailable(&self, err: &PublishError) -> Problem {
+        self.metrics.reject("broker_unavailable");
+        tracing::warn!(error = %err, "event not accepted: broker unavailable");
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "broker-unavailable",
+            "The broker is unavailable",
+            format!("the event was not accepted ({err}); retry later"),
+        )
+        .with_retry_after(1)
+    }
+}
+
+fn normalise(raw: &[u8], now: OffsetDateTime) -> Result<Envelope, relay_shared::envelope::EnvelopeError> {
+    parse_json::<IncomingEvent>(raw)?.normalise(now, || new_id("evt"))
+}
+
+async fn publish_one(State(ingest): Shared, headers: HeaderMap, body: Body) -> Response {
+    let bytes = match ingest.admit(&headers, body, ingest.max_event_bytes).await {
+        Ok(bytes) => bytes,
+        Err(problem) => return problem.into_response(),
+    };
+    let envelope = match normalise(&bytes, OffsetDateTime::now_utc()) {
+        Ok(envelope) => envelope,
+        Err(e) => return ingest.invalid(Problem::from_envelope(e)).into_response(),
+    };
+    match ingest.publisher.publish(&envelope).await {
+        Ok(()) => {
+            ingest.metrics.ingested.with_label_values(&["http"]).inc();
+            (StatusCode::ACCEPTED, Json(serde_json::json!({ "id": envelope.id }))).into_response()
+        }
+        Err(e) => ingest.unavailable(&e).into_response(),
+    }
+}
+
+async fn publish_batch(State(ingest): Shared, headers: HeaderMap, body: Body) -> Response {
+    let limit = ingest.max_event_bytes.saturating_mul(ingest.max_batch);
+    let bytes = match ingest.admit(&headers, body, limit).await {
+        Ok(bytes) => bytes,
+        Err(problem) => return problem.into_response(),
+    };
+    let raw_events: Vec<&RawValue> = match parse_json(&bytes) {
+        Ok(events) => events,
+        Err(e) => return ingest.invalid(Problem::from_envelope(e)).into_response(),
+    };
+    if raw_events.is_empty() || raw_events.len() > ingest.max_batch {
+        let problem = Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-batch-size",
+            "Batch size out of range",
+            format!("a batch holds 1 to {} events; this one has {}", ingest.max_batch, raw_events.len()),
+        );
+        return ingest.invalid(problem).into_response();
+    }
+    let now = OffsetDateTime::now_utc();
+    let mut envelopes = Vec::with_capacity(raw_events.len());
+    for (i, raw) in raw_events.iter().enumerate() {
+        if raw.get().len() > ingest.max_event_bytes {
+            ingest.metrics.reject("too_large");
+            return Problem::too_large(ingest.max_event_bytes)
+                .with_field(format!("[{i}]"))
+                .into_response();
+        }
+        match normalise(raw.get().as_bytes(), now) {
+            Ok(envelope) => envelopes.push(envelope),
+            Err(e) => return ingest.invalid(Problem::from_envelope(e.within(&format!("[{i}]")))).into_response(),
+        }
+    }
+    // Publish concurrently on the confirm channel; the batch is accepted only if every
+    // event was confirmed. On a partial failure the producer retries the batch, and the
+    // events already accepted are delivered twice with the same id (supply ids to dedupe).
+    let results = join_all(envelopes.iter().map(|e| ingest.publisher.publish(e))).await;
+    if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
+        return ingest.unavailable(e).into_response();
+    }
+    ingest
+        .metrics
+        .ingested
+        .with_label_values(&["http"])
+        .inc_by(envelopes.len() as u64);
+    let ids: Vec<&str> = envelopes.iter().map(|e| e.id.as_str()).collect();
+    (StatusCode::ACCEPTED, Json(serde_json::json!({ "ids": ids }))).into_response()
+}

@@ -1,0 +1,149 @@
+//! A broker session kept alive: connect (bounded), declare the topology, hand out channels,
+//! notice the loss of the connection, back off and reconnect. Readiness and the
+//! `relay_amqp_connected` gauge follow it.
+
+use std::{sync::Arc, time::Duration};
+
+use futures_util::StreamExt;
+use lapin::{Connection, Event};
+use prometheus::IntGauge;
+use crate::{
+    amqp::{self, AmqpError, Backoff},
+    config::AmqpSettings,
+    ops::Readiness,
+    shutdown::Shutdown,
+    topology::Topology,
+};
+use tokio::sync::watch;
+
+/// Readiness condition name for the broker.
+pub const READY_BROKER: &str = "broker";
+
+/// A live connection, with the topology already declared on it.
+pub type Session = Arc<Connection>;
+
+/// Keeps a connection open until `shutdown`, publishing each new session on the returned
+/// watch (`None` while disconnected).
+pub fn keep_connected(
+    settings: AmqpSettings,
+    name: &'static str,
+    readiness: Readiness,
+    connected: IntGauge,
+    mut shutdown: Shutdown,
+) -> watch::Receiver<Option<Session>> {
+    let (tx, rx) = watch::channel(None);
+    readiness.not_ready(READY_BROKER, "connecting");
+    let topology = Topology::new(&settings.prefix);
+    tokio::spawn(async move {
+        let mut backoff = Backoff::new(settings.reconnect_max_backoff);
+        while !shutdown.is_triggered() {
+            match open(&settings, name, &topology).await {
+                Ok(connection) => {
+                    backoff.reset();
+                    let connection = Arc::new(connection);
+                    tracing::info!(connection = name, "connected to the broker");
+                    readiness.ready(READY_BROKER);
+                    connected.set(1);
+                    tx.send_replace(Some(connection.clone()));
+                    let reason = tokio::select! {
+                        reason = lost(&connection) => reason,
+                        () = shutdown.wait() => String::from("shutting down"),
+                    };
+                    tx.send_replace(None);
+                    connected.set(0);
+                    readiness.not_ready(READY_BROKER, format!("reconnecting: {reason}"));
+                    if shutdown.is_triggered() {
+                        // In-flight work holds its own clone of the connection and finishes
+                        // with it; it closes when the last holder drops it.
+                        break;
+                    }
+                    tracing::warn!(connection = name, reason, "broker connection lost");
+                }
+                Err(e) => {
+                    readiness.not_ready(READY_BROKER, format!("cannot connect: {e}"));
+                    tracing::warn!(connection = name, error = %e, "cannot connect to the broker");
+                }
+            }
+            let delay = backoff.next_delay();
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = shutdown.wait() => break,
+            }
+        }
+    });
+    rx
+}
+
+async fn open(settings: &AmqpSettings, name: &str, topology: &Topology) -> Result<Connection, AmqpError> {
+    let connection = amqp::connect(settings, name).await?;
+    let channel = connection.create_channel().await?;
+    tokio::time::timeout(settings.connect_timeout, topology.declare(&channel))
+        .await
+        .map_err(|_| AmqpError::Timeout(settings.connect_timeout))??;
+    let _ = channel.close(200, "topology declared".into()).await;
+    Ok(connection)
+}
+
+/// Resolves when the connection reports an error or stops being connected.
+async fn lost(connection: &Connection) -> String {
+    let mut events = connection.events_listener();
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            event = events.next() => match event {
+                Some(Event::Error(e)) => return e.to_string(),
+                Some(_) => {}
+                None => return String::from("connection closed"),
+            },
+            _ = tick.tick() => {
+                if !connection.status().connected() {
+                    return String::from("connection closed");
+                }
+            }
+        }
+    }
+}
+
+/// Waits for the next connected session, or `None` on shutdown.
+pub async fn next_session(
+    sessions: &mut watch::Receiver<Option<Session>>,
+    shutdown: &mut Shutdown,
+) -> Option<Session> {
+    tokio::select! {
+        session = sessions.wait_for(Option::is_some) => session.ok().and_then(|s| s.clone()),
+        () = shutdown.wait() => None,
+    }
+}
+
+/// Keeps one confirm-mode channel open per session, published on the returned watch (`None`
+/// while there is none); a channel the broker closed on its own is replaced.
+pub fn confirm_channels(
+    mut sessions: watch::Receiver<Option<Session>>,
+    mut shutdown: Shutdown,
+) -> watch::Receiver<Option<lapin::Channel>> {
+    let (tx, rx) = watch::channel(None);
+    tokio::spawn(async move {
+        while let Some(session) = next_session(&mut sessions, &mut shutdown).await {
+            match amqp::confirm_channel(&session).await {
+                Ok(channel) => {
+                    tx.send_replace(Some(channel.clone()));
+                    let mut tick = tokio::time::interval(Duration::from_millis(250));
+                    loop {
+                        tokio::select! {
+                            _ = sessions.changed() => break,
+                            _ = tick.tick() => if !channel.status().connected() { break },
+                            () = shutdown.wait() => break,
+                        }
+                    }
+                    tx.send_replace(None);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot open a publishing channel");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+        tx.send_replace(None);
+    });
+    rx
+}

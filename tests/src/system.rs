@@ -1,0 +1,236 @@
+//! A whole Relay (consumer-api, N dispatchers, ingest) started in-process on port-0
+//! listeners against a real broker, isolated from other tests by a unique topology prefix and
+//! its own SQLite file. Each component runs the same `run` function its binary calls.
+
+use std::{path::PathBuf, time::Duration};
+
+use relay_shared::{
+    config::Settings,
+    shutdown::{self, ShutdownTrigger},
+};
+use serde_json::{Value, json};
+use tokio::{net::TcpListener, task::JoinHandle};
+
+/// Publisher key every test system accepts.
+pub const PUBLISHER_KEY: &str = "pk_test_publisher_key";
+/// Admin key of every test system.
+pub const ADMIN_KEY: &str = "ak_test_admin_key_0123456789";
+
+/// Options for [`System::start_with`].
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Broker URL.
+    pub amqp_url: String,
+    /// Number of dispatchers.
+    pub dispatchers: usize,
+    /// Extra `RELAY__…` settings, e.g. `("RELAY__DISPATCH__REQUEST_TIMEOUT", "1s")`.
+    pub env: Vec<(String, String)>,
+}
+
+impl Options {
+    /// One dispatcher on `amqp_url`.
+    pub fn new(amqp_url: impl Into<String>) -> Self {
+        Self {
+            amqp_url: amqp_url.into(),
+            dispatchers: 1,
+            env: Vec::new(),
+        }
+    }
+
+    /// Sets a configuration override.
+    #[must_use]
+    pub fn set(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+}
+
+/// A running Relay.
+#[derive(Debug)]
+pub struct System {
+    /// The settings every component was started with.
+    pub settings: Settings,
+    /// `http://127.0.0.1:PORT` of ingest.
+    pub ingest_url: String,
+    /// `http://127.0.0.1:PORT` of consumer-api.
+    pub api_url: String,
+    /// `http://127.0.0.1:PORT` of each dispatcher's ops routes.
+    pub dispatcher_urls: Vec<String>,
+    /// An HTTP client for the test's own calls.
+    pub http: reqwest::Client,
+    trigger: ShutdownTrigger,
+    tasks: Vec<JoinHandle<anyhow::Result<()>>>,
+    dir: PathBuf,
+}
+
+async fn listener() -> (TcpListener, String) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind a loopback port");
+    let url = format!("http://{}", listener.local_addr().expect("local addr"));
+    (listener, url)
+}
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}{}", relay_shared::ids::new_id("t").to_lowercase().replace('_', ""))
+}
+
+impl System {
+    /// consumer-api, one dispatcher and ingest on `amqp_url`, all ready.
+    pub async fn start(amqp_url: &str) -> Self {
+        Self::start_with(Options::new(amqp_url)).await
+    }
+
+    /// A system as described by `options`, all ready.
+    pub async fn start_with(options: Options) -> Self {
+        let dir = std::env::temp_dir().join(unique("relay-test-"));
+        std::fs::create_dir_all(&dir).expect("create the test directory");
+        let (api_listener, api_url) = listener().await;
+        let (ingest_listener, ingest_url) = listener().await;
+        let mut env: Vec<(String, String)> = vec![
+            ("RELAY__AMQP__URL".into(), options.amqp_url.clone()),
+            ("RELAY__AMQP__PREFIX".into(), format!("{}.", unique("t"))),
+            ("RELAY__AMQP__RECONNECT_MAX_BACKOFF".into(), "1s".into()),
+            ("RELAY__INGEST__PUBLISHER_KEYS".into(), PUBLISHER_KEY.into()),
+            ("RELAY__INGEST__PUBLISH_TIMEOUT".into(), "3s".into()),
+            ("RELAY__API__ADMIN_KEY".into(), ADMIN_KEY.into()),
+            (
+                "RELAY__API__DATABASE_URL".into(),
+                format!("sqlite://{}", dir.join("relay.db").display()),
+            ),
+            ("RELAY__DISPATCH__DIRECTORY_URL".into(), api_url.clone()),
+            ("RELAY__DISPATCH__REQUEST_TIMEOUT".into(), "5s".into()),
+            ("RELAY__LOG__LEVEL".into(), "warn".into()),
+        ];
+        env.extend(options.env.iter().cloned());
+        let settings = Settings::load_with_env(None, Some(env.into_iter().collect())).expect("test settings load");
+        relay_shared::telemetry::init(&settings.log);
+
+        let (trigger, shutdown) = shutdown::channel();
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(consumer_api::run(
+            settings.clone(),
+            api_listener,
+            prometheus::Registry::new(),
+            shutdown.clone(),
+        )));
+        let mut dispatcher_urls = Vec::new();
+        for _ in 0..options.dispatchers {
+            let (ops_listener, ops_url) = listener().await;
+            dispatcher_urls.push(ops_url);
+            tasks.push(tokio::spawn(relay::dispatch::run(
+                settings.clone(),
+                ops_listener,
+                prometheus::Registry::new(),
+                shutdown.clone(),
+            )));
+        }
+        tasks.push(tokio::spawn(relay::ingest::run(
+            settings.clone(),
+            ingest_listener,
+            prometheus::Registry::new(),
+            shutdown.clone(),
+        )));
+        let system = Self {
+            settings,
+            ingest_url,
+            api_url,
+            dispatcher_urls,
+            http: reqwest::Client::new(),
+            trigger,
+            tasks,
+            dir,
+        };
+        system.wait_ready(Duration::from_secs(30)).await;
+        system
+    }
+
+    /// Waits until every component's `/readyz` answers 200.
+    ///
+    /// # Panics
+    /// When one is still not ready after `timeout`, with its reasons.
+    pub async fn wait_ready(&self, timeout: Duration) {
+        let mut urls = vec![self.api_url.clone(), self.ingest_url.clone()];
+        urls.extend(self.dispatcher_urls.iter().cloned());
+        for url in urls {
+            let deadline = tokio::time::Instant::now() + timeout;
+            loop {
+                let answer = self.http.get(format!("{url}/readyz")).send().await;
+                match answer {
+                    Ok(r) if r.status() == 200 => break,
+                    other if tokio::time::Instant::now() > deadline => {
+                        let body = match other {
+                            Ok(r) => r.text().await.unwrap_or_default(),
+                            Err(e) => e.to_string(),
+                        };
+                        panic!("{url} not ready after {timeout:?}: {body}");
+                    }
+                    _ => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        }
+    }
+
+    /// `POST /v1/events` with the publisher key.
+    pub async fn publish(&self, event: &Value) -> reqwest::Response {
+        self.http
+            .post(format!("{}/v1/events", self.ingest_url))
+            .bearer_auth(PUBLISHER_KEY)
+            .json(event)
+            .send()
+            .await
+            .expect("ingest answers")
+    }
+
+    /// Publishes and asserts 202; returns the event id.
+    pub async fn publish_ok(&self, event: &Value) -> String {
+        let response = self.publish(event).await;
+        let status = response.status();
+        let body: Value = response.json().await.expect("JSON answer");
+        assert_eq!(status, 202, "publish answered {status}: {body}");
+        body["id"].as_str().expect("id in the answer").to_owned()
+    }
+
+    /// A request to consumer-api with the admin key.
+    pub fn api(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.api_url))
+            .bearer_auth(ADMIN_KEY)
+    }
+
+    /// Creates a subscription of `url` to `event_types`; returns the created body (with `secret`).
+    pub async fn subscribe(&self, url: &str, event_types: &[&str], consumer: Option<&str>) -> Value {
+        let mut body = json!({ "url": url, "event_types": event_types });
+        if let Some(consumer) = consumer {
+            body["consumer"] = json!(consumer);
+        }
+        let response = self
+            .api(reqwest::Method::POST, "/v1/subscriptions")
+            .json(&body)
+            .send()
+            .await
+            .expect("consumer-api answers");
+        let status = response.status();
+        let created: Value = response.json().await.expect("JSON answer");
+        assert_eq!(status, 201, "create answered {status}: {created}");
+        created
+    }
+
+    /// Stops every component and waits for them (bounded).
+    pub async fn stop(mut self) {
+        self.trigger.trigger();
+        for task in self.tasks.drain(..) {
+            match tokio::time::timeout(Duration::from_secs(30), task).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => panic!("a component failed: {e:#}"),
+                Ok(Err(e)) => panic!("a component panicked: {e}"),
+                Err(_) => panic!("a component did not stop within 30 s"),
+            }
+        }
+    }
+}
+
+impl Drop for System {
+    fn drop(&mut self) {
+        self.trigger.trigger();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

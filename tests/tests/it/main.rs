@@ -1,0 +1,15 @@
+//! End-to-end tests: real RabbitMQ, real HTTP on loopback, the real Relay components.
+//! One binary, one module per area (svix/cargo style).
+
+mod amqp_ingest;
+mod broker_outage;
+mod delivery;
+mod ingest_errors;
+mod subscriptions;
+
+use tests::{broker::shared_amqp_url, system::System};
+
+/// A fresh system on the shared test broker.
+async fn system() -> System {
+    System::start(&shared_amqp_url()).await
+}
