@@ -15,7 +15,6 @@ pub mod store;
 pub mod subscriptions;
 pub mod validation;
 
-
 use anyhow::Context as _;
 use relay_shared::{config::Settings, ops::Readiness, shutdown::Shutdown, topology::Topology};
 

@@ -120,10 +120,11 @@ fi
 http_status() {
   local status
   status=$(
+    exec 2>/dev/null
     exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 0
     printf 'GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' "$2" >&3
     IFS=' ' read -r -t 2 _ code _ <&3 && printf '%s' "$code"
-  ) 2>/dev/null || true
+  ) || true
   printf '%s\n' "${status:-000}"
 }
 

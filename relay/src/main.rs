@@ -32,13 +32,14 @@ async fn main() -> ExitCode {
         Command::Ingest => Process::Ingest,
         Command::Dispatch => Process::Dispatch,
     };
-    let settings = match Settings::load(cli.config.as_deref()).and_then(|s| s.validate(process).map(|()| s)) {
-        Ok(settings) => settings,
-        Err(e) => {
-            eprintln!("relay: {e}");
-            return ExitCode::from(2);
-        }
-    };
+    let settings =
+        match Settings::load(cli.config.as_deref()).and_then(|s| s.validate(process).map(|()| s)) {
+            Ok(settings) => settings,
+            Err(e) => {
+                eprintln!("relay: {e}");
+                return ExitCode::from(2);
+            }
+        };
     relay_shared::telemetry::init(&settings.log);
     let addr = match process {
         Process::Dispatch => settings.dispatch.listen,

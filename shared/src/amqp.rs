@@ -31,10 +31,13 @@ pub enum AmqpError {
 /// [`AmqpError::Timeout`] or [`AmqpError::Broker`].
 pub async fn connect(settings: &AmqpSettings, name: &str) -> Result<Connection, AmqpError> {
     let props = ConnectionProperties::default().with_connection_name(name.into());
-    tokio::time::timeout(settings.connect_timeout, Connection::connect(&settings.url, props))
-        .await
-        .map_err(|_| AmqpError::Timeout(settings.connect_timeout))?
-        .map_err(AmqpError::from)
+    tokio::time::timeout(
+        settings.connect_timeout,
+        Connection::connect(&settings.url, props),
+    )
+    .await
+    .map_err(|_| AmqpError::Timeout(settings.connect_timeout))?
+    .map_err(AmqpError::from)
 }
 
 /// A channel in publisher-confirm mode.
@@ -43,7 +46,9 @@ pub async fn connect(settings: &AmqpSettings, name: &str) -> Result<Connection, 
 /// [`AmqpError::Broker`].
 pub async fn confirm_channel(connection: &Connection) -> Result<Channel, AmqpError> {
     let channel = connection.create_channel().await?;
-    channel.confirm_select(ConfirmSelectOptions::default()).await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
     Ok(channel)
 }
 
@@ -56,7 +61,10 @@ pub fn persistent_json() -> BasicProperties {
 
 /// Adds a string header.
 pub fn header(headers: &mut FieldTable, key: &str, value: impl Into<String>) {
-    headers.insert(ShortString::from(key), AMQPValue::LongString(value.into().into()));
+    headers.insert(
+        ShortString::from(key),
+        AMQPValue::LongString(value.into().into()),
+    );
 }
 
 /// Publishes and waits for the broker's confirm, bounded by `timeout`.

@@ -220,7 +220,10 @@ impl Settings {
                     return invalid("dispatch.request_timeout", "must be more than zero");
                 }
                 if !self.dispatch.directory_url.starts_with("http") {
-                    return invalid("dispatch.directory_url", "must be an http(s) URL of consumer-api");
+                    return invalid(
+                        "dispatch.directory_url",
+                        "must be an http(s) URL of consumer-api",
+                    );
                 }
                 if self.api.admin_key.trim().is_empty() {
                     return invalid("api.admin_key", "dispatchers need it to read the directory");
@@ -244,7 +247,12 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Option<config::Map<String, String>> {
-        Some(pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect())
+        Some(
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        )
     }
 
     #[test]
@@ -279,11 +287,17 @@ mod tests {
 
     #[test]
     fn bad_values_name_their_key() {
-        let err = Settings::load_with_env(None, env(&[("RELAY__DISPATCH__PREFETCH", "lots")])).unwrap_err();
+        let err = Settings::load_with_env(None, env(&[("RELAY__DISPATCH__PREFETCH", "lots")]))
+            .unwrap_err();
         assert!(err.to_string().contains("dispatch.prefetch"), "{err}");
 
-        let err = Settings::load_with_env(None, env(&[("RELAY__DISPATCH__REQUEST_TIMEOUT", "soon")])).unwrap_err();
-        assert!(err.to_string().contains("dispatch.request_timeout"), "{err}");
+        let err =
+            Settings::load_with_env(None, env(&[("RELAY__DISPATCH__REQUEST_TIMEOUT", "soon")]))
+                .unwrap_err();
+        assert!(
+            err.to_string().contains("dispatch.request_timeout"),
+            "{err}"
+        );
 
         let s = Settings::load_with_env(None, env(&[])).unwrap();
         let err = s.validate(Process::Ingest).unwrap_err();

@@ -136,7 +136,13 @@ pub fn parse_json<'de, T: Deserialize<'de>>(body: &'de [u8]) -> Result<T, Envelo
             _ => EnvelopeErrorKind::MalformedJson,
         };
         let mut reason = inner.to_string();
-        let join = |name: &str| if path == "." { name.to_owned() } else { format!("{path}.{name}") };
+        let join = |name: &str| {
+            if path == "." {
+                name.to_owned()
+            } else {
+                format!("{path}.{name}")
+            }
+        };
         // serde names a missing or unknown field in its message; surface it as the field at fault.
         let field = if let Some(name) = backticked(&reason, "missing field `") {
             reason = format!("{name} is required");
@@ -187,13 +193,16 @@ impl IncomingEvent {
         now: OffsetDateTime,
         assign_id: impl FnOnce() -> String,
     ) -> Result<Envelope, EnvelopeError> {
-        validate_event_type(&self.event_type).map_err(|e| EnvelopeError::field("type", e.to_string()))?;
+        validate_event_type(&self.event_type)
+            .map_err(|e| EnvelopeError::field("type", e.to_string()))?;
         let id = match self.id {
             Some(id) if valid_token(&id, MAX_ID_LEN) => id,
             Some(_) => {
                 return Err(EnvelopeError::field(
                     "id",
-                    format!("id must be 1 to {MAX_ID_LEN} characters of A-Z, a-z, 0-9, '_', '-', '.', ':'"),
+                    format!(
+                        "id must be 1 to {MAX_ID_LEN} characters of A-Z, a-z, 0-9, '_', '-', '.', ':'"
+                    ),
                 ));
             }
             None => assign_id(),
@@ -203,7 +212,9 @@ impl IncomingEvent {
         {
             return Err(EnvelopeError::field(
                 "consumer",
-                format!("consumer must be 1 to {MAX_CONSUMER_LEN} characters of A-Z, a-z, 0-9, '_', '-', '.', ':'"),
+                format!(
+                    "consumer must be 1 to {MAX_CONSUMER_LEN} characters of A-Z, a-z, 0-9, '_', '-', '.', ':'"
+                ),
             ));
         }
         let occurred_at = match self.occurred_at {
@@ -213,7 +224,9 @@ impl IncomingEvent {
                 Err(e) => {
                     return Err(EnvelopeError::field(
                         "occurred_at",
-                        format!("occurred_at must be an RFC 3339 time such as 2026-01-01T00:00:00Z ({e})"),
+                        format!(
+                            "occurred_at must be an RFC 3339 time such as 2026-01-01T00:00:00Z ({e})"
+                        ),
                     ));
                 }
             },
@@ -294,17 +307,49 @@ mod tests {
             ("1", EnvelopeErrorKind::InvalidField, ""),
             (r#"{"data":{}}"#, EnvelopeErrorKind::InvalidField, "type"),
             (r#"{"type":5}"#, EnvelopeErrorKind::InvalidField, "type"),
-            (r#"{"type":"Bad Type"}"#, EnvelopeErrorKind::InvalidField, "type"),
-            (r#"{"type":"a","id":"has space"}"#, EnvelopeErrorKind::InvalidField, "id"),
-            (r#"{"type":"a","id":""}"#, EnvelopeErrorKind::InvalidField, "id"),
-            (r#"{"type":"a","consumer":"x/y"}"#, EnvelopeErrorKind::InvalidField, "consumer"),
-            (r#"{"type":"a","occurred_at":"yesterday"}"#, EnvelopeErrorKind::InvalidField, "occurred_at"),
-            (r#"{"type":"a","tpye":"b"}"#, EnvelopeErrorKind::InvalidField, "tpye"),
-            (r#"{"type":"a"} trailing"#, EnvelopeErrorKind::MalformedJson, ""),
+            (
+                r#"{"type":"Bad Type"}"#,
+                EnvelopeErrorKind::InvalidField,
+                "type",
+            ),
+            (
+                r#"{"type":"a","id":"has space"}"#,
+                EnvelopeErrorKind::InvalidField,
+                "id",
+            ),
+            (
+                r#"{"type":"a","id":""}"#,
+                EnvelopeErrorKind::InvalidField,
+                "id",
+            ),
+            (
+                r#"{"type":"a","consumer":"x/y"}"#,
+                EnvelopeErrorKind::InvalidField,
+                "consumer",
+            ),
+            (
+                r#"{"type":"a","occurred_at":"yesterday"}"#,
+                EnvelopeErrorKind::InvalidField,
+                "occurred_at",
+            ),
+            (
+                r#"{"type":"a","tpye":"b"}"#,
+                EnvelopeErrorKind::InvalidField,
+                "tpye",
+            ),
+            (
+                r#"{"type":"a"} trailing"#,
+                EnvelopeErrorKind::MalformedJson,
+                "",
+            ),
         ];
         for (body, kind, field) in cases {
             let err = normalise(body).unwrap_err();
-            assert_eq!((err.kind, err.field.as_str()), (kind, field), "{body}: {err}");
+            assert_eq!(
+                (err.kind, err.field.as_str()),
+                (kind, field),
+                "{body}: {err}"
+            );
         }
     }
 

@@ -25,7 +25,9 @@ fn check_shape(s: &str, what: &str) -> Result<(), TypeError> {
         return Err(TypeError(format!("{what} must not be empty")));
     }
     if s.len() > MAX_TYPE_LEN {
-        return Err(TypeError(format!("{what} is longer than {MAX_TYPE_LEN} bytes")));
+        return Err(TypeError(format!(
+            "{what} is longer than {MAX_TYPE_LEN} bytes"
+        )));
     }
     Ok(())
 }
@@ -149,7 +151,15 @@ mod tests {
     fn bad_types_and_filters_are_refused_with_reason() {
         assert!(validate_event_type("order.created").is_ok());
         assert!(validate_event_type("a-b_c.d9").is_ok());
-        for bad in ["", "Order.created", "order..created", ".order", "order.", "order created", "order.*"] {
+        for bad in [
+            "",
+            "Order.created",
+            "order..created",
+            ".order",
+            "order.",
+            "order created",
+            "order.*",
+        ] {
             assert!(validate_event_type(bad).is_err(), "{bad:?} accepted");
         }
         assert!(validate_event_type(&"a".repeat(256)).is_err());

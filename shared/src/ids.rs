@@ -27,6 +27,9 @@ mod tests {
     fn ids_carry_their_prefix_and_are_unique() {
         let ids: std::collections::HashSet<String> = (0..1000).map(|_| new_id("evt")).collect();
         assert_eq!(ids.len(), 1000);
-        assert!(ids.iter().all(|id| id.starts_with("evt_") && id.len() == 30));
+        assert!(
+            ids.iter()
+                .all(|id| id.starts_with("evt_") && id.len() == 30)
+        );
     }
 }

@@ -10,7 +10,10 @@ use prometheus::{
 ///
 /// # Errors
 /// A metric of that name is already registered.
-pub fn register<M: Collector + Clone + 'static>(registry: &Registry, metric: M) -> prometheus::Result<M> {
+pub fn register<M: Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: M,
+) -> prometheus::Result<M> {
     registry.register(Box::new(metric.clone()))?;
     Ok(metric)
 }
@@ -48,7 +51,12 @@ pub fn gauge(registry: &Registry, name: &str, help: &str) -> prometheus::Result<
 ///
 /// # Errors
 /// As [`register`].
-pub fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntGaugeVec> {
+pub fn gauge_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<IntGaugeVec> {
     register(registry, IntGaugeVec::new(Opts::new(name, help), labels)?)
 }
 
@@ -56,8 +64,16 @@ pub fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -
 ///
 /// # Errors
 /// As [`register`].
-pub fn histogram(registry: &Registry, name: &str, help: &str, buckets: &[f64]) -> prometheus::Result<Histogram> {
-    register(registry, Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))?)
+pub fn histogram(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    buckets: &[f64],
+) -> prometheus::Result<Histogram> {
+    register(
+        registry,
+        Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))?,
+    )
 }
 
 /// A registered histogram with labels.
@@ -73,7 +89,10 @@ pub fn histogram_vec(
 ) -> prometheus::Result<HistogramVec> {
     register(
         registry,
-        HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets.to_vec()), labels)?,
+        HistogramVec::new(
+            HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+            labels,
+        )?,
     )
 }
 

@@ -34,7 +34,12 @@ pub struct Problem {
 
 impl Problem {
     /// A problem of type `urn:relay:problem:{slug}`.
-    pub fn new(status: StatusCode, slug: &str, title: &'static str, detail: impl Into<String>) -> Self {
+    pub fn new(
+        status: StatusCode,
+        slug: &str,
+        title: &'static str,
+        detail: impl Into<String>,
+    ) -> Self {
         Self {
             problem_type: format!("{TYPE_PREFIX}{slug}"),
             title,
@@ -72,7 +77,12 @@ impl Problem {
 
     /// 404 for a resource that does not exist (or the caller may not see).
     pub fn not_found(what: &str) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not-found", "Not found", format!("no such {what}"))
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            "Not found",
+            format!("no such {what}"),
+        )
     }
 
     /// 415: the body is not declared as JSON.
@@ -130,7 +140,8 @@ pub fn is_json(headers: &axum::http::HeaderMap) -> bool {
         .and_then(|v| v.split(';').next())
         .map(|mime| {
             let mime = mime.trim().to_ascii_lowercase();
-            mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+            mime == "application/json"
+                || (mime.starts_with("application/") && mime.ends_with("+json"))
         })
         .unwrap_or(false)
 }
@@ -149,13 +160,21 @@ pub async fn read_body(body: axum::body::Body, limit: usize) -> Result<bytes::By
         if over {
             Problem::too_large(limit)
         } else {
-            Problem::new(StatusCode::BAD_REQUEST, "unreadable-body", "Body could not be read", e.to_string())
+            Problem::new(
+                StatusCode::BAD_REQUEST,
+                "unreadable-body",
+                "Body could not be read",
+                e.to_string(),
+            )
         }
     })
 }
 
 /// Checks `Authorization: Bearer <key>` against `keys` in constant time per key.
-pub fn bearer_matches<'a>(headers: &axum::http::HeaderMap, keys: impl IntoIterator<Item = &'a str>) -> bool {
+pub fn bearer_matches<'a>(
+    headers: &axum::http::HeaderMap,
+    keys: impl IntoIterator<Item = &'a str>,
+) -> bool {
     use subtle::ConstantTimeEq;
     let Some(token) = headers
         .get(header::AUTHORIZATION)
@@ -164,6 +183,7 @@ pub fn bearer_matches<'a>(headers: &axum::http::HeaderMap, keys: impl IntoIterat
     else {
         return false;
     };
-    keys.into_iter()
-        .fold(false, |found, key| found | bool::from(token.as_bytes().ct_eq(key.as_bytes())))
+    keys.into_iter().fold(false, |found, key| {
+        found | bool::from(token.as_bytes().ct_eq(key.as_bytes()))
+    })
 }

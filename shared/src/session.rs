@@ -4,9 +4,6 @@
 
 use std::{sync::Arc, time::Duration};
 
-use futures_util::StreamExt;
-use lapin::{Connection, Event};
-use prometheus::IntGauge;
 use crate::{
     amqp::{self, AmqpError, Backoff},
     config::AmqpSettings,
@@ -14,6 +11,9 @@ use crate::{
     shutdown::Shutdown,
     topology::Topology,
 };
+use futures_util::StreamExt;
+use lapin::{Connection, Event};
+use prometheus::IntGauge;
 use tokio::sync::watch;
 
 /// Readiness condition name for the broker.
@@ -74,7 +74,11 @@ pub fn keep_connected(
     rx
 }
 
-async fn open(settings: &AmqpSettings, name: &str, topology: &Topology) -> Result<Connection, AmqpError> {
+async fn open(
+    settings: &AmqpSettings,
+    name: &str,
+    topology: &Topology,
+) -> Result<Connection, AmqpError> {
     let connection = amqp::connect(settings, name).await?;
     let channel = connection.create_channel().await?;
     tokio::time::timeout(settings.connect_timeout, topology.declare(&channel))

@@ -43,8 +43,12 @@ impl SigningKey {
     /// # Errors
     /// A [`SecretError`] saying what is wrong with it.
     pub fn parse(secret: &str) -> Result<Self, SecretError> {
-        let encoded = secret.strip_prefix(SECRET_PREFIX).ok_or(SecretError::MissingPrefix)?;
-        let raw = STANDARD.decode(encoded).map_err(|_| SecretError::NotBase64)?;
+        let encoded = secret
+            .strip_prefix(SECRET_PREFIX)
+            .ok_or(SecretError::MissingPrefix)?;
+        let raw = STANDARD
+            .decode(encoded)
+            .map_err(|_| SecretError::NotBase64)?;
         if !(24..=64).contains(&raw.len()) {
             return Err(SecretError::BadLength);
         }
@@ -70,7 +74,10 @@ fn unreachable_key() -> Hmac<Sha256> {
 
 /// A new random `whsec_…` secret.
 pub fn generate_secret() -> String {
-    format!("{SECRET_PREFIX}{}", STANDARD.encode(crate::ids::random_bytes::<SECRET_BYTES>()))
+    format!(
+        "{SECRET_PREFIX}{}",
+        STANDARD.encode(crate::ids::random_bytes::<SECRET_BYTES>())
+    )
 }
 
 /// The `webhook-signature` header value: one signature per key, space separated.
@@ -118,20 +125,38 @@ mod tests {
     #[test]
     fn rotation_header_carries_both_and_each_verifies() {
         let new = generate_secret();
-        let keys = [SigningKey::parse(SECRET).unwrap(), SigningKey::parse(&new).unwrap()];
+        let keys = [
+            SigningKey::parse(SECRET).unwrap(),
+            SigningKey::parse(&new).unwrap(),
+        ];
         let header = signature_header(&keys, ID, 1_649_367_553, BODY);
         assert_eq!(header.split(' ').count(), 2);
         assert!(verify(SECRET, ID, 1_649_367_553, BODY, &header));
         assert!(verify(&new, ID, 1_649_367_553, BODY, &header));
-        assert!(!verify(&generate_secret(), ID, 1_649_367_553, BODY, &header));
+        assert!(!verify(
+            &generate_secret(),
+            ID,
+            1_649_367_553,
+            BODY,
+            &header
+        ));
         assert!(!verify(SECRET, ID, 1_649_367_554, BODY, &header));
     }
 
     #[test]
     fn malformed_secrets_are_refused() {
-        assert_eq!(SigningKey::parse("C2FVsBQIhrscChlQIMV").unwrap_err(), SecretError::MissingPrefix);
-        assert_eq!(SigningKey::parse("whsec_!!!").unwrap_err(), SecretError::NotBase64);
-        assert_eq!(SigningKey::parse("whsec_AAAA").unwrap_err(), SecretError::BadLength);
+        assert_eq!(
+            SigningKey::parse("C2FVsBQIhrscChlQIMV").unwrap_err(),
+            SecretError::MissingPrefix
+        );
+        assert_eq!(
+            SigningKey::parse("whsec_!!!").unwrap_err(),
+            SecretError::NotBase64
+        );
+        assert_eq!(
+            SigningKey::parse("whsec_AAAA").unwrap_err(),
+            SecretError::BadLength
+        );
         assert!(generate_secret().starts_with(SECRET_PREFIX));
     }
 }

@@ -43,7 +43,13 @@ pub async fn publish(url: &str, exchange: &str, body: &[u8], properties: BasicPr
         .await
         .expect("confirm mode");
     let confirm = channel
-        .basic_publish(exchange.into(), "".into(), BasicPublishOptions::default(), body, properties)
+        .basic_publish(
+            exchange.into(),
+            "".into(),
+            BasicPublishOptions::default(),
+            body,
+            properties,
+        )
         .await
         .expect("publish")
         .await
@@ -65,7 +71,11 @@ pub async fn get_one(url: &str, queue: &str, timeout: Duration) -> Option<Messag
         {
             Some(got) => {
                 let delivery = got.delivery;
-                delivery.acker.ack(BasicAckOptions::default()).await.expect("ack");
+                delivery
+                    .acker
+                    .ack(BasicAckOptions::default())
+                    .await
+                    .expect("ack");
                 break Some(Message {
                     body: delivery.data,
                     properties: delivery.properties,

@@ -100,7 +100,10 @@ impl PrivateBroker {
                     drop(broker);
                 }
                 Err(StartFailure::Exited { detail, .. } | StartFailure::TimedOut { detail }) => {
-                    panic!("private RabbitMQ node {} did not start: {detail}", broker.node)
+                    panic!(
+                        "private RabbitMQ node {} did not start: {detail}",
+                        broker.node
+                    )
                 }
             }
         }
@@ -155,7 +158,10 @@ impl PrivateBroker {
         if let Err(StartFailure::Exited { detail, .. } | StartFailure::TimedOut { detail }) =
             self.wait_ready().await
         {
-            panic!("RabbitMQ node {} did not come back after start_app: {detail}", self.node);
+            panic!(
+                "RabbitMQ node {} did not come back after start_app: {detail}",
+                self.node
+            );
         }
     }
 
@@ -177,7 +183,10 @@ impl PrivateBroker {
         let output = match tokio::time::timeout(CTL_TIMEOUT, command.output()).await {
             Ok(Ok(output)) => output,
             Ok(Err(err)) => panic!("cannot run rabbitmqctl {args:?}: {err}"),
-            Err(_) => panic!("rabbitmqctl {args:?} on {} took over {CTL_TIMEOUT:?}", self.node),
+            Err(_) => panic!(
+                "rabbitmqctl {args:?} on {} took over {CTL_TIMEOUT:?}",
+                self.node
+            ),
         };
         let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
         assert!(
@@ -291,7 +300,12 @@ impl PrivateBroker {
             let text = fs::read_to_string(&path).unwrap_or_default();
             let lines: Vec<&str> = text.lines().collect();
             let tail = &lines[lines.len().saturating_sub(40)..];
-            let _ = write!(out, "\n--- last lines of {} ---\n{}", path.display(), tail.join("\n"));
+            let _ = write!(
+                out,
+                "\n--- last lines of {} ---\n{}",
+                path.display(),
+                tail.join("\n")
+            );
         }
         out
     }
@@ -359,10 +373,19 @@ fn node_files(dir: &Path, node: &str, port: u16, dist_port: u16) -> Vec<(&'stati
         ("RABBITMQ_MNESIA_BASE", path(dir.join("mnesia"))),
         ("RABBITMQ_LOG_BASE", path(dir.join("log"))),
         ("RABBITMQ_PID_FILE", path(dir.join("rabbitmq.pid"))),
-        ("RABBITMQ_ENABLED_PLUGINS_FILE", path(dir.join("enabled_plugins"))),
+        (
+            "RABBITMQ_ENABLED_PLUGINS_FILE",
+            path(dir.join("enabled_plugins")),
+        ),
         ("RABBITMQ_CONFIG_FILE", path(dir.join("rabbitmq.conf"))),
-        ("RABBITMQ_ADVANCED_CONFIG_FILE", path(dir.join("advanced.config"))),
-        ("RABBITMQ_CONF_ENV_FILE", path(dir.join("rabbitmq-env.conf"))),
+        (
+            "RABBITMQ_ADVANCED_CONFIG_FILE",
+            path(dir.join("advanced.config")),
+        ),
+        (
+            "RABBITMQ_CONF_ENV_FILE",
+            path(dir.join("rabbitmq-env.conf")),
+        ),
         // `exec` the VM and let end of input halt it (module docs).
         ("RABBITMQ_ALLOW_INPUT", "true".to_owned()),
         // Distribution (node and CLI) on loopback only; the CLI on an ephemeral port so
@@ -430,25 +453,39 @@ mod tests {
         let started = Instant::now();
         let broker = PrivateBroker::start().await;
         eprintln!("node {} up in {:?}", broker.node(), started.elapsed());
-        assert!(broker.amqp_url().ends_with(&format!(":{}/%2f", broker.port())));
+        assert!(
+            broker
+                .amqp_url()
+                .ends_with(&format!(":{}/%2f", broker.port()))
+        );
 
-        let connection = connect(&broker.amqp_url()).await.expect("connect to a fresh node");
+        let connection = connect(&broker.amqp_url())
+            .await
+            .expect("connect to a fresh node");
         assert!(connection.status().connected());
 
         let stopping = Instant::now();
         broker.stop_app().await;
         eprintln!("stop_app took {:?}", stopping.elapsed());
-        assert!(connect(&broker.amqp_url()).await.is_err(), "connect must fail after stop_app");
+        assert!(
+            connect(&broker.amqp_url()).await.is_err(),
+            "connect must fail after stop_app"
+        );
         let deadline = Instant::now() + Duration::from_secs(5);
         while connection.status().connected() {
-            assert!(Instant::now() < deadline, "stop_app must drop open connections");
+            assert!(
+                Instant::now() < deadline,
+                "stop_app must drop open connections"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
 
         let starting = Instant::now();
         broker.start_app().await;
         eprintln!("start_app took {:?}", starting.elapsed());
-        let again = connect(&broker.amqp_url()).await.expect("connect after start_app");
+        let again = connect(&broker.amqp_url())
+            .await
+            .expect("connect after start_app");
         again.close(200, "bye".into()).await.expect("close");
 
         let dir = broker.dir.clone();

@@ -21,6 +21,10 @@ pub fn bin_path(name: &str) -> PathBuf {
         .and_then(|deps| deps.parent())
         .map(|profile| profile.join(name))
         .expect("target directory layout");
-    assert!(path.exists(), "{} is not built; run `cargo build --bins` first", path.display());
+    assert!(
+        path.exists(),
+        "{} is not built; run `cargo build --bins` first",
+        path.display()
+    );
     path
 }

@@ -106,7 +106,9 @@ impl Receiver {
             behaviour: Mutex::new((behaviour, 0)),
             count: count_tx,
         });
-        let app = Router::new().fallback(record).with_state(Arc::clone(&shared));
+        let app = Router::new()
+            .fallback(record)
+            .with_state(Arc::clone(&shared));
         let server = tokio::spawn(serve(listener, app));
         Receiver {
             addr,
@@ -214,9 +216,11 @@ async fn record(
         (Behaviour::Sequence(codes), i) => {
             status(codes.get(i).copied().unwrap_or(200)).into_response()
         }
-        (Behaviour::RetryAfter(code, secs), _) => {
-            (status(code), [(http::header::RETRY_AFTER, secs.to_string())]).into_response()
-        }
+        (Behaviour::RetryAfter(code, secs), _) => (
+            status(code),
+            [(http::header::RETRY_AFTER, secs.to_string())],
+        )
+            .into_response(),
         (Behaviour::Delay(delay), _) => {
             tokio::time::sleep(delay).await;
             StatusCode::OK.into_response()
@@ -316,11 +320,16 @@ mod tests {
     fn verify_checks_the_standard_webhooks_signature() {
         let secret = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
         let mut headers = HeaderMap::new();
-        headers.insert("webhook-id", "msg_27UH4WbU6Z5A5EzD8u03UvzRbpk".parse().unwrap());
+        headers.insert(
+            "webhook-id",
+            "msg_27UH4WbU6Z5A5EzD8u03UvzRbpk".parse().unwrap(),
+        );
         headers.insert("webhook-timestamp", "1649367553".parse().unwrap());
         headers.insert(
             "webhook-signature",
-            "v1,tZ1I4/hDygAJgO5TYxiSd6Sd0kDW6hPenDe+bTa3Kkw=".parse().unwrap(),
+            "v1,tZ1I4/hDygAJgO5TYxiSd6Sd0kDW6hPenDe+bTa3Kkw="
+                .parse()
+                .unwrap(),
         );
         let mut received = Received {
             headers,

@@ -2,7 +2,11 @@
 //! listeners against a real broker, isolated from other tests by a unique topology prefix and
 //! its own SQLite file. Each component runs the same `run` function its binary calls.
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::PathBuf,
+    sync::atomic::{AtomicUsize, Ordering},
+    time::Duration,
+};
 
 use relay_shared::{
     config::Settings,
@@ -58,19 +62,27 @@ pub struct System {
     pub dispatcher_urls: Vec<String>,
     /// An HTTP client for the test's own calls.
     pub http: reqwest::Client,
+    created: AtomicUsize,
     trigger: ShutdownTrigger,
     tasks: Vec<JoinHandle<anyhow::Result<()>>>,
     dir: PathBuf,
 }
 
 async fn listener() -> (TcpListener, String) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind a loopback port");
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a loopback port");
     let url = format!("http://{}", listener.local_addr().expect("local addr"));
     (listener, url)
 }
 
 fn unique(prefix: &str) -> String {
-    format!("{prefix}{}", relay_shared::ids::new_id("t").to_lowercase().replace('_', ""))
+    format!(
+        "{prefix}{}",
+        relay_shared::ids::new_id("t")
+            .to_lowercase()
+            .replace('_', "")
+    )
 }
 
 impl System {
@@ -101,7 +113,8 @@ impl System {
             ("RELAY__LOG__LEVEL".into(), "warn".into()),
         ];
         env.extend(options.env.iter().cloned());
-        let settings = Settings::load_with_env(None, Some(env.into_iter().collect())).expect("test settings load");
+        let settings = Settings::load_with_env(None, Some(env.into_iter().collect()))
+            .expect("test settings load");
         relay_shared::telemetry::init(&settings.log);
 
         let (trigger, shutdown) = shutdown::channel();
@@ -135,6 +148,7 @@ impl System {
             api_url,
             dispatcher_urls,
             http: reqwest::Client::new(),
+            created: AtomicUsize::new(0),
             trigger,
             tasks,
             dir,
@@ -196,8 +210,73 @@ impl System {
             .bearer_auth(ADMIN_KEY)
     }
 
-    /// Creates a subscription of `url` to `event_types`; returns the created body (with `secret`).
-    pub async fn subscribe(&self, url: &str, event_types: &[&str], consumer: Option<&str>) -> Value {
+    /// Creates a subscription of `url` to `event_types` and waits until every dispatcher has
+    /// it in its directory; returns the created body (with `secret`).
+    pub async fn subscribe(
+        &self,
+        url: &str,
+        event_types: &[&str],
+        consumer: Option<&str>,
+    ) -> Value {
+        let created = self.create_subscription(url, event_types, consumer).await;
+        let expected = self.created.fetch_add(1, Ordering::SeqCst) + 1;
+        for dispatcher in &self.dispatcher_urls {
+            self.wait_for_metric(dispatcher, "relay_subscriptions_loaded", |v| {
+                v >= expected as f64
+            })
+            .await;
+        }
+        created
+    }
+
+    /// Waits (up to 10 s) until `metric` on the process at `base_url` satisfies `ok`.
+    ///
+    /// # Panics
+    /// When it does not, with the last value seen.
+    pub async fn wait_for_metric(&self, base_url: &str, metric: &str, ok: impl Fn(f64) -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let value = self.metric(base_url, metric).await;
+            if value.is_some_and(&ok) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{metric} at {base_url} stayed at {value:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The sum of every sample of `metric` exposed at `base_url/metrics`.
+    pub async fn metric(&self, base_url: &str, metric: &str) -> Option<f64> {
+        let text = self
+            .http
+            .get(format!("{base_url}/metrics"))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        let samples: Vec<f64> = text
+            .lines()
+            .filter(|line| {
+                line.strip_prefix(metric)
+                    .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+            })
+            .filter_map(|line| line.rsplit(' ').next()?.parse().ok())
+            .collect();
+        (!samples.is_empty()).then(|| samples.iter().sum())
+    }
+
+    /// Creates a subscription without waiting for the dispatchers to learn of it.
+    pub async fn create_subscription(
+        &self,
+        url: &str,
+        event_types: &[&str],
+        consumer: Option<&str>,
+    ) -> Value {
         let mut body = json!({ "url": url, "event_types": event_types });
         if let Some(consumer) = consumer {
             body["consumer"] = json!(consumer);

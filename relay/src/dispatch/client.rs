@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use reqwest::{StatusCode, header};
 use relay_shared::{config::DispatchSettings, signing::signature_header};
+use reqwest::{StatusCode, header};
 
 use super::directory::Route;
 
@@ -80,7 +80,12 @@ impl WebhookClient {
     ///
     /// # Errors
     /// An [`AttemptError`] for anything but a 2xx answer.
-    pub async fn deliver(&self, route: &Route, msg_id: &str, body: Bytes) -> Result<u16, AttemptError> {
+    pub async fn deliver(
+        &self,
+        route: &Route,
+        msg_id: &str,
+        body: Bytes,
+    ) -> Result<u16, AttemptError> {
         let timestamp = time::OffsetDateTime::now_utc().unix_timestamp();
         let signature = signature_header(&route.keys, msg_id, timestamp, &body);
         let response = self
@@ -137,7 +142,10 @@ impl WebhookClient {
 fn retry_after(response: &reqwest::Response) -> Option<u64> {
     let honoured = matches!(
         response.status(),
-        StatusCode::TOO_MANY_REQUESTS | StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
+        StatusCode::TOO_MANY_REQUESTS
+            | StatusCode::BAD_GATEWAY
+            | StatusCode::SERVICE_UNAVAILABLE
+            | StatusCode::GATEWAY_TIMEOUT
     );
     if !honoured {
         return None;

@@ -9,10 +9,7 @@ use std::{
 };
 
 use relay_shared::{
-    control::ControlMessage,
-    filter::TopicFilter,
-    signing::SigningKey,
-    subscription::DirectoryEntry,
+    control::ControlMessage, filter::TopicFilter, signing::SigningKey, subscription::DirectoryEntry,
 };
 
 /// One subscription, ready to match and sign with.
@@ -87,7 +84,10 @@ impl Directory {
     /// The enabled subscriptions an event of `event_type` (for `consumer`, if named) goes to.
     pub fn matching(&self, event_type: &str, consumer: Option<&str>) -> Vec<Arc<Route>> {
         let segments: Vec<&str> = event_type.split('.').collect();
-        let state = self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let state = self
+            .0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         state
             .routes
             .values()
@@ -98,7 +98,11 @@ impl Directory {
 
     /// How many subscriptions are loaded.
     pub fn len(&self) -> usize {
-        self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner).routes.len()
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .routes
+            .len()
     }
 
     /// Whether no subscription is loaded.
@@ -107,7 +111,9 @@ impl Directory {
     }
 
     fn write(&self) -> RwLockWriteGuard<'_, State> {
-        self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Applies a live notification.
@@ -218,15 +224,24 @@ mod tests {
     #[test]
     fn stale_notifications_never_win_and_replay_covers_the_fetch_window() {
         let d = Directory::default();
-        d.apply(ControlMessage::Upsert { subscription: entry("a", &["x"], None, 2) });
-        d.apply(ControlMessage::Upsert { subscription: entry("a", &["y"], None, 1) });
+        d.apply(ControlMessage::Upsert {
+            subscription: entry("a", &["x"], None, 2),
+        });
+        d.apply(ControlMessage::Upsert {
+            subscription: entry("a", &["y"], None, 1),
+        });
         assert_eq!(d.matching("x", None).len(), 1);
 
         // A subscription created and another deleted while the snapshot was in flight.
         d.begin_snapshot();
-        d.apply(ControlMessage::Upsert { subscription: entry("new", &["x"], None, 1) });
+        d.apply(ControlMessage::Upsert {
+            subscription: entry("new", &["x"], None, 1),
+        });
         d.apply(ControlMessage::Delete { id: "old".into() });
-        d.finish_snapshot(vec![entry("a", &["x"], None, 2), entry("old", &["x"], None, 1)]);
+        d.finish_snapshot(vec![
+            entry("a", &["x"], None, 2),
+            entry("old", &["x"], None, 1),
+        ]);
         assert_eq!(ids(d.matching("x", None)), ["a", "new"]);
     }
 

@@ -48,10 +48,15 @@ impl DispatchMetrics {
                 "relay_event_to_delivery_seconds",
                 "Time from acceptance by ingest to the endpoint's 2xx.",
                 &[
-                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 300.0, 3600.0, 36000.0,
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 300.0,
+                    3600.0, 36000.0,
                 ],
             )?,
-            inflight: gauge(registry, "relay_inflight_deliveries", "Webhook requests in flight.")?,
+            inflight: gauge(
+                registry,
+                "relay_inflight_deliveries",
+                "Webhook requests in flight.",
+            )?,
             subscriptions_loaded: gauge(
                 registry,
                 "relay_subscriptions_loaded",
@@ -69,7 +74,11 @@ impl DispatchMetrics {
                 "Events refused, by reason; invalid_amqp counts messages parked in the invalid queue.",
                 &["reason"],
             )?,
-            amqp_connected: gauge(registry, "relay_amqp_connected", "1 while connected to the broker.")?,
+            amqp_connected: gauge(
+                registry,
+                "relay_amqp_connected",
+                "1 while connected to the broker.",
+            )?,
         })
     }
 }

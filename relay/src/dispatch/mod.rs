@@ -45,8 +45,9 @@ pub async fn run(
         metrics.amqp_connected.clone(),
         shutdown.clone(),
     );
-    let loader = sync::SnapshotLoader::new(&settings.dispatch.directory_url, &settings.api.admin_key)
-        .context("building the directory client")?;
+    let loader =
+        sync::SnapshotLoader::new(&settings.dispatch.directory_url, &settings.api.admin_key)
+            .context("building the directory client")?;
     tokio::spawn(sync::refresh_loop(
         loader,
         directory.clone(),
@@ -77,7 +78,10 @@ pub async fn run(
     // Deliver only with a directory: an event matched against an empty one would be acked
     // without reaching its subscribers.
     let mut waiting = shutdown.clone();
-    while readiness.check().is_err_and(|reasons| reasons.iter().any(|r| r.starts_with(sync::READY_DIRECTORY))) {
+    while readiness
+        .check()
+        .is_err_and(|reasons| reasons.iter().any(|r| r.starts_with(sync::READY_DIRECTORY)))
+    {
         tokio::select! {
             () = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
             () = waiting.wait() => break,
@@ -91,6 +95,9 @@ pub async fn run(
         prefetch: settings.dispatch.prefetch,
     });
     worker.run(sessions, shutdown).await;
-    server.await.context("ops server task")?.context("ops server")?;
+    server
+        .await
+        .context("ops server task")?
+        .context("ops server")?;
     Ok(())
 }

@@ -8,8 +8,8 @@ use lapin::{BasicProperties, Channel, types::FieldTable};
 use relay_shared::{
     amqp::{self, AmqpError, header},
     topology::{
-        HEADER_ATTEMPTS, HEADER_INVALID_REASON, HEADER_LAST_ERROR, HEADER_LAST_STATUS, HEADER_SUBSCRIPTION,
-        Topology,
+        HEADER_ATTEMPTS, HEADER_INVALID_REASON, HEADER_LAST_ERROR, HEADER_LAST_STATUS,
+        HEADER_SUBSCRIPTION, Topology,
     },
 };
 
@@ -42,11 +42,27 @@ impl Parking {
     ///
     /// # Errors
     /// The broker did not confirm; the message must not be acked.
-    pub async fn invalid(&self, body: &[u8], properties: &BasicProperties, reason: &str) -> Result<(), AmqpError> {
+    pub async fn invalid(
+        &self,
+        body: &[u8],
+        properties: &BasicProperties,
+        reason: &str,
+    ) -> Result<(), AmqpError> {
         let mut headers = properties.headers().clone().unwrap_or_default();
         header(&mut headers, HEADER_INVALID_REASON, reason);
-        let properties = properties.clone().with_headers(headers).with_delivery_mode(2);
-        amqp::publish_confirmed(&self.channel, "", &self.invalid, body, properties, CONFIRM_TIMEOUT).await
+        let properties = properties
+            .clone()
+            .with_headers(headers)
+            .with_delivery_mode(2);
+        amqp::publish_confirmed(
+            &self.channel,
+            "",
+            &self.invalid,
+            body,
+            properties,
+            CONFIRM_TIMEOUT,
+        )
+        .await
     }
 
     /// Parks a delivery that will not be attempted again.
@@ -72,6 +88,14 @@ impl Parking {
         let properties = amqp::persistent_json()
             .with_message_id(event_id.into())
             .with_headers(headers);
-        amqp::publish_confirmed(&self.channel, "", &self.dead, body, properties, CONFIRM_TIMEOUT).await
+        amqp::publish_confirmed(
+            &self.channel,
+            "",
+            &self.dead,
+            body,
+            properties,
+            CONFIRM_TIMEOUT,
+        )
+        .await
     }
 }

@@ -47,7 +47,9 @@ impl SnapshotLoader {
     /// The HTTP client could not be built.
     pub fn new(base_url: &str, admin_key: &str) -> reqwest::Result<Self> {
         Ok(Self {
-            http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()?,
             url: format!("{}/v1/directory", base_url.trim_end_matches('/')),
             admin_key: admin_key.to_owned(),
         })
@@ -72,11 +74,17 @@ impl SnapshotLoader {
         }
     }
 
-    async fn fetch_all(&self) -> Result<Vec<relay_shared::subscription::DirectoryEntry>, SnapshotError> {
+    async fn fetch_all(
+        &self,
+    ) -> Result<Vec<relay_shared::subscription::DirectoryEntry>, SnapshotError> {
         let mut entries = Vec::new();
         let mut after: Option<String> = None;
         loop {
-            let mut request = self.http.get(&self.url).bearer_auth(&self.admin_key).query(&[("limit", "1000")]);
+            let mut request = self
+                .http
+                .get(&self.url)
+                .bearer_auth(&self.admin_key)
+                .query(&[("limit", "1000")]);
             if let Some(cursor) = &after {
                 request = request.query(&[("after", cursor)]);
             }
@@ -110,7 +118,9 @@ pub async fn refresh_loop(
     loop {
         let wait = match loader.load_into(&directory).await {
             Ok(n) => {
-                metrics.subscriptions_loaded.set(i64::try_from(n).unwrap_or(i64::MAX));
+                metrics
+                    .subscriptions_loaded
+                    .set(i64::try_from(n).unwrap_or(i64::MAX));
                 if !loaded_once {
                     tracing::info!(subscriptions = n, "directory loaded");
                     readiness.ready(READY_DIRECTORY);
@@ -145,7 +155,16 @@ pub async fn control_loop(
     mut shutdown: Shutdown,
 ) {
     while let Some(session) = broker::next_session(&mut sessions, &mut shutdown).await {
-        if let Err(e) = follow_control(&session, &topology, &directory, &reload, &metrics, &mut shutdown).await {
+        if let Err(e) = follow_control(
+            &session,
+            &topology,
+            &directory,
+            &reload,
+            &metrics,
+            &mut shutdown,
+        )
+        .await
+        {
             tracing::warn!(error = %e, "control notifications interrupted");
         }
         if shutdown.is_triggered() {

@@ -44,7 +44,11 @@ pub struct Worker {
 impl Worker {
     /// Consumes `ingress` on every broker session until `shutdown`, then waits for the
     /// in-flight events to finish (their acks or hand-offs) before returning.
-    pub async fn run(self: Arc<Self>, mut sessions: watch::Receiver<Option<Session>>, mut shutdown: Shutdown) {
+    pub async fn run(
+        self: Arc<Self>,
+        mut sessions: watch::Receiver<Option<Session>>,
+        mut shutdown: Shutdown,
+    ) {
         while let Some(session) = broker::next_session(&mut sessions, &mut shutdown).await {
             if let Err(e) = self.clone().consume(&session, &mut shutdown).await {
                 tracing::warn!(error = %e, "ingress consumer interrupted");
@@ -60,9 +64,15 @@ impl Worker {
         }
     }
 
-    async fn consume(self: Arc<Self>, session: &Session, shutdown: &mut Shutdown) -> Result<(), AmqpError> {
+    async fn consume(
+        self: Arc<Self>,
+        session: &Session,
+        shutdown: &mut Shutdown,
+    ) -> Result<(), AmqpError> {
         let channel = session.create_channel().await?;
-        channel.basic_qos(self.prefetch, BasicQosOptions::default()).await?;
+        channel
+            .basic_qos(self.prefetch, BasicQosOptions::default())
+            .await?;
         let parking = Parking::new(amqp::confirm_channel(session).await?, &self.topology);
         let mut consumer = channel
             .basic_consume(
@@ -98,8 +108,14 @@ impl Worker {
         let handed_off = match decode(&delivery) {
             Err(reason) => {
                 tracing::warn!(reason, "invalid AMQP message parked");
-                self.metrics.rejected.with_label_values(&["invalid_amqp"]).inc();
-                parking.invalid(&delivery.data, &delivery.properties, &reason).await.is_ok()
+                self.metrics
+                    .rejected
+                    .with_label_values(&["invalid_amqp"])
+                    .inc();
+                parking
+                    .invalid(&delivery.data, &delivery.properties, &reason)
+                    .await
+                    .is_ok()
             }
             Ok(envelope) => self.deliver_all(&delivery, &envelope, &parking).await,
         };
@@ -123,24 +139,38 @@ impl Worker {
 
     /// Delivers to every matching subscription at once; true when each one either succeeded
     /// or has its failure durably handed off, so the event may be acked.
-    async fn deliver_all(&self, delivery: &Delivery, envelope: &Envelope, parking: &Parking) -> bool {
+    async fn deliver_all(
+        &self,
+        delivery: &Delivery,
+        envelope: &Envelope,
+        parking: &Parking,
+    ) -> bool {
         let accepted = accepted_ms(delivery);
         if accepted.is_none() && !delivery.redelivered {
             self.metrics.ingested.with_label_values(&["amqp"]).inc();
         }
         let body = Bytes::from(envelope.to_json());
-        let routes = self.directory.matching(&envelope.event_type, envelope.consumer.as_deref());
-        let attempts = routes.iter().map(|route| self.attempt(route, &envelope.id, body.clone()));
+        let routes = self
+            .directory
+            .matching(&envelope.event_type, envelope.consumer.as_deref());
+        let attempts = routes
+            .iter()
+            .map(|route| self.attempt(route, &envelope.id, body.clone()));
         let outcomes = join_all(attempts).await;
         let mut all_safe = true;
         for (route, outcome) in routes.iter().zip(outcomes) {
             match outcome {
                 Ok(_) => {
                     if let Some(ms) = accepted {
-                        self.metrics.event_to_delivery_seconds.observe(seconds_since(ms));
+                        self.metrics
+                            .event_to_delivery_seconds
+                            .observe(seconds_since(ms));
                     }
                 }
-                Err(error) => match parking.dead(&envelope.id, &route.id, 1, &body, &error).await {
+                Err(error) => match parking
+                    .dead(&envelope.id, &route.id, 1, &body, &error)
+                    .await
+                {
                     Ok(()) => self.metrics.deliveries.with_label_values(&["dead"]).inc(),
                     Err(e) => {
                         tracing::error!(event_id = %envelope.id, subscription_id = %route.id, error = %e, "cannot hand off a failed delivery");
@@ -152,17 +182,28 @@ impl Worker {
         all_safe
     }
 
-    async fn attempt(&self, route: &Route, event_id: &str, body: Bytes) -> Result<u16, AttemptError> {
-        let span = tracing::info_span!("delivery", event_id, subscription_id = %route.id, attempt = 1);
+    async fn attempt(
+        &self,
+        route: &Route,
+        event_id: &str,
+        body: Bytes,
+    ) -> Result<u16, AttemptError> {
+        let span =
+            tracing::info_span!("delivery", event_id, subscription_id = %route.id, attempt = 1);
         let _enter = span.enter();
         self.metrics.inflight.inc();
         let started = Instant::now();
         let outcome = self.client.deliver(route, event_id, body).await;
         self.metrics.inflight.dec();
-        self.metrics.attempt_seconds.observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .attempt_seconds
+            .observe(started.elapsed().as_secs_f64());
         match &outcome {
             Ok(status) => {
-                self.metrics.deliveries.with_label_values(&["success"]).inc();
+                self.metrics
+                    .deliveries
+                    .with_label_values(&["success"])
+                    .inc();
                 tracing::debug!(event_id, subscription_id = %route.id, status, "delivered");
             }
             Err(error) => {
@@ -177,9 +218,15 @@ impl Worker {
 /// The envelope of a delivery, or why it is not one.
 fn decode(delivery: &Delivery) -> Result<Envelope, String> {
     let incoming: IncomingEvent = parse_json(&delivery.data).map_err(|e| e.to_string())?;
-    let message_id = delivery.properties.message_id().as_ref().map(|s| s.as_str().to_owned());
+    let message_id = delivery
+        .properties
+        .message_id()
+        .as_ref()
+        .map(|s| s.as_str().to_owned());
     incoming
-        .normalise(time::OffsetDateTime::now_utc(), || content_id(&delivery.data, message_id.as_deref()))
+        .normalise(time::OffsetDateTime::now_utc(), || {
+            content_id(&delivery.data, message_id.as_deref())
+        })
         .map_err(|e| e.to_string())
 }
 
@@ -192,7 +239,13 @@ fn seconds_since(unix_ms: i64) -> f64 {
 
 /// The acceptance time ingest stamped on the message, if it came through ingest.
 fn accepted_ms(delivery: &Delivery) -> Option<i64> {
-    match delivery.properties.headers().as_ref()?.inner().get(HEADER_ACCEPTED_MS)? {
+    match delivery
+        .properties
+        .headers()
+        .as_ref()?
+        .inner()
+        .get(HEADER_ACCEPTED_MS)?
+    {
         AMQPValue::LongLongInt(ms) => Some(*ms),
         _ => None,
     }

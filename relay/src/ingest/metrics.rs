@@ -41,7 +41,11 @@ impl IngestMetrics {
                 "Time from publish to the broker's confirm.",
                 FAST_SECONDS,
             )?,
-            amqp_connected: gauge(registry, "relay_amqp_connected", "1 while connected to the broker.")?,
+            amqp_connected: gauge(
+                registry,
+                "relay_amqp_connected",
+                "1 while connected to the broker.",
+            )?,
         })
     }
 

@@ -25,7 +25,12 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let metrics = IngestMetrics::register(&registry).context("registering ingest metrics")?;
     let readiness = Readiness::default();
-    let publisher = Publisher::start(&settings, readiness.clone(), metrics.clone(), shutdown.clone());
+    let publisher = Publisher::start(
+        &settings,
+        readiness.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    );
     let app = routes::router(&settings.ingest, publisher, metrics)
         .merge(relay_shared::ops::router(registry, readiness));
     tracing::info!(addr = %listener.local_addr()?, "ingest listening");

@@ -41,7 +41,12 @@ pub struct Publisher {
 
 impl Publisher {
     /// Starts the broker session and the confirm channel that follows it.
-    pub fn start(settings: &Settings, readiness: Readiness, metrics: IngestMetrics, shutdown: Shutdown) -> Self {
+    pub fn start(
+        settings: &Settings,
+        readiness: Readiness,
+        metrics: IngestMetrics,
+        shutdown: Shutdown,
+    ) -> Self {
         let sessions = broker::keep_connected(
             settings.amqp.clone(),
             "relay-ingest",
@@ -62,7 +67,11 @@ impl Publisher {
     /// # Errors
     /// [`PublishError`]: the event was not accepted and the producer should retry.
     pub async fn publish(&self, envelope: &Envelope) -> Result<(), PublishError> {
-        let channel = self.channel.borrow().clone().ok_or(PublishError::Unavailable)?;
+        let channel = self
+            .channel
+            .borrow()
+            .clone()
+            .ok_or(PublishError::Unavailable)?;
         let now_ms = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
         let mut headers = FieldTable::default();
         headers.insert(
@@ -75,9 +84,18 @@ impl Publisher {
             .with_timestamp(u64::try_from(now_ms / 1000).unwrap_or_default())
             .with_headers(headers);
         let started = Instant::now();
-        amqp::publish_confirmed(&channel, &self.exchange, "", &envelope.to_json(), properties, self.timeout)
-            .await?;
-        self.metrics.confirm_seconds.observe(started.elapsed().as_secs_f64());
+        amqp::publish_confirmed(
+            &channel,
+            &self.exchange,
+            "",
+            &envelope.to_json(),
+            properties,
+            self.timeout,
+        )
+        .await?;
+        self.metrics
+            .confirm_seconds
+            .observe(started.elapsed().as_secs_f64());
         Ok(())
     }
 }

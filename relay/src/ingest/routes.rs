@@ -59,7 +59,12 @@ pub fn router(settings: &IngestSettings, publisher: Publisher, metrics: IngestMe
 
 impl Ingest {
     /// Auth, media type and size checks shared by both routes.
-    async fn admit(&self, headers: &HeaderMap, body: Body, limit: usize) -> Result<bytes::Bytes, Problem> {
+    async fn admit(
+        &self,
+        headers: &HeaderMap,
+        body: Body,
+        limit: usize,
+    ) -> Result<bytes::Bytes, Problem> {
         if !bearer_matches(headers, self.keys.iter().map(String::as_str)) {
             self.metrics.reject("auth");
             return Err(Problem::unauthorized());
@@ -69,7 +74,11 @@ impl Ingest {
             return Err(Problem::unsupported_media_type());
         }
         read_body(body, limit).await.inspect_err(|p| {
-            self.metrics.reject(if p.status == 413 { "too_large" } else { "invalid" });
+            self.metrics.reject(if p.status == 413 {
+                "too_large"
+            } else {
+                "invalid"
+            });
         })
     }
 
@@ -91,7 +100,10 @@ impl Ingest {
     }
 }
 
-fn normalise(raw: &[u8], now: OffsetDateTime) -> Result<Envelope, relay_shared::envelope::EnvelopeError> {
+fn normalise(
+    raw: &[u8],
+    now: OffsetDateTime,
+) -> Result<Envelope, relay_shared::envelope::EnvelopeError> {
     parse_json::<IncomingEvent>(raw)?.normalise(now, || new_id("evt"))
 }
 
@@ -107,7 +119,11 @@ async fn publish_one(State(ingest): Shared, headers: HeaderMap, body: Body) -> R
     match ingest.publisher.publish(&envelope).await {
         Ok(()) => {
             ingest.metrics.ingested.with_label_values(&["http"]).inc();
-            (StatusCode::ACCEPTED, Json(serde_json::json!({ "id": envelope.id }))).into_response()
+            (
+                StatusCode::ACCEPTED,
+                Json(serde_json::json!({ "id": envelope.id })),
+            )
+                .into_response()
         }
         Err(e) => ingest.unavailable(&e).into_response(),
     }
@@ -128,7 +144,11 @@ async fn publish_batch(State(ingest): Shared, headers: HeaderMap, body: Body) ->
             StatusCode::BAD_REQUEST,
             "invalid-batch-size",
             "Batch size out of range",
-            format!("a batch holds 1 to {} events; this one has {}", ingest.max_batch, raw_events.len()),
+            format!(
+                "a batch holds 1 to {} events; this one has {}",
+                ingest.max_batch,
+                raw_events.len()
+            ),
         );
         return ingest.invalid(problem).into_response();
     }
@@ -143,7 +163,11 @@ async fn publish_batch(State(ingest): Shared, headers: HeaderMap, body: Body) ->
         }
         match normalise(raw.get().as_bytes(), now) {
             Ok(envelope) => envelopes.push(envelope),
-            Err(e) => return ingest.invalid(Problem::from_envelope(e.within(&format!("[{i}]")))).into_response(),
+            Err(e) => {
+                return ingest
+                    .invalid(Problem::from_envelope(e.within(&format!("[{i}]"))))
+                    .into_response();
+            }
         }
     }
     // Publish concurrently on the confirm channel; the batch is accepted only if every
@@ -159,5 +183,9 @@ async fn publish_batch(State(ingest): Shared, headers: HeaderMap, body: Body) ->
         .with_label_values(&["http"])
         .inc_by(envelopes.len() as u64);
     let ids: Vec<&str> = envelopes.iter().map(|e| e.id.as_str()).collect();
-    (StatusCode::ACCEPTED, Json(serde_json::json!({ "ids": ids }))).into_response()
+    (
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({ "ids": ids })),
+    )
+        .into_response()
 }

@@ -28,7 +28,10 @@ async fn an_amqp_published_event_is_delivered_like_an_http_one() {
     let got = hook.wait_for(1, WAIT).await;
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].headers["webhook-id"], "amqp-1");
-    assert!(tests::receiver::verify(&got[0], sub["secret"].as_str().unwrap()));
+    assert!(tests::receiver::verify(
+        &got[0],
+        sub["secret"].as_str().unwrap()
+    ));
     let delivered: Value = serde_json::from_slice(&got[0].body).unwrap();
     assert_eq!(delivered["type"], "order.shipped");
     assert_eq!(delivered["data"], json!({"n": 1}));
@@ -58,20 +61,55 @@ async fn a_malformed_amqp_message_is_parked_with_its_reason_and_does_not_block_t
     let exchange = format!("{}events", relay.settings.amqp.prefix);
     let invalid = format!("{}invalid", relay.settings.amqp.prefix);
 
-    amqp::publish(&url, &exchange, b"this is not json", lapin::BasicProperties::default()).await;
-    amqp::publish(&url, &exchange, br#"{"type":"Not A Type"}"#, lapin::BasicProperties::default()).await;
-    amqp::publish(&url, &exchange, br#"{"type":"still.flowing","data":1}"#, lapin::BasicProperties::default()).await;
+    amqp::publish(
+        &url,
+        &exchange,
+        b"this is not json",
+        lapin::BasicProperties::default(),
+    )
+    .await;
+    amqp::publish(
+        &url,
+        &exchange,
+        br#"{"type":"Not A Type"}"#,
+        lapin::BasicProperties::default(),
+    )
+    .await;
+    amqp::publish(
+        &url,
+        &exchange,
+        br#"{"type":"still.flowing","data":1}"#,
+        lapin::BasicProperties::default(),
+    )
+    .await;
 
     let got = hook.wait_for(1, WAIT).await;
-    assert_eq!(got.len(), 1, "the valid event after the bad ones was not delivered");
+    assert_eq!(
+        got.len(),
+        1,
+        "the valid event after the bad ones was not delivered"
+    );
 
-    let first = amqp::get_one(&url, &invalid, WAIT).await.expect("first invalid message parked");
+    let first = amqp::get_one(&url, &invalid, WAIT)
+        .await
+        .expect("first invalid message parked");
     assert_eq!(first.body, b"this is not json");
-    assert!(first.header("x-relay-invalid-reason").unwrap().contains("malformed JSON"));
-    let second = amqp::get_one(&url, &invalid, WAIT).await.expect("second invalid message parked");
+    assert!(
+        first
+            .header("x-relay-invalid-reason")
+            .unwrap()
+            .contains("malformed JSON")
+    );
+    let second = amqp::get_one(&url, &invalid, WAIT)
+        .await
+        .expect("second invalid message parked");
     let reason = second.header("x-relay-invalid-reason").unwrap();
     assert!(reason.contains("type"), "{reason}");
-    assert!(amqp::get_one(&url, &invalid, Duration::from_millis(300)).await.is_none());
+    assert!(
+        amqp::get_one(&url, &invalid, Duration::from_millis(300))
+            .await
+            .is_none()
+    );
 
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(hook.count(), 1);

@@ -14,9 +14,15 @@ const QUIET: Duration = Duration::from_millis(700);
 #[tokio::test]
 async fn an_event_is_delivered_once_signed_to_each_matching_subscription_only() {
     let relay = system().await;
-    let (a, b, c) = (Receiver::start().await, Receiver::start().await, Receiver::start().await);
+    let (a, b, c) = (
+        Receiver::start().await,
+        Receiver::start().await,
+        Receiver::start().await,
+    );
     let sub_a = relay.subscribe(&a.url(), &["order.*"], None).await;
-    let sub_b = relay.subscribe(&b.url(), &["order.created", "invoice.#"], None).await;
+    let sub_b = relay
+        .subscribe(&b.url(), &["order.created", "invoice.#"], None)
+        .await;
     relay.subscribe(&c.url(), &["invoice.paid"], None).await;
 
     let id = relay
@@ -39,10 +45,17 @@ async fn an_event_is_delivered_once_signed_to_each_matching_subscription_only() 
         assert!(body["occurred_at"].as_str().unwrap().ends_with('Z'));
     }
     // The other subscription's secret does not verify a delivery that was not for it.
-    assert!(!receiver::verify(&a.received()[0], sub_b["secret"].as_str().unwrap()));
+    assert!(!receiver::verify(
+        &a.received()[0],
+        sub_b["secret"].as_str().unwrap()
+    ));
 
     tokio::time::sleep(QUIET).await;
-    assert_eq!((a.count(), b.count(), c.count()), (1, 1, 0), "duplicates or a non-matching delivery");
+    assert_eq!(
+        (a.count(), b.count(), c.count()),
+        (1, 1, 0),
+        "duplicates or a non-matching delivery"
+    );
     relay.stop().await;
 }
 
@@ -60,7 +73,9 @@ async fn consumer_targeting_restricts_delivery_to_that_consumers_subscriptions()
     tokio::time::sleep(QUIET).await;
     assert_eq!((acme.count(), globex.count()), (1, 0));
 
-    relay.publish_ok(&json!({"type": "user.created", "data": {}})).await;
+    relay
+        .publish_ok(&json!({"type": "user.created", "data": {}}))
+        .await;
     acme.wait_for(2, WAIT).await;
     globex.wait_for(1, WAIT).await;
     assert_eq!((acme.count(), globex.count()), (2, 1));
@@ -86,7 +101,8 @@ async fn a_producer_id_becomes_the_webhook_id_and_batches_keep_their_order() {
         .await
         .unwrap();
     assert_eq!(response.status(), 202);
-    let ids: Vec<String> = serde_json::from_value(response.json::<Value>().await.unwrap()["ids"].clone()).unwrap();
+    let ids: Vec<String> =
+        serde_json::from_value(response.json::<Value>().await.unwrap()["ids"].clone()).unwrap();
     assert_eq!(ids.len(), 3);
     assert_eq!((ids[0].as_str(), ids[2].as_str()), ("ord-1", "ord-3"));
     assert!(ids[1].starts_with("evt_"));
@@ -111,7 +127,9 @@ async fn a_failed_delivery_is_dead_lettered_with_its_reason_and_others_still_suc
     let sub_broken = relay.subscribe(&broken.url(), &["#"], None).await;
     relay.subscribe(&healthy.url(), &["#"], None).await;
 
-    let id = relay.publish_ok(&json!({"type": "thing.happened", "data": {}})).await;
+    let id = relay
+        .publish_ok(&json!({"type": "thing.happened", "data": {}}))
+        .await;
     healthy.wait_for(1, WAIT).await;
     broken.wait_for(1, WAIT).await;
 
@@ -119,7 +137,10 @@ async fn a_failed_delivery_is_dead_lettered_with_its_reason_and_others_still_suc
     let dead = tests::amqp::get_one(&relay.settings.amqp.url, &dead_queue, WAIT)
         .await
         .expect("a dead letter");
-    assert_eq!(dead.header("x-relay-event-id").as_deref(), Some(id.as_str()));
+    assert_eq!(
+        dead.header("x-relay-event-id").as_deref(),
+        Some(id.as_str())
+    );
     assert_eq!(
         dead.header("x-relay-subscription-id").as_deref(),
         sub_broken["id"].as_str()

@@ -5,7 +5,13 @@ use tests::system::{PUBLISHER_KEY, System};
 
 use crate::system;
 
-async fn send(relay: &System, path: &str, key: Option<&str>, content_type: &str, body: Vec<u8>) -> (u16, Value) {
+async fn send(
+    relay: &System,
+    path: &str,
+    key: Option<&str>,
+    content_type: &str,
+    body: Vec<u8>,
+) -> (u16, Value) {
     let mut request = relay
         .http
         .post(format!("{}{path}", relay.ingest_url))
@@ -18,7 +24,8 @@ async fn send(relay: &System, path: &str, key: Option<&str>, content_type: &str,
     let status = response.status().as_u16();
     if status != 202 {
         assert_eq!(
-            response.headers()["content-type"], "application/problem+json",
+            response.headers()["content-type"],
+            "application/problem+json",
             "status {status} without a problem body"
         );
     }
@@ -32,26 +39,66 @@ async fn each_bad_request_gets_its_status_type_and_field() {
     let ok = br#"{"type":"a.b"}"#.to_vec();
 
     let (status, p) = send(&relay, "/v1/events", None, json_type, ok.clone()).await;
-    assert_eq!((status, p["type"].as_str()), (401, Some("urn:relay:problem:unauthorized")));
-    let (status, _) = send(&relay, "/v1/events", Some("wrong-key"), json_type, ok.clone()).await;
+    assert_eq!(
+        (status, p["type"].as_str()),
+        (401, Some("urn:relay:problem:unauthorized"))
+    );
+    let (status, _) = send(
+        &relay,
+        "/v1/events",
+        Some("wrong-key"),
+        json_type,
+        ok.clone(),
+    )
+    .await;
     assert_eq!(status, 401);
 
-    let (status, p) = send(&relay, "/v1/events", Some(PUBLISHER_KEY), "text/plain", ok.clone()).await;
-    assert_eq!((status, p["type"].as_str()), (415, Some("urn:relay:problem:unsupported-media-type")));
+    let (status, p) = send(
+        &relay,
+        "/v1/events",
+        Some(PUBLISHER_KEY),
+        "text/plain",
+        ok.clone(),
+    )
+    .await;
+    assert_eq!(
+        (status, p["type"].as_str()),
+        (415, Some("urn:relay:problem:unsupported-media-type"))
+    );
 
-    let (status, p) = send(&relay, "/v1/events", Some(PUBLISHER_KEY), json_type, b"{\"type\":".to_vec()).await;
-    assert_eq!((status, p["type"].as_str()), (400, Some("urn:relay:problem:malformed-json")));
+    let (status, p) = send(
+        &relay,
+        "/v1/events",
+        Some(PUBLISHER_KEY),
+        json_type,
+        b"{\"type\":".to_vec(),
+    )
+    .await;
+    assert_eq!(
+        (status, p["type"].as_str()),
+        (400, Some("urn:relay:problem:malformed-json"))
+    );
 
     let cases = [
         (json!({"data": {}}), "type"),
         (json!({"type": 7}), "type"),
         (json!({"type": "Order Created"}), "type"),
         (json!({"type": "a.b", "id": "has spaces"}), "id"),
-        (json!({"type": "a.b", "occurred_at": "last tuesday"}), "occurred_at"),
+        (
+            json!({"type": "a.b", "occurred_at": "last tuesday"}),
+            "occurred_at",
+        ),
         (json!({"type": "a.b", "tpye": "typo"}), "tpye"),
     ];
     for (body, field) in cases {
-        let (status, p) = send(&relay, "/v1/events", Some(PUBLISHER_KEY), json_type, body.to_string().into_bytes()).await;
+        let (status, p) = send(
+            &relay,
+            "/v1/events",
+            Some(PUBLISHER_KEY),
+            json_type,
+            body.to_string().into_bytes(),
+        )
+        .await;
         assert_eq!(status, 400, "{body}");
         assert_eq!(p["type"], "urn:relay:problem:invalid-field", "{body}");
         assert_eq!(p["field"], field, "{body}: {p}");
@@ -60,17 +107,50 @@ async fn each_bad_request_gets_its_status_type_and_field() {
     }
 
     let limit = relay.settings.ingest.max_event_bytes;
-    let huge = json!({"type": "a.b", "data": "x".repeat(limit)}).to_string().into_bytes();
+    let huge = json!({"type": "a.b", "data": "x".repeat(limit)})
+        .to_string()
+        .into_bytes();
     let (status, p) = send(&relay, "/v1/events", Some(PUBLISHER_KEY), json_type, huge).await;
-    assert_eq!((status, p["type"].as_str()), (413, Some("urn:relay:problem:payload-too-large")));
+    assert_eq!(
+        (status, p["type"].as_str()),
+        (413, Some("urn:relay:problem:payload-too-large"))
+    );
 
-    let (status, p) = send(&relay, "/v1/events/batch", Some(PUBLISHER_KEY), json_type, b"[]".to_vec()).await;
-    assert_eq!((status, p["type"].as_str()), (400, Some("urn:relay:problem:invalid-batch-size")));
-    let bad_second = json!([{"type": "a.b"}, {"type": "BAD"}]).to_string().into_bytes();
-    let (status, p) = send(&relay, "/v1/events/batch", Some(PUBLISHER_KEY), json_type, bad_second).await;
+    let (status, p) = send(
+        &relay,
+        "/v1/events/batch",
+        Some(PUBLISHER_KEY),
+        json_type,
+        b"[]".to_vec(),
+    )
+    .await;
+    assert_eq!(
+        (status, p["type"].as_str()),
+        (400, Some("urn:relay:problem:invalid-batch-size"))
+    );
+    let bad_second = json!([{"type": "a.b"}, {"type": "BAD"}])
+        .to_string()
+        .into_bytes();
+    let (status, p) = send(
+        &relay,
+        "/v1/events/batch",
+        Some(PUBLISHER_KEY),
+        json_type,
+        bad_second,
+    )
+    .await;
     assert_eq!((status, p["field"].as_str()), (400, Some("[1].type")));
-    let too_many: Vec<Value> = (0..=relay.settings.ingest.max_batch).map(|_| json!({"type": "a"})).collect();
-    let (status, _) = send(&relay, "/v1/events/batch", Some(PUBLISHER_KEY), json_type, serde_json::to_vec(&too_many).unwrap()).await;
+    let too_many: Vec<Value> = (0..=relay.settings.ingest.max_batch)
+        .map(|_| json!({"type": "a"}))
+        .collect();
+    let (status, _) = send(
+        &relay,
+        "/v1/events/batch",
+        Some(PUBLISHER_KEY),
+        json_type,
+        serde_json::to_vec(&too_many).unwrap(),
+    )
+    .await;
     assert_eq!(status, 400);
 
     // After all of that, a good event is still accepted.

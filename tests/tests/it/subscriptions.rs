@@ -11,18 +11,37 @@ use crate::system;
 #[tokio::test]
 async fn subscriptions_can_be_created_read_listed_updated_and_deleted() {
     let relay = system().await;
-    let created = relay.subscribe("https://example.com/hook", &["order.*"], Some("acme")).await;
+    let created = relay
+        .subscribe("https://example.com/hook", &["order.*"], Some("acme"))
+        .await;
     let id = created["id"].as_str().unwrap().to_owned();
     assert!(id.starts_with("sub_"));
     let secret = created["secret"].as_str().unwrap().to_owned();
     assert!(secret.starts_with("whsec_"));
     assert_eq!(created["enabled"], true);
 
-    let got: Value = relay.api(Method::GET, &format!("/v1/subscriptions/{id}")).send().await.unwrap().json().await.unwrap();
+    let got: Value = relay
+        .api(Method::GET, &format!("/v1/subscriptions/{id}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(got["url"], "https://example.com/hook");
     assert_eq!(got["consumer"], "acme");
-    assert!(got.get("secret").is_none(), "the secret is only returned on create and by /secret");
-    let fetched: Value = relay.api(Method::GET, &format!("/v1/subscriptions/{id}/secret")).send().await.unwrap().json().await.unwrap();
+    assert!(
+        got.get("secret").is_none(),
+        "the secret is only returned on create and by /secret"
+    );
+    let fetched: Value = relay
+        .api(Method::GET, &format!("/v1/subscriptions/{id}/secret"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(fetched["secret"], secret.as_str());
 
     let patched = relay
@@ -33,13 +52,18 @@ async fn subscriptions_can_be_created_read_listed_updated_and_deleted() {
         .unwrap();
     assert_eq!(patched.status(), 200);
     let patched: Value = patched.json().await.unwrap();
-    assert_eq!(patched["event_types"], json!(["order.created", "invoice.#"]));
+    assert_eq!(
+        patched["event_types"],
+        json!(["order.created", "invoice.#"])
+    );
     assert_eq!(patched["enabled"], false);
     assert_eq!(patched["description"], "orders");
 
     // Cursor pagination walks every subscription once.
     for i in 0..4 {
-        relay.subscribe(&format!("https://example.com/{i}"), &["#"], None).await;
+        relay
+            .subscribe(&format!("https://example.com/{i}"), &["#"], None)
+            .await;
     }
     let mut seen = Vec::new();
     let mut after: Option<String> = None;
@@ -48,7 +72,14 @@ async fn subscriptions_can_be_created_read_listed_updated_and_deleted() {
         if let Some(cursor) = &after {
             path.push_str(&format!("&after={cursor}"));
         }
-        let page: Value = relay.api(Method::GET, &path).send().await.unwrap().json().await.unwrap();
+        let page: Value = relay
+            .api(Method::GET, &path)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         let data = page["data"].as_array().unwrap();
         assert!(data.len() <= 2);
         seen.extend(data.iter().map(|s| s["id"].as_str().unwrap().to_owned()));
@@ -62,9 +93,17 @@ async fn subscriptions_can_be_created_read_listed_updated_and_deleted() {
     unique.dedup();
     assert_eq!(unique.len(), 5);
 
-    let deleted = relay.api(Method::DELETE, &format!("/v1/subscriptions/{id}")).send().await.unwrap();
+    let deleted = relay
+        .api(Method::DELETE, &format!("/v1/subscriptions/{id}"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(deleted.status(), 204);
-    let gone = relay.api(Method::GET, &format!("/v1/subscriptions/{id}")).send().await.unwrap();
+    let gone = relay
+        .api(Method::GET, &format!("/v1/subscriptions/{id}"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(gone.status(), 404);
     assert_eq!(gone.headers()["content-type"], "application/problem+json");
     relay.stop().await;
@@ -75,18 +114,41 @@ async fn invalid_subscriptions_are_refused_naming_the_field() {
     let relay = system().await;
     let cases = [
         (json!({"url": "not a url", "event_types": ["a"]}), "url"),
-        (json!({"url": "ftp://example.com/x", "event_types": ["a"]}), "url"),
-        (json!({"url": "https://example.com", "event_types": []}), "event_types"),
-        (json!({"url": "https://example.com", "event_types": ["order.**"]}), "event_types[0]"),
+        (
+            json!({"url": "ftp://example.com/x", "event_types": ["a"]}),
+            "url",
+        ),
+        (
+            json!({"url": "https://example.com", "event_types": []}),
+            "event_types",
+        ),
+        (
+            json!({"url": "https://example.com", "event_types": ["order.**"]}),
+            "event_types[0]",
+        ),
         (json!({"url": "https://example.com"}), "event_types"),
-        (json!({"url": "https://example.com", "event_types": ["a"], "colour": "red"}), "colour"),
-        (json!({"url": "https://example.com", "event_types": "a"}), "event_types"),
+        (
+            json!({"url": "https://example.com", "event_types": ["a"], "colour": "red"}),
+            "colour",
+        ),
+        (
+            json!({"url": "https://example.com", "event_types": "a"}),
+            "event_types",
+        ),
     ];
     for (body, field) in cases {
-        let response = relay.api(Method::POST, "/v1/subscriptions").json(&body).send().await.unwrap();
+        let response = relay
+            .api(Method::POST, "/v1/subscriptions")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         let status = response.status().as_u16();
         assert!(status == 400 || status == 422, "{body}: {status}");
-        assert_eq!(response.headers()["content-type"], "application/problem+json");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json"
+        );
         let problem: Value = response.json().await.unwrap();
         assert_eq!(problem["field"], field, "{body}: {problem}");
     }
@@ -104,7 +166,9 @@ async fn invalid_subscriptions_are_refused_naming_the_field() {
 async fn a_subscription_created_after_start_receives_events_and_a_deleted_one_stops() {
     let relay = system().await;
     let hook = Receiver::start().await;
-    let sub = relay.subscribe(&hook.url(), &["live.*"], None).await;
+    let sub = relay
+        .create_subscription(&hook.url(), &["live.*"], None)
+        .await;
     let id = sub["id"].as_str().unwrap();
 
     // The dispatcher learns of it through relay.control, well before its periodic refresh.
@@ -112,11 +176,19 @@ async fn a_subscription_created_after_start_receives_events_and_a_deleted_one_st
     relay.publish_ok(&json!({"type": "live.one"})).await;
     assert_eq!(hook.wait_for(1, Duration::from_secs(5)).await.len(), 1);
 
-    let deleted = relay.api(Method::DELETE, &format!("/v1/subscriptions/{id}")).send().await.unwrap();
+    let deleted = relay
+        .api(Method::DELETE, &format!("/v1/subscriptions/{id}"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(deleted.status(), 204);
     tokio::time::sleep(Duration::from_millis(1000)).await;
     relay.publish_ok(&json!({"type": "live.two"})).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(hook.count(), 1, "a deleted subscription still received an event");
+    assert_eq!(
+        hook.count(),
+        1,
+        "a deleted subscription still received an event"
+    );
     relay.stop().await;
 }
