@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod amqp;
+pub mod attempt;
 pub mod config;
 pub mod control;
 pub mod envelope;

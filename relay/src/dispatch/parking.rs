@@ -8,17 +8,14 @@ use lapin::{BasicProperties, Channel, types::FieldTable};
 use relay_shared::{
     amqp::{self, AmqpError, header},
     topology::{
-        HEADER_ATTEMPTS, HEADER_INVALID_REASON, HEADER_LAST_ERROR, HEADER_LAST_STATUS,
-        HEADER_SUBSCRIPTION, Topology,
+        HEADER_ATTEMPTS, HEADER_EVENT_ID, HEADER_INVALID_REASON, HEADER_LAST_ERROR,
+        HEADER_LAST_STATUS, HEADER_SUBSCRIPTION, Topology,
     },
 };
 
 use super::client::AttemptError;
 
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Header with the event id on parked deliveries.
-pub const HEADER_EVENT_ID: &str = "x-relay-event-id";
 
 /// Publishes hand-offs on a confirm channel.
 #[derive(Debug, Clone)]
