@@ -113,6 +113,12 @@ database_url = "sqlite://${RELAY_HOME}/relay.db?mode=rwc"
 [log]
 format = "pretty"
 level = "info"
+
+[security]
+# Local receivers (127.0.0.1, plain http) are allowed explicitly for this local run; a
+# production configuration leaves both off (SSRF protection).
+allowed_networks = ["127.0.0.0/8", "::1/128"]
+allow_http = true
 EOF
 fi
 

@@ -12,7 +12,11 @@ use serde::Deserialize;
 pub const DEFAULTS: &str = include_str!("defaults.toml");
 
 /// Keys whose environment value is a comma-separated list.
-const LIST_KEYS: &[&str] = &["ingest.publisher_keys"];
+const LIST_KEYS: &[&str] = &[
+    "ingest.publisher_keys",
+    "security.allowed_networks",
+    "dispatch.retry_schedule",
+];
 
 /// A configuration that cannot be used; the message names the key.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +48,38 @@ pub struct Settings {
     pub api: ApiSettings,
     /// Logging.
     pub log: LogSettings,
+    /// Which webhook destinations are allowed.
+    pub security: SecuritySettings,
+}
+
+/// `[security]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecuritySettings {
+    /// Networks (CIDR) webhooks may reach besides public addresses, e.g. `["127.0.0.0/8"]`
+    /// for local runs. Internal ranges are refused unless listed here (SSRF protection).
+    pub allowed_networks: Vec<String>,
+    /// Allow `http://` endpoints; by default only `https://`.
+    pub allow_http: bool,
+}
+
+impl SecuritySettings {
+    /// The destination policy these settings describe.
+    ///
+    /// # Errors
+    /// The `allowed_networks` entry that is not a CIDR.
+    pub fn policy(&self) -> Result<crate::ssrf::NetworkPolicy, String> {
+        crate::ssrf::NetworkPolicy::new(&self.allowed_networks, self.allow_http)
+    }
+}
+
+/// A list of humantime durations (`["5s", "5m"]`).
+fn durations<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+    let list: Vec<humantime_serde::Serde<Duration>> = Deserialize::deserialize(d)?;
+    Ok(list
+        .into_iter()
+        .map(humantime_serde::Serde::into_inner)
+        .collect())
 }
 
 /// `[amqp]`
@@ -97,6 +133,32 @@ pub struct DispatchSettings {
     /// Full reload interval of the directory, on top of live change notifications.
     #[serde(with = "humantime_serde")]
     pub directory_refresh: Duration,
+    /// Delays before each retry after the first try; after the last, a delivery is dead.
+    #[serde(deserialize_with = "durations")]
+    pub retry_schedule: Vec<Duration>,
+    /// Random extra delay, as a fraction of the tier's delay (0.1 = up to +10 %).
+    pub retry_jitter: f64,
+    /// Longest `Retry-After` honoured on 429/502/503/504 (the largest tier not above it is used).
+    #[serde(with = "humantime_serde")]
+    pub max_retry_after: Duration,
+    /// Webhook requests one subscription may have in flight on one dispatcher; further
+    /// deliveries are deferred to the first retry tier without counting as an attempt.
+    pub max_inflight_per_subscription: usize,
+    /// Webhook requests one dispatcher may have in flight in total (backpressure through prefetch).
+    pub max_inflight: usize,
+    /// Consecutive failures that open a subscription's circuit.
+    pub breaker_failures: u32,
+    /// How long an open circuit waits before letting one probe through.
+    #[serde(with = "humantime_serde")]
+    pub breaker_cooldown: Duration,
+    /// On SIGTERM/SIGINT, how long in-flight deliveries may take to finish before their events
+    /// are handed back to the broker unacked.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// How often each dispatcher samples queue depths and consumer counts (passive
+    /// declarations) into `relay_queue_messages` and `relay_queue_consumers`; `0s` turns it off.
+    #[serde(with = "humantime_serde")]
+    pub queue_sample_interval: Duration,
 }
 
 /// `[api]`
@@ -107,8 +169,26 @@ pub struct ApiSettings {
     pub listen: SocketAddr,
     /// Admin bearer key for consumer-api; dispatchers use it to read the directory.
     pub admin_key: String,
-    /// Store: `sqlite://path/to/file.db` (created if missing).
+    /// Store: `sqlite://path/to/file.db` (created if missing) or `postgres://user:pass@host/db`
+    /// (several consumer-api instances may share one PostgreSQL database).
     pub database_url: String,
+    /// How long recorded events, attempts and dead letters are kept before being pruned.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    /// A subscription whose attempts have all failed for this long (no success in between)
+    /// is disabled.
+    #[serde(with = "humantime_serde")]
+    pub disable_after_failing_for: Duration,
+    /// Default grace period of a secret rotation, during which both secrets sign.
+    #[serde(with = "humantime_serde")]
+    pub rotation_grace: Duration,
+    /// Unacknowledged messages the recorder holds per queue (bounds its memory); also its
+    /// largest write batch.
+    pub recorder_prefetch: u16,
+    /// How often background upkeep runs: ending rotation grace periods, disabling failing
+    /// subscriptions, pruning past the retention.
+    #[serde(with = "humantime_serde")]
+    pub maintenance_interval: Duration,
 }
 
 /// `[log]`
@@ -196,6 +276,12 @@ impl Settings {
         if self.amqp.connect_timeout.is_zero() {
             return invalid("amqp.connect_timeout", "must be more than zero");
         }
+        if let Err(bad) = self.security.policy() {
+            return invalid(
+                "security.allowed_networks",
+                &format!("{bad:?} is not a CIDR such as 127.0.0.0/8"),
+            );
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return invalid("log.level", "is not a valid tracing filter (try `info`)");
         }
@@ -228,13 +314,43 @@ impl Settings {
                 if self.api.admin_key.trim().is_empty() {
                     return invalid("api.admin_key", "dispatchers need it to read the directory");
                 }
+                if self.dispatch.retry_schedule.iter().any(Duration::is_zero) {
+                    return invalid("dispatch.retry_schedule", "delays must be more than zero");
+                }
+                if !(0.0..=1.0).contains(&self.dispatch.retry_jitter) {
+                    return invalid("dispatch.retry_jitter", "must be between 0 and 1");
+                }
+                if self.dispatch.max_inflight_per_subscription == 0
+                    || self.dispatch.max_inflight == 0
+                {
+                    return invalid(
+                        "dispatch.max_inflight_per_subscription",
+                        "in-flight caps must be at least 1",
+                    );
+                }
+                if self.dispatch.breaker_failures == 0 {
+                    return invalid("dispatch.breaker_failures", "must be at least 1");
+                }
             }
             Process::ConsumerApi => {
                 if self.api.admin_key.len() < 16 {
                     return invalid("api.admin_key", "needs at least 16 characters");
                 }
-                if !self.api.database_url.starts_with("sqlite:") {
-                    return invalid("api.database_url", "must be a sqlite: URL");
+                let url = &self.api.database_url;
+                if !["sqlite:", "postgres://", "postgresql://"]
+                    .iter()
+                    .any(|scheme| url.starts_with(scheme))
+                {
+                    return invalid(
+                        "api.database_url",
+                        "must be a sqlite:, postgres:// or postgresql:// URL",
+                    );
+                }
+                if self.api.recorder_prefetch == 0 {
+                    return invalid("api.recorder_prefetch", "must be at least 1");
+                }
+                if self.api.maintenance_interval.is_zero() {
+                    return invalid("api.maintenance_interval", "must be more than zero");
                 }
             }
         }
@@ -264,6 +380,7 @@ mod tests {
                 ("RELAY__INGEST__PUBLISHER_KEYS", "k1,k2"),
                 ("RELAY__DISPATCH__REQUEST_TIMEOUT", "3s"),
                 ("RELAY__DISPATCH__PREFETCH", "7"),
+                ("RELAY__DISPATCH__RETRY_SCHEDULE", "100ms,2s"),
             ]),
         )
         .unwrap();
@@ -271,6 +388,10 @@ mod tests {
         assert_eq!(s.ingest.publisher_keys, ["k1", "k2"]);
         assert_eq!(s.dispatch.request_timeout, Duration::from_secs(3));
         assert_eq!(s.dispatch.prefetch, 7);
+        assert_eq!(
+            s.dispatch.retry_schedule,
+            [Duration::from_millis(100), Duration::from_secs(2)]
+        );
         assert_eq!(s.amqp.prefix, "relay.");
         s.validate(Process::Ingest).unwrap();
     }

@@ -111,6 +111,18 @@ impl System {
             ("RELAY__DISPATCH__DIRECTORY_URL".into(), api_url.clone()),
             ("RELAY__DISPATCH__REQUEST_TIMEOUT".into(), "5s".into()),
             ("RELAY__LOG__LEVEL".into(), "warn".into()),
+            // Receivers are on loopback over plain http: allowed explicitly, as SSRF
+            // protection refuses both by default.
+            (
+                "RELAY__SECURITY__ALLOWED_NETWORKS".into(),
+                "127.0.0.0/8,::1/128".into(),
+            ),
+            ("RELAY__SECURITY__ALLOW_HTTP".into(), "true".into()),
+            // A short schedule so failing deliveries reach their end within a test.
+            (
+                "RELAY__DISPATCH__RETRY_SCHEDULE".into(),
+                "200ms,200ms".into(),
+            ),
         ];
         env.extend(options.env.iter().cloned());
         let settings = Settings::load_with_env(None, Some(env.into_iter().collect()))

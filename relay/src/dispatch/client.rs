@@ -1,13 +1,17 @@
 //! The webhook HTTP client: one signed POST per delivery attempt, classified into success or
 //! a typed failure the worker decides on (retry, dead-letter, disable).
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use relay_shared::{config::DispatchSettings, signing::signature_header};
+use relay_shared::{
+    config::DispatchSettings,
+    signing::signature_header,
+    ssrf::{NetworkPolicy, SsrfError},
+};
 use reqwest::{StatusCode, header};
 
-use super::directory::Route;
+use super::{directory::Route, resolver::GuardedResolver};
 
 /// Why an attempt failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -31,6 +35,9 @@ pub enum AttemptError {
     /// Anything else that broke the exchange (reset mid-response…).
     #[error("request failed: {0}")]
     Request(String),
+    /// The destination is not allowed (SSRF protection); no request was sent.
+    #[error("destination refused: {0}")]
+    Refused(SsrfError),
 }
 
 impl AttemptError {
@@ -46,12 +53,29 @@ impl AttemptError {
     pub fn is_gone(&self) -> bool {
         self.status() == Some(410)
     }
+
+    /// `Retry-After` seconds sent with a 429/502/503/504.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            Self::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// The response body excerpt, when the endpoint answered.
+    pub fn excerpt(&self) -> Option<&str> {
+        match self {
+            Self::Status { body_excerpt, .. } if !body_excerpt.is_empty() => Some(body_excerpt),
+            _ => None,
+        }
+    }
 }
 
 /// A pooled client shared by every delivery of a dispatcher.
 #[derive(Debug, Clone)]
 pub struct WebhookClient {
     http: reqwest::Client,
+    policy: Arc<NetworkPolicy>,
     timeout: Duration,
     body_limit: usize,
 }
@@ -61,8 +85,10 @@ impl WebhookClient {
     ///
     /// # Errors
     /// The TLS backend could not be initialised.
-    pub fn new(settings: &DispatchSettings) -> reqwest::Result<Self> {
+    pub fn new(settings: &DispatchSettings, policy: NetworkPolicy) -> reqwest::Result<Self> {
+        let policy = Arc::new(policy);
         let http = reqwest::Client::builder()
+            .dns_resolver(Arc::new(GuardedResolver::new(policy.clone())))
             .timeout(settings.request_timeout)
             .connect_timeout(settings.request_timeout.min(Duration::from_secs(10)))
             .redirect(reqwest::redirect::Policy::none())
@@ -71,6 +97,7 @@ impl WebhookClient {
             .build()?;
         Ok(Self {
             http,
+            policy,
             timeout: settings.request_timeout,
             body_limit: settings.response_body_limit,
         })
@@ -86,6 +113,10 @@ impl WebhookClient {
         msg_id: &str,
         body: Bytes,
     ) -> Result<u16, AttemptError> {
+        // Literal addresses never reach the resolver; hostnames are checked when resolved.
+        self.policy
+            .check_url(&route.url)
+            .map_err(AttemptError::Refused)?;
         let timestamp = time::OffsetDateTime::now_utc().unix_timestamp();
         let signature = signature_header(&route.keys, msg_id, timestamp, &body);
         let response = self
@@ -114,6 +145,13 @@ impl WebhookClient {
     }
 
     fn classify(&self, e: &reqwest::Error) -> AttemptError {
+        let mut source = std::error::Error::source(e);
+        while let Some(cause) = source {
+            if let Some(refused) = cause.downcast_ref::<SsrfError>() {
+                return AttemptError::Refused(refused.clone());
+            }
+            source = cause.source();
+        }
         if e.is_timeout() {
             AttemptError::Timeout(self.timeout)
         } else if e.is_connect() {

@@ -96,6 +96,15 @@ impl Directory {
             .collect()
     }
 
+    /// One subscription by id, enabled or not.
+    pub fn get(&self, subscription_id: &str) -> Option<Arc<Route>> {
+        let state = self
+            .0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        state.routes.get(subscription_id).cloned()
+    }
+
     /// How many subscriptions are loaded.
     pub fn len(&self) -> usize {
         self.0

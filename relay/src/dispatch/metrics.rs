@@ -1,7 +1,7 @@
 //! Dispatcher metrics. Labels are bounded: never a subscription id or a URL.
 
-use prometheus::{Histogram, IntCounterVec, IntGauge, Registry};
-use relay_shared::metrics::{REQUEST_SECONDS, counter_vec, gauge, histogram};
+use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge, Registry};
+use relay_shared::metrics::{REQUEST_SECONDS, counter, counter_vec, gauge, histogram};
 
 /// Counters, gauges and histograms of the delivery path.
 #[derive(Debug, Clone)]
@@ -22,6 +22,12 @@ pub struct DispatchMetrics {
     pub rejected: IntCounterVec,
     /// `relay_amqp_connected`
     pub amqp_connected: IntGauge,
+    /// `relay_retries_scheduled_total{tier}`
+    pub retries_scheduled: IntCounterVec,
+    /// `relay_circuit_open_subscriptions`
+    pub circuit_open: IntGauge,
+    /// `relay_attempt_records_dropped_total`
+    pub attempt_records_dropped: IntCounter,
 }
 
 impl DispatchMetrics {
@@ -34,7 +40,7 @@ impl DispatchMetrics {
             deliveries: counter_vec(
                 registry,
                 "relay_deliveries_total",
-                "Deliveries by outcome (success, failed, dead).",
+                "Delivery outcomes: success; failed (a failed HTTP attempt), then retry_scheduled or dead; circuit_open and deferred (handed to a retry tier without a request); disabled (410 Gone, or the subscription is gone).",
                 &["outcome"],
             )?,
             attempt_seconds: histogram(
@@ -78,6 +84,22 @@ impl DispatchMetrics {
                 registry,
                 "relay_amqp_connected",
                 "1 while connected to the broker.",
+            )?,
+            retries_scheduled: counter_vec(
+                registry,
+                "relay_retries_scheduled_total",
+                "Deliveries handed to a retry tier after a failed attempt, by tier delay.",
+                &["tier"],
+            )?,
+            circuit_open: gauge(
+                registry,
+                "relay_circuit_open_subscriptions",
+                "Subscriptions whose circuit is open on this dispatcher.",
+            )?,
+            attempt_records_dropped: counter(
+                registry,
+                "relay_attempt_records_dropped_total",
+                "Delivery-log records not published (buffer full or broker unavailable).",
             )?,
         })
     }

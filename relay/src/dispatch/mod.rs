@@ -1,10 +1,14 @@
 //! `relay dispatch`: consumes `ingress` as one of any number of competing consumers and
 //! delivers each event, signed, to every matching subscription.
 
+mod attempt_log;
 mod client;
 mod directory;
+mod isolation;
 mod metrics;
 mod parking;
+mod resolver;
+mod retry;
 mod sync;
 mod worker;
 
@@ -45,11 +49,11 @@ pub async fn run(
         metrics.amqp_connected.clone(),
         shutdown.clone(),
     );
-    let loader =
-        sync::SnapshotLoader::new(&settings.dispatch.directory_url, &settings.api.admin_key)
+    let directory_client =
+        sync::DirectoryClient::new(&settings.dispatch.directory_url, &settings.api.admin_key)
             .context("building the directory client")?;
     tokio::spawn(sync::refresh_loop(
-        loader,
+        directory_client.clone(),
         directory.clone(),
         settings.dispatch.directory_refresh,
         reload.clone(),
@@ -66,6 +70,14 @@ pub async fn run(
         shutdown.clone(),
     ));
 
+    relay_shared::queue_metrics::QueueSampler::register(
+        &registry,
+        &topology,
+        &settings.dispatch.retry_schedule,
+        settings.dispatch.queue_sample_interval,
+    )
+    .context("registering queue metrics")?
+    .spawn(sessions.clone(), shutdown.clone());
     let ops = relay_shared::ops::router(registry, readiness.clone());
     tracing::info!(addr = %listener.local_addr()?, "dispatcher ops listening");
     let mut stop = shutdown.clone();
@@ -87,12 +99,38 @@ pub async fn run(
             () = waiting.wait() => break,
         }
     }
+    let policy = settings
+        .security
+        .policy()
+        .map_err(|bad| anyhow::anyhow!("security.allowed_networks: {bad:?} is not a CIDR"))?;
+    let dispatch = &settings.dispatch;
+    let attempts = attempt_log::AttemptLog::start(
+        relay_shared::session::confirm_channels(sessions.clone(), shutdown.clone()),
+        topology.attempts.clone(),
+        metrics.attempt_records_dropped.clone(),
+        shutdown.clone(),
+    );
     let worker = Arc::new(worker::Worker {
         directory,
-        client: WebhookClient::new(&settings.dispatch).context("building the webhook client")?,
+        directory_client,
+        client: WebhookClient::new(dispatch, policy).context("building the webhook client")?,
+        isolation: isolation::Isolation::new(
+            dispatch.max_inflight_per_subscription,
+            dispatch.breaker_failures,
+            dispatch.breaker_cooldown,
+            metrics.circuit_open.clone(),
+        ),
+        inflight: Arc::new(tokio::sync::Semaphore::new(dispatch.max_inflight)),
+        retry: retry::RetryPolicy::new(
+            dispatch.retry_schedule.clone(),
+            dispatch.retry_jitter,
+            dispatch.max_retry_after,
+        ),
+        attempts,
         metrics,
         topology,
-        prefetch: settings.dispatch.prefetch,
+        prefetch: dispatch.prefetch,
+        grace: dispatch.shutdown_grace,
     });
     worker.run(sessions, shutdown).await;
     server

@@ -1,15 +1,18 @@
-//! Durable hand-offs from the dispatcher: malformed messages to `invalid`, deliveries that
-//! will not be attempted again to `dead`. Each is a confirmed publish: the event is acked on
-//! `ingress` only after the broker holds its hand-off.
+//! Durable hand-offs from the dispatcher: malformed messages to `invalid`, failed or deferred
+//! deliveries to a retry tier, deliveries that will not be attempted again to `dead`. Each is
+//! a confirmed publish: the event is acked only after the broker holds its hand-off.
 
 use std::time::Duration;
 
-use lapin::{BasicProperties, Channel, types::FieldTable};
+use lapin::{
+    BasicProperties, Channel,
+    types::{AMQPValue, FieldTable, ShortString},
+};
 use relay_shared::{
     amqp::{self, AmqpError, header},
     topology::{
-        HEADER_ATTEMPTS, HEADER_EVENT_ID, HEADER_INVALID_REASON, HEADER_LAST_ERROR,
-        HEADER_LAST_STATUS, HEADER_SUBSCRIPTION, Topology,
+        HEADER_ACCEPTED_MS, HEADER_ATTEMPTS, HEADER_EVENT_ID, HEADER_INVALID_REASON,
+        HEADER_LAST_ERROR, HEADER_LAST_STATUS, HEADER_SUBSCRIPTION, Topology,
     },
 };
 
@@ -21,8 +24,24 @@ const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 pub struct Parking {
     channel: Channel,
+    topology: Topology,
     invalid: String,
     dead: String,
+}
+
+/// A delivery of one event to one subscription, as it travels through retry tiers.
+#[derive(Debug, Clone, Copy)]
+pub struct Handoff<'a> {
+    /// The event id.
+    pub event_id: &'a str,
+    /// The subscription it is for.
+    pub subscription_id: &'a str,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// The envelope JSON.
+    pub body: &'a [u8],
+    /// Acceptance time (unix ms), carried along for the latency metric.
+    pub accepted_ms: Option<i64>,
 }
 
 impl Parking {
@@ -30,6 +49,7 @@ impl Parking {
     pub fn new(channel: Channel, topology: &Topology) -> Self {
         Self {
             channel,
+            topology: topology.clone(),
             invalid: topology.invalid.clone(),
             dead: topology.dead.clone(),
         }
@@ -62,37 +82,71 @@ impl Parking {
         .await
     }
 
-    /// Parks a delivery that will not be attempted again.
+    /// Schedules the delivery to wait in the tier of `tier` (for `ttl`, jitter included),
+    /// then come back through `redeliver`.
     ///
     /// # Errors
     /// The broker did not confirm; the event must not be acked.
-    pub async fn dead(
+    pub async fn retry(
         &self,
-        event_id: &str,
-        subscription_id: &str,
-        attempts: u32,
-        body: &[u8],
-        error: &AttemptError,
+        handoff: Handoff<'_>,
+        tier: Duration,
+        ttl: Duration,
+        error: Option<&AttemptError>,
     ) -> Result<(), AmqpError> {
-        let mut headers = FieldTable::default();
-        header(&mut headers, HEADER_EVENT_ID, event_id);
-        header(&mut headers, HEADER_SUBSCRIPTION, subscription_id);
-        header(&mut headers, HEADER_ATTEMPTS, attempts.to_string());
-        header(&mut headers, HEADER_LAST_ERROR, error.to_string());
-        if let Some(status) = error.status() {
-            header(&mut headers, HEADER_LAST_STATUS, status.to_string());
+        let mut headers = handoff_headers(handoff, error);
+        if let Some(ms) = handoff.accepted_ms {
+            headers.insert(
+                ShortString::from(HEADER_ACCEPTED_MS),
+                AMQPValue::LongLongInt(ms),
+            );
         }
         let properties = amqp::persistent_json()
-            .with_message_id(event_id.into())
+            .with_message_id(handoff.event_id.into())
+            .with_expiration(ttl.as_millis().to_string().into())
             .with_headers(headers);
+        let queue = self.topology.retry_tier(tier);
         amqp::publish_confirmed(
             &self.channel,
             "",
-            &self.dead,
-            body,
+            &queue,
+            handoff.body,
             properties,
             CONFIRM_TIMEOUT,
         )
         .await
     }
+
+    /// Parks a delivery that will not be attempted again.
+    ///
+    /// # Errors
+    /// The broker did not confirm; the event must not be acked.
+    pub async fn dead(&self, handoff: Handoff<'_>, error: &AttemptError) -> Result<(), AmqpError> {
+        let properties = amqp::persistent_json()
+            .with_message_id(handoff.event_id.into())
+            .with_headers(handoff_headers(handoff, Some(error)));
+        amqp::publish_confirmed(
+            &self.channel,
+            "",
+            &self.dead,
+            handoff.body,
+            properties,
+            CONFIRM_TIMEOUT,
+        )
+        .await
+    }
+}
+
+fn handoff_headers(handoff: Handoff<'_>, error: Option<&AttemptError>) -> FieldTable {
+    let mut headers = FieldTable::default();
+    header(&mut headers, HEADER_EVENT_ID, handoff.event_id);
+    header(&mut headers, HEADER_SUBSCRIPTION, handoff.subscription_id);
+    header(&mut headers, HEADER_ATTEMPTS, handoff.attempts.to_string());
+    if let Some(error) = error {
+        header(&mut headers, HEADER_LAST_ERROR, error.to_string());
+        if let Some(status) = error.status() {
+            header(&mut headers, HEADER_LAST_STATUS, status.to_string());
+        }
+    }
+    headers
 }

@@ -34,13 +34,13 @@ pub enum SnapshotError {
 
 /// Loads snapshots from consumer-api.
 #[derive(Debug, Clone)]
-pub struct SnapshotLoader {
+pub struct DirectoryClient {
     http: reqwest::Client,
     url: String,
     admin_key: String,
 }
 
-impl SnapshotLoader {
+impl DirectoryClient {
     /// A loader for consumer-api at `base_url`.
     ///
     /// # Errors
@@ -53,6 +53,27 @@ impl SnapshotLoader {
             url: format!("{}/v1/directory", base_url.trim_end_matches('/')),
             admin_key: admin_key.to_owned(),
         })
+    }
+
+    /// Asks consumer-api to disable a subscription (every dispatcher then drops it through
+    /// the control notification).
+    ///
+    /// # Errors
+    /// consumer-api could not be reached or refused.
+    pub async fn disable(&self, subscription_id: &str, reason: &str) -> Result<(), SnapshotError> {
+        let base = self.url.trim_end_matches("/v1/directory");
+        let response = self
+            .http
+            .post(format!("{base}/v1/subscriptions/{subscription_id}/disable"))
+            .bearer_auth(&self.admin_key)
+            .json(&serde_json::json!({ "reason": reason }))
+            .send()
+            .await?;
+        if response.status().is_success() {
+            Ok(())
+        } else {
+            Err(SnapshotError::Status(response.status().as_u16()))
+        }
     }
 
     /// Fetches every page and installs the result.
@@ -105,7 +126,7 @@ impl SnapshotLoader {
 /// Reloads the snapshot periodically and whenever `reload` is notified; marks the directory
 /// ready once the first load succeeded.
 pub async fn refresh_loop(
-    loader: SnapshotLoader,
+    loader: DirectoryClient,
     directory: Arc<Directory>,
     refresh: Duration,
     reload: Arc<Notify>,

@@ -1,49 +1,87 @@
-//! The ingress consumer: for each event, deliver to every matching subscription concurrently,
-//! hand failures off durably, then ack. A crash anywhere before the ack redelivers the event.
+//! The consumers: `ingress` (new events, delivered to every matching subscription at once)
+//! and `redeliver` (retries, replays and redrives, each for one subscription). Every delivery
+//! ends in a 2xx or a durable hand-off (retry tier, dead letters) before its event is acked, so
+//! a crash anywhere redelivers instead of losing; a panic while handling is nacked back, and
+//! the queues' delivery limit parks a message that keeps failing.
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    panic::AssertUnwindSafe,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use bytes::Bytes;
-use futures_util::{StreamExt, future::join_all};
+use futures_util::{FutureExt, StreamExt, future::join_all};
 use lapin::{
+    Channel, Consumer,
     message::Delivery,
-    options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions},
+    options::{
+        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+    },
     types::{AMQPValue, FieldTable},
 };
 use relay_shared::{
     amqp::{self, AmqpError},
-    envelope::{Envelope, IncomingEvent, content_id, parse_json},
+    attempt::{AttemptOutcome, AttemptRecord},
+    envelope::{Envelope, IncomingEvent, content_id, parse_json, rfc3339},
+    session::{self as broker, Session},
     shutdown::Shutdown,
-    topology::{HEADER_ACCEPTED_MS, Topology},
+    topology::{HEADER_ACCEPTED_MS, HEADER_ATTEMPTS, HEADER_SUBSCRIPTION, Topology},
 };
-use tokio::{sync::watch, task::JoinSet};
+use time::OffsetDateTime;
+use tokio::{
+    sync::{Semaphore, watch},
+    task::JoinSet,
+};
 
 use super::{
+    attempt_log::AttemptLog,
     client::{AttemptError, WebhookClient},
     directory::{Directory, Route},
+    isolation::{Admission, Isolation},
     metrics::DispatchMetrics,
-    parking::Parking,
+    parking::{Handoff, Parking},
+    retry::{NextStep, RetryPolicy},
+    sync::DirectoryClient,
 };
-use relay_shared::session::{self as broker, Session};
 
 /// What every delivery task needs.
 #[derive(Debug)]
 pub struct Worker {
     /// The subscription directory.
     pub directory: Arc<Directory>,
+    /// consumer-api, to disable a subscription that answered 410.
+    pub directory_client: DirectoryClient,
     /// The webhook client.
     pub client: WebhookClient,
     /// Metrics.
     pub metrics: DispatchMetrics,
     /// Queue and exchange names.
     pub topology: Topology,
-    /// AMQP prefetch.
+    /// AMQP prefetch of each consumer.
     pub prefetch: u16,
+    /// The retry schedule.
+    pub retry: RetryPolicy,
+    /// Per-subscription caps and circuit breakers.
+    pub isolation: Arc<Isolation>,
+    /// Global cap on webhook requests in flight.
+    pub inflight: Arc<Semaphore>,
+    /// The delivery log feed.
+    pub attempts: AttemptLog,
+    /// How long in-flight work may take to finish at shutdown.
+    pub grace: Duration,
+}
+
+/// One event as the delivery tasks see it.
+struct Event {
+    envelope: Envelope,
+    body: Bytes,
+    accepted_ms: Option<i64>,
 }
 
 impl Worker {
-    /// Consumes `ingress` on every broker session until `shutdown`, then waits for the
-    /// in-flight events to finish (their acks or hand-offs) before returning.
+    /// Consumes on every broker session until `shutdown`, then stops consuming and lets the
+    /// in-flight events finish within the grace period; what is left is handed back unacked.
     pub async fn run(
         self: Arc<Self>,
         mut sessions: watch::Receiver<Option<Session>>,
@@ -51,14 +89,14 @@ impl Worker {
     ) {
         while let Some(session) = broker::next_session(&mut sessions, &mut shutdown).await {
             if let Err(e) = self.clone().consume(&session, &mut shutdown).await {
-                tracing::warn!(error = %e, "ingress consumer interrupted");
+                tracing::warn!(error = %e, "consumers interrupted");
             }
             if shutdown.is_triggered() {
                 return;
             }
             tokio::select! {
                 _ = sessions.changed() => {}
-                () = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+                () = tokio::time::sleep(Duration::from_millis(500)) => {}
                 () = shutdown.wait() => return,
             }
         }
@@ -69,26 +107,31 @@ impl Worker {
         session: &Session,
         shutdown: &mut Shutdown,
     ) -> Result<(), AmqpError> {
-        let channel = session.create_channel().await?;
-        channel
-            .basic_qos(self.prefetch, BasicQosOptions::default())
-            .await?;
+        let setup = session.create_channel().await?;
+        for tier in self.retry.tiers() {
+            self.topology.declare_retry_tier(&setup, tier).await?;
+        }
+        let _ = setup.close(200, "tiers declared".into()).await;
         let parking = Parking::new(amqp::confirm_channel(session).await?, &self.topology);
-        let mut consumer = channel
-            .basic_consume(
-                self.topology.ingress.as_str().into(),
-                "".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        tracing::info!(queue = %self.topology.ingress, prefetch = self.prefetch, "consuming");
+        let (ingress_channel, mut ingress) =
+            self.subscribe(session, &self.topology.ingress).await?;
+        let (redeliver_channel, mut redeliver) =
+            self.subscribe(session, &self.topology.redeliver).await?;
+        tracing::info!(prefetch = self.prefetch, "consuming ingress and redeliver");
+
         let mut tasks = JoinSet::new();
         let result = loop {
             tokio::select! {
-                delivery = consumer.next() => match delivery {
+                delivery = ingress.next() => match delivery {
                     Some(Ok(delivery)) => {
-                        tasks.spawn(self.clone().handle(delivery, parking.clone()));
+                        tasks.spawn(self.clone().settle(delivery, parking.clone(), Kind::Event));
+                    }
+                    Some(Err(e)) => break Err(e.into()),
+                    None => break Ok(()),
+                },
+                delivery = redeliver.next() => match delivery {
+                    Some(Ok(delivery)) => {
+                        tasks.spawn(self.clone().settle(delivery, parking.clone(), Kind::Redelivery));
                     }
                     Some(Err(e)) => break Err(e.into()),
                     None => break Ok(()),
@@ -97,141 +140,468 @@ impl Worker {
                 () = shutdown.wait() => break Ok(()),
             }
         };
-        // Finish what was started: each task acks, hands off, or leaves its event unacked
-        // for redelivery when the channel closes.
-        while tasks.join_next().await.is_some() {}
-        let _ = channel.close(200, "dispatcher stopping".into()).await;
+        // Stop taking new work, then let what was started finish (or hand it back).
+        for (channel, consumer) in [
+            (&ingress_channel, &ingress),
+            (&redeliver_channel, &redeliver),
+        ] {
+            let _ = channel
+                .basic_cancel(consumer.tag(), BasicCancelOptions::default())
+                .await;
+        }
+        let drained = tokio::time::timeout(self.grace, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                left = tasks.len(),
+                "grace period over; unfinished events go back to the queue"
+            );
+            tasks.abort_all();
+        }
+        for channel in [&ingress_channel, &redeliver_channel] {
+            let _ = channel.close(200, "dispatcher stopping".into()).await;
+        }
         result
     }
 
-    async fn handle(self: Arc<Self>, delivery: Delivery, parking: Parking) {
-        let handed_off = match decode(&delivery) {
-            Err(reason) => {
-                tracing::warn!(reason, "invalid AMQP message parked");
-                self.metrics
-                    .rejected
-                    .with_label_values(&["invalid_amqp"])
-                    .inc();
-                parking
-                    .invalid(&delivery.data, &delivery.properties, &reason)
-                    .await
-                    .is_ok()
-            }
-            Ok(envelope) => self.deliver_all(&delivery, &envelope, &parking).await,
+    async fn subscribe(
+        &self,
+        session: &Session,
+        queue: &str,
+    ) -> Result<(Channel, Consumer), AmqpError> {
+        let channel = session.create_channel().await?;
+        channel
+            .basic_qos(self.prefetch, BasicQosOptions::default())
+            .await?;
+        let consumer = channel
+            .basic_consume(
+                queue.into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok((channel, consumer))
+    }
+
+    /// Handles one delivery and acks it, or nacks it back (after a pause, not in a hot loop)
+    /// when a hand-off failed or the handling panicked.
+    async fn settle(self: Arc<Self>, delivery: Delivery, parking: Parking, kind: Kind) {
+        let work = match kind {
+            Kind::Event => self.handle_event(&delivery, &parking).boxed(),
+            Kind::Redelivery => self.handle_redelivery(&delivery, &parking).boxed(),
         };
-        let settled = if handed_off {
-            delivery.acker.ack(BasicAckOptions::default()).await
-        } else {
-            // Give the broker a moment before the event comes back, instead of a hot loop.
-            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-            delivery
-                .acker
-                .nack(BasicNackOptions {
+        let handled = AssertUnwindSafe(work).catch_unwind().await;
+        let settled = match handled {
+            Ok(Ok(())) => delivery.acker.ack(BasicAckOptions::default()).await,
+            outcome => {
+                if outcome.is_err() {
+                    tracing::error!("handling a message panicked; it goes back to the queue");
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let requeue = BasicNackOptions {
                     requeue: true,
                     ..BasicNackOptions::default()
-                })
-                .await
+                };
+                delivery.acker.nack(requeue).await
+            }
         };
         if let Err(e) = settled {
-            tracing::warn!(error = %e, "could not settle an event; it will be redelivered");
+            tracing::warn!(error = %e, "could not settle a message; it will be redelivered");
         }
     }
 
-    /// Delivers to every matching subscription at once; true when each one either succeeded
-    /// or has its failure durably handed off, so the event may be acked.
-    async fn deliver_all(
-        &self,
-        delivery: &Delivery,
-        envelope: &Envelope,
-        parking: &Parking,
-    ) -> bool {
-        let accepted = accepted_ms(delivery);
-        if accepted.is_none() && !delivery.redelivered {
+    async fn handle_event(&self, delivery: &Delivery, parking: &Parking) -> Result<(), AmqpError> {
+        let event = match decode(delivery) {
+            Ok(event) => event,
+            Err(reason) => return self.park_invalid(delivery, parking, &reason).await,
+        };
+        if event.accepted_ms.is_none() && !delivery.redelivered {
             self.metrics.ingested.with_label_values(&["amqp"]).inc();
         }
-        let body = Bytes::from(envelope.to_json());
-        let routes = self
-            .directory
-            .matching(&envelope.event_type, envelope.consumer.as_deref());
-        let attempts = routes
-            .iter()
-            .map(|route| self.attempt(route, &envelope.id, body.clone()));
-        let outcomes = join_all(attempts).await;
-        let mut all_safe = true;
-        for (route, outcome) in routes.iter().zip(outcomes) {
-            match outcome {
-                Ok(_) => {
-                    if let Some(ms) = accepted {
-                        self.metrics
-                            .event_to_delivery_seconds
-                            .observe(seconds_since(ms));
-                    }
-                }
-                Err(error) => match parking
-                    .dead(&envelope.id, &route.id, 1, &body, &error)
-                    .await
-                {
-                    Ok(()) => self.metrics.deliveries.with_label_values(&["dead"]).inc(),
-                    Err(e) => {
-                        tracing::error!(event_id = %envelope.id, subscription_id = %route.id, error = %e, "cannot hand off a failed delivery");
-                        all_safe = false;
-                    }
-                },
-            }
-        }
-        all_safe
+        let routes = self.directory.matching(
+            &event.envelope.event_type,
+            event.envelope.consumer.as_deref(),
+        );
+        let outcomes = join_all(
+            routes
+                .iter()
+                .map(|route| self.deliver(route, &event, 1, parking)),
+        )
+        .await;
+        // Every subscription either succeeded or has its hand-off confirmed; otherwise the
+        // whole event comes back (the successful ones then see it twice, with the same id).
+        outcomes.into_iter().collect()
     }
 
-    async fn attempt(
+    async fn handle_redelivery(
+        &self,
+        delivery: &Delivery,
+        parking: &Parking,
+    ) -> Result<(), AmqpError> {
+        let event = match decode(delivery) {
+            Ok(event) => event,
+            Err(reason) => return self.park_invalid(delivery, parking, &reason).await,
+        };
+        let Some(subscription_id) = text_header(delivery, HEADER_SUBSCRIPTION) else {
+            return self
+                .park_invalid(
+                    delivery,
+                    parking,
+                    "redelivery without a subscription header",
+                )
+                .await;
+        };
+        let made: u32 = text_header(delivery, HEADER_ATTEMPTS)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(0);
+        match self.directory.get(&subscription_id) {
+            Some(route) if route.enabled => self.deliver(&route, &event, made + 1, parking).await,
+            gone => {
+                // Deleted or disabled since: it gets nothing more.
+                let why = if gone.is_some() {
+                    "subscription disabled"
+                } else {
+                    "subscription deleted"
+                };
+                self.metrics
+                    .deliveries
+                    .with_label_values(&["disabled"])
+                    .inc();
+                self.log(
+                    &event,
+                    &subscription_id,
+                    made + 1,
+                    AttemptOutcome::Disabled,
+                    Instant::now(),
+                    None,
+                    Some(why),
+                );
+                Ok(())
+            }
+        }
+    }
+
+    async fn park_invalid(
+        &self,
+        delivery: &Delivery,
+        parking: &Parking,
+        reason: &str,
+    ) -> Result<(), AmqpError> {
+        tracing::warn!(reason, "invalid message parked");
+        self.metrics
+            .rejected
+            .with_label_values(&["invalid_amqp"])
+            .inc();
+        parking
+            .invalid(&delivery.data, &delivery.properties, reason)
+            .await
+    }
+
+    /// Delivers `event` to one subscription as attempt number `attempt`; `Ok` once it either
+    /// succeeded or is durably handed off.
+    async fn deliver(
         &self,
         route: &Route,
-        event_id: &str,
-        body: Bytes,
-    ) -> Result<u16, AttemptError> {
-        let span =
-            tracing::info_span!("delivery", event_id, subscription_id = %route.id, attempt = 1);
-        let _enter = span.enter();
-        self.metrics.inflight.inc();
+        event: &Event,
+        attempt: u32,
+        parking: &Parking,
+    ) -> Result<(), AmqpError> {
+        let handoff = |attempts| Handoff {
+            event_id: &event.envelope.id,
+            subscription_id: &route.id,
+            attempts,
+            body: &event.body,
+            accepted_ms: event.accepted_ms,
+        };
         let started = Instant::now();
-        let outcome = self.client.deliver(route, event_id, body).await;
-        self.metrics.inflight.dec();
-        self.metrics
-            .attempt_seconds
-            .observe(started.elapsed().as_secs_f64());
-        match &outcome {
+        let permit = match self.isolation.admit(&route.id) {
+            Admission::Go(permit) => permit,
+            refused => {
+                let Some(tier) = self.retry.defer_tier() else {
+                    return self.deliver_anyway(route, event, attempt, parking).await;
+                };
+                let (label, outcome) = match refused {
+                    Admission::CircuitOpen => ("circuit_open", AttemptOutcome::CircuitOpen),
+                    _ => ("deferred", AttemptOutcome::Deferred),
+                };
+                // Not an attempt: the number of the next try stays the same.
+                parking
+                    .retry(
+                        handoff(attempt - 1),
+                        tier,
+                        self.retry.ttl_with_jitter(tier),
+                        None,
+                    )
+                    .await?;
+                self.metrics.deliveries.with_label_values(&[label]).inc();
+                self.log(event, &route.id, attempt, outcome, started, None, None);
+                return Ok(());
+            }
+        };
+        let result = self.attempt(route, event, attempt).await;
+        drop(permit);
+        self.isolation.record(&route.id, result.is_ok());
+        match result {
             Ok(status) => {
                 self.metrics
                     .deliveries
                     .with_label_values(&["success"])
                     .inc();
-                tracing::debug!(event_id, subscription_id = %route.id, status, "delivered");
+                if let Some(ms) = event.accepted_ms {
+                    self.metrics
+                        .event_to_delivery_seconds
+                        .observe(seconds_since(ms));
+                }
+                self.log(
+                    event,
+                    &route.id,
+                    attempt,
+                    AttemptOutcome::Success,
+                    started,
+                    Some(status),
+                    None,
+                );
+                Ok(())
             }
             Err(error) => {
-                self.metrics.deliveries.with_label_values(&["failed"]).inc();
-                tracing::warn!(event_id, subscription_id = %route.id, status = error.status(), error = %error, "delivery failed");
+                self.after_failure(route, event, attempt, error, started, parking)
+                    .await
             }
+        }
+    }
+
+    /// With no retry tier configured there is nowhere to defer to: attempt regardless.
+    async fn deliver_anyway(
+        &self,
+        route: &Route,
+        event: &Event,
+        attempt: u32,
+        parking: &Parking,
+    ) -> Result<(), AmqpError> {
+        let started = Instant::now();
+        match self.attempt(route, event, attempt).await {
+            Ok(status) => {
+                self.metrics
+                    .deliveries
+                    .with_label_values(&["success"])
+                    .inc();
+                self.log(
+                    event,
+                    &route.id,
+                    attempt,
+                    AttemptOutcome::Success,
+                    started,
+                    Some(status),
+                    None,
+                );
+                Ok(())
+            }
+            Err(error) => {
+                self.after_failure(route, event, attempt, error, started, parking)
+                    .await
+            }
+        }
+    }
+
+    async fn after_failure(
+        &self,
+        route: &Route,
+        event: &Event,
+        attempt: u32,
+        error: AttemptError,
+        started: Instant,
+        parking: &Parking,
+    ) -> Result<(), AmqpError> {
+        let handoff = Handoff {
+            event_id: &event.envelope.id,
+            subscription_id: &route.id,
+            attempts: attempt,
+            body: &event.body,
+            accepted_ms: event.accepted_ms,
+        };
+        if error.is_gone() {
+            let reason = format!("endpoint answered 410 Gone to event {}", event.envelope.id);
+            match self.directory_client.disable(&route.id, &reason).await {
+                Ok(()) => {
+                    tracing::warn!(subscription_id = %route.id, "subscription disabled: endpoint answered 410 Gone");
+                    self.metrics
+                        .deliveries
+                        .with_label_values(&["disabled"])
+                        .inc();
+                    self.log(
+                        event,
+                        &route.id,
+                        attempt,
+                        AttemptOutcome::Disabled,
+                        started,
+                        error.status(),
+                        Some(&error.to_string()),
+                    );
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::error!(subscription_id = %route.id, error = %e, "cannot disable a subscription that answered 410");
+                }
+            }
+        }
+        let next = match &error {
+            // A refused destination stays refused: no point in retrying.
+            AttemptError::Refused(_) => NextStep::Dead,
+            _ => self.retry.after_failure(attempt, error.retry_after()),
+        };
+        match next {
+            NextStep::Retry { tier, .. } => {
+                let ttl = self.retry.ttl_with_jitter(tier);
+                parking.retry(handoff, tier, ttl, Some(&error)).await?;
+                self.metrics
+                    .deliveries
+                    .with_label_values(&["retry_scheduled"])
+                    .inc();
+                self.metrics
+                    .retries_scheduled
+                    .with_label_values(&[&relay_shared::topology::tier_label(tier)])
+                    .inc();
+                let due = OffsetDateTime::now_utc() + ttl;
+                let mut record = self.record(
+                    event,
+                    &route.id,
+                    attempt,
+                    AttemptOutcome::RetryScheduled,
+                    started,
+                    error.status(),
+                    Some(&error.to_string()),
+                );
+                record.response_excerpt = error.excerpt().map(str::to_owned);
+                record.next_attempt_at = Some(rfc3339(due));
+                self.attempts.record(record);
+            }
+            NextStep::Dead => {
+                parking.dead(handoff, &error).await?;
+                self.metrics.deliveries.with_label_values(&["dead"]).inc();
+                tracing::warn!(event_id = %event.envelope.id, subscription_id = %route.id, attempt, error = %error, "delivery dead-lettered");
+                let mut record = self.record(
+                    event,
+                    &route.id,
+                    attempt,
+                    AttemptOutcome::Dead,
+                    started,
+                    error.status(),
+                    Some(&error.to_string()),
+                );
+                record.response_excerpt = error.excerpt().map(str::to_owned);
+                self.attempts.record(record);
+            }
+        }
+        Ok(())
+    }
+
+    /// One HTTP attempt, within the global in-flight cap.
+    async fn attempt(
+        &self,
+        route: &Route,
+        event: &Event,
+        attempt: u32,
+    ) -> Result<u16, AttemptError> {
+        let span = tracing::info_span!("delivery", event_id = %event.envelope.id, subscription_id = %route.id, attempt);
+        let _enter = span.enter();
+        let _slot = self.inflight.acquire().await;
+        self.metrics.inflight.inc();
+        let started = Instant::now();
+        let outcome = self
+            .client
+            .deliver(route, &event.envelope.id, event.body.clone())
+            .await;
+        self.metrics.inflight.dec();
+        self.metrics
+            .attempt_seconds
+            .observe(started.elapsed().as_secs_f64());
+        if let Err(error) = &outcome {
+            self.metrics.deliveries.with_label_values(&["failed"]).inc();
+            tracing::warn!(event_id = %event.envelope.id, subscription_id = %route.id, attempt, status = error.status(), error = %error, "delivery attempt failed");
         }
         outcome
     }
+
+    #[allow(clippy::too_many_arguments)]
+    fn record(
+        &self,
+        event: &Event,
+        subscription_id: &str,
+        attempt: u32,
+        outcome: AttemptOutcome,
+        started: Instant,
+        status: Option<u16>,
+        error: Option<&str>,
+    ) -> AttemptRecord {
+        let elapsed = started.elapsed();
+        AttemptRecord {
+            event_id: event.envelope.id.clone(),
+            subscription_id: subscription_id.to_owned(),
+            attempt,
+            at: rfc3339(OffsetDateTime::now_utc() - elapsed),
+            outcome,
+            status,
+            latency_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+            error: error.map(str::to_owned),
+            response_excerpt: None,
+            next_attempt_at: None,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn log(
+        &self,
+        event: &Event,
+        subscription_id: &str,
+        attempt: u32,
+        outcome: AttemptOutcome,
+        started: Instant,
+        status: Option<u16>,
+        error: Option<&str>,
+    ) {
+        self.attempts.record(self.record(
+            event,
+            subscription_id,
+            attempt,
+            outcome,
+            started,
+            status,
+            error,
+        ));
+    }
 }
 
-/// The envelope of a delivery, or why it is not one.
-fn decode(delivery: &Delivery) -> Result<Envelope, String> {
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Event,
+    Redelivery,
+}
+
+/// The event of a delivery, or why it is not one.
+fn decode(delivery: &Delivery) -> Result<Event, String> {
     let incoming: IncomingEvent = parse_json(&delivery.data).map_err(|e| e.to_string())?;
     let message_id = delivery
         .properties
         .message_id()
         .as_ref()
         .map(|s| s.as_str().to_owned());
-    incoming
-        .normalise(time::OffsetDateTime::now_utc(), || {
+    let envelope = incoming
+        .normalise(OffsetDateTime::now_utc(), || {
             content_id(&delivery.data, message_id.as_deref())
         })
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    Ok(Event {
+        body: Bytes::from(envelope.to_json()),
+        envelope,
+        accepted_ms: accepted_ms(delivery),
+    })
 }
 
 fn seconds_since(unix_ms: i64) -> f64 {
-    let now_ms = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
+    let now_ms = OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
     #[allow(clippy::cast_precision_loss)]
     let seconds = (now_ms - i128::from(unix_ms)).max(0) as f64 / 1000.0;
     seconds
@@ -247,6 +617,14 @@ fn accepted_ms(delivery: &Delivery) -> Option<i64> {
         .get(HEADER_ACCEPTED_MS)?
     {
         AMQPValue::LongLongInt(ms) => Some(*ms),
+        _ => None,
+    }
+}
+
+fn text_header(delivery: &Delivery, name: &str) -> Option<String> {
+    match delivery.properties.headers().as_ref()?.inner().get(name)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
         _ => None,
     }
 }

@@ -31,8 +31,12 @@ pub async fn run(
         metrics.clone(),
         shutdown.clone(),
     );
-    let app = routes::router(&settings.ingest, publisher, metrics)
-        .merge(relay_shared::ops::router(registry, readiness));
+    let http_metrics = relay_shared::http_metrics::HttpMetrics::register(&registry)
+        .context("registering HTTP metrics")?;
+    let app = http_metrics.instrument(
+        routes::router(&settings.ingest, publisher, metrics)
+            .merge(relay_shared::ops::router(registry, readiness)),
+    );
     tracing::info!(addr = %listener.local_addr()?, "ingest listening");
     let mut stop = shutdown.clone();
     axum::serve(listener, app)

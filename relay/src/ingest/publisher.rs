@@ -13,6 +13,7 @@ use relay_shared::{
     ops::Readiness,
     shutdown::Shutdown,
     topology::{HEADER_ACCEPTED_MS, Topology},
+    trace::TraceParent,
 };
 use tokio::sync::watch;
 
@@ -62,11 +63,16 @@ impl Publisher {
         }
     }
 
-    /// Publishes one event persistently and waits for the broker's confirm.
+    /// Publishes one event persistently, with `trace` in its `traceparent` header, and waits
+    /// for the broker's confirm.
     ///
     /// # Errors
     /// [`PublishError`]: the event was not accepted and the producer should retry.
-    pub async fn publish(&self, envelope: &Envelope) -> Result<(), PublishError> {
+    pub async fn publish(
+        &self,
+        envelope: &Envelope,
+        trace: &TraceParent,
+    ) -> Result<(), PublishError> {
         let channel = self
             .channel
             .borrow()
@@ -78,6 +84,7 @@ impl Publisher {
             ShortString::from(HEADER_ACCEPTED_MS),
             AMQPValue::LongLongInt(i64::try_from(now_ms).unwrap_or(i64::MAX)),
         );
+        relay_shared::trace::to_amqp_headers(trace, &mut headers);
         let properties = amqp::persistent_json()
             .with_message_id(envelope.id.as_str().into())
             .with_type(envelope.event_type.as_str().into())

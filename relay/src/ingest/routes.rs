@@ -16,9 +16,11 @@ use relay_shared::{
     envelope::{Envelope, IncomingEvent, parse_json},
     ids::new_id,
     problem::{Problem, bearer_matches, is_json, read_body},
+    trace::{TraceParent, child_traceparent},
 };
 use serde_json::value::RawValue;
 use time::OffsetDateTime;
+use tracing::Instrument as _;
 
 use super::{IngestMetrics, PublishError, Publisher};
 
@@ -100,6 +102,16 @@ impl Ingest {
     }
 }
 
+/// The context the event carries on: a child of the producer's valid `traceparent`, else a
+/// new trace (an invalid header is ignored, as W3C Trace Context asks).
+fn incoming_trace(headers: &HeaderMap) -> TraceParent {
+    child_traceparent(
+        headers
+            .get(relay_shared::trace::HEADER)
+            .and_then(|v| v.to_str().ok()),
+    )
+}
+
 fn normalise(
     raw: &[u8],
     now: OffsetDateTime,
@@ -116,7 +128,15 @@ async fn publish_one(State(ingest): Shared, headers: HeaderMap, body: Body) -> R
         Ok(envelope) => envelope,
         Err(e) => return ingest.invalid(Problem::from_envelope(e)).into_response(),
     };
-    match ingest.publisher.publish(&envelope).await {
+    let trace = incoming_trace(&headers);
+    let span =
+        tracing::info_span!("ingest", event_id = %envelope.id, trace_id = %trace.trace_id_hex());
+    match ingest
+        .publisher
+        .publish(&envelope, &trace)
+        .instrument(span)
+        .await
+    {
         Ok(()) => {
             ingest.metrics.ingested.with_label_values(&["http"]).inc();
             (
@@ -173,7 +193,15 @@ async fn publish_batch(State(ingest): Shared, headers: HeaderMap, body: Body) ->
     // Publish concurrently on the confirm channel; the batch is accepted only if every
     // event was confirmed. On a partial failure the producer retries the batch, and the
     // events already accepted are delivered twice with the same id (supply ids to dedupe).
-    let results = join_all(envelopes.iter().map(|e| ingest.publisher.publish(e))).await;
+    let parent = incoming_trace(&headers);
+    let publisher = &ingest.publisher;
+    let results = join_all(envelopes.iter().map(|e| {
+        let trace = parent.child();
+        let span =
+            tracing::info_span!("ingest", event_id = %e.id, trace_id = %trace.trace_id_hex());
+        async move { publisher.publish(e, &trace).await }.instrument(span)
+    }))
+    .await;
     if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
         return ingest.unavailable(e).into_response();
     }
