@@ -37,6 +37,15 @@ pub enum ApiError {
     /// No or a wrong bearer key.
     #[error("unauthorized")]
     Unauthorized,
+    /// A consumer key on an admin route.
+    #[error("forbidden")]
+    Forbidden,
+    /// A destination refused by the SSRF policy.
+    #[error(transparent)]
+    Destination(FieldError),
+    /// The broker did not take a message (not connected, or no confirm).
+    #[error("broker unavailable: {0}")]
+    Broker(String),
     /// Refused before parsing (content type, size), already phrased as a problem.
     #[error("{}", .0.detail)]
     Rejected(Problem),
@@ -62,6 +71,26 @@ impl ApiError {
     pub fn to_problem(&self) -> Problem {
         match self {
             Self::Unauthorized => Problem::unauthorized(),
+            Self::Forbidden => Problem::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "Admin key required",
+                "this route needs the admin key; consumer keys cannot use it",
+            ),
+            Self::Destination(e) => Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "destination-not-allowed",
+                "Destination not allowed",
+                e.reason.clone(),
+            )
+            .with_field(e.field.clone()),
+            Self::Broker(reason) => Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "broker-unavailable",
+                "Broker unavailable",
+                format!("the message broker did not take the message ({reason}); retry shortly"),
+            )
+            .with_retry_after(1),
             Self::Rejected(problem) => problem.clone(),
             Self::Body(e) => Problem::from_envelope(e.clone()),
             // The same type and title as a shape error in the body, so clients branch once.
@@ -71,6 +100,13 @@ impl ApiError {
                 reason: e.reason.clone(),
             }),
             Self::Store(StoreError::NotFound) => Problem::not_found("subscription"),
+            Self::Store(StoreError::Missing(what)) => Problem::not_found(what),
+            Self::Store(StoreError::Conflict(what)) => Problem::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                "Already exists",
+                format!("{what} already exists"),
+            ),
             Self::Store(e) if e.is_transient() => Problem::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "store-unavailable",
@@ -91,7 +127,10 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         if let Self::Store(e) = &self
-            && !matches!(e, StoreError::NotFound)
+            && !matches!(
+                e,
+                StoreError::NotFound | StoreError::Missing(_) | StoreError::Conflict(_)
+            )
         {
             // The response says only "see the logs"; this is what the logs say.
             tracing::error!(error = %e, "store operation failed");

@@ -1,31 +1,38 @@
-//! The HTTP surface: routes, admin authentication, request-body and query-string reading,
+//! The HTTP surface: routes, authentication ([`crate::auth`]), request-body and query-string reading,
 //! fallbacks for unknown routes and methods, and request metrics. Every rejection is a
 //! problem response, so the body is read by hand rather than through axum's extractors.
 
-use std::{collections::HashMap, sync::Arc, time::Instant};
+use std::{collections::HashMap, sync::Arc, time::Duration, time::Instant};
 
 use axum::{
     Router,
     body::Body,
     extract::{MatchedPath, Request, State},
-    http::{HeaderMap, HeaderValue, Method, StatusCode, header},
+    http::{HeaderMap, Method, StatusCode},
     middleware::{self, Next},
-    response::{IntoResponse, Response},
-    routing::get,
+    response::Response,
+    routing::{delete, get, post},
 };
 use relay_shared::{
+    config::ApiSettings,
     envelope::parse_json,
-    problem::{Problem, bearer_matches, is_json, read_body},
+    problem::{Problem, is_json, read_body},
+    ssrf::NetworkPolicy,
 };
 use serde::de::DeserializeOwned;
 
 use crate::{
+    attempts, auth,
     control::ControlPublisher,
-    directory,
+    dead_letters, directory,
     error::{ApiError, FieldError},
+    events,
     metrics::ApiMetrics,
+    openapi,
+    publisher::Publisher,
+    replay,
     store::Store,
-    subscriptions,
+    subscriptions, tenants,
 };
 
 /// Largest request body accepted, in bytes.
@@ -38,25 +45,62 @@ pub struct AppState {
     pub store: Store,
     /// Change notifications to dispatchers.
     pub control: ControlPublisher,
-    /// The bearer key every `/v1` route requires.
+    /// Redeliveries and operational events.
+    pub publisher: Publisher,
+    /// Which destinations subscriptions may have.
+    pub policy: Arc<NetworkPolicy>,
+    /// Default grace period of a secret rotation.
+    pub rotation_grace: Duration,
+    /// The admin bearer key.
     admin_key: Arc<str>,
 }
 
 impl AppState {
     /// State for the `/v1` routes.
-    pub fn new(store: Store, control: ControlPublisher, admin_key: &str) -> Self {
+    pub fn new(
+        store: Store,
+        control: ControlPublisher,
+        publisher: Publisher,
+        policy: NetworkPolicy,
+        api: &ApiSettings,
+    ) -> Self {
         Self {
             store,
             control,
-            admin_key: admin_key.into(),
+            publisher,
+            policy: Arc::new(policy),
+            rotation_grace: api.rotation_grace,
+            admin_key: api.admin_key.as_str().into(),
         }
+    }
+
+    /// The admin bearer key.
+    pub fn admin_key(&self) -> &str {
+        &self.admin_key
     }
 }
 
-/// The whole application: `/v1` routes behind the admin key, `ops` (`/metrics`, `/healthz`,
+/// The whole application: `/v1` routes behind an API key (tenant management and the
+/// directory behind the admin key), `/openapi.json` and `ops` (`/metrics`, `/healthz`,
 /// `/readyz`) open, and problem responses for unknown routes and methods.
 pub fn router(state: AppState, ops: Router, metrics: ApiMetrics) -> Router {
-    let v1 = Router::new()
+    let admin = Router::new()
+        .route("/v1/consumers", get(tenants::list).post(tenants::create))
+        .route(
+            "/v1/consumers/{id}",
+            get(tenants::get).delete(tenants::delete),
+        )
+        .route(
+            "/v1/consumers/{id}/keys",
+            get(tenants::list_keys).post(tenants::create_key),
+        )
+        .route(
+            "/v1/consumers/{id}/keys/{key_id}",
+            delete(tenants::delete_key),
+        )
+        .route("/v1/directory", get(directory::page))
+        .route_layer(middleware::from_fn(auth::require_admin));
+    let tenant = Router::new()
         .route(
             "/v1/subscriptions",
             get(subscriptions::list).post(subscriptions::create),
@@ -68,32 +112,34 @@ pub fn router(state: AppState, ops: Router, metrics: ApiMetrics) -> Router {
                 .delete(subscriptions::delete),
         )
         .route("/v1/subscriptions/{id}/secret", get(subscriptions::secret))
-        .route("/v1/directory", get(directory::page))
+        .route(
+            "/v1/subscriptions/{id}/disable",
+            post(subscriptions::disable),
+        )
+        .route(
+            "/v1/subscriptions/{id}/rotate-secret",
+            post(subscriptions::rotate_secret),
+        )
+        .route("/v1/subscriptions/{id}/test", post(replay::test))
+        .route("/v1/subscriptions/{id}/replay", post(replay::replay))
+        .route("/v1/subscriptions/{id}/attempts", get(attempts::list))
+        .route("/v1/events", get(events::list))
+        .route("/v1/events/{id}", get(events::get))
+        .route("/v1/dead-letters", get(dead_letters::list))
+        .route("/v1/dead-letters/redrive", post(dead_letters::redrive));
+    let v1 = admin
+        .merge(tenant)
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
-            require_admin_key,
+            auth::authenticate,
         ))
         .with_state(state);
-    v1.merge(ops)
+    v1.route("/openapi.json", get(openapi::serve))
+        .merge(ops)
         // Set after every route is added: it applies to the routes present at the time.
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(metrics, record_request))
-}
-
-async fn require_admin_key(
-    State(state): State<AppState>,
-    request: Request,
-    next: Next,
-) -> Response {
-    if bearer_matches(request.headers(), [state.admin_key.as_ref()]) {
-        return next.run(request).await;
-    }
-    let mut response = ApiError::Unauthorized.into_response();
-    response
-        .headers_mut()
-        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    response
 }
 
 async fn not_found() -> Problem {
@@ -152,6 +198,38 @@ pub async fn json_body<T: DeserializeOwned>(
     }
     let bytes = read_body(body, MAX_BODY_BYTES).await?;
     Ok(parse_json::<T>(&bytes)?)
+}
+
+/// Reads an optional JSON body: an empty body gives `T::default()`, anything else is read
+/// as by [`json_body`].
+///
+/// # Errors
+/// As [`json_body`].
+pub async fn optional_json_body<T: DeserializeOwned + Default>(
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<T, ApiError> {
+    let bytes = read_body(body, MAX_BODY_BYTES).await?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    if !is_json(headers) {
+        return Err(Problem::unsupported_media_type().into());
+    }
+    Ok(parse_json::<T>(&bytes)?)
+}
+
+/// Parses a numeric cursor (`after`): absent is the start.
+///
+/// # Errors
+/// A [`FieldError`] on `after`.
+pub fn seq_cursor(raw: Option<String>) -> Result<i64, FieldError> {
+    match raw {
+        None => Ok(0),
+        Some(raw) => raw.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
+            FieldError::new("after", "after must be a cursor returned as next_cursor")
+        }),
+    }
 }
 
 /// Query-string parameters, each allowed name at most once.

@@ -1,24 +1,39 @@
-//! consumer-api: the subscription store of Relay. Clients manage subscriptions (endpoint,
-//! topic filters, owner) and read their signing secrets; dispatchers read the whole directory
-//! from it and hear about every change on the control exchange.
+//! consumer-api: the consumer-facing side of Relay. Tenants (consumers) and their API keys;
+//! subscriptions (endpoint, topic filters, owner, signing secrets and their rotation); the
+//! recorder that stores every event, attempt and dead letter from the broker; the pull API,
+//! delivery log, replay and redrive on top of it; the dispatchers' directory, kept current
+//! through the control exchange; and `/openapi.json` describing all of it.
 //!
 //! [`run`] takes its configuration, a bound listener, a metrics registry and a shutdown
 //! signal, so `main` and the end-to-end tests start the very same code.
 #![forbid(unsafe_code)]
 
+pub mod attempts;
+pub mod auth;
 pub mod control;
+pub mod dead_letters;
 pub mod directory;
 pub mod error;
+pub mod events;
 pub mod http;
+pub mod maintenance;
 pub mod metrics;
+pub mod openapi;
+pub mod publisher;
+pub mod recorder;
+pub mod replay;
 pub mod store;
 pub mod subscriptions;
+pub mod tenants;
 pub mod validation;
 
 use anyhow::Context as _;
 use relay_shared::{config::Settings, ops::Readiness, shutdown::Shutdown, topology::Topology};
 
-use crate::{control::ControlPublisher, http::AppState, metrics::ApiMetrics, store::Store};
+use crate::{
+    control::ControlPublisher, http::AppState, maintenance::Upkeep, metrics::ApiMetrics,
+    publisher::Publisher, store::Store,
+};
 
 /// Readiness condition name for the store.
 pub const READY_STORE: &str = "store";
@@ -38,6 +53,10 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let metrics =
         ApiMetrics::register(&registry).context("cannot register consumer-api metrics")?;
+    let policy = settings
+        .security
+        .policy()
+        .map_err(|bad| anyhow::anyhow!("security.allowed_networks: {bad:?} is not a CIDR"))?;
     let readiness = Readiness::default();
     readiness.not_ready(READY_STORE, "opening");
     let store = Store::open(&settings.api.database_url)
@@ -52,17 +71,44 @@ pub async fn run(
         metrics.amqp_connected.clone(),
         shutdown.clone(),
     );
+    let topology = Topology::new(&settings.amqp.prefix);
+    recorder::spawn(
+        store.clone(),
+        sessions.clone(),
+        &topology,
+        settings.api.recorder_prefetch,
+        metrics.recorded.clone(),
+        shutdown.clone(),
+    );
     let channel = relay_shared::session::confirm_channels(sessions, shutdown.clone());
     let control = ControlPublisher::new(
-        channel,
-        &Topology::new(&settings.amqp.prefix).control,
+        channel.clone(),
+        &topology.control,
         metrics.control_notifications.clone(),
     );
+    let state = AppState::new(
+        store.clone(),
+        control,
+        Publisher::new(channel, topology),
+        policy,
+        &settings.api,
+    );
+    maintenance::spawn(
+        state.clone(),
+        Upkeep {
+            interval: settings.api.maintenance_interval,
+            retention: settings.api.retention,
+            disable_after: settings.api.disable_after_failing_for,
+        },
+        shutdown.clone(),
+    );
+    let http_metrics = relay_shared::http_metrics::HttpMetrics::register(&registry)?;
     let app = http::router(
-        AppState::new(store.clone(), control, &settings.api.admin_key),
+        state,
         relay_shared::ops::router(registry, readiness),
         metrics,
     );
+    let app = http_metrics.instrument(app);
 
     match listener.local_addr() {
         Ok(addr) => tracing::info!(%addr, "consumer-api listening"),
@@ -116,6 +162,11 @@ mod tests {
             ("RELAY__AMQP__URL", amqp_url.to_owned()),
             ("RELAY__AMQP__PREFIX", prefix.to_owned()),
             ("RELAY__API__ADMIN_KEY", KEY.to_owned()),
+            (
+                "RELAY__SECURITY__ALLOWED_NETWORKS",
+                "127.0.0.0/8".to_owned(),
+            ),
+            ("RELAY__SECURITY__ALLOW_HTTP", "true".to_owned()),
             (
                 "RELAY__API__DATABASE_URL",
                 format!("sqlite://{}", dir.join("api.db").display()),

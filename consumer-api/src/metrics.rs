@@ -13,6 +13,8 @@ pub struct ApiMetrics {
     pub control_notifications: IntCounterVec,
     /// 1 while the broker connection is up.
     pub amqp_connected: IntGauge,
+    /// Messages the recorder consumed, by `feed` and `outcome` (`recorded`, `unreadable`).
+    pub recorded: IntCounterVec,
 }
 
 impl ApiMetrics {
@@ -34,6 +36,12 @@ impl ApiMetrics {
                 "relay_api_control_notifications_total",
                 "Subscription change notifications to dispatchers, by outcome (published, failed).",
                 &["outcome"],
+            )?,
+            recorded: counter_vec(
+                registry,
+                "relay_api_recorded_total",
+                "Messages the recorder consumed, by feed (archive, attempts, dead) and outcome (recorded, unreadable).",
+                &["feed", "outcome"],
             )?,
             amqp_connected: gauge(
                 registry,

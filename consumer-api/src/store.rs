@@ -1,8 +1,15 @@
-//! The subscription store: one table, reached through sqlx's `Any` driver so that the same
-//! SQL (portable types, `$1` placeholders) can later run on PostgreSQL as well as SQLite.
+//! The store: subscriptions (here), tenants and their keys ([`tenants`]), and the recorded
+//! events, attempts and dead letters ([`records`]), reached through sqlx's `Any` driver so
+//! that the same SQL (portable types, `$1` placeholders) runs on SQLite and PostgreSQL.
+//! Only the DDL differs (`migrations/sqlite`, `migrations/postgres`).
 //!
-//! Every write is a single statement, so concurrent requests never hold a transaction open
-//! across an await point and SQLite's writer lock is taken only for the statement itself.
+//! Every subscription write is a single statement, so concurrent requests never hold a
+//! transaction open across an await point; the recorder writes its batches in one transaction.
+
+pub mod records;
+pub mod tenants;
+#[cfg(test)]
+pub(crate) mod testing;
 
 use std::{borrow::Cow, future::Future, pin::Pin, time::Duration};
 
@@ -14,7 +21,7 @@ use sqlx::{
 };
 
 /// Columns of a subscription, in the order [`Subscription::from_row`] reads them.
-const COLUMNS: &str = "id, url, event_types, consumer, description, enabled, secret, revision, created_at, updated_at";
+const COLUMNS: &str = "id, url, event_types, consumer, description, enabled, secret, revision, created_at, updated_at, disabled_reason, previous_secret, previous_secret_expires_ms";
 
 /// How long a request waits for a pooled connection before the store counts as unavailable.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -28,6 +35,12 @@ pub enum StoreError {
     /// No subscription has that id.
     #[error("no such subscription")]
     NotFound,
+    /// No such resource of another kind (`consumer`, `key`, `event`, `dead letter`).
+    #[error("no such {0}")]
+    Missing(&'static str),
+    /// A resource with that id already exists.
+    #[error("{0} already exists")]
+    Conflict(String),
     // The sqlx errors are in the message and deliberately not exposed as `source`: their
     // own source chains repeat the message, which would print it several times in `{:#}`.
     /// The database could not be reached or refused the statement.
@@ -75,7 +88,11 @@ impl StoreError {
                         code.parse::<i64>().is_ok_and(|c| matches!(c & 0xff, 5 | 6))
                     })
             }
-            Self::NotFound | Self::Migrate(_) | Self::Corrupt { .. } => false,
+            Self::NotFound
+            | Self::Missing(_)
+            | Self::Conflict(_)
+            | Self::Migrate(_)
+            | Self::Corrupt { .. } => false,
         }
     }
 }
@@ -103,10 +120,18 @@ pub struct Subscription {
     pub created_at: String,
     /// RFC 3339.
     pub updated_at: String,
+    /// Why it was disabled (410 from the endpoint, failing too long, by hand); cleared when
+    /// it is enabled again.
+    pub disabled_reason: Option<String>,
+    /// The secret before the last rotation, still signing until `previous_secret_expires_ms`.
+    pub previous_secret: Option<String>,
+    /// End of the rotation's grace period, Unix milliseconds.
+    pub previous_secret_expires_ms: Option<i64>,
 }
 
 impl Subscription {
-    /// The entry dispatchers hold for this subscription.
+    /// The entry dispatchers hold for this subscription: during a rotation's grace period
+    /// both secrets, newest first.
     pub fn directory_entry(&self) -> DirectoryEntry {
         DirectoryEntry {
             id: self.id.clone(),
@@ -114,9 +139,21 @@ impl Subscription {
             event_types: self.event_types.clone(),
             consumer: self.consumer.clone(),
             enabled: self.enabled,
-            secrets: vec![self.secret.clone()],
+            secrets: self.secrets(now_ms()),
             revision: self.revision,
         }
+    }
+
+    /// The secrets that sign at `now_ms`, newest first.
+    pub fn secrets(&self, now_ms: i64) -> Vec<String> {
+        let mut secrets = vec![self.secret.clone()];
+        if let (Some(previous), Some(expires)) =
+            (&self.previous_secret, self.previous_secret_expires_ms)
+            && expires > now_ms
+        {
+            secrets.push(previous.clone());
+        }
+        secrets
     }
 
     fn from_row(row: &AnyRow) -> Result<Self, StoreError> {
@@ -136,6 +173,9 @@ impl Subscription {
             revision: row.try_get("revision")?,
             created_at: row.try_get("created_at")?,
             updated_at: row.try_get("updated_at")?,
+            disabled_reason: row.try_get("disabled_reason")?,
+            previous_secret: row.try_get("previous_secret")?,
+            previous_secret_expires_ms: row.try_get("previous_secret_expires_ms")?,
             id,
         })
     }
@@ -184,10 +224,24 @@ pub struct Page {
     pub next_cursor: Option<String>,
 }
 
-/// The subscription store.
+/// The current time in Unix milliseconds.
+pub fn now_ms() -> i64 {
+    i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis(),
+    )
+    .unwrap_or(i64::MAX)
+}
+
+/// The store.
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: AnyPool,
+    /// PostgreSQL (else SQLite): event inserts then serialise on a table lock, so that
+    /// sequence numbers become visible in order even with several writers.
+    postgres: bool,
 }
 
 impl Store {
@@ -236,7 +290,10 @@ impl Store {
             .await?
             .run(&pool)
             .await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            postgres: !sqlite,
+        })
     }
 
     /// Closes every connection (waits for those in use to be returned).
@@ -250,7 +307,7 @@ impl Store {
     /// [`StoreError::Database`].
     pub async fn create(&self, subscription: &Subscription) -> Result<(), StoreError> {
         sqlx::query(&format!(
-            "INSERT INTO subscriptions ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+            "INSERT INTO subscriptions ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
         ))
         .bind(&subscription.id)
         .bind(&subscription.url)
@@ -262,6 +319,9 @@ impl Store {
         .bind(subscription.revision)
         .bind(&subscription.created_at)
         .bind(&subscription.updated_at)
+        .bind(&subscription.disabled_reason)
+        .bind(&subscription.previous_secret)
+        .bind(subscription.previous_secret_expires_ms)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -345,6 +405,7 @@ impl Store {
                 consumer = CASE WHEN $4 = 1 THEN $5 ELSE consumer END, \
                 description = CASE WHEN $6 = 1 THEN $7 ELSE description END, \
                 enabled = COALESCE($8, enabled), \
+                disabled_reason = CASE WHEN $8 = 1 THEN NULL ELSE disabled_reason END, \
                 revision = revision + 1, \
                 updated_at = $9 \
              WHERE id = $1 RETURNING {COLUMNS}"
@@ -362,6 +423,82 @@ impl Store {
         .await?
         .ok_or(StoreError::NotFound)?;
         Subscription::from_row(&row)
+    }
+
+    /// Disables a subscription with `reason`, unless it is disabled already. Returns it and
+    /// whether this call changed it.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`], [`StoreError::Database`] or [`StoreError::Corrupt`].
+    pub async fn disable(
+        &self,
+        id: &str,
+        reason: &str,
+        now: &str,
+    ) -> Result<(Subscription, bool), StoreError> {
+        let row = sqlx::query(&format!(
+            "UPDATE subscriptions SET enabled = 0, disabled_reason = $2, \
+                revision = revision + 1, updated_at = $3 \
+             WHERE id = $1 AND enabled = 1 RETURNING {COLUMNS}"
+        ))
+        .bind(id)
+        .bind(reason)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            Some(row) => Ok((Subscription::from_row(&row)?, true)),
+            None => Ok((self.get(id).await?, false)),
+        }
+    }
+
+    /// Replaces the secret with `secret`; the old one keeps signing until `expires_ms`.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`], [`StoreError::Database`] or [`StoreError::Corrupt`].
+    pub async fn rotate_secret(
+        &self,
+        id: &str,
+        secret: &str,
+        expires_ms: i64,
+        now: &str,
+    ) -> Result<Subscription, StoreError> {
+        let row = sqlx::query(&format!(
+            "UPDATE subscriptions SET previous_secret = secret, secret = $2, \
+                previous_secret_expires_ms = $3, revision = revision + 1, updated_at = $4 \
+             WHERE id = $1 RETURNING {COLUMNS}"
+        ))
+        .bind(id)
+        .bind(secret)
+        .bind(expires_ms)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or(StoreError::NotFound)?;
+        Subscription::from_row(&row)
+    }
+
+    /// Ends every rotation grace period that is over at `now_ms`: the previous secret is
+    /// dropped and the revision bumped. Returns the subscriptions changed.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`] or [`StoreError::Corrupt`].
+    pub async fn expire_rotations(
+        &self,
+        now_ms: i64,
+        now: &str,
+    ) -> Result<Vec<Subscription>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "UPDATE subscriptions SET previous_secret = NULL, previous_secret_expires_ms = NULL, \
+                revision = revision + 1, updated_at = $2 \
+             WHERE previous_secret_expires_ms IS NOT NULL AND previous_secret_expires_ms <= $1 \
+             RETURNING {COLUMNS}"
+        ))
+        .bind(now_ms)
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(Subscription::from_row).collect()
     }
 
     /// Deletes a subscription.
@@ -404,16 +541,40 @@ fn sqlite_create_if_missing(url: &str) -> String {
 struct EmbeddedMigrations(&'static [(i64, &'static str, &'static str)]);
 
 /// SQLite migrations: (version, description, SQL).
-const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "subscriptions",
-    include_str!("../migrations/sqlite/0001_subscriptions.sql"),
-)];
+const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "subscriptions",
+        include_str!("../migrations/sqlite/0001_subscriptions.sql"),
+    ),
+    (
+        2,
+        "tenants and records",
+        include_str!("../migrations/sqlite/0002_tenants_and_records.sql"),
+    ),
+];
+
+/// PostgreSQL migrations: the same versions, with PostgreSQL's DDL.
+const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "subscriptions",
+        include_str!("../migrations/postgres/0001_subscriptions.sql"),
+    ),
+    (
+        2,
+        "tenants and records",
+        include_str!("../migrations/postgres/0002_tenants_and_records.sql"),
+    ),
+];
 
 impl EmbeddedMigrations {
-    fn for_url(_url: &str) -> Self {
-        // Only SQLite so far; a `migrations/postgres/` set is chosen here once it exists.
-        Self(SQLITE_MIGRATIONS)
+    fn for_url(url: &str) -> Self {
+        if url.starts_with("sqlite:") {
+            Self(SQLITE_MIGRATIONS)
+        } else {
+            Self(POSTGRES_MIGRATIONS)
+        }
     }
 }
 
@@ -444,6 +605,22 @@ mod tests {
 
     use super::*;
 
+    use super::testing::each_backend;
+
+    /// Runs `$body(&Store)` as the test `$name` on SQLite and on PostgreSQL.
+    macro_rules! on_each_backend {
+        ($name:ident, $body:ident) => {
+            #[tokio::test]
+            async fn $name() {
+                for (backend, store) in each_backend().await {
+                    eprintln!("{}: {backend}", stringify!($name));
+                    $body(&store).await;
+                    store.close().await;
+                }
+            }
+        };
+    }
+
     /// A store in a fresh file under the temporary directory.
     async fn temp_store() -> (Store, std::path::PathBuf) {
         let dir = std::env::temp_dir().join(format!("consumer-api-store-{}", new_id("t")));
@@ -467,6 +644,9 @@ mod tests {
             revision: 1,
             created_at: "2026-01-01T00:00:00Z".into(),
             updated_at: "2026-01-01T00:00:00Z".into(),
+            disabled_reason: None,
+            previous_secret: None,
+            previous_secret_expires_ms: None,
         }
     }
 
@@ -498,9 +678,12 @@ mod tests {
         std::fs::remove_dir_all(dir).unwrap();
     }
 
-    #[tokio::test]
-    async fn list_pages_in_id_order_with_an_exact_last_page() {
-        let (store, dir) = temp_store().await;
+    on_each_backend!(
+        list_pages_in_id_order_with_an_exact_last_page,
+        list_pages_in_id_order_with_an_exact_last_page_on
+    );
+
+    async fn list_pages_in_id_order_with_an_exact_last_page_on(store: &Store) {
         let mut ids = Vec::new();
         for i in 0..5 {
             let s = subscription(if i % 2 == 0 { Some("acme") } else { None });
@@ -557,13 +740,14 @@ mod tests {
             acme_ids,
             [ids[0].as_str(), ids[2].as_str(), ids[4].as_str()]
         );
-        store.close().await;
-        std::fs::remove_dir_all(dir).unwrap();
     }
 
-    #[tokio::test]
-    async fn update_applies_only_given_fields_and_bumps_the_revision() {
-        let (store, dir) = temp_store().await;
+    on_each_backend!(
+        update_applies_only_given_fields_and_bumps_the_revision,
+        update_applies_only_given_fields_and_bumps_the_revision_on
+    );
+
+    async fn update_applies_only_given_fields_and_bumps_the_revision_on(store: &Store) {
         let s = subscription(Some("acme"));
         store.create(&s).await.unwrap();
 
@@ -609,13 +793,11 @@ mod tests {
             store.update("sub_missing", &patch, "x").await,
             Err(StoreError::NotFound)
         ));
-        store.close().await;
-        std::fs::remove_dir_all(dir).unwrap();
     }
 
-    #[tokio::test]
-    async fn delete_removes_once() {
-        let (store, dir) = temp_store().await;
+    on_each_backend!(delete_removes_once, delete_removes_once_on);
+
+    async fn delete_removes_once_on(store: &Store) {
         let s = subscription(None);
         store.create(&s).await.unwrap();
         store.delete(&s.id).await.unwrap();
@@ -624,8 +806,6 @@ mod tests {
             store.delete(&s.id).await,
             Err(StoreError::NotFound)
         ));
-        store.close().await;
-        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

@@ -3,10 +3,22 @@
 
 use std::collections::HashMap;
 
-use relay_shared::{envelope::MAX_CONSUMER_LEN, filter::TopicFilter};
+use std::time::Duration;
+
+use relay_shared::{
+    envelope::MAX_CONSUMER_LEN,
+    filter::TopicFilter,
+    ssrf::{NetworkPolicy, SsrfError},
+};
 use serde::{Deserialize, Deserializer};
 
-use crate::{error::FieldError, store::SubscriptionPatch};
+use crate::{
+    error::{ApiError, FieldError},
+    store::SubscriptionPatch,
+};
+
+/// Longest wait for the name resolution of a destination host.
+pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The longest endpoint URL accepted, in characters.
 pub const MAX_URL_LEN: usize = 2048;
@@ -36,7 +48,7 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Nullable<T> {
 }
 
 /// Body of `POST /v1/subscriptions`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRequest {
     /// Endpoint.
@@ -55,23 +67,28 @@ pub struct CreateRequest {
 }
 
 /// Body of `PATCH /v1/subscriptions/{id}`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatchRequest {
     /// New endpoint; `null` is refused.
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     pub url: Nullable<String>,
     /// New topic filters; `null` is refused.
     #[serde(default)]
+    #[schema(value_type = Option<Vec<String>>)]
     pub event_types: Nullable<Vec<String>>,
     /// New owner; `null` clears it.
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     pub consumer: Nullable<String>,
     /// New description; `null` clears it.
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     pub description: Nullable<String>,
-    /// Enable or disable; `null` is refused.
+    /// Enable or disable (enabling clears `disabled_reason`); `null` is refused.
     #[serde(default)]
+    #[schema(value_type = Option<bool>)]
     pub enabled: Nullable<bool>,
 }
 
@@ -194,6 +211,35 @@ pub fn validate_url(url: &str) -> Result<(), FieldError> {
     // deliveries by their signature instead.
     if !parsed.username().is_empty() || parsed.password().is_some() {
         return refuse("url must not contain credentials (user:password@)".into());
+    }
+    Ok(())
+}
+
+/// Checks a (syntactically valid) destination against the SSRF policy: the scheme, a
+/// literal address, and every address a hostname resolves to now. A hostname that does not
+/// resolve now is accepted; dispatchers check every address again at connect time.
+///
+/// # Errors
+/// 400 for a scheme that is not allowed, 422 (`destination-not-allowed`) for a refused
+/// address; both on the field `url`.
+pub async fn check_destination(policy: &NetworkPolicy, url: &str) -> Result<(), ApiError> {
+    let refuse = |e: SsrfError| match e {
+        SsrfError::Forbidden { .. } => ApiError::Destination(FieldError::new("url", e.to_string())),
+        other => ApiError::Invalid(FieldError::new("url", other.to_string())),
+    };
+    let parsed = url::Url::parse(url)
+        .map_err(|e| FieldError::new("url", format!("url is not valid ({e})")))?;
+    policy.check_url(&parsed).map_err(refuse)?;
+    if let Some(url::Host::Domain(host)) = parsed.host() {
+        let port = parsed.port_or_known_default().unwrap_or(443);
+        let host = host.trim_end_matches('.').to_owned();
+        if let Ok(Ok(addrs)) =
+            tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((host, port))).await
+        {
+            for addr in addrs {
+                policy.check_ip(addr.ip()).map_err(refuse)?;
+            }
+        }
     }
     Ok(())
 }

@@ -5,7 +5,9 @@
 #   e.g. deploy/local/test.sh -p tests        deploy/local/test.sh -E 'test(retry)'
 #
 # Starts a throwaway RabbitMQ node on a free loopback port (never 5672) with its data in a
-# temporary directory, exports RELAY_TEST_AMQP_URL for the tests, builds the binaries the
+# temporary directory, exports RELAY_TEST_AMQP_URL for the tests, starts a throwaway
+# PostgreSQL cluster likewise (deploy/local/postgres.sh) and exports RELAY_TEST_POSTGRES_URL,
+# installs the OpenAPI validator (PyPI openapi-spec-validator) when missing, builds the binaries the
 # end-to-end tests start, runs `cargo nextest run --workspace --no-fail-fast` (`cargo test`
 # when cargo-nextest is not installed), then stops the node and removes its directory.
 # Exits with the tests' status.
@@ -42,6 +44,7 @@ pick_port() {
 }
 
 broker_home=$(mktemp -d "${TMPDIR:-/tmp}/relay-test-broker.XXXXXX")
+pg_home=$(mktemp -d "${TMPDIR:-/tmp}/relay-test-postgres.XXXXXX")
 export RELAY_HOME=$broker_home
 export RELAY_RABBITMQ_NODE="relaytest-sh-$$@localhost"
 
@@ -51,6 +54,8 @@ cleanup() {
   trap - EXIT INT TERM
   log "stopping the test broker"
   "$root/deploy/local/broker.sh" stop || true
+  RELAY_PG_HOME=$pg_home "$root/deploy/local/postgres.sh" stop || true
+  rm -rf "$pg_home"
   if [[ ${RELAY_TEST_KEEP_BROKER:-} == 1 ]]; then
     echo "test.sh: broker files kept in $broker_home" >&2
   else
@@ -83,6 +88,29 @@ done
 }
 export RELAY_TEST_AMQP_URL=$url
 echo "test.sh: RELAY_TEST_AMQP_URL=$url (up in $((SECONDS - started))s)" >&2
+
+log "starting a private PostgreSQL cluster for the tests"
+RELAY_TEST_POSTGRES_URL=$(RELAY_PG_HOME=$pg_home RELAY_PG_PORT=$(pick_port) \
+  "$root/deploy/local/postgres.sh" start) || {
+  echo "test.sh: could not start PostgreSQL (apt-get install -y postgresql)" >&2
+  exit 1
+}
+export RELAY_TEST_POSTGRES_URL
+echo "test.sh: RELAY_TEST_POSTGRES_URL=$RELAY_TEST_POSTGRES_URL" >&2
+
+python3 -c 'import openapi_spec_validator' 2>/dev/null ||
+  python3 -m pip install -q openapi-spec-validator >&2 ||
+  python3 -m pip install -q --break-system-packages openapi-spec-validator >&2 ||
+  echo "test.sh: could not install openapi-spec-validator; the OpenAPI test will fail" >&2
+
+# The observability tests start a real Prometheus server (they fail without one).
+command -v prometheus >/dev/null 2>&1 || {
+  log "installing prometheus (apt-get) for the observability tests"
+  sudo=()
+  [[ $(id -u) -eq 0 ]] || sudo=(sudo)
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+    prometheus >&2 || echo "test.sh: could not install prometheus; the observability test will fail" >&2
+}
 
 log "building the binaries the end-to-end tests start"
 cargo build --workspace --bins

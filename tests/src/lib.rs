@@ -3,7 +3,10 @@
 #![forbid(unsafe_code)]
 
 pub mod amqp;
+pub mod bench;
 pub mod broker;
+pub mod postgres;
+pub mod process;
 pub mod receiver;
 pub mod system;
 

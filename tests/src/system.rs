@@ -54,6 +54,8 @@ impl Options {
 pub struct System {
     /// The settings every component was started with.
     pub settings: Settings,
+    /// The same settings as `RELAY__…` environment variables, to start processes with.
+    pub env: Vec<(String, String)>,
     /// `http://127.0.0.1:PORT` of ingest.
     pub ingest_url: String,
     /// `http://127.0.0.1:PORT` of consumer-api.
@@ -125,7 +127,7 @@ impl System {
             ),
         ];
         env.extend(options.env.iter().cloned());
-        let settings = Settings::load_with_env(None, Some(env.into_iter().collect()))
+        let settings = Settings::load_with_env(None, Some(env.iter().cloned().collect()))
             .expect("test settings load");
         relay_shared::telemetry::init(&settings.log);
 
@@ -156,6 +158,7 @@ impl System {
         )));
         let system = Self {
             settings,
+            env,
             ingest_url,
             api_url,
             dispatcher_urls,

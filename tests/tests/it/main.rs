@@ -5,8 +5,14 @@
 
 mod amqp_ingest;
 mod broker_outage;
+mod consumer_api;
 mod delivery;
 mod ingest_errors;
+mod observability;
+mod postgres;
+mod pull;
+mod reliability;
+mod replay;
 mod subscriptions;
 
 use tests::{broker::shared_amqp_url, system::System};

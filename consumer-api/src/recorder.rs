@@ -1,0 +1,300 @@
+//! The recorder: consumes `archive` (every event), `attempts` (one record per delivery
+//! attempt) and `dead` (deliveries out of attempts) and writes them to the store in batches.
+//!
+//! Memory is bounded by the prefetch (`api.recorder_prefetch` unacknowledged messages per
+//! queue); a batch is acknowledged (one multiple-ack) only after its transaction commits.
+//! While the store fails, the batch is retried with backoff and the broker keeps the rest:
+//! nothing is lost and nothing piles up here. Messages that cannot be recorded at all (not a
+//! valid envelope or record) are acknowledged and counted, never retried forever.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::{
+    message::Delivery,
+    options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions},
+    types::{AMQPValue, FieldTable},
+};
+use prometheus::IntCounterVec;
+use relay_shared::{
+    amqp::Backoff,
+    attempt::AttemptRecord,
+    envelope::{IncomingEvent, content_id, parse_json},
+    ids::new_id,
+    session::{Session, next_session},
+    shutdown::Shutdown,
+    topology::{
+        HEADER_ACCEPTED_MS, HEADER_ATTEMPTS, HEADER_EVENT_ID, HEADER_LAST_ERROR,
+        HEADER_LAST_STATUS, HEADER_SUBSCRIPTION, Topology,
+    },
+};
+use time::OffsetDateTime;
+use tokio::sync::watch;
+
+use crate::store::{
+    Store, StoreError, now_ms,
+    records::{NewDeadLetter, NewEvent},
+};
+
+/// How long a batch waits for more messages once it has one.
+pub const BATCH_WINDOW: Duration = Duration::from_millis(25);
+
+/// Which queue a recorder task consumes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Feed {
+    /// Every event.
+    Archive,
+    /// Attempt records.
+    Attempts,
+    /// Dead letters.
+    Dead,
+}
+
+impl Feed {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Archive => "archive",
+            Self::Attempts => "attempts",
+            Self::Dead => "dead",
+        }
+    }
+
+    fn queue(self, topology: &Topology) -> String {
+        match self {
+            Self::Archive => topology.archive.clone(),
+            Self::Attempts => topology.attempts.clone(),
+            Self::Dead => topology.dead.clone(),
+        }
+    }
+}
+
+/// Starts one recorder task per feed.
+pub fn spawn(
+    store: Store,
+    sessions: watch::Receiver<Option<Session>>,
+    topology: &Topology,
+    prefetch: u16,
+    recorded: IntCounterVec,
+    shutdown: Shutdown,
+) {
+    for feed in [Feed::Archive, Feed::Attempts, Feed::Dead] {
+        let recorder = Recorder {
+            store: store.clone(),
+            feed,
+            queue: feed.queue(topology),
+            prefetch,
+            recorded: recorded.clone(),
+        };
+        let sessions = sessions.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(recorder.run(sessions, shutdown));
+    }
+}
+
+struct Recorder {
+    store: Store,
+    feed: Feed,
+    queue: String,
+    prefetch: u16,
+    /// `feed`, `outcome` = `recorded` | `unreadable`.
+    recorded: IntCounterVec,
+}
+
+enum Parsed {
+    Event(NewEvent),
+    Attempt(AttemptRecord),
+    Dead(NewDeadLetter),
+}
+
+impl Recorder {
+    async fn run(self, mut sessions: watch::Receiver<Option<Session>>, mut shutdown: Shutdown) {
+        while let Some(session) = next_session(&mut sessions, &mut shutdown).await {
+            match self.consume(&session, &mut shutdown).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(feed = self.feed.label(), error = %e, "recorder lost its channel; resuming");
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        () = shutdown.wait() => break,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Consumes until shutdown (`Ok`) or until the channel fails (`Err`).
+    async fn consume(&self, session: &Session, shutdown: &mut Shutdown) -> anyhow::Result<()> {
+        let channel = session.create_channel().await?;
+        channel
+            .basic_qos(self.prefetch, BasicQosOptions::default())
+            .await?;
+        let mut consumer = channel
+            .basic_consume(
+                self.queue.as_str().into(),
+                format!("consumer-api-recorder-{}", self.feed.label())
+                    .as_str()
+                    .into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        loop {
+            let first = tokio::select! {
+                next = consumer.next() => next,
+                () = shutdown.wait() => return Ok(()),
+            };
+            let Some(first) = first else {
+                anyhow::bail!("the broker ended the consumer");
+            };
+            let mut batch = vec![first?];
+            let deadline = tokio::time::Instant::now() + BATCH_WINDOW;
+            while batch.len() < usize::from(self.prefetch) {
+                match tokio::time::timeout_at(deadline, consumer.next()).await {
+                    Ok(Some(delivery)) => batch.push(delivery?),
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            if !self.write(&batch, shutdown).await {
+                // Shutting down with the batch unwritten: the broker redelivers it.
+                return Ok(());
+            }
+            if let Some(last) = batch.last() {
+                channel
+                    .basic_ack(last.delivery_tag, BasicAckOptions { multiple: true })
+                    .await?;
+            }
+        }
+    }
+
+    /// Writes a batch, retrying while the store fails; `false` when shutdown came first.
+    async fn write(&self, batch: &[Delivery], shutdown: &mut Shutdown) -> bool {
+        let mut parsed = Vec::with_capacity(batch.len());
+        for delivery in batch {
+            match self.parse(delivery) {
+                Ok(p) => parsed.push(p),
+                Err(reason) => {
+                    self.recorded
+                        .with_label_values(&[self.feed.label(), "unreadable"])
+                        .inc();
+                    tracing::warn!(
+                        feed = self.feed.label(),
+                        reason,
+                        "message not recorded: unreadable"
+                    );
+                }
+            }
+        }
+        let mut backoff = Backoff::new(Duration::from_secs(5));
+        loop {
+            match self.store_batch(&parsed).await {
+                Ok(()) => {
+                    self.recorded
+                        .with_label_values(&[self.feed.label(), "recorded"])
+                        .inc_by(parsed.len() as u64);
+                    return true;
+                }
+                Err(e) => {
+                    tracing::error!(feed = self.feed.label(), error = %e, batch = parsed.len(), "cannot record a batch; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff.next_delay()) => {}
+                        () = shutdown.wait() => return false,
+                    }
+                }
+            }
+        }
+    }
+
+    async fn store_batch(&self, parsed: &[Parsed]) -> Result<(), StoreError> {
+        let mut events = Vec::new();
+        let mut attempts = Vec::new();
+        let mut dead = Vec::new();
+        for p in parsed {
+            match p {
+                Parsed::Event(e) => events.push(e.clone()),
+                Parsed::Attempt(a) => attempts.push(a.clone()),
+                Parsed::Dead(d) => dead.push(d.clone()),
+            }
+        }
+        if !events.is_empty() {
+            self.store.insert_events(&events).await?;
+        }
+        if !attempts.is_empty() {
+            self.store.insert_attempts(&attempts).await?;
+        }
+        if !dead.is_empty() {
+            self.store.insert_dead_letters(&dead).await?;
+        }
+        Ok(())
+    }
+
+    fn parse(&self, delivery: &Delivery) -> Result<Parsed, String> {
+        match self.feed {
+            Feed::Archive => {
+                let message_id = delivery
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .map(|s| s.as_str().to_owned());
+                let incoming =
+                    parse_json::<IncomingEvent>(&delivery.data).map_err(|e| e.to_string())?;
+                let envelope = incoming
+                    .normalise(OffsetDateTime::now_utc(), || {
+                        content_id(&delivery.data, message_id.as_deref())
+                    })
+                    .map_err(|e| e.to_string())?;
+                let accepted_ms = match header(delivery, HEADER_ACCEPTED_MS) {
+                    Some(AMQPValue::LongLongInt(ms)) => *ms,
+                    Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes())
+                        .parse()
+                        .unwrap_or_else(|_| now_ms()),
+                    _ => now_ms(),
+                };
+                Ok(Parsed::Event(NewEvent {
+                    body: String::from_utf8_lossy(&envelope.to_json()).into_owned(),
+                    id: envelope.id,
+                    event_type: envelope.event_type,
+                    consumer: envelope.consumer,
+                    accepted_ms,
+                }))
+            }
+            Feed::Attempts => parse_json::<AttemptRecord>(&delivery.data)
+                .map(Parsed::Attempt)
+                .map_err(|e| e.to_string()),
+            Feed::Dead => {
+                let text = |name| header_text(delivery, name);
+                let event_id = text(HEADER_EVENT_ID).ok_or("no event id header")?;
+                let subscription_id = text(HEADER_SUBSCRIPTION).ok_or("no subscription header")?;
+                let body = String::from_utf8(delivery.data.clone())
+                    .map_err(|_| "the body is not UTF-8".to_owned())?;
+                let dead_ms = now_ms();
+                Ok(Parsed::Dead(NewDeadLetter {
+                    id: new_id("dl"),
+                    event_id,
+                    subscription_id,
+                    attempts: text(HEADER_ATTEMPTS)
+                        .and_then(|a| a.parse().ok())
+                        .unwrap_or(0),
+                    last_error: text(HEADER_LAST_ERROR),
+                    last_status: text(HEADER_LAST_STATUS).and_then(|s| s.parse().ok()),
+                    body,
+                    dead_ms,
+                    dead_at: crate::subscriptions::ms_rfc3339(dead_ms),
+                }))
+            }
+        }
+    }
+}
+
+fn header<'a>(delivery: &'a Delivery, name: &str) -> Option<&'a AMQPValue> {
+    delivery.properties.headers().as_ref()?.inner().get(name)
+}
+
+fn header_text(delivery: &Delivery, name: &str) -> Option<String> {
+    match header(delivery, name)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        AMQPValue::LongLongInt(n) => Some(n.to_string()),
+        AMQPValue::LongInt(n) => Some(n.to_string()),
+        _ => None,
+    }
+}

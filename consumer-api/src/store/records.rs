@@ -1,0 +1,873 @@
+//! What the recorder keeps: every event in order of recording (the pull cursor is the
+//! store's own sequence, never the id), every delivery attempt, every dead letter, and since
+//! when each subscription has been failing without a success.
+
+use relay_shared::attempt::{AttemptOutcome, AttemptRecord};
+use sqlx::{Row, any::AnyRow};
+
+use super::{Store, StoreError};
+
+/// An event to record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEvent {
+    /// The event id (`webhook-id`).
+    pub id: String,
+    /// Its type.
+    pub event_type: String,
+    /// The consumer it names, if any.
+    pub consumer: Option<String>,
+    /// Acceptance time, Unix milliseconds.
+    pub accepted_ms: i64,
+    /// The envelope JSON as published.
+    pub body: String,
+}
+
+/// A recorded event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    /// Position in the order of recording: the pull cursor.
+    pub seq: i64,
+    /// The event as recorded.
+    pub event: NewEvent,
+}
+
+/// Which events a query may return.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventScope<'a> {
+    /// Every event.
+    All,
+    /// Events naming this consumer, and events naming none.
+    ConsumerOrUnnamed(&'a str),
+    /// Only events naming no consumer.
+    Unnamed,
+}
+
+/// A recorded attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredAttempt {
+    /// Position in the order of recording: the delivery log cursor.
+    pub seq: i64,
+    /// The record as the dispatcher published it.
+    pub record: AttemptRecord,
+}
+
+/// A dead letter to record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewDeadLetter {
+    /// `dl_<ULID>`.
+    pub id: String,
+    /// The event.
+    pub event_id: String,
+    /// The subscription it was for.
+    pub subscription_id: String,
+    /// Attempts made.
+    pub attempts: i64,
+    /// The last error.
+    pub last_error: Option<String>,
+    /// The last HTTP status, if the endpoint answered.
+    pub last_status: Option<i64>,
+    /// The envelope JSON.
+    pub body: String,
+    /// When it was recorded, Unix milliseconds.
+    pub dead_ms: i64,
+    /// The same, RFC 3339.
+    pub dead_at: String,
+}
+
+/// A recorded dead letter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// Position in the order of recording: the list cursor.
+    pub seq: i64,
+    /// What was recorded.
+    pub letter: NewDeadLetter,
+    /// When it was last redriven, RFC 3339.
+    pub redriven_at: Option<String>,
+}
+
+/// Rows removed by one pruning.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Events.
+    pub events: u64,
+    /// Attempts.
+    pub attempts: u64,
+    /// Dead letters.
+    pub dead_letters: u64,
+}
+
+const EVENT_COLUMNS: &str = "seq, id, event_type, consumer, accepted_ms, body";
+const ATTEMPT_COLUMNS: &str = "seq, event_id, subscription_id, attempt, at, outcome, status, latency_ms, error, response_excerpt, next_attempt_at";
+const DEAD_COLUMNS: &str = "seq, id, event_id, subscription_id, attempts, last_error, last_status, body, dead_ms, dead_at, redriven_at";
+
+fn event_from_row(row: &AnyRow) -> Result<StoredEvent, StoreError> {
+    Ok(StoredEvent {
+        seq: row.try_get("seq")?,
+        event: NewEvent {
+            id: row.try_get("id")?,
+            event_type: row.try_get("event_type")?,
+            consumer: row.try_get("consumer")?,
+            accepted_ms: row.try_get("accepted_ms")?,
+            body: row.try_get("body")?,
+        },
+    })
+}
+
+/// The stored spelling of an outcome (its JSON name).
+pub fn outcome_name(outcome: AttemptOutcome) -> String {
+    serde_json::to_value(outcome)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+fn attempt_from_row(row: &AnyRow) -> Result<StoredAttempt, StoreError> {
+    let seq: i64 = row.try_get("seq")?;
+    let outcome: String = row.try_get("outcome")?;
+    let outcome =
+        serde_json::from_value(serde_json::Value::String(outcome.clone())).map_err(|_| {
+            StoreError::Corrupt {
+                id: format!("attempt {seq}"),
+                reason: format!("unknown outcome {outcome:?}"),
+            }
+        })?;
+    let number = |name: &str| -> Result<i64, StoreError> { Ok(row.try_get::<i64, _>(name)?) };
+    Ok(StoredAttempt {
+        seq,
+        record: AttemptRecord {
+            event_id: row.try_get("event_id")?,
+            subscription_id: row.try_get("subscription_id")?,
+            attempt: u32::try_from(number("attempt")?).unwrap_or(u32::MAX),
+            at: row.try_get("at")?,
+            outcome,
+            status: row
+                .try_get::<Option<i64>, _>("status")?
+                .and_then(|s| u16::try_from(s).ok()),
+            latency_ms: u64::try_from(number("latency_ms")?).unwrap_or(0),
+            error: row.try_get("error")?,
+            response_excerpt: row.try_get("response_excerpt")?,
+            next_attempt_at: row.try_get("next_attempt_at")?,
+        },
+    })
+}
+
+fn dead_from_row(row: &AnyRow) -> Result<DeadLetter, StoreError> {
+    Ok(DeadLetter {
+        seq: row.try_get("seq")?,
+        letter: NewDeadLetter {
+            id: row.try_get("id")?,
+            event_id: row.try_get("event_id")?,
+            subscription_id: row.try_get("subscription_id")?,
+            attempts: row.try_get("attempts")?,
+            last_error: row.try_get("last_error")?,
+            last_status: row.try_get("last_status")?,
+            body: row.try_get("body")?,
+            dead_ms: row.try_get("dead_ms")?,
+            dead_at: row.try_get("dead_at")?,
+        },
+        redriven_at: row.try_get("redriven_at")?,
+    })
+}
+
+/// Parses an RFC 3339 time to Unix milliseconds.
+pub fn rfc3339_ms(text: &str) -> Option<i64> {
+    let t =
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
+}
+
+impl Store {
+    /// Records events in one transaction; an id recorded before is skipped (the archive is
+    /// at-least-once). Returns how many were new.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`]; nothing of the batch is then recorded.
+    pub async fn insert_events(&self, events: &[NewEvent]) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        if self.postgres {
+            // Sequence numbers are taken at insert but seen at commit: with several writers a
+            // reader could pass a number whose transaction commits later. Writers take turns.
+            sqlx::query("LOCK TABLE events IN SHARE ROW EXCLUSIVE MODE")
+                .execute(&mut *tx)
+                .await?;
+        }
+        let mut inserted = 0;
+        for e in events {
+            let done = sqlx::query(
+                "INSERT INTO events (id, event_type, consumer, accepted_ms, body) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(&e.id)
+            .bind(&e.event_type)
+            .bind(&e.consumer)
+            .bind(e.accepted_ms)
+            .bind(&e.body)
+            .execute(&mut *tx)
+            .await?;
+            inserted += done.rows_affected();
+        }
+        tx.commit().await?;
+        Ok(inserted)
+    }
+
+    /// Records attempts in one transaction and keeps each subscription's failure streak:
+    /// a success ends it, a failed request starts it if none is running.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`]; nothing of the batch is then recorded.
+    pub async fn insert_attempts(&self, attempts: &[AttemptRecord]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for a in attempts {
+            let at_ms = rfc3339_ms(&a.at).unwrap_or_else(super::now_ms);
+            sqlx::query(
+                "INSERT INTO attempts (event_id, subscription_id, attempt, at, at_ms, outcome, \
+                    status, latency_ms, error, response_excerpt, next_attempt_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            )
+            .bind(&a.event_id)
+            .bind(&a.subscription_id)
+            .bind(i64::from(a.attempt))
+            .bind(&a.at)
+            .bind(at_ms)
+            .bind(outcome_name(a.outcome))
+            .bind(a.status.map(i64::from))
+            .bind(i64::try_from(a.latency_ms).unwrap_or(i64::MAX))
+            .bind(&a.error)
+            .bind(&a.response_excerpt)
+            .bind(&a.next_attempt_at)
+            .execute(&mut *tx)
+            .await?;
+            let streak = match a.outcome {
+                AttemptOutcome::Success => Some(
+                    "INSERT INTO subscription_health (subscription_id, failing_since_ms) \
+                     VALUES ($1, NULL) ON CONFLICT (subscription_id) \
+                     DO UPDATE SET failing_since_ms = NULL",
+                ),
+                AttemptOutcome::RetryScheduled | AttemptOutcome::Dead => Some(
+                    "INSERT INTO subscription_health (subscription_id, failing_since_ms) \
+                     VALUES ($1, $2) ON CONFLICT (subscription_id) DO UPDATE SET \
+                     failing_since_ms = COALESCE(subscription_health.failing_since_ms, \
+                                                 excluded.failing_since_ms)",
+                ),
+                _ => None,
+            };
+            if let Some(sql) = streak {
+                let mut query = sqlx::query(sql).bind(&a.subscription_id);
+                if a.outcome != AttemptOutcome::Success {
+                    query = query.bind(at_ms);
+                }
+                query.execute(&mut *tx).await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Records dead letters in one transaction.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`]; nothing of the batch is then recorded.
+    pub async fn insert_dead_letters(&self, letters: &[NewDeadLetter]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for d in letters {
+            sqlx::query(
+                "INSERT INTO dead_letters (id, event_id, subscription_id, attempts, last_error, \
+                    last_status, body, dead_ms, dead_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            )
+            .bind(&d.id)
+            .bind(&d.event_id)
+            .bind(&d.subscription_id)
+            .bind(d.attempts)
+            .bind(&d.last_error)
+            .bind(d.last_status)
+            .bind(&d.body)
+            .bind(d.dead_ms)
+            .bind(&d.dead_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Up to `limit` events after `after` (a `seq`) in `scope`, in order of recording.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`].
+    pub async fn events_after(
+        &self,
+        after: i64,
+        scope: EventScope<'_>,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        self.events_where(after, scope, None, limit).await
+    }
+
+    /// Up to `limit` events after `after` in `scope` accepted in `[since_ms, until_ms)`.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`].
+    pub async fn events_in_window(
+        &self,
+        after: i64,
+        scope: EventScope<'_>,
+        (since_ms, until_ms): (i64, i64),
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        self.events_where(after, scope, Some((since_ms, until_ms)), limit)
+            .await
+    }
+
+    async fn events_where(
+        &self,
+        after: i64,
+        scope: EventScope<'_>,
+        window: Option<(i64, i64)>,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let mut sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE seq > $1");
+        let mut next = 2;
+        match scope {
+            EventScope::All => {}
+            EventScope::ConsumerOrUnnamed(_) => {
+                sql.push_str(&format!(" AND (consumer = ${next} OR consumer IS NULL)"));
+                next += 1;
+            }
+            EventScope::Unnamed => sql.push_str(" AND consumer IS NULL"),
+        }
+        if window.is_some() {
+            sql.push_str(&format!(
+                " AND accepted_ms >= ${} AND accepted_ms < ${}",
+                next,
+                next + 1
+            ));
+            next += 2;
+        }
+        sql.push_str(&format!(" ORDER BY seq LIMIT ${next}"));
+        let mut query = sqlx::query(&sql).bind(after);
+        if let EventScope::ConsumerOrUnnamed(consumer) = scope {
+            query = query.bind(consumer);
+        }
+        if let Some((since, until)) = window {
+            query = query.bind(since).bind(until);
+        }
+        let rows = query.bind(i64::from(limit)).fetch_all(&self.pool).await?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    /// One event by id.
+    ///
+    /// # Errors
+    /// [`StoreError::Missing`] or [`StoreError::Database`].
+    pub async fn event(&self, id: &str) -> Result<StoredEvent, StoreError> {
+        let row = sqlx::query(&format!("SELECT {EVENT_COLUMNS} FROM events WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(StoreError::Missing("event"))?;
+        event_from_row(&row)
+    }
+
+    /// A subscription's attempts after `after`, optionally of one outcome, in order.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`] or [`StoreError::Corrupt`].
+    pub async fn attempts(
+        &self,
+        subscription_id: &str,
+        outcome: Option<AttemptOutcome>,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<StoredAttempt>, StoreError> {
+        let rows = match outcome {
+            None => {
+                sqlx::query(&format!(
+                    "SELECT {ATTEMPT_COLUMNS} FROM attempts \
+                     WHERE subscription_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+                ))
+                .bind(subscription_id)
+                .bind(after)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?
+            }
+            Some(outcome) => {
+                sqlx::query(&format!(
+                    "SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE subscription_id = $1 \
+                     AND outcome = $2 AND seq > $3 ORDER BY seq LIMIT $4"
+                ))
+                .bind(subscription_id)
+                .bind(outcome_name(outcome))
+                .bind(after)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
+        rows.iter().map(attempt_from_row).collect()
+    }
+
+    /// Every attempt at delivering one event (bounded), in order.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`] or [`StoreError::Corrupt`].
+    pub async fn attempts_for_event(
+        &self,
+        event_id: &str,
+    ) -> Result<Vec<StoredAttempt>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE event_id = $1 ORDER BY seq LIMIT 1000"
+        ))
+        .bind(event_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(attempt_from_row).collect()
+    }
+
+    /// Dead letters after `after`, of one subscription and/or of one consumer's subscriptions.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`].
+    pub async fn dead_letters(
+        &self,
+        subscription_id: Option<&str>,
+        consumer: Option<&str>,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        let columns = DEAD_COLUMNS
+            .split(", ")
+            .map(|c| format!("d.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut sql = format!(
+            "SELECT {columns} FROM dead_letters d LEFT JOIN subscriptions s \
+             ON s.id = d.subscription_id WHERE d.seq > $1"
+        );
+        let mut next = 2;
+        if subscription_id.is_some() {
+            sql.push_str(&format!(" AND d.subscription_id = ${next}"));
+            next += 1;
+        }
+        if consumer.is_some() {
+            sql.push_str(&format!(" AND s.consumer = ${next}"));
+            next += 1;
+        }
+        sql.push_str(&format!(" ORDER BY d.seq LIMIT ${next}"));
+        let mut query = sqlx::query(&sql).bind(after);
+        if let Some(id) = subscription_id {
+            query = query.bind(id);
+        }
+        if let Some(consumer) = consumer {
+            query = query.bind(consumer);
+        }
+        let rows = query.bind(i64::from(limit)).fetch_all(&self.pool).await?;
+        rows.iter().map(dead_from_row).collect()
+    }
+
+    /// One dead letter by id.
+    ///
+    /// # Errors
+    /// [`StoreError::Missing`] or [`StoreError::Database`].
+    pub async fn dead_letter(&self, id: &str) -> Result<DeadLetter, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {DEAD_COLUMNS} FROM dead_letters WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or(StoreError::Missing("dead letter"))?;
+        dead_from_row(&row)
+    }
+
+    /// A subscription's dead letters not redriven yet, oldest first, at most `limit`.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`].
+    pub async fn pending_dead_letters(
+        &self,
+        subscription_id: &str,
+        limit: u32,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {DEAD_COLUMNS} FROM dead_letters \
+             WHERE subscription_id = $1 AND redriven_at IS NULL ORDER BY seq LIMIT $2"
+        ))
+        .bind(subscription_id)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(dead_from_row).collect()
+    }
+
+    /// Marks a dead letter redriven at `now` (it stays listed, as history).
+    ///
+    /// # Errors
+    /// [`StoreError::Database`].
+    pub async fn mark_redriven(&self, id: &str, now: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE dead_letters SET redriven_at = $2 WHERE id = $1")
+            .bind(id)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Enabled subscriptions failing without a success since `before_ms` or earlier, with
+    /// the start of their streak.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`].
+    pub async fn failing_since(&self, before_ms: i64) -> Result<Vec<(String, i64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT h.subscription_id, h.failing_since_ms FROM subscription_health h \
+             JOIN subscriptions s ON s.id = h.subscription_id \
+             WHERE s.enabled = 1 AND h.failing_since_ms IS NOT NULL AND h.failing_since_ms <= $1",
+        )
+        .bind(before_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
+    }
+
+    /// Forgets a subscription's failure streak (it was disabled, or enabled again).
+    ///
+    /// # Errors
+    /// [`StoreError::Database`].
+    pub async fn reset_health(&self, subscription_id: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM subscription_health WHERE subscription_id = $1")
+            .bind(subscription_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Removes what was recorded before `before_ms`.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`].
+    pub async fn prune(&self, before_ms: i64) -> Result<Pruned, StoreError> {
+        let mut pruned = Pruned::default();
+        for (sql, count) in [
+            (
+                "DELETE FROM events WHERE accepted_ms < $1",
+                &mut pruned.events,
+            ),
+            (
+                "DELETE FROM attempts WHERE at_ms < $1",
+                &mut pruned.attempts,
+            ),
+            (
+                "DELETE FROM dead_letters WHERE dead_ms < $1",
+                &mut pruned.dead_letters,
+            ),
+        ] {
+            *count = sqlx::query(sql)
+                .bind(before_ms)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+        }
+        Ok(pruned)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Subscription, testing::each_backend};
+
+    fn event(id: &str, event_type: &str, consumer: Option<&str>, accepted_ms: i64) -> NewEvent {
+        NewEvent {
+            id: id.into(),
+            event_type: event_type.into(),
+            consumer: consumer.map(str::to_owned),
+            accepted_ms,
+            body: format!(r#"{{"id":"{id}","type":"{event_type}"}}"#),
+        }
+    }
+
+    fn attempt(sub: &str, outcome: AttemptOutcome, at: &str) -> AttemptRecord {
+        AttemptRecord {
+            event_id: "e1".into(),
+            subscription_id: sub.into(),
+            attempt: 1,
+            at: at.into(),
+            outcome,
+            status: Some(500),
+            latency_ms: 12,
+            error: Some("HTTP 500".into()),
+            response_excerpt: Some("oops".into()),
+            next_attempt_at: None,
+        }
+    }
+
+    fn subscription(id: &str, consumer: Option<&str>) -> Subscription {
+        Subscription {
+            id: id.into(),
+            url: "https://example.com/".into(),
+            event_types: vec!["#".into()],
+            consumer: consumer.map(str::to_owned),
+            description: None,
+            enabled: true,
+            secret: "whsec_AAAA".into(),
+            revision: 1,
+            created_at: "2026-01-01T00:00:00Z".into(),
+            updated_at: "2026-01-01T00:00:00Z".into(),
+            disabled_reason: None,
+            previous_secret: None,
+            previous_secret_expires_ms: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn events_keep_their_order_scope_and_window_on_every_backend() {
+        for (backend, store) in each_backend().await {
+            let batch = [
+                event("a", "order.created", None, 1_000),
+                event("b", "order.created", Some("acme"), 2_000),
+                event("c", "order.paid", Some("globex"), 3_000),
+            ];
+            assert_eq!(store.insert_events(&batch).await.unwrap(), 3);
+            // Redelivered by the broker: recorded once.
+            assert_eq!(
+                store
+                    .insert_events(&[batch[0].clone(), event("d", "x", None, 4_000)])
+                    .await
+                    .unwrap(),
+                1
+            );
+            let all = store.events_after(0, EventScope::All, 10).await.unwrap();
+            let ids: Vec<_> = all.iter().map(|e| e.event.id.as_str()).collect();
+            assert_eq!(ids, ["a", "b", "c", "d"], "{backend}");
+            assert!(all.windows(2).all(|w| w[0].seq < w[1].seq));
+            assert_eq!(all[1].event, batch[1]);
+
+            let page = store
+                .events_after(all[1].seq, EventScope::All, 1)
+                .await
+                .unwrap();
+            assert_eq!(page[0].event.id, "c");
+            let acme = store
+                .events_after(0, EventScope::ConsumerOrUnnamed("acme"), 10)
+                .await
+                .unwrap();
+            let ids: Vec<_> = acme.iter().map(|e| e.event.id.as_str()).collect();
+            assert_eq!(ids, ["a", "b", "d"]);
+            let unnamed = store
+                .events_after(0, EventScope::Unnamed, 10)
+                .await
+                .unwrap();
+            assert_eq!(unnamed.len(), 2);
+            let window = store
+                .events_in_window(0, EventScope::All, (2_000, 4_000), 10)
+                .await
+                .unwrap();
+            let ids: Vec<_> = window.iter().map(|e| e.event.id.as_str()).collect();
+            assert_eq!(
+                ids,
+                ["b", "c"],
+                "{backend}: since inclusive, until exclusive"
+            );
+            assert_eq!(store.event("c").await.unwrap().event, batch[2]);
+            assert!(matches!(
+                store.event("zz").await,
+                Err(StoreError::Missing("event"))
+            ));
+
+            let pruned = store.prune(2_500).await.unwrap();
+            assert_eq!(pruned.events, 2);
+            assert_eq!(
+                store
+                    .events_after(0, EventScope::All, 10)
+                    .await
+                    .unwrap()
+                    .len(),
+                2
+            );
+            store.close().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn attempts_and_failure_streaks_on_every_backend() {
+        for (backend, store) in each_backend().await {
+            store.create(&subscription("sub_a", None)).await.unwrap();
+            store.create(&subscription("sub_b", None)).await.unwrap();
+            store
+                .insert_attempts(&[
+                    attempt(
+                        "sub_a",
+                        AttemptOutcome::RetryScheduled,
+                        "2026-01-01T00:00:00Z",
+                    ),
+                    attempt(
+                        "sub_a",
+                        AttemptOutcome::RetryScheduled,
+                        "2026-01-02T00:00:00Z",
+                    ),
+                    attempt(
+                        "sub_b",
+                        AttemptOutcome::RetryScheduled,
+                        "2026-01-01T00:00:00Z",
+                    ),
+                    attempt("sub_b", AttemptOutcome::Success, "2026-01-03T00:00:00Z"),
+                ])
+                .await
+                .unwrap();
+            let log = store.attempts("sub_a", None, 0, 10).await.unwrap();
+            assert_eq!(log.len(), 2, "{backend}");
+            assert_eq!(
+                log[0].record,
+                attempt(
+                    "sub_a",
+                    AttemptOutcome::RetryScheduled,
+                    "2026-01-01T00:00:00Z"
+                )
+            );
+            let next = store.attempts("sub_a", None, log[0].seq, 10).await.unwrap();
+            assert_eq!(next.len(), 1);
+            let ok = store
+                .attempts("sub_b", Some(AttemptOutcome::Success), 0, 10)
+                .await
+                .unwrap();
+            assert_eq!(ok.len(), 1);
+            assert_eq!(store.attempts_for_event("e1").await.unwrap().len(), 4);
+
+            let jan_1 = rfc3339_ms("2026-01-01T00:00:00Z").unwrap();
+            let failing = store.failing_since(jan_1 + 1).await.unwrap();
+            assert_eq!(
+                failing,
+                [("sub_a".to_owned(), jan_1)],
+                "{backend}: the streak starts at the first failure; a success ends it"
+            );
+            assert!(store.failing_since(jan_1 - 1).await.unwrap().is_empty());
+            store.reset_health("sub_a").await.unwrap();
+            assert!(store.failing_since(i64::MAX).await.unwrap().is_empty());
+            store.close().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn dead_letters_list_redrive_state_and_tenant_scope_on_every_backend() {
+        for (backend, store) in each_backend().await {
+            store
+                .create(&subscription("sub_a", Some("acme")))
+                .await
+                .unwrap();
+            store
+                .create(&subscription("sub_g", Some("globex")))
+                .await
+                .unwrap();
+            let letter = |id: &str, sub: &str| NewDeadLetter {
+                id: id.into(),
+                event_id: "e1".into(),
+                subscription_id: sub.into(),
+                attempts: 8,
+                last_error: Some("HTTP 500".into()),
+                last_status: Some(500),
+                body: "{}".into(),
+                dead_ms: 5_000,
+                dead_at: "2026-01-01T00:00:05Z".into(),
+            };
+            store
+                .insert_dead_letters(&[
+                    letter("dl_1", "sub_a"),
+                    letter("dl_2", "sub_g"),
+                    letter("dl_3", "sub_a"),
+                ])
+                .await
+                .unwrap();
+            let all = store.dead_letters(None, None, 0, 10).await.unwrap();
+            assert_eq!(all.len(), 3, "{backend}");
+            assert_eq!(all[0].letter, letter("dl_1", "sub_a"));
+            let acme = store.dead_letters(None, Some("acme"), 0, 10).await.unwrap();
+            let ids: Vec<_> = acme.iter().map(|d| d.letter.id.as_str()).collect();
+            assert_eq!(ids, ["dl_1", "dl_3"]);
+            let of_g = store
+                .dead_letters(Some("sub_g"), Some("acme"), 0, 10)
+                .await
+                .unwrap();
+            assert!(of_g.is_empty(), "{backend}: another tenant's subscription");
+            let page = store.dead_letters(None, None, all[0].seq, 1).await.unwrap();
+            assert_eq!(page[0].letter.id, "dl_2");
+
+            store
+                .mark_redriven("dl_1", "2026-01-02T00:00:00Z")
+                .await
+                .unwrap();
+            let pending = store.pending_dead_letters("sub_a", 10).await.unwrap();
+            assert_eq!(pending.len(), 1);
+            assert_eq!(pending[0].letter.id, "dl_3");
+            assert_eq!(
+                store
+                    .dead_letter("dl_1")
+                    .await
+                    .unwrap()
+                    .redriven_at
+                    .as_deref(),
+                Some("2026-01-02T00:00:00Z")
+            );
+            assert_eq!(store.prune(6_000).await.unwrap().dead_letters, 3);
+            store.close().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn rotation_disable_and_grace_expiry_on_every_backend() {
+        for (backend, store) in each_backend().await {
+            let s = subscription("sub_r", None);
+            store.create(&s).await.unwrap();
+            let rotated = store
+                .rotate_secret("sub_r", "whsec_BBBB", 10_000, "t1")
+                .await
+                .unwrap();
+            assert_eq!(rotated.revision, 2);
+            assert_eq!(
+                rotated.secrets(9_999),
+                ["whsec_BBBB", "whsec_AAAA"],
+                "{backend}"
+            );
+            assert_eq!(rotated.secrets(10_000), ["whsec_BBBB"]);
+            assert!(
+                store
+                    .expire_rotations(9_999, "t2")
+                    .await
+                    .unwrap()
+                    .is_empty()
+            );
+            let ended = store.expire_rotations(10_000, "t2").await.unwrap();
+            assert_eq!(ended.len(), 1);
+            assert_eq!(ended[0].revision, 3);
+            assert_eq!(ended[0].previous_secret, None);
+            assert!(
+                store
+                    .expire_rotations(20_000, "t3")
+                    .await
+                    .unwrap()
+                    .is_empty()
+            );
+
+            let (disabled, changed) = store.disable("sub_r", "410 Gone", "t4").await.unwrap();
+            assert!(changed && !disabled.enabled);
+            assert_eq!(disabled.disabled_reason.as_deref(), Some("410 Gone"));
+            let (again, changed) = store.disable("sub_r", "other", "t5").await.unwrap();
+            assert!(!changed, "{backend}: disabling twice changes nothing");
+            assert_eq!(again.revision, disabled.revision);
+            let patch = crate::store::SubscriptionPatch {
+                enabled: Some(true),
+                ..Default::default()
+            };
+            let enabled = store.update("sub_r", &patch, "t6").await.unwrap();
+            assert!(enabled.enabled);
+            assert_eq!(
+                enabled.disabled_reason, None,
+                "{backend}: enabling clears the reason"
+            );
+            store.close().await;
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! Queue depth and consumer counts from the broker itself, without the management plugin:
+//! every `interval`, a passive `queue.declare` of each Relay queue (which answers with its
+//! ready-message and consumer counts) sets `relay_queue_messages{queue}` and
+//! `relay_queue_consumers{queue}`.
+//!
+//! The `queue` label is the queue's role, without the configured prefix: `ingress`, `dead`,
+//! `invalid`, `redeliver`, `attempts`, `archive` and `retry.<delay>` per retry tier (e.g.
+//! `retry.5m`); a bounded set fixed by the configuration. Every dispatcher samples, so an
+//! aggregation over processes takes `max by (queue)`. A queue that does not exist yet (a tier
+//! queue is declared when first used) is skipped; a queue that stops answering loses its
+//! samples rather than keeping stale ones.
+
+use std::time::Duration;
+
+use lapin::{Channel, options::QueueDeclareOptions, types::FieldTable};
+use prometheus::{IntGaugeVec, Registry};
+use tokio::sync::watch;
+
+use crate::{
+    metrics::gauge_vec,
+    session::{Session, next_session},
+    shutdown::Shutdown,
+    topology::{Topology, tier_label},
+};
+
+/// The sampler and its two gauges.
+#[derive(Debug, Clone)]
+pub struct QueueSampler {
+    messages: IntGaugeVec,
+    consumers: IntGaugeVec,
+    /// `(label, queue name)` of every queue sampled.
+    queues: Vec<(String, String)>,
+    interval: Duration,
+}
+
+impl QueueSampler {
+    /// Registers the gauges on `registry` for the queues of `topology` and one tier queue per
+    /// distinct delay of `retry_schedule`, sampled every `interval`.
+    ///
+    /// # Errors
+    /// The gauges are already registered there.
+    pub fn register(
+        registry: &Registry,
+        topology: &Topology,
+        retry_schedule: &[Duration],
+        interval: Duration,
+    ) -> prometheus::Result<Self> {
+        Ok(Self {
+            messages: gauge_vec(
+                registry,
+                "relay_queue_messages",
+                "Messages ready in each Relay queue (passive declare), by queue role.",
+                &["queue"],
+            )?,
+            consumers: gauge_vec(
+                registry,
+                "relay_queue_consumers",
+                "Consumers attached to each Relay queue (passive declare), by queue role.",
+                &["queue"],
+            )?,
+            queues: queues(topology, retry_schedule),
+            interval,
+        })
+    }
+
+    /// The `(label, queue name)` pairs sampled.
+    pub fn queues(&self) -> &[(String, String)] {
+        &self.queues
+    }
+
+    /// Spawns the sampling loop on the sessions of `keep_connected` until `shutdown`; does
+    /// nothing when the interval is zero.
+    pub fn spawn(self, sessions: watch::Receiver<Option<Session>>, shutdown: Shutdown) {
+        if self.interval.is_zero() {
+            return;
+        }
+        tokio::spawn(self.run(sessions, shutdown));
+    }
+
+    async fn run(self, mut sessions: watch::Receiver<Option<Session>>, mut shutdown: Shutdown) {
+        let mut tick = tokio::time::interval(self.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        while let Some(session) = next_session(&mut sessions, &mut shutdown).await {
+            let mut channel: Option<Channel> = None;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = sessions.changed() => break,
+                    () = shutdown.wait() => return,
+                }
+                if !session.status().connected() {
+                    break;
+                }
+                self.sample(&session, &mut channel).await;
+            }
+            if let Some(channel) = channel.take() {
+                let _ = channel.close(200, "sampler done".into()).await;
+            }
+            self.forget_all();
+        }
+    }
+
+    /// One round over every queue. A passive declare of a missing queue closes the channel
+    /// (404), so a fresh one is opened for the next queue.
+    async fn sample(&self, session: &Session, channel: &mut Option<Channel>) {
+        for (label, name) in &self.queues {
+            let open = match channel.take() {
+                Some(c) if c.status().connected() => c,
+                _ => match session.create_channel().await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "queue sampler cannot open a channel");
+                        return;
+                    }
+                },
+            };
+            let declared = tokio::time::timeout(
+                Duration::from_secs(5),
+                open.queue_declare(
+                    name.as_str().into(),
+                    QueueDeclareOptions::default().passive(),
+                    FieldTable::default(),
+                ),
+            )
+            .await;
+            match declared {
+                Ok(Ok(queue)) => {
+                    self.messages
+                        .with_label_values(&[label.as_str()])
+                        .set(i64::from(queue.message_count()));
+                    self.consumers
+                        .with_label_values(&[label.as_str()])
+                        .set(i64::from(queue.consumer_count()));
+                    *channel = Some(open);
+                }
+                Ok(Err(e)) => {
+                    // Usually 404: not declared yet. The channel is closed by the broker.
+                    tracing::debug!(queue = %name, error = %e, "queue not sampled");
+                    self.forget(label);
+                }
+                Err(_) => {
+                    tracing::debug!(queue = %name, "queue sample timed out");
+                    self.forget(label);
+                    let _ = open.close(200, "sample timed out".into()).await;
+                }
+            }
+        }
+    }
+
+    fn forget(&self, label: &str) {
+        let _ = self.messages.remove_label_values(&[label]);
+        let _ = self.consumers.remove_label_values(&[label]);
+    }
+
+    fn forget_all(&self) {
+        for (label, _) in &self.queues {
+            self.forget(label);
+        }
+    }
+}
+
+/// `(label, name)` of every queue a Relay with this topology and schedule uses.
+fn queues(topology: &Topology, retry_schedule: &[Duration]) -> Vec<(String, String)> {
+    let mut queues: Vec<(String, String)> = [
+        ("ingress", &topology.ingress),
+        ("redeliver", &topology.redeliver),
+        ("dead", &topology.dead),
+        ("invalid", &topology.invalid),
+        ("attempts", &topology.attempts),
+        ("archive", &topology.archive),
+    ]
+    .into_iter()
+    .map(|(label, name)| (label.to_owned(), name.clone()))
+    .collect();
+    for delay in retry_schedule {
+        let entry = (
+            format!("retry.{}", tier_label(*delay)),
+            topology.retry_tier(*delay),
+        );
+        if !queues.contains(&entry) {
+            queues.push(entry);
+        }
+    }
+    queues
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_drop_the_prefix_and_tiers_are_distinct() {
+        let topology = Topology::new("acme.");
+        let schedule = [
+            Duration::from_secs(5),
+            Duration::from_secs(300),
+            Duration::from_secs(36_000),
+            Duration::from_secs(36_000),
+        ];
+        let q = queues(&topology, &schedule);
+        let labels: Vec<&str> = q.iter().map(|(l, _)| l.as_str()).collect();
+        assert_eq!(
+            labels,
+            [
+                "ingress",
+                "redeliver",
+                "dead",
+                "invalid",
+                "attempts",
+                "archive",
+                "retry.5s",
+                "retry.5m",
+                "retry.10h"
+            ]
+        );
+        assert_eq!(q[0].1, "acme.ingress");
+        assert_eq!(q[7].1, "acme.retry.5m");
+    }
+}

@@ -1,0 +1,327 @@
+//! The real Relay under test: the release binaries `consumer-api`, `relay dispatch` (×D) and
+//! `relay ingest` started as child processes on free loopback ports, with their own topology
+//! prefix and SQLite file, logs in a temporary directory.
+
+use std::{
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+
+use super::stats::ProcStats;
+
+/// Publisher key the benchmark's ingest accepts.
+pub const PUBLISHER_KEY: &str = "pk_bench_publisher_key";
+/// Admin key of the benchmark's consumer-api.
+pub const ADMIN_KEY: &str = "ak_bench_admin_key_0123456789";
+
+/// One child process.
+#[derive(Debug)]
+struct Proc {
+    name: String,
+    child: Child,
+    base_url: String,
+}
+
+/// A subscription to create before the dispatchers start: sink path and event type filters.
+#[derive(Debug, Clone)]
+pub struct Subscription {
+    /// Full URL of the endpoint.
+    pub url: String,
+    /// Event type filters.
+    pub event_types: Vec<String>,
+}
+
+/// A running Relay.
+#[derive(Debug)]
+pub struct Relay {
+    /// `http://127.0.0.1:PORT` of ingest.
+    pub ingest_url: String,
+    /// The `events` exchange AMQP producers publish to.
+    pub events_exchange: String,
+    /// Topology prefix (unique per run).
+    pub prefix: String,
+    /// Secrets of the created subscriptions, in order.
+    pub secrets: Vec<String>,
+    procs: Vec<Proc>,
+    dir: PathBuf,
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Where `relay` and `consumer-api` are: next to this executable (target/release).
+///
+/// # Errors
+/// They are not built.
+pub fn bin_dir() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("own executable path")?;
+    let dir = exe.parent().context("executable directory")?.to_path_buf();
+    for name in ["relay", "consumer-api"] {
+        if !dir.join(name).exists() {
+            bail!(
+                "{} is not built; run `cargo build --release --bins` first",
+                dir.join(name).display()
+            );
+        }
+    }
+    Ok(dir)
+}
+
+/// Whether the compiled defaults know a `[security]` section (SSRF allow-list).
+fn has_security_section() -> bool {
+    include_str!("../../../shared/src/defaults.toml")
+        .lines()
+        .any(|l| l.trim() == "[security]")
+}
+
+impl Relay {
+    /// Starts consumer-api, creates `subscriptions`, then starts `dispatchers` dispatchers and
+    /// ingest, and waits until all are ready and every dispatcher loaded the subscriptions.
+    ///
+    /// # Errors
+    /// A process did not start or become ready within 30 s.
+    pub async fn start(
+        bins: &Path,
+        amqp_url: &str,
+        prefix: &str,
+        dispatchers: usize,
+        subscriptions: &[Subscription],
+        extra_env: &[(String, String)],
+        wrappers: Wrappers<'_>,
+    ) -> anyhow::Result<Relay> {
+        let dir = std::env::temp_dir().join(format!("relay-bench-{prefix}"));
+        std::fs::create_dir_all(&dir)?;
+        let mut env: Vec<(String, String)> = vec![
+            ("RELAY__AMQP__URL".into(), amqp_url.into()),
+            ("RELAY__AMQP__PREFIX".into(), prefix.into()),
+            ("RELAY__INGEST__PUBLISHER_KEYS".into(), PUBLISHER_KEY.into()),
+            ("RELAY__API__ADMIN_KEY".into(), ADMIN_KEY.into()),
+            (
+                "RELAY__API__DATABASE_URL".into(),
+                format!("sqlite://{}", dir.join("relay.db").display()),
+            ),
+            ("RELAY__LOG__LEVEL".into(), "warn".into()),
+            ("RELAY__LOG__FORMAT".into(), "json".into()),
+        ];
+        if has_security_section() {
+            env.push((
+                "RELAY__SECURITY__ALLOWED_NETWORKS".into(),
+                "127.0.0.0/8".into(),
+            ));
+            env.push(("RELAY__SECURITY__ALLOW_HTTP".into(), "true".into()));
+        }
+        env.extend(extra_env.iter().cloned());
+        let http = reqwest::Client::new();
+        let mut relay = Relay {
+            ingest_url: String::new(),
+            events_exchange: format!("{prefix}events"),
+            prefix: prefix.to_owned(),
+            secrets: Vec::new(),
+            procs: Vec::new(),
+            dir,
+        };
+
+        let api_port = free_port()?;
+        let api_url = format!("http://127.0.0.1:{api_port}");
+        relay.spawn(
+            "consumer-api",
+            &bins.join("consumer-api"),
+            &[],
+            &env,
+            &[("RELAY__API__LISTEN", format!("127.0.0.1:{api_port}"))],
+            &api_url,
+        )?;
+        relay.wait_ready(&http).await?;
+        for sub in subscriptions {
+            let response = http
+                .post(format!("{api_url}/v1/subscriptions"))
+                .bearer_auth(ADMIN_KEY)
+                .json(&json!({ "url": sub.url, "event_types": sub.event_types }))
+                .send()
+                .await?;
+            let status = response.status();
+            let body: Value = response.json().await?;
+            if status != 201 {
+                bail!("creating a subscription answered {status}: {body}");
+            }
+            let secret = body["secret"].as_str().context("secret in the answer")?;
+            relay.secrets.push(secret.to_owned());
+        }
+
+        env.push(("RELAY__DISPATCH__DIRECTORY_URL".into(), api_url.clone()));
+        for i in 1..=dispatchers {
+            let port = free_port()?;
+            relay.spawn(
+                &format!("dispatch-{i}"),
+                &bins.join("relay"),
+                &wrapped(wrappers.dispatch, &["dispatch"]),
+                &env,
+                &[("RELAY__DISPATCH__LISTEN", format!("127.0.0.1:{port}"))],
+                &format!("http://127.0.0.1:{port}"),
+            )?;
+        }
+        let ingest_port = free_port()?;
+        relay.ingest_url = format!("http://127.0.0.1:{ingest_port}");
+        let ingest_url = relay.ingest_url.clone();
+        relay.spawn(
+            "ingest",
+            &bins.join("relay"),
+            &wrapped(wrappers.ingest, &["ingest"]),
+            &env,
+            &[("RELAY__INGEST__LISTEN", format!("127.0.0.1:{ingest_port}"))],
+            &ingest_url,
+        )?;
+        relay.wait_ready(&http).await?;
+        Ok(relay)
+    }
+
+    fn spawn(
+        &mut self,
+        name: &str,
+        program: &Path,
+        args: &[&str],
+        env: &[(String, String)],
+        own_env: &[(&str, String)],
+        base_url: &str,
+    ) -> anyhow::Result<()> {
+        let log = std::fs::File::create(self.dir.join(format!("{name}.log")))?;
+        // A wrapped process: `args` starts with the wrapper command, then a `{}` for the program.
+        let mut command = match args.iter().position(|a| *a == "{}") {
+            Some(at) => {
+                let mut c = Command::new(args[0]);
+                c.args(&args[1..at]).arg(program).args(&args[at + 1..]);
+                c
+            }
+            None => {
+                let mut c = Command::new(program);
+                c.args(args);
+                c
+            }
+        };
+        let child = command
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .envs(own_env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", program.display()))?;
+        self.procs.push(Proc {
+            name: name.to_owned(),
+            child,
+            base_url: base_url.to_owned(),
+        });
+        Ok(())
+    }
+
+    /// Waits until every process answers 200 on `/readyz`.
+    async fn wait_ready(&mut self, http: &reqwest::Client) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        for proc in &mut self.procs {
+            loop {
+                if let Ok(Some(status)) = proc.child.try_wait() {
+                    bail!(
+                        "{} exited ({status}); log: {}",
+                        proc.name,
+                        tail(&self.dir.join(format!("{}.log", proc.name)))
+                    );
+                }
+                let answer = http.get(format!("{}/readyz", proc.base_url)).send().await;
+                if answer.is_ok_and(|r| r.status() == 200) {
+                    break;
+                }
+                if tokio::time::Instant::now() > deadline {
+                    bail!("{} not ready after 30 s", proc.name);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Peak RSS and CPU seconds of every process so far.
+    #[must_use]
+    pub fn stats(&self) -> Vec<ProcStats> {
+        self.procs
+            .iter()
+            .map(|p| ProcStats::read(&p.name, p.child.id()))
+            .collect()
+    }
+
+    /// Process ids by name (for profilers).
+    #[must_use]
+    pub fn pids(&self) -> Vec<(String, u32)> {
+        self.procs
+            .iter()
+            .map(|p| (p.name.clone(), p.child.id()))
+            .collect()
+    }
+
+    /// SIGTERM to every process, SIGKILL after 5 s; removes the directory unless `keep`.
+    pub async fn stop(mut self, keep: bool) {
+        for proc in &self.procs {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(proc.child.id().to_string())
+                .status();
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        for proc in &mut self.procs {
+            while matches!(proc.child.try_wait(), Ok(None))
+                && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let _ = proc.child.kill();
+            let _ = proc.child.wait();
+        }
+        self.procs.clear();
+        if keep {
+            eprintln!("  logs kept in {}", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        for proc in &mut self.procs {
+            let _ = proc.child.kill();
+            let _ = proc.child.wait();
+        }
+    }
+}
+
+/// Commands to run processes under (profilers), split on whitespace.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Wrappers<'a> {
+    /// For every dispatcher.
+    pub dispatch: Option<&'a str>,
+    /// For ingest.
+    pub ingest: Option<&'a str>,
+}
+
+/// `wrapper… {} args…`, or just `args`.
+fn wrapped<'a>(wrapper: Option<&'a str>, args: &[&'a str]) -> Vec<&'a str> {
+    let mut out: Vec<&str> = wrapper
+        .map(|w| w.split_whitespace().collect())
+        .unwrap_or_default();
+    if !out.is_empty() {
+        out.push("{}");
+    }
+    out.extend_from_slice(args);
+    out
+}
+
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
