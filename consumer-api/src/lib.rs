@@ -37,6 +37,8 @@ use crate::{
 
 /// Readiness condition name for the store.
 pub const READY_STORE: &str = "store";
+/// Readiness condition name for the publishing channel (control notifications, replays).
+pub const READY_PUBLISHER: &str = "publisher";
 
 /// Opens the store (creating and migrating it as needed), keeps a broker connection for
 /// control notifications, and serves the consumer API on `listener` until `shutdown`;
@@ -81,6 +83,7 @@ pub async fn run(
         shutdown.clone(),
     );
     let channel = relay_shared::session::confirm_channels(sessions, shutdown.clone());
+    follow_publisher(channel.clone(), readiness.clone());
     let control = ControlPublisher::new(
         channel.clone(),
         &topology.control,
@@ -123,6 +126,26 @@ pub async fn run(
     served.context("the consumer API server failed")?;
     tracing::info!("consumer-api stopped");
     Ok(())
+}
+
+/// Ready only while a publishing channel is open: a change acknowledged before the channel
+/// exists would reach dispatchers only at their next full refresh.
+fn follow_publisher(
+    mut channel: tokio::sync::watch::Receiver<Option<lapin::Channel>>,
+    readiness: Readiness,
+) {
+    tokio::spawn(async move {
+        loop {
+            if channel.borrow_and_update().is_some() {
+                readiness.ready(READY_PUBLISHER);
+            } else {
+                readiness.not_ready(READY_PUBLISHER, "no publishing channel");
+            }
+            if channel.changed().await.is_err() {
+                return;
+            }
+        }
+    });
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! The recorder: consumes `archive` (every event), `attempts` (one record per delivery
-//! attempt) and `dead` (deliveries out of attempts) and writes them to the store in batches.
+//! attempt, or a JSON array of them) and `dead` (deliveries out of attempts) and writes them to the store in batches.
 //!
 //! Memory is bounded by the prefetch (`api.recorder_prefetch` unacknowledged messages per
 //! queue); a batch is acknowledged (one multiple-ack) only after its transaction commits.
@@ -102,7 +102,7 @@ struct Recorder {
 
 enum Parsed {
     Event(NewEvent),
-    Attempt(AttemptRecord),
+    Attempts(Vec<AttemptRecord>),
     Dead(NewDeadLetter),
 }
 
@@ -211,7 +211,7 @@ impl Recorder {
         for p in parsed {
             match p {
                 Parsed::Event(e) => events.push(e.clone()),
-                Parsed::Attempt(a) => attempts.push(a.clone()),
+                Parsed::Attempts(a) => attempts.extend(a.iter().cloned()),
                 Parsed::Dead(d) => dead.push(d.clone()),
             }
         }
@@ -257,8 +257,14 @@ impl Recorder {
                     accepted_ms,
                 }))
             }
+            // One record per message, or a JSON array of records (dispatchers batch them).
+            Feed::Attempts if delivery.data.trim_ascii_start().starts_with(b"[") => {
+                parse_json::<Vec<AttemptRecord>>(&delivery.data)
+                    .map(Parsed::Attempts)
+                    .map_err(|e| e.to_string())
+            }
             Feed::Attempts => parse_json::<AttemptRecord>(&delivery.data)
-                .map(Parsed::Attempt)
+                .map(|a| Parsed::Attempts(vec![a]))
                 .map_err(|e| e.to_string()),
             Feed::Dead => {
                 let text = |name| header_text(delivery, name);

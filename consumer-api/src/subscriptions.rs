@@ -279,14 +279,15 @@ pub async fn update(
     if patch.is_empty() {
         return Ok(Json(SubscriptionView::new(current)));
     }
-    if let Some(consumer) = &patch.consumer {
-        if caller.consumer().is_some() && consumer.as_deref() != caller.consumer() {
-            return Err(FieldError::new(
-                "consumer",
-                "a consumer key cannot move a subscription to another consumer",
-            )
-            .into());
-        }
+    if let Some(consumer) = &patch.consumer
+        && caller.consumer().is_some()
+        && consumer.as_deref() != caller.consumer()
+    {
+        return Err(FieldError::new(
+            "consumer",
+            "a consumer key cannot move a subscription to another consumer",
+        )
+        .into());
     }
     if let Some(url) = &patch.url {
         validation::check_destination(&state.policy, url).await?;

@@ -430,6 +430,30 @@ mod tests {
     }
 
     #[test]
+    fn the_store_url_may_be_sqlite_or_postgres() {
+        for (url, ok) in [
+            ("sqlite://relay.db", true),
+            ("postgres://relay:pw@db:5432/relay", true),
+            ("postgresql://relay@db/relay", true),
+            ("mysql://db/relay", false),
+        ] {
+            let s = Settings::load_with_env(
+                None,
+                env(&[
+                    ("RELAY__API__ADMIN_KEY", "0123456789abcdef"),
+                    ("RELAY__API__DATABASE_URL", url),
+                ]),
+            )
+            .unwrap();
+            let checked = s.validate(Process::ConsumerApi);
+            assert_eq!(checked.is_ok(), ok, "{url}: {checked:?}");
+            if let Err(e) = checked {
+                assert!(e.to_string().contains("api.database_url"), "{e}");
+            }
+        }
+    }
+
+    #[test]
     fn unknown_keys_in_a_file_are_refused() {
         let dir = std::env::temp_dir().join(format!("relay-cfg-unknown-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

@@ -259,7 +259,10 @@ mod tests {
                 store.consumer_for_key(&key_hash("rk_other")).await.unwrap(),
                 None
             );
-            assert_eq!(store.list_keys("acme").await.unwrap(), [key.clone()]);
+            assert_eq!(
+                store.list_keys("acme").await.unwrap(),
+                std::slice::from_ref(&key)
+            );
             store.delete_key("acme", "key_1").await.unwrap();
             assert!(matches!(
                 store.delete_key("acme", "key_1").await,

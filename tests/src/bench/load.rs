@@ -84,7 +84,7 @@ impl Events {
     /// Whether event `seq` goes to the failing endpoint.
     #[must_use]
     pub fn fails(&self, seq: u64) -> bool {
-        self.fail_every > 0 && seq % self.fail_every == 0
+        self.fail_every > 0 && seq.is_multiple_of(self.fail_every)
     }
 
     /// Event `seq` as envelope JSON padded to `size` bytes, stamped with the current time.

@@ -67,10 +67,10 @@ pub struct Options {
     /// Events/s in (c) [default: 50 % of (a)'s AMQP end-to-end maximum, else 1000].
     #[arg(long)]
     pub rate: Option<f64>,
-    /// Events per run in (d) [default 30000; --quick 6000].
+    /// Events per run in (d) [default 20000; --quick 6000].
     #[arg(long)]
     pub scale_events: Option<u64>,
-    /// Events in (e) [default 50000; --quick 8000].
+    /// Events in (e) [default 30000; --quick 8000].
     #[arg(long)]
     pub failing_events: Option<u64>,
     /// Drivers of (a): amqp, batch, single.
@@ -236,6 +236,8 @@ pub async fn run(opts: Options, command_line: String) -> anyhow::Result<()> {
 
 /// The pid of the Erlang VM whose command line names `node`.
 fn find_pid(node: &str) -> Option<u32> {
+    // The VM is started with `-sname NAME`, without the host part.
+    let name = node.split('@').next().unwrap_or(node);
     std::fs::read_dir("/proc")
         .ok()?
         .flatten()
@@ -243,7 +245,7 @@ fn find_pid(node: &str) -> Option<u32> {
             let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
             let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
             let text = String::from_utf8_lossy(&cmdline);
-            (text.contains("beam") && text.contains(node)).then_some(pid)
+            (text.contains("beam") && text.contains(name)).then_some(pid)
         })
 }
 
@@ -312,7 +314,7 @@ impl Bench {
             self.push(base);
         }
         if o.wants("d") {
-            let n = o.pick(o.scale_events, 30_000, 6_000);
+            let n = o.pick(o.scale_events, 20_000, 6_000);
             for d in 1..=3 {
                 let mut s = spec("d", System::Relay, Driver::Amqp, 1, closed(n));
                 s.dispatchers = d;
@@ -321,7 +323,7 @@ impl Bench {
             }
         }
         if o.wants("e") {
-            let n = o.pick(o.failing_events, 50_000, 8_000);
+            let n = o.pick(o.failing_events, 30_000, 8_000);
             let mut s = spec("e", System::Relay, Driver::Amqp, 1, closed(n));
             s.fail_every = 10;
             let row = self.run(s).await?;
@@ -450,6 +452,7 @@ impl Bench {
             let label = label.clone();
             let expected = healthy(planned) * fanout;
             let sink = self.sink_progress();
+            let base = sink();
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(Duration::from_millis(1000)).await;
@@ -457,7 +460,7 @@ impl Bench {
                         "\r[{label}] {:>6.1}s accepted {:>7}/{planned} delivered {:>7}/{expected}   ",
                         started.elapsed().as_secs_f64(),
                         accepted.load(Ordering::Relaxed),
-                        sink()
+                        sink() - base
                     );
                 }
             })

@@ -254,15 +254,6 @@ impl Relay {
             .collect()
     }
 
-    /// Process ids by name (for profilers).
-    #[must_use]
-    pub fn pids(&self) -> Vec<(String, u32)> {
-        self.procs
-            .iter()
-            .map(|p| (p.name.clone(), p.child.id()))
-            .collect()
-    }
-
     /// SIGTERM to every process, SIGKILL after 5 s; removes the directory unless `keep`.
     pub async fn stop(mut self, keep: bool) {
         for proc in &self.procs {

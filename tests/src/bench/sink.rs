@@ -129,7 +129,6 @@ impl Sink {
     }
 
     /// A cheap reader of how many requests arrived since the start (for progress lines).
-    #[must_use]
     pub fn requests_counter(&self) -> impl Fn() -> u64 + Send + 'static {
         let state = Arc::clone(&self.state);
         move || state.requests.load(Ordering::Relaxed)
@@ -189,7 +188,7 @@ async fn handle(
     let id = header("webhook-id").unwrap_or("");
 
     let n = state.requests.fetch_add(1, Ordering::Relaxed);
-    if n % state.sample_every == 0 {
+    if n.is_multiple_of(state.sample_every) {
         let secret = lock(&state.secrets).get(path).cloned();
         if let Some(secret) = secret {
             let ok = match (header("webhook-timestamp"), header("webhook-signature")) {

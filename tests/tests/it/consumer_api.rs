@@ -57,9 +57,23 @@ pub(crate) async fn call(
 
 /// Creates the consumer `id` and one API key for it; returns the key.
 pub(crate) async fn tenant(relay: &System, id: &str) -> String {
-    let (status, body) = call(relay, ADMIN_KEY, Method::POST, "/v1/consumers", Some(json!({"id": id, "name": id}))).await;
+    let (status, body) = call(
+        relay,
+        ADMIN_KEY,
+        Method::POST,
+        "/v1/consumers",
+        Some(json!({"id": id, "name": id})),
+    )
+    .await;
     assert_eq!(status, 201, "{body}");
-    let (status, key) = call(relay, ADMIN_KEY, Method::POST, &format!("/v1/consumers/{id}/keys"), None).await;
+    let (status, key) = call(
+        relay,
+        ADMIN_KEY,
+        Method::POST,
+        &format!("/v1/consumers/{id}/keys"),
+        None,
+    )
+    .await;
     assert_eq!(status, 201, "{key}");
     key["key"].as_str().unwrap().to_owned()
 }
@@ -68,11 +82,22 @@ pub(crate) async fn tenant(relay: &System, id: &str) -> String {
 pub(crate) async fn wait_recorded_at(relay: &System, base: &str, id: &str) {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let (status, _) = call_at(relay, base, ADMIN_KEY, Method::GET, &format!("/v1/events/{id}"), None).await;
+        let (status, _) = call_at(
+            relay,
+            base,
+            ADMIN_KEY,
+            Method::GET,
+            &format!("/v1/events/{id}"),
+            None,
+        )
+        .await;
         if status == 200 {
             return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "event {id} was not recorded");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "event {id} was not recorded"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -94,51 +119,126 @@ async fn a_consumer_key_reaches_only_its_own_resources_on_every_route() {
     let hook = Receiver::start().await;
 
     // A consumer key creates subscriptions for itself only.
-    let (status, sub) = call(&relay, &acme, Method::POST, "/v1/subscriptions", Some(json!({"url": hook.url(), "event_types": ["iso.*"]}))).await;
+    let (status, sub) = call(
+        &relay,
+        &acme,
+        Method::POST,
+        "/v1/subscriptions",
+        Some(json!({"url": hook.url(), "event_types": ["iso.*"]})),
+    )
+    .await;
     assert_eq!(status, 201, "{sub}");
     assert_eq!(sub["consumer"], "acme");
-    let (status, body) = call(&relay, &acme, Method::POST, "/v1/subscriptions", Some(json!({"url": hook.url(), "event_types": ["iso.*"], "consumer": "globex"}))).await;
+    let (status, body) = call(
+        &relay,
+        &acme,
+        Method::POST,
+        "/v1/subscriptions",
+        Some(json!({"url": hook.url(), "event_types": ["iso.*"], "consumer": "globex"})),
+    )
+    .await;
     assert_eq!((status, body["field"].as_str()), (400, Some("consumer")));
     let id = sub["id"].as_str().unwrap();
 
-    let event = relay.publish_ok(&json!({"type": "iso.created", "consumer": "acme", "data": {}})).await;
+    let event = relay
+        .publish_ok(&json!({"type": "iso.created", "consumer": "acme", "data": {}}))
+        .await;
     hook.wait_for(1, WAIT).await;
     wait_recorded(&relay, &event).await;
 
     // Every route naming acme's resources answers 404 to globex.
     let foreign: Vec<(Method, String, Option<Value>)> = vec![
         (Method::GET, format!("/v1/subscriptions/{id}"), None),
-        (Method::PATCH, format!("/v1/subscriptions/{id}"), Some(json!({"description": "x"}))),
+        (
+            Method::PATCH,
+            format!("/v1/subscriptions/{id}"),
+            Some(json!({"description": "x"})),
+        ),
         (Method::GET, format!("/v1/subscriptions/{id}/secret"), None),
-        (Method::POST, format!("/v1/subscriptions/{id}/rotate-secret"), Some(json!({}))),
-        (Method::POST, format!("/v1/subscriptions/{id}/disable"), Some(json!({"reason": "x"}))),
+        (
+            Method::POST,
+            format!("/v1/subscriptions/{id}/rotate-secret"),
+            Some(json!({})),
+        ),
+        (
+            Method::POST,
+            format!("/v1/subscriptions/{id}/disable"),
+            Some(json!({"reason": "x"})),
+        ),
         (Method::POST, format!("/v1/subscriptions/{id}/test"), None),
-        (Method::POST, format!("/v1/subscriptions/{id}/replay"), Some(json!({"since": "2020-01-01T00:00:00Z"}))),
-        (Method::GET, format!("/v1/subscriptions/{id}/attempts"), None),
+        (
+            Method::POST,
+            format!("/v1/subscriptions/{id}/replay"),
+            Some(json!({"since": "2020-01-01T00:00:00Z"})),
+        ),
+        (
+            Method::GET,
+            format!("/v1/subscriptions/{id}/attempts"),
+            None,
+        ),
         (Method::GET, format!("/v1/events/{event}"), None),
-        (Method::POST, "/v1/dead-letters/redrive".into(), Some(json!({"subscription_id": id}))),
+        (
+            Method::POST,
+            "/v1/dead-letters/redrive".into(),
+            Some(json!({"subscription_id": id})),
+        ),
         (Method::DELETE, format!("/v1/subscriptions/{id}"), None),
     ];
     for (method, path, body) in foreign {
         let (status, problem) = call(&relay, &globex, method.clone(), &path, body).await;
-        assert_eq!((status, problem_type(&problem)), (404, "urn:relay:problem:not-found"), "{method} {path}: {problem}");
+        assert_eq!(
+            (status, problem_type(&problem)),
+            (404, "urn:relay:problem:not-found"),
+            "{method} {path}: {problem}"
+        );
     }
     // Lists show only the caller's own.
     let (_, list) = call(&relay, &globex, Method::GET, "/v1/subscriptions", None).await;
     assert_eq!(list["data"], json!([]));
-    let (status, _) = call(&relay, &globex, Method::GET, "/v1/subscriptions?consumer=acme", None).await;
+    let (status, _) = call(
+        &relay,
+        &globex,
+        Method::GET,
+        "/v1/subscriptions?consumer=acme",
+        None,
+    )
+    .await;
     assert_eq!(status, 400);
     let (_, events) = call(&relay, &globex, Method::GET, "/v1/events", None).await;
     assert_eq!(events["data"], json!([]));
-    let (_, dead) = call(&relay, &globex, Method::GET, &format!("/v1/dead-letters?subscription_id={id}"), None).await;
+    let (_, dead) = call(
+        &relay,
+        &globex,
+        Method::GET,
+        &format!("/v1/dead-letters?subscription_id={id}"),
+        None,
+    )
+    .await;
     assert_eq!(dead["data"], json!([]));
 
     // The owner sees them all; the subscription is untouched by globex's attempts.
-    let (status, got) = call(&relay, &acme, Method::GET, &format!("/v1/subscriptions/{id}"), None).await;
-    assert_eq!((status, got["enabled"].clone(), got["description"].clone()), (200, json!(true), Value::Null));
+    let (status, got) = call(
+        &relay,
+        &acme,
+        Method::GET,
+        &format!("/v1/subscriptions/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, got["enabled"].clone(), got["description"].clone()),
+        (200, json!(true), Value::Null)
+    );
     let (_, list) = call(&relay, &acme, Method::GET, "/v1/subscriptions", None).await;
     assert_eq!(list["data"].as_array().unwrap().len(), 1);
-    let (status, detail) = call(&relay, &acme, Method::GET, &format!("/v1/events/{event}"), None).await;
+    let (status, detail) = call(
+        &relay,
+        &acme,
+        Method::GET,
+        &format!("/v1/events/{event}"),
+        None,
+    )
+    .await;
     assert_eq!(status, 200, "{detail}");
     assert_eq!(detail["event"]["id"], event.as_str());
     let (_, events) = call(&relay, &acme, Method::GET, "/v1/events", None).await;
@@ -147,24 +247,59 @@ async fn a_consumer_key_reaches_only_its_own_resources_on_every_route() {
     // Admin routes refuse consumer keys; the admin sees everything and can filter.
     for path in ["/v1/consumers", "/v1/directory", "/v1/consumers/acme/keys"] {
         let (status, problem) = call(&relay, &acme, Method::GET, path, None).await;
-        assert_eq!((status, problem_type(&problem)), (403, "urn:relay:problem:forbidden"), "{path}");
+        assert_eq!(
+            (status, problem_type(&problem)),
+            (403, "urn:relay:problem:forbidden"),
+            "{path}"
+        );
     }
-    let (_, list) = call(&relay, ADMIN_KEY, Method::GET, "/v1/subscriptions?consumer=acme", None).await;
+    let (_, list) = call(
+        &relay,
+        ADMIN_KEY,
+        Method::GET,
+        "/v1/subscriptions?consumer=acme",
+        None,
+    )
+    .await;
     assert_eq!(list["data"][0]["id"], id);
     let (_, consumers) = call(&relay, ADMIN_KEY, Method::GET, "/v1/consumers", None).await;
     assert_eq!(consumers["data"].as_array().unwrap().len(), 2);
-    let (status, _) = call(&relay, ADMIN_KEY, Method::POST, "/v1/consumers", Some(json!({"id": "acme"}))).await;
+    let (status, _) = call(
+        &relay,
+        ADMIN_KEY,
+        Method::POST,
+        "/v1/consumers",
+        Some(json!({"id": "acme"})),
+    )
+    .await;
     assert_eq!(status, 409);
 
     // A revoked key stops working at once; keys are listed without the key.
-    let (_, keys) = call(&relay, ADMIN_KEY, Method::GET, "/v1/consumers/globex/keys", None).await;
+    let (_, keys) = call(
+        &relay,
+        ADMIN_KEY,
+        Method::GET,
+        "/v1/consumers/globex/keys",
+        None,
+    )
+    .await;
     assert!(keys["data"][0].get("key").is_none());
     assert!(globex.starts_with(keys["data"][0]["prefix"].as_str().unwrap()));
     let key_id = keys["data"][0]["id"].as_str().unwrap();
-    let (status, _) = call(&relay, ADMIN_KEY, Method::DELETE, &format!("/v1/consumers/globex/keys/{key_id}"), None).await;
+    let (status, _) = call(
+        &relay,
+        ADMIN_KEY,
+        Method::DELETE,
+        &format!("/v1/consumers/globex/keys/{key_id}"),
+        None,
+    )
+    .await;
     assert_eq!(status, 204);
     let (status, problem) = call(&relay, &globex, Method::GET, "/v1/subscriptions", None).await;
-    assert_eq!((status, problem_type(&problem)), (401, "urn:relay:problem:unauthorized"));
+    assert_eq!(
+        (status, problem_type(&problem)),
+        (401, "urn:relay:problem:unauthorized")
+    );
     relay.stop().await;
 }
 
@@ -184,18 +319,54 @@ async fn internal_destinations_are_refused_unless_allowed() {
         "https://[::ffff:127.0.0.1]/hook",
         "https://localhost:8443/hook",
     ] {
-        let (status, problem) = call(&relay, ADMIN_KEY, Method::POST, "/v1/subscriptions", Some(json!({"url": url, "event_types": ["#"]}))).await;
+        let (status, problem) = call(
+            &relay,
+            ADMIN_KEY,
+            Method::POST,
+            "/v1/subscriptions",
+            Some(json!({"url": url, "event_types": ["#"]})),
+        )
+        .await;
         assert_eq!(status, 422, "{url}: {problem}");
-        assert_eq!(problem_type(&problem), "urn:relay:problem:destination-not-allowed", "{url}");
+        assert_eq!(
+            problem_type(&problem),
+            "urn:relay:problem:destination-not-allowed",
+            "{url}"
+        );
         assert_eq!(problem["field"], "url", "{url}");
     }
-    let (status, problem) = call(&relay, ADMIN_KEY, Method::POST, "/v1/subscriptions", Some(json!({"url": "http://example.com/hook", "event_types": ["#"]}))).await;
-    assert_eq!((status, problem["field"].as_str()), (400, Some("url")), "http is refused: {problem}");
+    let (status, problem) = call(
+        &relay,
+        ADMIN_KEY,
+        Method::POST,
+        "/v1/subscriptions",
+        Some(json!({"url": "http://example.com/hook", "event_types": ["#"]})),
+    )
+    .await;
+    assert_eq!(
+        (status, problem["field"].as_str()),
+        (400, Some("url")),
+        "http is refused: {problem}"
+    );
 
     // An allowed network is accepted, and a change to a refused one is refused too.
-    let (status, sub) = call(&relay, ADMIN_KEY, Method::POST, "/v1/subscriptions", Some(json!({"url": "https://192.0.2.10/hook", "event_types": ["#"]}))).await;
+    let (status, sub) = call(
+        &relay,
+        ADMIN_KEY,
+        Method::POST,
+        "/v1/subscriptions",
+        Some(json!({"url": "https://192.0.2.10/hook", "event_types": ["#"]})),
+    )
+    .await;
     assert_eq!(status, 201, "{sub}");
-    let (status, problem) = call(&relay, ADMIN_KEY, Method::PATCH, &format!("/v1/subscriptions/{}", sub["id"].as_str().unwrap()), Some(json!({"url": "https://[::ffff:10.1.2.3]/x"}))).await;
+    let (status, problem) = call(
+        &relay,
+        ADMIN_KEY,
+        Method::PATCH,
+        &format!("/v1/subscriptions/{}", sub["id"].as_str().unwrap()),
+        Some(json!({"url": "https://[::ffff:10.1.2.3]/x"})),
+    )
+    .await;
     assert_eq!((status, problem["field"].as_str()), (422, Some("url")));
     relay.stop().await;
 }
@@ -205,33 +376,79 @@ async fn disabling_announces_it_through_relay_and_a_test_ping_reaches_one_subscr
     let relay = system().await;
     let watcher = Receiver::start().await;
     let (a, b) = (Receiver::start().await, Receiver::start().await);
-    relay.subscribe(&watcher.url(), &["relay.subscription.disabled"], Some("acme")).await;
+    relay
+        .subscribe(
+            &watcher.url(),
+            &["relay.subscription.disabled"],
+            Some("acme"),
+        )
+        .await;
     let sub_a = relay.subscribe(&a.url(), &["thing.*"], Some("acme")).await;
     relay.subscribe(&b.url(), &["#"], None).await;
     let id = sub_a["id"].as_str().unwrap();
 
-    let (status, ping) = call(&relay, ADMIN_KEY, Method::POST, &format!("/v1/subscriptions/{id}/test"), None).await;
+    let (status, ping) = call(
+        &relay,
+        ADMIN_KEY,
+        Method::POST,
+        &format!("/v1/subscriptions/{id}/test"),
+        None,
+    )
+    .await;
     assert_eq!(status, 202, "{ping}");
     let got = a.wait_for(1, WAIT).await;
     assert_eq!(got[0].json()["type"], "relay.ping");
     assert_eq!(got[0].header("webhook-id"), ping["event_id"].as_str());
-    assert!(tests::receiver::verify(&got[0], sub_a["secret"].as_str().unwrap()));
+    assert!(tests::receiver::verify(
+        &got[0],
+        sub_a["secret"].as_str().unwrap()
+    ));
 
-    let (status, disabled) = call(&relay, ADMIN_KEY, Method::POST, &format!("/v1/subscriptions/{id}/disable"), Some(json!({"reason": "endpoint answered 410 Gone"}))).await;
+    let (status, disabled) = call(
+        &relay,
+        ADMIN_KEY,
+        Method::POST,
+        &format!("/v1/subscriptions/{id}/disable"),
+        Some(json!({"reason": "endpoint answered 410 Gone"})),
+    )
+    .await;
     assert_eq!(status, 200, "{disabled}");
-    assert_eq!((disabled["enabled"].clone(), disabled["disabled_reason"].clone()), (json!(false), json!("endpoint answered 410 Gone")));
+    assert_eq!(
+        (
+            disabled["enabled"].clone(),
+            disabled["disabled_reason"].clone()
+        ),
+        (json!(false), json!("endpoint answered 410 Gone"))
+    );
     let announced = watcher.wait_for(1, WAIT).await;
     let body = announced[0].json();
     assert_eq!(body["type"], "relay.subscription.disabled");
     assert_eq!(body["consumer"], "acme");
-    assert_eq!(body["data"], json!({"subscription_id": id, "reason": "endpoint answered 410 Gone", "url": a.url()}));
+    assert_eq!(
+        body["data"],
+        json!({"subscription_id": id, "reason": "endpoint answered 410 Gone", "url": a.url()})
+    );
     // The ping went to one subscription only; disabling twice announces once.
-    let (status, _) = call(&relay, ADMIN_KEY, Method::POST, &format!("/v1/subscriptions/{id}/disable"), Some(json!({"reason": "again"}))).await;
+    let (status, _) = call(
+        &relay,
+        ADMIN_KEY,
+        Method::POST,
+        &format!("/v1/subscriptions/{id}/disable"),
+        Some(json!({"reason": "again"})),
+    )
+    .await;
     assert_eq!(status, 200);
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!((b.count(), watcher.count()), (0, 1));
 
-    let (_, enabled) = call(&relay, ADMIN_KEY, Method::PATCH, &format!("/v1/subscriptions/{id}"), Some(json!({"enabled": true}))).await;
+    let (_, enabled) = call(
+        &relay,
+        ADMIN_KEY,
+        Method::PATCH,
+        &format!("/v1/subscriptions/{id}"),
+        Some(json!({"enabled": true})),
+    )
+    .await;
     assert_eq!(enabled["disabled_reason"], Value::Null);
     relay.stop().await;
 }
@@ -239,16 +456,33 @@ async fn disabling_announces_it_through_relay_and_a_test_ping_reaches_one_subscr
 #[tokio::test]
 async fn openapi_json_describes_every_route_and_validates_as_openapi_3() {
     let relay = system().await;
-    let response = relay.http.get(format!("{}/openapi.json", relay.api_url)).send().await.unwrap();
+    let response = relay
+        .http
+        .get(format!("{}/openapi.json", relay.api_url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
     let doc: Value = response.json().await.unwrap();
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
     for path in [
-        "/v1/consumers", "/v1/consumers/{id}", "/v1/consumers/{id}/keys", "/v1/consumers/{id}/keys/{key_id}",
-        "/v1/directory", "/v1/subscriptions", "/v1/subscriptions/{id}", "/v1/subscriptions/{id}/secret",
-        "/v1/subscriptions/{id}/rotate-secret", "/v1/subscriptions/{id}/disable", "/v1/subscriptions/{id}/test",
-        "/v1/subscriptions/{id}/replay", "/v1/subscriptions/{id}/attempts", "/v1/events", "/v1/events/{id}",
-        "/v1/dead-letters", "/v1/dead-letters/redrive",
+        "/v1/consumers",
+        "/v1/consumers/{id}",
+        "/v1/consumers/{id}/keys",
+        "/v1/consumers/{id}/keys/{key_id}",
+        "/v1/directory",
+        "/v1/subscriptions",
+        "/v1/subscriptions/{id}",
+        "/v1/subscriptions/{id}/secret",
+        "/v1/subscriptions/{id}/rotate-secret",
+        "/v1/subscriptions/{id}/disable",
+        "/v1/subscriptions/{id}/test",
+        "/v1/subscriptions/{id}/replay",
+        "/v1/subscriptions/{id}/attempts",
+        "/v1/events",
+        "/v1/events/{id}",
+        "/v1/dead-letters",
+        "/v1/dead-letters/redrive",
     ] {
         assert!(doc["paths"].get(path).is_some(), "{path} is not documented");
     }
@@ -267,5 +501,92 @@ async fn openapi_json_describes_every_route_and_validates_as_openapi_3() {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
+    relay.stop().await;
+}
+
+/// Polls the subscription until it is disabled; returns it.
+async fn wait_disabled(relay: &System, id: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (_, sub) = call(
+            relay,
+            ADMIN_KEY,
+            Method::GET,
+            &format!("/v1/subscriptions/{id}"),
+            None,
+        )
+        .await;
+        if sub["enabled"] == json!(false) {
+            return sub;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{id} was not disabled: {sub}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn gone_endpoints_and_endpoints_failing_too_long_are_disabled() {
+    let relay = System::start_with(
+        Options::new(shared_amqp_url())
+            .set(
+                "RELAY__DISPATCH__RETRY_SCHEDULE",
+                "300ms,300ms,300ms,300ms,300ms,300ms,300ms,300ms",
+            )
+            .set("RELAY__API__DISABLE_AFTER_FAILING_FOR", "1s")
+            .set("RELAY__API__MAINTENANCE_INTERVAL", "100ms"),
+    )
+    .await;
+    let gone = Receiver::start_with(tests::receiver::Behaviour::Status(410)).await;
+    let failing = Receiver::start_with(tests::receiver::Behaviour::Status(503)).await;
+    let healthy = Receiver::start().await;
+    let sub_gone = relay.subscribe(&gone.url(), &["fail.*"], None).await;
+    let sub_failing = relay.subscribe(&failing.url(), &["fail.*"], None).await;
+    let sub_healthy = relay.subscribe(&healthy.url(), &["fail.*"], None).await;
+    relay
+        .publish_ok(&json!({"type": "fail.now", "data": {}}))
+        .await;
+
+    let disabled = wait_disabled(&relay, sub_gone["id"].as_str().unwrap()).await;
+    assert!(
+        disabled["disabled_reason"]
+            .as_str()
+            .unwrap()
+            .contains("410"),
+        "{disabled}"
+    );
+    let disabled = wait_disabled(&relay, sub_failing["id"].as_str().unwrap()).await;
+    assert!(
+        disabled["disabled_reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("failing since "),
+        "{disabled}"
+    );
+    // The delivery log shows why.
+    let (_, log) = call(
+        &relay,
+        ADMIN_KEY,
+        Method::GET,
+        &format!(
+            "/v1/subscriptions/{}/attempts?outcome=retry_scheduled",
+            sub_failing["id"].as_str().unwrap()
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(log["data"][0]["status"], 503, "{log}");
+    assert_eq!(log["data"][0]["attempt"], 1);
+    let (_, sub) = call(
+        &relay,
+        ADMIN_KEY,
+        Method::GET,
+        &format!("/v1/subscriptions/{}", sub_healthy["id"].as_str().unwrap()),
+        None,
+    )
+    .await;
+    assert_eq!(sub["enabled"], true);
     relay.stop().await;
 }

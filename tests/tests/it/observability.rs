@@ -97,10 +97,9 @@ impl Prometheus {
     async fn wait_ready(&self) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(r) = self.http.get(format!("{}/-/ready", self.url)).send().await {
-                if r.status() == 200 {
-                    return;
-                }
+            let answer = self.http.get(format!("{}/-/ready", self.url)).send().await;
+            if answer.is_ok_and(|r| r.status() == 200) {
+                return;
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
@@ -278,6 +277,29 @@ async fn prometheus_scrapes_every_process_and_agrees_with_the_receivers() {
         .await;
     prometheus
         .assert_eventually(
+            "sum(relay_retries_scheduled_total)",
+            (FAILING_EVENTS * (ATTEMPTS_PER_FAILING_EVENT - 1)) as f64,
+        )
+        .await;
+    let tiers = prometheus
+        .query("sum by (tier) (relay_retries_scheduled_total)")
+        .await;
+    assert!(
+        tiers.iter().all(|(labels, _)| labels["tier"] == "100ms"),
+        "{tiers:?}"
+    );
+    prometheus
+        .assert_eventually("max(relay_circuit_open_subscriptions)", 0.0)
+        .await;
+    // One duration sample per HTTP attempt, successful or not.
+    prometheus
+        .assert_eventually(
+            "sum(relay_delivery_attempt_seconds_count)",
+            (delivered + attempted) as f64,
+        )
+        .await;
+    prometheus
+        .assert_eventually(
             "sum(relay_events_ingested_total{job=\"relay-ingest\",source=\"http\"})",
             total as f64,
         )
@@ -348,6 +370,7 @@ async fn prometheus_scrapes_every_process_and_agrees_with_the_receivers() {
         "invalid",
         "attempts",
         "archive",
+        "retry.100ms",
     ] {
         assert!(queues.contains(&queue), "{queue} not sampled: {queues:?}");
     }
