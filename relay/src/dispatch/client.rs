@@ -8,6 +8,7 @@ use relay_shared::{
     config::DispatchSettings,
     signing::signature_header,
     ssrf::{NetworkPolicy, SsrfError},
+    trace::{self, TraceParent},
 };
 use reqwest::{StatusCode, header};
 
@@ -103,7 +104,8 @@ impl WebhookClient {
         })
     }
 
-    /// POSTs `body` to the route, signed for message `msg_id`. Returns the 2xx status.
+    /// POSTs `body` to the route, signed for message `msg_id`, continuing the producer's
+    /// trace `parent` (W3C `traceparent`). Returns the 2xx status.
     ///
     /// # Errors
     /// An [`AttemptError`] for anything but a 2xx answer.
@@ -112,6 +114,7 @@ impl WebhookClient {
         route: &Route,
         msg_id: &str,
         body: Bytes,
+        parent: Option<&TraceParent>,
     ) -> Result<u16, AttemptError> {
         // Literal addresses never reach the resolver; hostnames are checked when resolved.
         self.policy
@@ -126,6 +129,13 @@ impl WebhookClient {
             .header("webhook-id", msg_id)
             .header("webhook-timestamp", timestamp)
             .header("webhook-signature", signature)
+            // The producer's trace continues at the endpoint (a new one when it sent none).
+            .header(
+                trace::HEADER,
+                parent
+                    .map_or_else(TraceParent::new_root, TraceParent::child)
+                    .to_string(),
+            )
             .body(body)
             .send()
             .await

@@ -14,6 +14,7 @@ use relay_shared::{
         HEADER_ACCEPTED_MS, HEADER_ATTEMPTS, HEADER_EVENT_ID, HEADER_INVALID_REASON,
         HEADER_LAST_ERROR, HEADER_LAST_STATUS, HEADER_SUBSCRIPTION, Topology,
     },
+    trace::TraceParent,
 };
 
 use super::client::AttemptError;
@@ -42,6 +43,8 @@ pub struct Handoff<'a> {
     pub body: &'a [u8],
     /// Acceptance time (unix ms), carried along for the latency metric.
     pub accepted_ms: Option<i64>,
+    /// The producer's trace, carried along so retries stay in it.
+    pub trace: Option<&'a TraceParent>,
 }
 
 impl Parking {
@@ -100,6 +103,9 @@ impl Parking {
                 ShortString::from(HEADER_ACCEPTED_MS),
                 AMQPValue::LongLongInt(ms),
             );
+        }
+        if let Some(trace) = handoff.trace {
+            relay_shared::trace::to_amqp_headers(trace, &mut headers);
         }
         let properties = amqp::persistent_json()
             .with_message_id(handoff.event_id.into())

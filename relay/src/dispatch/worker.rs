@@ -27,6 +27,7 @@ use relay_shared::{
     session::{self as broker, Session},
     shutdown::Shutdown,
     topology::{HEADER_ACCEPTED_MS, HEADER_ATTEMPTS, HEADER_SUBSCRIPTION, Topology},
+    trace::TraceParent,
 };
 use time::OffsetDateTime;
 use tokio::{
@@ -77,6 +78,21 @@ struct Event {
     envelope: Envelope,
     body: Bytes,
     accepted_ms: Option<i64>,
+    trace: Option<TraceParent>,
+}
+
+impl Event {
+    /// This event's delivery to one subscription, `attempts` made so far.
+    fn handoff<'a>(&'a self, subscription_id: &'a str, attempts: u32) -> Handoff<'a> {
+        Handoff {
+            event_id: &self.envelope.id,
+            subscription_id,
+            attempts,
+            body: &self.body,
+            accepted_ms: self.accepted_ms,
+            trace: self.trace.as_ref(),
+        }
+    }
 }
 
 impl Worker {
@@ -309,13 +325,6 @@ impl Worker {
         attempt: u32,
         parking: &Parking,
     ) -> Result<(), AmqpError> {
-        let handoff = |attempts| Handoff {
-            event_id: &event.envelope.id,
-            subscription_id: &route.id,
-            attempts,
-            body: &event.body,
-            accepted_ms: event.accepted_ms,
-        };
         let started = Instant::now();
         let permit = match self.isolation.admit(&route.id) {
             Admission::Go(permit) => permit,
@@ -330,7 +339,7 @@ impl Worker {
                 // Not an attempt: the number of the next try stays the same.
                 parking
                     .retry(
-                        handoff(attempt - 1),
+                        event.handoff(&route.id, attempt - 1),
                         tier,
                         self.retry.ttl_with_jitter(tier),
                         None,
@@ -415,13 +424,7 @@ impl Worker {
         started: Instant,
         parking: &Parking,
     ) -> Result<(), AmqpError> {
-        let handoff = Handoff {
-            event_id: &event.envelope.id,
-            subscription_id: &route.id,
-            attempts: attempt,
-            body: &event.body,
-            accepted_ms: event.accepted_ms,
-        };
+        let handoff = event.handoff(&route.id, attempt);
         if error.is_gone() {
             let reason = format!("endpoint answered 410 Gone to event {}", event.envelope.id);
             match self.directory_client.disable(&route.id, &reason).await {
@@ -505,14 +508,20 @@ impl Worker {
         event: &Event,
         attempt: u32,
     ) -> Result<u16, AttemptError> {
-        let span = tracing::info_span!("delivery", event_id = %event.envelope.id, subscription_id = %route.id, attempt);
+        let trace_id = event.trace.as_ref().map(TraceParent::trace_id_hex);
+        let span = tracing::info_span!("delivery", event_id = %event.envelope.id, subscription_id = %route.id, attempt, trace_id);
         let _enter = span.enter();
         let _slot = self.inflight.acquire().await;
         self.metrics.inflight.inc();
         let started = Instant::now();
         let outcome = self
             .client
-            .deliver(route, &event.envelope.id, event.body.clone())
+            .deliver(
+                route,
+                &event.envelope.id,
+                event.body.clone(),
+                event.trace.as_ref(),
+            )
             .await;
         self.metrics.inflight.dec();
         self.metrics
@@ -597,6 +606,7 @@ fn decode(delivery: &Delivery) -> Result<Event, String> {
         body: Bytes::from(envelope.to_json()),
         envelope,
         accepted_ms: accepted_ms(delivery),
+        trace: relay_shared::trace::from_amqp_headers(delivery.properties.headers().as_ref()),
     })
 }
 

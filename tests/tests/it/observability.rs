@@ -496,3 +496,34 @@ async fn ingest_carries_the_producers_traceparent_on_the_event() {
     assert_ne!(stored.trace_id, sent.trace_id);
     relay.stop().await;
 }
+
+#[tokio::test]
+async fn the_webhook_request_carries_the_producers_trace() {
+    let relay = crate::system().await;
+    let hook = Receiver::start().await;
+    relay.subscribe(&hook.url(), &["trace.*"], None).await;
+    let response = relay
+        .http
+        .post(format!("{}/v1/events", relay.ingest_url))
+        .bearer_auth(tests::system::PUBLISHER_KEY)
+        .header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
+        .json(&json!({"type": "trace.delivered"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let got = hook.wait_for(1, Duration::from_secs(10)).await;
+    let header = got[0]
+        .header("traceparent")
+        .expect("a traceparent on the webhook request");
+    let trace = relay_shared::trace::parse_traceparent(header).expect("a valid traceparent");
+    assert_eq!(trace.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert!(
+        !header.contains("00f067aa0ba902b7"),
+        "the span id must be a new child span"
+    );
+    relay.stop().await;
+}
