@@ -80,8 +80,10 @@ pub async fn run(
         &topology,
         settings.api.recorder_prefetch,
         metrics.recorded.clone(),
+        metrics.recorder_batch_seconds.clone(),
         shutdown.clone(),
     );
+    sample_store_rows(store.clone(), metrics.store_rows.clone(), shutdown.clone());
     let channel = relay_shared::session::confirm_channels(sessions, shutdown.clone());
     follow_publisher(channel.clone(), readiness.clone());
     let control = ControlPublisher::new(
@@ -143,6 +145,28 @@ fn follow_publisher(
             }
             if channel.changed().await.is_err() {
                 return;
+            }
+        }
+    });
+}
+
+/// Keeps `relay_store_rows{table}` current. Counting is a full scan on some databases, so
+/// it runs every 30 s rather than per scrape.
+fn sample_store_rows(store: Store, rows: prometheus::IntGaugeVec, mut shutdown: Shutdown) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(30));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = shutdown.wait() => return,
+            }
+            match store.row_counts().await {
+                Ok(counts) => {
+                    for (table, count) in counts {
+                        rows.with_label_values(&[table]).set(count);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot count store rows"),
             }
         }
     });

@@ -1,8 +1,10 @@
 //! consumer-api's metrics, registered under `relay_api_` on the registry `main` hands down
 //! (the broker gauge keeps the name every Relay process uses, `relay_amqp_connected`).
 
-use prometheus::{HistogramVec, IntCounterVec, IntGauge, Registry};
-use relay_shared::metrics::{FAST_SECONDS, counter_vec, gauge, histogram_vec};
+use prometheus::{Histogram, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Registry};
+use relay_shared::metrics::{
+    FAST_SECONDS, counter_vec, gauge, gauge_vec, histogram, histogram_vec,
+};
 
 /// Every metric consumer-api records.
 #[derive(Debug, Clone)]
@@ -15,6 +17,10 @@ pub struct ApiMetrics {
     pub amqp_connected: IntGauge,
     /// Messages the recorder consumed, by `feed` and `outcome` (`recorded`, `unreadable`).
     pub recorded: IntCounterVec,
+    /// `relay_recorder_batch_seconds`: time to write one recorder batch.
+    pub recorder_batch_seconds: Histogram,
+    /// `relay_store_rows{table}`: rows per store table, sampled.
+    pub store_rows: IntGaugeVec,
 }
 
 impl ApiMetrics {
@@ -47,6 +53,18 @@ impl ApiMetrics {
                 registry,
                 "relay_amqp_connected",
                 "1 while the broker connection is up, else 0.",
+            )?,
+            recorder_batch_seconds: histogram(
+                registry,
+                "relay_recorder_batch_seconds",
+                "Time to write one recorder batch (events, attempts or dead letters) to the store, commit included.",
+                FAST_SECONDS,
+            )?,
+            store_rows: gauge_vec(
+                registry,
+                "relay_store_rows",
+                "Rows in each store table, sampled every 30 s.",
+                &["table"],
             )?,
         })
     }

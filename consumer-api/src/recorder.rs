@@ -15,7 +15,7 @@ use lapin::{
     options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions},
     types::{AMQPValue, FieldTable},
 };
-use prometheus::IntCounterVec;
+use prometheus::{Histogram, IntCounterVec};
 use relay_shared::{
     amqp::Backoff,
     attempt::AttemptRecord,
@@ -75,6 +75,7 @@ pub fn spawn(
     topology: &Topology,
     prefetch: u16,
     recorded: IntCounterVec,
+    batch_seconds: Histogram,
     shutdown: Shutdown,
 ) {
     for feed in [Feed::Archive, Feed::Attempts, Feed::Dead] {
@@ -84,6 +85,7 @@ pub fn spawn(
             queue: feed.queue(topology),
             prefetch,
             recorded: recorded.clone(),
+            batch_seconds: batch_seconds.clone(),
         };
         let sessions = sessions.clone();
         let shutdown = shutdown.clone();
@@ -98,6 +100,7 @@ struct Recorder {
     prefetch: u16,
     /// `feed`, `outcome` = `recorded` | `unreadable`.
     recorded: IntCounterVec,
+    batch_seconds: Histogram,
 }
 
 enum Parsed {
@@ -186,8 +189,10 @@ impl Recorder {
         }
         let mut backoff = Backoff::new(Duration::from_secs(5));
         loop {
+            let started = std::time::Instant::now();
             match self.store_batch(&parsed).await {
                 Ok(()) => {
+                    self.batch_seconds.observe(started.elapsed().as_secs_f64());
                     self.recorded
                         .with_label_values(&[self.feed.label(), "recorded"])
                         .inc_by(parsed.len() as u64);

@@ -59,6 +59,16 @@ pub enum StoreError {
     },
 }
 
+/// Tables whose size `relay_store_rows` reports.
+const COUNTED_TABLES: [&str; 6] = [
+    "subscriptions",
+    "consumers",
+    "api_keys",
+    "events",
+    "attempts",
+    "dead_letters",
+];
+
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         Self::Database(e)
@@ -294,6 +304,22 @@ impl Store {
             pool,
             postgres: !sqlite,
         })
+    }
+
+    /// Rows in each table, for `relay_store_rows{table}`.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`].
+    pub async fn row_counts(&self) -> Result<Vec<(&'static str, i64)>, StoreError> {
+        let mut counts = Vec::with_capacity(COUNTED_TABLES.len());
+        for table in COUNTED_TABLES {
+            // The table name comes from the constant list above, never from input.
+            let (count,): (i64,) = sqlx::query_as(&format!("SELECT COUNT(*) FROM {table}"))
+                .fetch_one(&self.pool)
+                .await?;
+            counts.push((table, count));
+        }
+        Ok(counts)
     }
 
     /// Closes every connection (waits for those in use to be returned).
@@ -649,6 +675,28 @@ mod tests {
             previous_secret_expires_ms: None,
         }
     }
+
+    async fn row_counts_follow_the_tables(store: &Store) {
+        let before = store.row_counts().await.unwrap();
+        assert_eq!(
+            before.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
+            COUNTED_TABLES
+        );
+        let count = |counts: &[(&str, i64)]| {
+            counts
+                .iter()
+                .find(|(t, _)| *t == "subscriptions")
+                .unwrap()
+                .1
+        };
+        store.create(&subscription(None)).await.unwrap();
+        store.create(&subscription(Some("acme"))).await.unwrap();
+        assert_eq!(
+            count(&store.row_counts().await.unwrap()),
+            count(&before) + 2
+        );
+    }
+    on_each_backend!(row_counts_on_each_backend, row_counts_follow_the_tables);
 
     #[tokio::test]
     async fn create_get_and_reopen_keep_every_field() {
