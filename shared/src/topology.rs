@@ -39,7 +39,7 @@ pub const HEADER_LAST_STATUS: &str = "x-relay-last-status";
 /// Header carrying the event id on retry, redeliver and dead messages.
 pub const HEADER_EVENT_ID: &str = "x-relay-event-id";
 
-/// Redeliveries past this count park a message from `ingress` in `invalid` (poison messages:
+/// Redeliveries past this count park a message from `ingress` or `redeliver` in `invalid` (poison messages:
 /// a message that crashes or keeps failing its handling, not its endpoint).
 pub const INGRESS_DELIVERY_LIMIT: i64 = 20;
 
@@ -119,7 +119,7 @@ impl Topology {
     /// # Errors
     /// The broker refused a declaration, e.g. an existing queue has other arguments.
     pub async fn declare(&self, channel: &Channel) -> lapin::Result<()> {
-        for exchange in [&self.events, &self.control] {
+        for exchange in [&self.events, &self.control, &self.retry_ready] {
             channel
                 .exchange_declare(
                     exchange.as_str().into(),
@@ -132,41 +132,24 @@ impl Topology {
                 )
                 .await?;
         }
-        for exchange in [&self.retry_ready] {
-            channel
-                .exchange_declare(
-                    exchange.as_str().into(),
-                    ExchangeKind::Fanout,
-                    ExchangeDeclareOptions {
-                        durable: true,
-                        ..ExchangeDeclareOptions::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await?;
-        }
-        let mut ingress_args = quorum_args();
-        ingress_args.insert(
+        let mut consumed_args = quorum_args();
+        consumed_args.insert(
             ShortString::from("x-delivery-limit"),
             AMQPValue::LongLongInt(INGRESS_DELIVERY_LIMIT),
         );
-        ingress_args.insert(
+        consumed_args.insert(
             ShortString::from("x-dead-letter-exchange"),
             AMQPValue::LongString("".into()),
         );
-        ingress_args.insert(
+        consumed_args.insert(
             ShortString::from("x-dead-letter-routing-key"),
             AMQPValue::LongString(self.invalid.as_str().into()),
         );
-        at_least_once_dead_lettering(&mut ingress_args);
-        declare_queue(channel, &self.ingress, ingress_args).await?;
-        for queue in [
-            &self.invalid,
-            &self.dead,
-            &self.archive,
-            &self.attempts,
-            &self.redeliver,
-        ] {
+        at_least_once_dead_lettering(&mut consumed_args);
+        // Both queues dispatchers consume park a message whose handling keeps failing.
+        declare_queue(channel, &self.ingress, consumed_args.clone()).await?;
+        declare_queue(channel, &self.redeliver, consumed_args).await?;
+        for queue in [&self.invalid, &self.dead, &self.archive, &self.attempts] {
             declare_queue(channel, queue, quorum_args()).await?;
         }
         for (queue, exchange) in [

@@ -326,12 +326,11 @@ impl Worker {
         parking: &Parking,
     ) -> Result<(), AmqpError> {
         let started = Instant::now();
-        let permit = match self.isolation.admit(&route.id) {
-            Admission::Go(permit) => permit,
-            refused => {
-                let Some(tier) = self.retry.defer_tier() else {
-                    return self.deliver_anyway(route, event, attempt, parking).await;
-                };
+        let permit = match (self.isolation.admit(&route.id), self.retry.defer_tier()) {
+            (Admission::Go(permit), _) => Some(permit),
+            // With no retry tier configured there is nowhere to defer to: attempt regardless.
+            (_, None) => None,
+            (refused, Some(tier)) => {
                 let (label, outcome) = match refused {
                     Admission::CircuitOpen => ("circuit_open", AttemptOutcome::CircuitOpen),
                     _ => ("deferred", AttemptOutcome::Deferred),
@@ -364,39 +363,6 @@ impl Worker {
                         .event_to_delivery_seconds
                         .observe(seconds_since(ms));
                 }
-                self.log(
-                    event,
-                    &route.id,
-                    attempt,
-                    AttemptOutcome::Success,
-                    started,
-                    Some(status),
-                    None,
-                );
-                Ok(())
-            }
-            Err(error) => {
-                self.after_failure(route, event, attempt, error, started, parking)
-                    .await
-            }
-        }
-    }
-
-    /// With no retry tier configured there is nowhere to defer to: attempt regardless.
-    async fn deliver_anyway(
-        &self,
-        route: &Route,
-        event: &Event,
-        attempt: u32,
-        parking: &Parking,
-    ) -> Result<(), AmqpError> {
-        let started = Instant::now();
-        match self.attempt(route, event, attempt).await {
-            Ok(status) => {
-                self.metrics
-                    .deliveries
-                    .with_label_values(&["success"])
-                    .inc();
                 self.log(
                     event,
                     &route.id,

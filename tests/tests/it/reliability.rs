@@ -27,14 +27,29 @@ fn ids(received: &[Received]) -> Vec<String> {
 
 /// Publishes `n` events through the batch endpoint; returns the accepted ids.
 async fn publish_batches(relay: &System, n: usize, event_type: &str) -> Vec<String> {
+    publish_batches_to(
+        relay.http.clone(),
+        relay.ingest_url.clone(),
+        n,
+        event_type.to_owned(),
+    )
+    .await
+}
+
+/// As [`publish_batches`], with owned arguments so it can run in its own task.
+async fn publish_batches_to(
+    http: reqwest::Client,
+    ingest_url: String,
+    n: usize,
+    event_type: String,
+) -> Vec<String> {
     let mut accepted = Vec::with_capacity(n);
     for chunk_start in (0..n).step_by(100) {
         let events: Vec<Value> = (chunk_start..n.min(chunk_start + 100))
             .map(|i| json!({"type": event_type, "data": {"i": i}}))
             .collect();
-        let response = relay
-            .http
-            .post(format!("{}/v1/events/batch", relay.ingest_url))
+        let response = http
+            .post(format!("{ingest_url}/v1/events/batch"))
             .bearer_auth(PUBLISHER_KEY)
             .json(&events)
             .send()
@@ -296,37 +311,12 @@ async fn a_dispatcher_killed_mid_stream_loses_nothing() {
         dispatchers.push(DispatcherProcess::start(&relay, &[]).await);
     }
     let n = 10_000;
-    let publishing = {
-        let http = relay.http.clone();
-        let ingest = relay.ingest_url.clone();
-        tokio::spawn(async move {
-            let relay_like = (http, ingest);
-            let mut accepted = Vec::with_capacity(n);
-            for chunk_start in (0..n).step_by(100) {
-                let events: Vec<Value> = (chunk_start..chunk_start + 100)
-                    .map(|i| json!({"type": "bulk.event", "data": {"i": i}}))
-                    .collect();
-                let response = relay_like
-                    .0
-                    .post(format!("{}/v1/events/batch", relay_like.1))
-                    .bearer_auth(PUBLISHER_KEY)
-                    .json(&events)
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(response.status(), 202);
-                let body: Value = response.json().await.unwrap();
-                accepted.extend(
-                    body["ids"]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .map(|id| id.as_str().unwrap().to_owned()),
-                );
-            }
-            accepted
-        })
-    };
+    let publishing = tokio::spawn(publish_batches_to(
+        relay.http.clone(),
+        relay.ingest_url.clone(),
+        n,
+        "bulk.event".to_owned(),
+    ));
     // Kill one dispatcher once deliveries are well under way.
     while hook.count() < 2_000 {
         tokio::time::sleep(Duration::from_millis(20)).await;
