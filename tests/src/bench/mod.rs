@@ -664,9 +664,9 @@ impl Bench {
             let md_path = root.join("docs").join("BENCHMARKS.md");
             let mut md = std::fs::read_to_string(&md_path).unwrap_or_else(|_| {
                 String::from(
-                    "# Benchmarks\n\nProduced by `relay-bench` (see the README). Each section is \
-                     one invocation; compare ratios within a section, not absolute figures \
-                     across machines or runs.\n",
+                    "# Benchmarks\n\nProduced by `cargo run --release -p tests --bin relay-bench` \
+                     (after `cargo build --release --bins`). Each section is one invocation; \
+                     compare ratios within a section, not absolute figures across runs.\n",
                 )
             });
             let _ = write!(
