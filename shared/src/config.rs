@@ -110,6 +110,8 @@ pub struct IngestSettings {
     pub max_event_bytes: usize,
     /// Most events in one `POST /v1/events/batch`.
     pub max_batch: usize,
+    /// Requests handled at once; more are answered 503 with `Retry-After` (bounds memory).
+    pub max_inflight: usize,
     /// How long to wait for the broker's publisher confirm before answering 503.
     #[serde(with = "humantime_serde")]
     pub publish_timeout: Duration,
@@ -141,9 +143,14 @@ pub struct DispatchSettings {
     /// Longest `Retry-After` honoured on 429/502/503/504 (the largest tier not above it is used).
     #[serde(with = "humantime_serde")]
     pub max_retry_after: Duration,
-    /// Webhook requests one subscription may have in flight on one dispatcher; further
-    /// deliveries are deferred to the first retry tier without counting as an attempt.
+    /// Webhook requests one subscription may have in flight on one dispatcher; a delivery that
+    /// finds no free slot within `inflight_wait` is deferred to the first retry tier without
+    /// counting as an attempt.
     pub max_inflight_per_subscription: usize,
+    /// How long a delivery waits for a subscription's free slot before it is deferred (a fast
+    /// endpoint frees one within milliseconds; a slow one does not).
+    #[serde(with = "humantime_serde")]
+    pub inflight_wait: Duration,
     /// Webhook requests one dispatcher may have in flight in total (backpressure through prefetch).
     pub max_inflight: usize,
     /// Consecutive failures that open a subscription's circuit.
@@ -293,6 +300,9 @@ impl Settings {
                 }
                 if self.ingest.max_event_bytes < 64 {
                     return invalid("ingest.max_event_bytes", "must be at least 64");
+                }
+                if self.ingest.max_inflight == 0 {
+                    return invalid("ingest.max_inflight", "must be at least 1");
                 }
                 if self.ingest.max_batch == 0 {
                     return invalid("ingest.max_batch", "must be at least 1");

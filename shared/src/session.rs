@@ -95,7 +95,10 @@ async fn lost(connection: &Connection) -> String {
     loop {
         tokio::select! {
             event = events.next() => match event {
-                Some(Event::Error(e)) => return e.to_string(),
+                // A channel-level error (one channel closed by the broker, e.g. a passive
+                // declare of a missing queue) also arrives here; only a dead connection counts.
+                Some(Event::Error(e)) if !connection.status().connected() => return e.to_string(),
+                Some(Event::Error(e)) => tracing::debug!(error = %e, "channel error; connection still up"),
                 Some(_) => {}
                 None => return String::from("connection closed"),
             },

@@ -1,6 +1,13 @@
 //! Keeping one bad endpoint from hurting the others: a per-subscription cap on requests in
-//! flight and a per-subscription circuit breaker. When either says no, the delivery is handed
-//! to the first retry tier without an HTTP attempt, and the event's ack does not wait for it.
+//! flight and a per-subscription circuit breaker. When the cap stays full for longer than a
+//! short wait, or the circuit is open, the delivery is handed to the first retry tier without
+//! an HTTP attempt, and the event's ack does not wait for it.
+//!
+//! The short wait matters for healthy endpoints: a fast endpoint at its cap frees a slot within
+//! milliseconds, and deferring it for a whole retry tier would add seconds of latency (and
+//! broker work) for nothing. It is only taken when the endpoint's recent requests (a moving
+//! average of their durations) were shorter than the wait: the ack of an event must not wait
+//! on a slow endpoint, so a slow or not yet measured one is deferred at once.
 //!
 //! State is per dispatcher: with N dispatchers a subscription sees at most N × the cap, and
 //! each dispatcher's breaker learns on its own, which needs no coordination.
@@ -12,24 +19,27 @@ use std::{
 };
 
 use prometheus::IntGauge;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Admission decision for one delivery.
 #[derive(Debug)]
 pub enum Admission {
     /// Go ahead; the permit frees the in-flight slot when dropped.
-    Go(Permit),
-    /// The subscription's cap is full.
+    Go(OwnedSemaphorePermit),
+    /// The subscription's cap stayed full for the whole wait.
     CapFull,
     /// The subscription's circuit is open.
     CircuitOpen,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Entry {
-    inflight: usize,
+    slots: Arc<Semaphore>,
     consecutive_failures: u32,
     open_until: Option<Instant>,
     probing: bool,
+    /// Moving average of request durations; `None` until one completed.
+    average: Option<Duration>,
 }
 
 /// Per-subscription caps and breakers.
@@ -37,34 +47,26 @@ struct Entry {
 pub struct Isolation {
     entries: Mutex<HashMap<String, Entry>>,
     cap: usize,
+    wait: Duration,
     threshold: u32,
     cooldown: Duration,
     open_gauge: IntGauge,
 }
 
-/// Holds one in-flight slot of a subscription.
-#[derive(Debug)]
-pub struct Permit {
-    isolation: Arc<Isolation>,
-    subscription_id: String,
-}
-
-impl Drop for Permit {
-    fn drop(&mut self) {
-        let mut entries = self.isolation.lock();
-        if let Some(entry) = entries.get_mut(&self.subscription_id) {
-            entry.inflight = entry.inflight.saturating_sub(1);
-        }
-    }
-}
-
 impl Isolation {
-    /// Caps of `cap` requests per subscription; `threshold` consecutive failures open a
-    /// circuit for `cooldown`.
-    pub fn new(cap: usize, threshold: u32, cooldown: Duration, open_gauge: IntGauge) -> Arc<Self> {
+    /// Caps of `cap` requests per subscription, waited for at most `wait`; `threshold`
+    /// consecutive failures open a circuit for `cooldown`.
+    pub fn new(
+        cap: usize,
+        wait: Duration,
+        threshold: u32,
+        cooldown: Duration,
+        open_gauge: IntGauge,
+    ) -> Arc<Self> {
         Arc::new(Self {
             entries: Mutex::new(HashMap::new()),
             cap,
+            wait,
             threshold,
             cooldown,
             open_gauge,
@@ -77,35 +79,71 @@ impl Isolation {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// May a request go to `subscription_id` now?
-    pub fn admit(self: &Arc<Self>, subscription_id: &str) -> Admission {
-        let mut entries = self.lock();
-        let entry = entries.entry(subscription_id.to_owned()).or_default();
-        if let Some(until) = entry.open_until {
-            // Half-open after the cooldown: exactly one probe at a time.
-            if Instant::now() < until || entry.probing {
-                return Admission::CircuitOpen;
-            }
-            entry.probing = true;
-        }
-        if entry.inflight >= self.cap {
-            if entry.probing {
-                entry.probing = false;
-            }
-            return Admission::CapFull;
-        }
-        entry.inflight += 1;
-        Admission::Go(Permit {
-            isolation: self.clone(),
-            subscription_id: subscription_id.to_owned(),
-        })
+    fn entry<'a>(
+        &self,
+        entries: &'a mut HashMap<String, Entry>,
+        subscription_id: &str,
+    ) -> &'a mut Entry {
+        entries
+            .entry(subscription_id.to_owned())
+            .or_insert_with(|| Entry {
+                slots: Arc::new(Semaphore::new(self.cap)),
+                consecutive_failures: 0,
+                open_until: None,
+                probing: false,
+                average: None,
+            })
     }
 
-    /// Records an attempt's result: a success closes the circuit, failures past the
-    /// threshold open it (again, after a failed probe).
-    pub fn record(&self, subscription_id: &str, success: bool) {
+    /// May a request go to `subscription_id` now (or within the wait)?
+    pub async fn admit(&self, subscription_id: &str) -> Admission {
+        let (slots, probe, fast) = {
+            let mut entries = self.lock();
+            let entry = self.entry(&mut entries, subscription_id);
+            let probe = match entry.open_until {
+                // Half-open after the cooldown: exactly one probe at a time.
+                Some(until) if Instant::now() < until || entry.probing => {
+                    return Admission::CircuitOpen;
+                }
+                Some(_) => {
+                    entry.probing = true;
+                    true
+                }
+                None => false,
+            };
+            let fast = entry.average.is_some_and(|average| average < self.wait);
+            (entry.slots.clone(), probe, fast)
+        };
+        let permit = match slots.clone().try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) if fast => tokio::time::timeout(self.wait, slots.acquire_owned())
+                .await
+                .ok()
+                .and_then(Result::ok),
+            Err(_) => None,
+        };
+        match permit {
+            Some(permit) => Admission::Go(permit),
+            None => {
+                if probe {
+                    self.entry(&mut self.lock(), subscription_id).probing = false;
+                }
+                Admission::CapFull
+            }
+        }
+    }
+
+    /// Records an attempt's result and duration: a success closes the circuit, failures past
+    /// the threshold open it (again, after a failed probe).
+    pub fn record(&self, subscription_id: &str, success: bool, took: Duration) {
         let mut entries = self.lock();
-        let entry = entries.entry(subscription_id.to_owned()).or_default();
+        let entry = self.entry(&mut entries, subscription_id);
+        // Weight 1/8 for the newest request: smooth, yet a slow spell shows within a few.
+        entry.average = Some(
+            entry
+                .average
+                .map_or(took, |average| (average * 7 + took) / 8),
+        );
         let was_open = entry.open_until.is_some();
         if success {
             entry.consecutive_failures = 0;
@@ -138,48 +176,79 @@ mod tests {
     use super::*;
 
     fn isolation(cap: usize, threshold: u32, cooldown: Duration) -> Arc<Isolation> {
-        Isolation::new(cap, threshold, cooldown, IntGauge::new("g", "g").unwrap())
+        let gauge = IntGauge::new("g", "g").unwrap();
+        Isolation::new(cap, Duration::from_millis(50), threshold, cooldown, gauge)
     }
 
-    #[test]
-    fn the_cap_bounds_requests_in_flight_and_frees_on_drop() {
+    const MS: Duration = Duration::from_millis(1);
+
+    #[tokio::test]
+    async fn the_cap_bounds_requests_in_flight_and_frees_on_drop() {
         let iso = isolation(2, 10, Duration::from_secs(1));
-        let a = iso.admit("s");
-        let b = iso.admit("s");
+        iso.record("s", true, MS);
+        let a = iso.admit("s").await;
+        let b = iso.admit("s").await;
         assert!(matches!((&a, &b), (Admission::Go(_), Admission::Go(_))));
-        assert!(matches!(iso.admit("s"), Admission::CapFull));
-        assert!(matches!(iso.admit("other"), Admission::Go(_)));
+        let waited = Instant::now();
+        assert!(matches!(iso.admit("s").await, Admission::CapFull));
+        assert!(
+            waited.elapsed() >= Duration::from_millis(50),
+            "deferred without waiting"
+        );
+        assert!(matches!(iso.admit("other").await, Admission::Go(_)));
         drop(a);
-        assert!(matches!(iso.admit("s"), Admission::Go(_)));
+        assert!(matches!(iso.admit("s").await, Admission::Go(_)));
+    }
+
+    #[tokio::test]
+    async fn a_fast_endpoint_waits_for_a_freed_slot_and_a_slow_one_is_deferred_at_once() {
+        let iso = isolation(1, 10, Duration::from_secs(1));
+        iso.record("s", true, MS);
+        let held = iso.admit("s").await;
+        let release = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            drop(held);
+        });
+        assert!(matches!(iso.admit("s").await, Admission::Go(_)));
+        release.await.unwrap();
+
+        iso.record("slow", false, Duration::from_secs(2));
+        let _held = iso.admit("slow").await;
+        let asked = Instant::now();
+        assert!(matches!(iso.admit("slow").await, Admission::CapFull));
+        assert!(
+            asked.elapsed() < Duration::from_millis(20),
+            "waited on a slow endpoint"
+        );
     }
 
     #[tokio::test]
     async fn failures_open_the_circuit_and_a_successful_probe_closes_it() {
         let iso = isolation(10, 3, Duration::from_millis(30));
         for _ in 0..3 {
-            iso.record("s", false);
+            iso.record("s", false, MS);
         }
         assert_eq!(iso.open_gauge.get(), 1);
-        assert!(matches!(iso.admit("s"), Admission::CircuitOpen));
+        assert!(matches!(iso.admit("s").await, Admission::CircuitOpen));
         tokio::time::sleep(Duration::from_millis(40)).await;
         // One probe only.
-        let probe = iso.admit("s");
+        let probe = iso.admit("s").await;
         assert!(matches!(probe, Admission::Go(_)));
-        assert!(matches!(iso.admit("s"), Admission::CircuitOpen));
-        iso.record("s", true);
+        assert!(matches!(iso.admit("s").await, Admission::CircuitOpen));
+        iso.record("s", true, MS);
         drop(probe);
         assert_eq!(iso.open_gauge.get(), 0);
-        assert!(matches!(iso.admit("s"), Admission::Go(_)));
+        assert!(matches!(iso.admit("s").await, Admission::Go(_)));
     }
 
     #[tokio::test]
     async fn a_failed_probe_reopens_the_circuit() {
         let iso = isolation(10, 1, Duration::from_millis(20));
-        iso.record("s", false);
+        iso.record("s", false, MS);
         tokio::time::sleep(Duration::from_millis(30)).await;
-        let _probe = iso.admit("s");
-        iso.record("s", false);
-        assert!(matches!(iso.admit("s"), Admission::CircuitOpen));
+        let _probe = iso.admit("s").await;
+        iso.record("s", false, MS);
+        assert!(matches!(iso.admit("s").await, Admission::CircuitOpen));
         assert_eq!(iso.open_gauge.get(), 1);
     }
 }

@@ -116,6 +116,7 @@ pub async fn run(
         client: WebhookClient::new(dispatch, policy).context("building the webhook client")?,
         isolation: isolation::Isolation::new(
             dispatch.max_inflight_per_subscription,
+            dispatch.inflight_wait,
             dispatch.breaker_failures,
             dispatch.breaker_cooldown,
             metrics.circuit_open.clone(),

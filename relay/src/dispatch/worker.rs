@@ -326,7 +326,10 @@ impl Worker {
         parking: &Parking,
     ) -> Result<(), AmqpError> {
         let started = Instant::now();
-        let permit = match (self.isolation.admit(&route.id), self.retry.defer_tier()) {
+        let permit = match (
+            self.isolation.admit(&route.id).await,
+            self.retry.defer_tier(),
+        ) {
             (Admission::Go(permit), _) => Some(permit),
             // With no retry tier configured there is nowhere to defer to: attempt regardless.
             (_, None) => None,
@@ -351,7 +354,8 @@ impl Worker {
         };
         let result = self.attempt(route, event, attempt).await;
         drop(permit);
-        self.isolation.record(&route.id, result.is_ok());
+        self.isolation
+            .record(&route.id, result.is_ok(), started.elapsed());
         match result {
             Ok(status) => {
                 self.metrics

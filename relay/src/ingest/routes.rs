@@ -20,6 +20,7 @@ use relay_shared::{
 };
 use serde_json::value::RawValue;
 use time::OffsetDateTime;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument as _;
 
 use super::{IngestMetrics, PublishError, Publisher};
@@ -31,6 +32,8 @@ struct Ingest {
     max_batch: usize,
     publisher: Publisher,
     metrics: IngestMetrics,
+    /// Requests being handled; bounds memory under overload (a full house answers 503).
+    slots: Arc<Semaphore>,
 }
 
 type Shared = State<Arc<Ingest>>;
@@ -43,6 +46,7 @@ pub fn router(settings: &IngestSettings, publisher: Publisher, metrics: IngestMe
         max_batch: settings.max_batch,
         publisher,
         metrics,
+        slots: Arc::new(Semaphore::new(settings.max_inflight)),
     });
     Router::new()
         .route("/v1/events", post(publish_one))
@@ -66,22 +70,34 @@ impl Ingest {
         headers: &HeaderMap,
         body: Body,
         limit: usize,
-    ) -> Result<bytes::Bytes, Problem> {
+    ) -> Result<(OwnedSemaphorePermit, bytes::Bytes), Problem> {
         if !bearer_matches(headers, self.keys.iter().map(String::as_str)) {
             self.metrics.reject("auth");
             return Err(Problem::unauthorized());
         }
+        // Taken before the body is read, so overload cannot pile up request bodies in memory.
+        let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+            self.metrics.reject("overloaded");
+            return Err(Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "Too many requests in progress",
+                "ingest is handling as many requests as it is configured for (ingest.max_inflight); retry shortly",
+            )
+            .with_retry_after(1));
+        };
         if !is_json(headers) {
             self.metrics.reject("media_type");
             return Err(Problem::unsupported_media_type());
         }
-        read_body(body, limit).await.inspect_err(|p| {
+        let bytes = read_body(body, limit).await.inspect_err(|p| {
             self.metrics.reject(if p.status == 413 {
                 "too_large"
             } else {
                 "invalid"
             });
-        })
+        })?;
+        Ok((slot, bytes))
     }
 
     fn invalid(&self, problem: Problem) -> Problem {
@@ -120,8 +136,8 @@ fn normalise(
 }
 
 async fn publish_one(State(ingest): Shared, headers: HeaderMap, body: Body) -> Response {
-    let bytes = match ingest.admit(&headers, body, ingest.max_event_bytes).await {
-        Ok(bytes) => bytes,
+    let (_slot, bytes) = match ingest.admit(&headers, body, ingest.max_event_bytes).await {
+        Ok(admitted) => admitted,
         Err(problem) => return problem.into_response(),
     };
     let envelope = match normalise(&bytes, OffsetDateTime::now_utc()) {
@@ -151,8 +167,8 @@ async fn publish_one(State(ingest): Shared, headers: HeaderMap, body: Body) -> R
 
 async fn publish_batch(State(ingest): Shared, headers: HeaderMap, body: Body) -> Response {
     let limit = ingest.max_event_bytes.saturating_mul(ingest.max_batch);
-    let bytes = match ingest.admit(&headers, body, limit).await {
-        Ok(bytes) => bytes,
+    let (_slot, bytes) = match ingest.admit(&headers, body, limit).await {
+        Ok(admitted) => admitted,
         Err(problem) => return problem.into_response(),
     };
     let raw_events: Vec<&RawValue> = match parse_json(&bytes) {

@@ -180,3 +180,49 @@ async fn a_binary_with_bad_configuration_exits_naming_the_key() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("ingest.publisher_keys"));
 }
+
+#[tokio::test]
+async fn past_its_in_flight_limit_ingest_answers_503_and_recovers() {
+    use tokio::io::AsyncWriteExt;
+
+    let relay = tests::system::System::start_with(
+        tests::system::Options::new(crate::shared_amqp_url())
+            .set("RELAY__INGEST__MAX_INFLIGHT", "1"),
+    )
+    .await;
+    // A producer that sends its headers and half its body, then stalls, holds the one slot.
+    let addr = relay.ingest_url.trim_start_matches("http://").to_owned();
+    let mut stalled = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /v1/events HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {PUBLISHER_KEY}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"type\":"
+    );
+    stalled.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+
+    let (status, p) = send(
+        &relay,
+        "/v1/events",
+        Some(PUBLISHER_KEY),
+        "application/json",
+        br#"{"type":"a.b"}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(
+        (status, p["type"].as_str()),
+        (503, Some("urn:relay:problem:overloaded"))
+    );
+
+    drop(stalled);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let (status, _) = send(
+        &relay,
+        "/v1/events",
+        Some(PUBLISHER_KEY),
+        "application/json",
+        br#"{"type":"a.b"}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(status, 202);
+    relay.stop().await;
+}
