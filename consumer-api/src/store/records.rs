@@ -191,20 +191,24 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
+        // Multi-row statements: one round trip per chunk instead of one per event.
         let mut inserted = 0;
-        for e in events {
-            let done = sqlx::query(
-                "INSERT INTO events (id, event_type, consumer, accepted_ms, body) \
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING",
-            )
-            .bind(&e.id)
-            .bind(&e.event_type)
-            .bind(&e.consumer)
-            .bind(e.accepted_ms)
-            .bind(&e.body)
-            .execute(&mut *tx)
-            .await?;
-            inserted += done.rows_affected();
+        for chunk in events.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "INSERT INTO events (id, event_type, consumer, accepted_ms, body) VALUES {} \
+                 ON CONFLICT (id) DO NOTHING",
+                placeholders(chunk.len(), 5)
+            );
+            let mut query = sqlx::query(&sql);
+            for e in chunk {
+                query = query
+                    .bind(&e.id)
+                    .bind(&e.event_type)
+                    .bind(&e.consumer)
+                    .bind(e.accepted_ms)
+                    .bind(&e.body);
+            }
+            inserted += query.execute(&mut *tx).await?.rows_affected();
         }
         tx.commit().await?;
         Ok(inserted)
@@ -217,47 +221,60 @@ impl Store {
     /// [`StoreError::Database`]; nothing of the batch is then recorded.
     pub async fn insert_attempts(&self, attempts: &[AttemptRecord]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        for a in attempts {
-            let at_ms = rfc3339_ms(&a.at).unwrap_or_else(super::now_ms);
-            sqlx::query(
+        let at_ms: Vec<i64> = attempts
+            .iter()
+            .map(|a| rfc3339_ms(&a.at).unwrap_or_else(super::now_ms))
+            .collect();
+        let rows: Vec<(&AttemptRecord, i64)> = attempts.iter().zip(at_ms).collect();
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
                 "INSERT INTO attempts (event_id, subscription_id, attempt, at, at_ms, outcome, \
-                    status, latency_ms, error, response_excerpt, next_attempt_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-            )
-            .bind(&a.event_id)
-            .bind(&a.subscription_id)
-            .bind(i64::from(a.attempt))
-            .bind(&a.at)
-            .bind(at_ms)
-            .bind(outcome_name(a.outcome))
-            .bind(a.status.map(i64::from))
-            .bind(i64::try_from(a.latency_ms).unwrap_or(i64::MAX))
-            .bind(&a.error)
-            .bind(&a.response_excerpt)
-            .bind(&a.next_attempt_at)
-            .execute(&mut *tx)
-            .await?;
-            let streak = match a.outcome {
-                AttemptOutcome::Success => Some(
+                    status, latency_ms, error, response_excerpt, next_attempt_at) VALUES {}",
+                placeholders(chunk.len(), 11)
+            );
+            let mut query = sqlx::query(&sql);
+            for (a, at_ms) in chunk {
+                query = query
+                    .bind(&a.event_id)
+                    .bind(&a.subscription_id)
+                    .bind(i64::from(a.attempt))
+                    .bind(&a.at)
+                    .bind(*at_ms)
+                    .bind(outcome_name(a.outcome))
+                    .bind(a.status.map(i64::from))
+                    .bind(i64::try_from(a.latency_ms).unwrap_or(i64::MAX))
+                    .bind(&a.error)
+                    .bind(&a.response_excerpt)
+                    .bind(&a.next_attempt_at);
+            }
+            query.execute(&mut *tx).await?;
+        }
+        // One streak update per subscription per batch, equal to applying the batch in order.
+        for (subscription_id, streak) in streaks(&rows) {
+            let query = match streak {
+                Streak::Ended => sqlx::query(
                     "INSERT INTO subscription_health (subscription_id, failing_since_ms) \
                      VALUES ($1, NULL) ON CONFLICT (subscription_id) \
                      DO UPDATE SET failing_since_ms = NULL",
-                ),
-                AttemptOutcome::RetryScheduled | AttemptOutcome::Dead => Some(
+                )
+                .bind(subscription_id),
+                Streak::Restarted(since) => sqlx::query(
+                    "INSERT INTO subscription_health (subscription_id, failing_since_ms) \
+                     VALUES ($1, $2) ON CONFLICT (subscription_id) \
+                     DO UPDATE SET failing_since_ms = excluded.failing_since_ms",
+                )
+                .bind(subscription_id)
+                .bind(since),
+                Streak::Continued(since) => sqlx::query(
                     "INSERT INTO subscription_health (subscription_id, failing_since_ms) \
                      VALUES ($1, $2) ON CONFLICT (subscription_id) DO UPDATE SET \
                      failing_since_ms = COALESCE(subscription_health.failing_since_ms, \
                                                  excluded.failing_since_ms)",
-                ),
-                _ => None,
+                )
+                .bind(subscription_id)
+                .bind(since),
             };
-            if let Some(sql) = streak {
-                let mut query = sqlx::query(sql).bind(&a.subscription_id);
-                if a.outcome != AttemptOutcome::Success {
-                    query = query.bind(at_ms);
-                }
-                query.execute(&mut *tx).await?;
-            }
+            query.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -572,6 +589,116 @@ impl Store {
                 .rows_affected();
         }
         Ok(pruned)
+    }
+}
+
+/// Rows per multi-row INSERT (11 columns × 100 rows stays far below every bind limit).
+const ROWS_PER_STATEMENT: usize = 100;
+
+/// `($1, $2), ($3, $4)` for `rows` rows of `columns` values.
+fn placeholders(rows: usize, columns: usize) -> String {
+    let mut sql = String::with_capacity(rows * columns * 5);
+    for row in 0..rows {
+        if row > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for column in 0..columns {
+            if column > 0 {
+                sql.push_str(", ");
+            }
+            sql.push('$');
+            sql.push_str(&(row * columns + column + 1).to_string());
+        }
+        sql.push(')');
+    }
+    sql
+}
+
+/// What a batch of attempts does to one subscription's failure streak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Streak {
+    /// Its last request succeeded: no streak.
+    Ended,
+    /// A success, then failures from this time: a new streak.
+    Restarted(i64),
+    /// Only failures: the streak runs on, or starts at this time if none was running.
+    Continued(i64),
+}
+
+/// The streak change per subscription, in first-seen order: a success ends a streak, a
+/// failed request starts one if none is running; deferrals and the like change nothing.
+fn streaks<'a>(rows: &[(&'a AttemptRecord, i64)]) -> Vec<(&'a str, Streak)> {
+    let mut changes: Vec<(&'a str, Streak)> = Vec::new();
+    for (a, at_ms) in rows {
+        let failed = matches!(
+            a.outcome,
+            AttemptOutcome::RetryScheduled | AttemptOutcome::Dead
+        );
+        if !failed && a.outcome != AttemptOutcome::Success {
+            continue;
+        }
+        let id = a.subscription_id.as_str();
+        let position = changes.iter().position(|(s, _)| *s == id);
+        let next = match (position.map(|i| changes[i].1), failed) {
+            (_, false) => Streak::Ended,
+            (None, true) => Streak::Continued(*at_ms),
+            (Some(Streak::Ended), true) => Streak::Restarted(*at_ms),
+            (Some(kept), true) => kept,
+        };
+        match position {
+            Some(i) => changes[i].1 = next,
+            None => changes.push((id, next)),
+        }
+    }
+    changes
+}
+
+#[cfg(test)]
+mod streak_tests {
+    use relay_shared::attempt::{AttemptOutcome, AttemptRecord};
+
+    use super::{Streak, placeholders, streaks};
+
+    fn attempt(subscription: &str, outcome: AttemptOutcome) -> AttemptRecord {
+        AttemptRecord {
+            event_id: "evt_1".into(),
+            subscription_id: subscription.into(),
+            attempt: 1,
+            at: "2026-01-01T00:00:00Z".into(),
+            outcome,
+            status: None,
+            latency_ms: 1,
+            error: None,
+            response_excerpt: None,
+            next_attempt_at: None,
+        }
+    }
+
+    #[test]
+    fn a_batch_collapses_to_what_applying_it_in_order_would_do() {
+        use AttemptOutcome::{CircuitOpen, Dead, RetryScheduled, Success};
+        let records = [
+            attempt("a", RetryScheduled),
+            attempt("a", Success),
+            attempt("a", RetryScheduled),
+            attempt("a", Dead),
+            attempt("b", Dead),
+            attempt("b", RetryScheduled),
+            attempt("c", RetryScheduled),
+            attempt("c", Success),
+            attempt("d", CircuitOpen),
+        ];
+        let rows: Vec<(&AttemptRecord, i64)> = records.iter().zip(1..).collect();
+        assert_eq!(
+            streaks(&rows),
+            [
+                ("a", Streak::Restarted(3)),
+                ("b", Streak::Continued(5)),
+                ("c", Streak::Ended)
+            ]
+        );
+        assert_eq!(placeholders(2, 3), "($1, $2, $3), ($4, $5, $6)");
     }
 }
 
