@@ -6,8 +6,9 @@
 //! The short wait matters for healthy endpoints: a fast endpoint at its cap frees a slot within
 //! milliseconds, and deferring it for a whole retry tier would add seconds of latency (and
 //! broker work) for nothing. It is only taken when the endpoint's recent requests (a moving
-//! average of their durations) were shorter than the wait: the ack of an event must not wait
-//! on a slow endpoint, so a slow or not yet measured one is deferred at once.
+//! average of their durations) were shorter than the wait, or, before any completed, while its
+//! first request is younger than the wait: the ack of an event must not wait on a slow
+//! endpoint, so a slow one, or one whose first requests hang, is deferred at once.
 //!
 //! State is per dispatcher: with N dispatchers a subscription sees at most N × the cap, and
 //! each dispatcher's breaker learns on its own, which needs no coordination.
@@ -40,6 +41,8 @@ struct Entry {
     probing: bool,
     /// Moving average of request durations; `None` until one completed.
     average: Option<Duration>,
+    /// When the first request went out, to judge an endpoint with no completed request yet.
+    first_request: Option<Instant>,
 }
 
 /// Per-subscription caps and breakers.
@@ -92,6 +95,7 @@ impl Isolation {
                 open_until: None,
                 probing: false,
                 average: None,
+                first_request: None,
             })
     }
 
@@ -111,7 +115,13 @@ impl Isolation {
                 }
                 None => false,
             };
-            let fast = entry.average.is_some_and(|average| average < self.wait);
+            // Fast: recent requests were shorter than the wait; or none has completed yet but
+            // the first went out less than the wait ago (a cold start, not a hanging endpoint).
+            let fast = match (entry.average, entry.first_request) {
+                (Some(average), _) => average < self.wait,
+                (None, Some(first)) => first.elapsed() < self.wait,
+                (None, None) => true,
+            };
             (entry.slots.clone(), probe, fast)
         };
         let permit = match slots.clone().try_acquire_owned() {
@@ -123,7 +133,12 @@ impl Isolation {
             Err(_) => None,
         };
         match permit {
-            Some(permit) => Admission::Go(permit),
+            Some(permit) => {
+                let mut entries = self.lock();
+                let entry = self.entry(&mut entries, subscription_id);
+                entry.first_request.get_or_insert_with(Instant::now);
+                Admission::Go(permit)
+            }
             None => {
                 if probe {
                     self.entry(&mut self.lock(), subscription_id).probing = false;
@@ -211,6 +226,29 @@ mod tests {
         });
         assert!(matches!(iso.admit("s").await, Admission::Go(_)));
         release.await.unwrap();
+
+        // Cold start: nothing completed yet, the first request is young: worth waiting.
+        let _first = iso.admit("cold").await;
+        let cold = tokio::spawn({
+            let iso = iso.clone();
+            async move { matches!(iso.admit("cold").await, Admission::Go(_)) }
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        drop(_first);
+        assert!(
+            cold.await.unwrap(),
+            "a cold endpoint's freed slot was not waited for"
+        );
+
+        // A first request that hangs past the wait: later deliveries are deferred at once.
+        let _hung = iso.admit("hung").await;
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let asked = Instant::now();
+        assert!(matches!(iso.admit("hung").await, Admission::CapFull));
+        assert!(
+            asked.elapsed() < Duration::from_millis(20),
+            "waited on a hanging endpoint"
+        );
 
         iso.record("slow", false, Duration::from_secs(2));
         let _held = iso.admit("slow").await;
