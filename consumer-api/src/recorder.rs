@@ -13,13 +13,13 @@ use futures_util::StreamExt;
 use lapin::{
     message::Delivery,
     options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions},
-    types::{AMQPValue, FieldTable},
+    types::FieldTable,
 };
 use prometheus::{Histogram, IntCounterVec};
 use relay_shared::{
-    amqp::Backoff,
+    amqp::{self, Backoff},
     attempt::AttemptRecord,
-    envelope::{IncomingEvent, content_id, parse_json},
+    envelope::{self, parse_json},
     ids::new_id,
     session::{Session, next_session},
     shutdown::Shutdown,
@@ -235,25 +235,17 @@ impl Recorder {
     fn parse(&self, delivery: &Delivery) -> Result<Parsed, String> {
         match self.feed {
             Feed::Archive => {
+                let headers = delivery.properties.headers().as_ref();
                 let message_id = delivery
                     .properties
                     .message_id()
                     .as_ref()
-                    .map(|s| s.as_str().to_owned());
-                let incoming =
-                    parse_json::<IncomingEvent>(&delivery.data).map_err(|e| e.to_string())?;
-                let envelope = incoming
-                    .normalise(OffsetDateTime::now_utc(), || {
-                        content_id(&delivery.data, message_id.as_deref())
-                    })
-                    .map_err(|e| e.to_string())?;
-                let accepted_ms = match header(delivery, HEADER_ACCEPTED_MS) {
-                    Some(AMQPValue::LongLongInt(ms)) => *ms,
-                    Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes())
-                        .parse()
-                        .unwrap_or_else(|_| now_ms()),
-                    _ => now_ms(),
-                };
+                    .map(|s| s.as_str());
+                let envelope =
+                    envelope::from_amqp(&delivery.data, message_id, OffsetDateTime::now_utc())
+                        .map_err(|e| e.to_string())?;
+                let accepted_ms =
+                    amqp::header_i64(headers, HEADER_ACCEPTED_MS).unwrap_or_else(now_ms);
                 Ok(Parsed::Event(NewEvent {
                     body: String::from_utf8_lossy(&envelope.to_json()).into_owned(),
                     id: envelope.id,
@@ -272,7 +264,7 @@ impl Recorder {
                 .map(|a| Parsed::Attempts(vec![a]))
                 .map_err(|e| e.to_string()),
             Feed::Dead => {
-                let text = |name| header_text(delivery, name);
+                let text = |name| amqp::header_text(delivery.properties.headers().as_ref(), name);
                 let event_id = text(HEADER_EVENT_ID).ok_or("no event id header")?;
                 let subscription_id = text(HEADER_SUBSCRIPTION).ok_or("no subscription header")?;
                 let body = String::from_utf8(delivery.data.clone())
@@ -293,19 +285,5 @@ impl Recorder {
                 }))
             }
         }
-    }
-}
-
-fn header<'a>(delivery: &'a Delivery, name: &str) -> Option<&'a AMQPValue> {
-    delivery.properties.headers().as_ref()?.inner().get(name)
-}
-
-fn header_text(delivery: &Delivery, name: &str) -> Option<String> {
-    match header(delivery, name)? {
-        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
-        AMQPValue::LongLongInt(n) => Some(n.to_string()),
-        AMQPValue::LongInt(n) => Some(n.to_string()),
-        _ => None,
     }
 }

@@ -67,6 +67,26 @@ pub fn header(headers: &mut FieldTable, key: &str, value: impl Into<String>) {
     );
 }
 
+/// A header's value as text: strings as they are, integers in decimal.
+pub fn header_text(headers: Option<&FieldTable>, name: &str) -> Option<String> {
+    match headers?.inner().get(name)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        AMQPValue::LongLongInt(n) => Some(n.to_string()),
+        AMQPValue::LongInt(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// A header's value as an integer (an integer field, or a string of one).
+pub fn header_i64(headers: Option<&FieldTable>, name: &str) -> Option<i64> {
+    match headers?.inner().get(name)? {
+        AMQPValue::LongLongInt(n) => Some(*n),
+        AMQPValue::LongInt(n) => Some(i64::from(*n)),
+        _ => header_text(headers, name)?.parse().ok(),
+    }
+}
+
 /// Publishes and waits for the broker's confirm, bounded by `timeout`.
 ///
 /// # Errors
@@ -135,6 +155,20 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn headers_read_as_text_or_integers() {
+        let mut headers = FieldTable::default();
+        header(&mut headers, "s", "42");
+        headers.insert(ShortString::from("n"), AMQPValue::LongLongInt(7));
+        let h = Some(&headers);
+        assert_eq!(header_text(h, "s").as_deref(), Some("42"));
+        assert_eq!(header_text(h, "n").as_deref(), Some("7"));
+        assert_eq!(header_i64(h, "s"), Some(42));
+        assert_eq!(header_i64(h, "n"), Some(7));
+        assert_eq!(header_text(h, "missing"), None);
+        assert_eq!(header_i64(None, "n"), None);
+    }
 
     #[test]
     fn backoff_doubles_to_its_cap_and_resets() {

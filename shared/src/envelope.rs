@@ -254,6 +254,21 @@ impl Envelope {
     }
 }
 
+/// The envelope of an AMQP message body: validated and normalised like an HTTP event, its id
+/// taken from the body, else the AMQP `message_id`, else derived from the content (see
+/// [`content_id`]). Dispatchers and the recorder both read messages this way, so they agree
+/// on every event's id.
+///
+/// # Errors
+/// An [`EnvelopeError`] naming the field at fault.
+pub fn from_amqp(
+    body: &[u8],
+    message_id: Option<&str>,
+    now: OffsetDateTime,
+) -> Result<Envelope, EnvelopeError> {
+    parse_json::<IncomingEvent>(body)?.normalise(now, || content_id(body, message_id))
+}
+
 /// A stable id for an event published over AMQP without one: derived from its content, so
 /// every redelivery of that message carries the same `webhook-id`.
 pub fn content_id(body: &[u8], message_id: Option<&str>) -> String {

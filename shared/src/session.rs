@@ -122,6 +122,23 @@ pub async fn next_session(
     }
 }
 
+/// After work on a session ended: waits for that session to be replaced (or half a second,
+/// if the session itself is still up and only the work's channel failed), so the work can be
+/// set up again. `false` once shutdown has started.
+pub async fn await_replacement(
+    sessions: &mut watch::Receiver<Option<Session>>,
+    shutdown: &mut Shutdown,
+) -> bool {
+    if shutdown.is_triggered() {
+        return false;
+    }
+    tokio::select! {
+        _ = sessions.changed() => true,
+        () = tokio::time::sleep(Duration::from_millis(500)) => true,
+        () = shutdown.wait() => false,
+    }
+}
+
 /// Keeps one confirm-mode channel open per session, published on the returned watch (`None`
 /// while there is none); a channel the broker closed on its own is replaced.
 pub fn confirm_channels(

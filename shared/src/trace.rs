@@ -116,11 +116,7 @@ pub fn child_traceparent(incoming: Option<&str>) -> TraceParent {
 
 /// The trace context stored in an AMQP message's headers, if there is a valid one.
 pub fn from_amqp_headers(headers: Option<&FieldTable>) -> Option<TraceParent> {
-    match headers?.inner().get(HEADER)? {
-        AMQPValue::LongString(s) => parse_traceparent(&String::from_utf8_lossy(s.as_bytes())),
-        AMQPValue::ShortString(s) => parse_traceparent(s.as_str()),
-        _ => None,
-    }
+    parse_traceparent(&crate::amqp::header_text(headers, HEADER)?)
 }
 
 /// Stores `trace` in AMQP message headers under [`HEADER`].

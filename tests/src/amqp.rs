@@ -5,7 +5,6 @@ use std::time::Duration;
 use lapin::{
     BasicProperties, Connection, ConnectionProperties,
     options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions},
-    types::AMQPValue,
 };
 
 /// A message read from a queue.
@@ -20,11 +19,9 @@ pub struct Message {
 impl Message {
     /// A header as text, if present.
     pub fn header(&self, name: &str) -> Option<String> {
-        match self.properties.headers().as_ref()?.inner().get(name)? {
-            AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-            AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
-            other => Some(format!("{other:?}")),
-        }
+        let headers = self.properties.headers().as_ref();
+        relay_shared::amqp::header_text(headers, name)
+            .or_else(|| headers?.inner().get(name).map(|other| format!("{other:?}")))
     }
 }
 

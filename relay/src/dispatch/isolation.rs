@@ -41,7 +41,7 @@ struct Entry {
     probing: bool,
     /// Moving average of request durations; `None` until one completed.
     average: Option<Duration>,
-    /// When the first request went out, to judge an endpoint with no completed request yet.
+    /// When the first delivery was admitted, to judge an endpoint with no completed request yet.
     first_request: Option<Instant>,
 }
 
@@ -82,21 +82,30 @@ impl Isolation {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// The entry of a subscription, created on first use (the key is only copied then: this
+    /// runs twice per delivery).
     fn entry<'a>(
         &self,
         entries: &'a mut HashMap<String, Entry>,
         subscription_id: &str,
     ) -> &'a mut Entry {
+        if !entries.contains_key(subscription_id) {
+            entries.insert(
+                subscription_id.to_owned(),
+                Entry {
+                    slots: Arc::new(Semaphore::new(self.cap)),
+                    consecutive_failures: 0,
+                    open_until: None,
+                    probing: false,
+                    average: None,
+                    first_request: None,
+                },
+            );
+        }
+        #[allow(clippy::expect_used)]
         entries
-            .entry(subscription_id.to_owned())
-            .or_insert_with(|| Entry {
-                slots: Arc::new(Semaphore::new(self.cap)),
-                consecutive_failures: 0,
-                open_until: None,
-                probing: false,
-                average: None,
-                first_request: None,
-            })
+            .get_mut(subscription_id)
+            .expect("inserted above when missing")
     }
 
     /// May a request go to `subscription_id` now (or within the wait)?
@@ -122,6 +131,7 @@ impl Isolation {
                 (None, Some(first)) => first.elapsed() < self.wait,
                 (None, None) => true,
             };
+            entry.first_request.get_or_insert_with(Instant::now);
             (entry.slots.clone(), probe, fast)
         };
         let permit = match slots.clone().try_acquire_owned() {
@@ -133,12 +143,7 @@ impl Isolation {
             Err(_) => None,
         };
         match permit {
-            Some(permit) => {
-                let mut entries = self.lock();
-                let entry = self.entry(&mut entries, subscription_id);
-                entry.first_request.get_or_insert_with(Instant::now);
-                Admission::Go(permit)
-            }
+            Some(permit) => Admission::Go(permit),
             None => {
                 if probe {
                     self.entry(&mut self.lock(), subscription_id).probing = false;

@@ -188,14 +188,8 @@ pub async fn control_loop(
         {
             tracing::warn!(error = %e, "control notifications interrupted");
         }
-        if shutdown.is_triggered() {
+        if !broker::await_replacement(&mut sessions, &mut shutdown).await {
             return;
-        }
-        // Wait for this session to be replaced before subscribing again.
-        tokio::select! {
-            _ = sessions.changed() => {}
-            () = tokio::time::sleep(Duration::from_millis(500)) => {}
-            () = shutdown.wait() => return,
         }
     }
 }

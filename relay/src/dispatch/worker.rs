@@ -18,12 +18,12 @@ use lapin::{
     options::{
         BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
     },
-    types::{AMQPValue, FieldTable},
+    types::FieldTable,
 };
 use relay_shared::{
     amqp::{self, AmqpError},
     attempt::{AttemptOutcome, AttemptRecord},
-    envelope::{Envelope, IncomingEvent, content_id, parse_json, rfc3339},
+    envelope::{self, Envelope, rfc3339},
     session::{self as broker, Session},
     shutdown::Shutdown,
     topology::{HEADER_ACCEPTED_MS, HEADER_ATTEMPTS, HEADER_SUBSCRIPTION, Topology},
@@ -107,13 +107,8 @@ impl Worker {
             if let Err(e) = self.clone().consume(&session, &mut shutdown).await {
                 tracing::warn!(error = %e, "consumers interrupted");
             }
-            if shutdown.is_triggered() {
+            if !broker::await_replacement(&mut sessions, &mut shutdown).await {
                 return;
-            }
-            tokio::select! {
-                _ = sessions.changed() => {}
-                () = tokio::time::sleep(Duration::from_millis(500)) => {}
-                () = shutdown.wait() => return,
             }
         }
     }
@@ -261,7 +256,9 @@ impl Worker {
             Ok(event) => event,
             Err(reason) => return self.park_invalid(delivery, parking, &reason).await,
         };
-        let Some(subscription_id) = text_header(delivery, HEADER_SUBSCRIPTION) else {
+        let Some(subscription_id) =
+            amqp::header_text(delivery.properties.headers().as_ref(), HEADER_SUBSCRIPTION)
+        else {
             return self
                 .park_invalid(
                     delivery,
@@ -270,7 +267,7 @@ impl Worker {
                 )
                 .await;
         };
-        let made: u32 = text_header(delivery, HEADER_ATTEMPTS)
+        let made: u32 = amqp::header_text(delivery.properties.headers().as_ref(), HEADER_ATTEMPTS)
             .and_then(|a| a.parse().ok())
             .unwrap_or(0);
         match self.directory.get(&subscription_id) {
@@ -561,22 +558,19 @@ enum Kind {
 
 /// The event of a delivery, or why it is not one.
 fn decode(delivery: &Delivery) -> Result<Event, String> {
-    let incoming: IncomingEvent = parse_json(&delivery.data).map_err(|e| e.to_string())?;
+    let headers = delivery.properties.headers().as_ref();
     let message_id = delivery
         .properties
         .message_id()
         .as_ref()
-        .map(|s| s.as_str().to_owned());
-    let envelope = incoming
-        .normalise(OffsetDateTime::now_utc(), || {
-            content_id(&delivery.data, message_id.as_deref())
-        })
+        .map(|s| s.as_str());
+    let envelope = envelope::from_amqp(&delivery.data, message_id, OffsetDateTime::now_utc())
         .map_err(|e| e.to_string())?;
     Ok(Event {
         body: Bytes::from(envelope.to_json()),
         envelope,
-        accepted_ms: accepted_ms(delivery),
-        trace: relay_shared::trace::from_amqp_headers(delivery.properties.headers().as_ref()),
+        accepted_ms: amqp::header_i64(headers, HEADER_ACCEPTED_MS),
+        trace: relay_shared::trace::from_amqp_headers(headers),
     })
 }
 
@@ -585,26 +579,4 @@ fn seconds_since(unix_ms: i64) -> f64 {
     #[allow(clippy::cast_precision_loss)]
     let seconds = (now_ms - i128::from(unix_ms)).max(0) as f64 / 1000.0;
     seconds
-}
-
-/// The acceptance time ingest stamped on the message, if it came through ingest.
-fn accepted_ms(delivery: &Delivery) -> Option<i64> {
-    match delivery
-        .properties
-        .headers()
-        .as_ref()?
-        .inner()
-        .get(HEADER_ACCEPTED_MS)?
-    {
-        AMQPValue::LongLongInt(ms) => Some(*ms),
-        _ => None,
-    }
-}
-
-fn text_header(delivery: &Delivery, name: &str) -> Option<String> {
-    match delivery.properties.headers().as_ref()?.inner().get(name)? {
-        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
-        _ => None,
-    }
 }
