@@ -63,14 +63,11 @@ impl ControlPublisher {
             .borrow()
             .clone()
             .ok_or(ControlError::NotConnected)?;
-        // A message of strings and integers always serialises.
-        let body = serde_json::to_vec(message).unwrap_or_default();
         amqp::publish_confirmed(
             &channel,
             &self.exchange,
             "",
-            &body,
-            amqp::persistent_json(),
+            message.encode(),
             PUBLISH_TIMEOUT,
         )
         .await?;

@@ -14,7 +14,6 @@ use axum::{
     routing::{delete, get, post},
 };
 use relay_shared::{
-    config::ApiSettings,
     envelope::parse_json,
     problem::{Problem, is_json, read_body},
     ssrf::NetworkPolicy,
@@ -22,7 +21,7 @@ use relay_shared::{
 use serde::de::DeserializeOwned;
 
 use crate::{
-    attempts, auth,
+    ApiSettings, attempts, auth,
     control::ControlPublisher,
     dead_letters, directory,
     error::{ApiError, FieldError},
@@ -53,6 +52,8 @@ pub struct AppState {
     pub rotation_grace: Duration,
     /// The admin bearer key.
     admin_key: Arc<str>,
+    /// The dispatchers' directory keys.
+    directory_keys: Arc<[String]>,
 }
 
 impl AppState {
@@ -71,12 +72,18 @@ impl AppState {
             policy: Arc::new(policy),
             rotation_grace: api.rotation_grace,
             admin_key: api.admin_key.as_str().into(),
+            directory_keys: api.directory_keys.clone().into(),
         }
     }
 
     /// The admin bearer key.
     pub fn admin_key(&self) -> &str {
         &self.admin_key
+    }
+
+    /// The dispatchers' directory keys.
+    pub fn directory_keys(&self) -> &[String] {
+        &self.directory_keys
     }
 }
 

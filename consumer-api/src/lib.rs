@@ -10,6 +10,7 @@
 
 pub mod attempts;
 pub mod auth;
+pub mod config;
 pub mod control;
 pub mod dead_letters;
 pub mod directory;
@@ -30,6 +31,7 @@ pub mod validation;
 use anyhow::Context as _;
 use relay_shared::{config::Settings, ops::Readiness, shutdown::Shutdown, topology::Topology};
 
+pub use crate::config::ApiSettings;
 use crate::{
     control::ControlPublisher, http::AppState, maintenance::Upkeep, metrics::ApiMetrics,
     publisher::Publisher, store::Store,
@@ -48,7 +50,7 @@ pub const READY_PUBLISHER: &str = "publisher";
 /// The metrics cannot be registered, the store cannot be opened or migrated, or the server
 /// fails. A broker that is down is not an error: the API works without it.
 pub async fn run(
-    settings: Settings,
+    settings: Settings<ApiSettings>,
     listener: tokio::net::TcpListener,
     registry: prometheus::Registry,
     shutdown: Shutdown,
@@ -61,9 +63,9 @@ pub async fn run(
         .map_err(|bad| anyhow::anyhow!("security.allowed_networks: {bad:?} is not a CIDR"))?;
     let readiness = Readiness::default();
     readiness.not_ready(READY_STORE, "opening");
-    let store = Store::open(&settings.api.database_url)
+    let store = Store::open(&settings.process.database_url)
         .await
-        .with_context(|| format!("cannot open the store at {}", settings.api.database_url))?;
+        .with_context(|| format!("cannot open the store at {}", settings.process.database_url))?;
     readiness.ready(READY_STORE);
 
     let sessions = relay_shared::session::keep_connected(
@@ -78,7 +80,7 @@ pub async fn run(
         store.clone(),
         sessions.clone(),
         &topology,
-        settings.api.recorder_prefetch,
+        settings.process.recorder_prefetch,
         metrics.recorded.clone(),
         metrics.recorder_batch_seconds.clone(),
         shutdown.clone(),
@@ -96,14 +98,14 @@ pub async fn run(
         control,
         Publisher::new(channel, topology),
         policy,
-        &settings.api,
+        &settings.process,
     );
     maintenance::spawn(
         state.clone(),
         Upkeep {
-            interval: settings.api.maintenance_interval,
-            retention: settings.api.retention,
-            disable_after: settings.api.disable_after_failing_for,
+            interval: settings.process.maintenance_interval,
+            retention: settings.process.retention,
+            disable_after: settings.process.disable_after_failing_for,
         },
         shutdown.clone(),
     );
@@ -219,14 +221,11 @@ mod tests {
                 format!("sqlite://{}", dir.join("api.db").display()),
             ),
         ];
-        let settings = Settings::load_with_env(
+        let settings = Settings::<ApiSettings>::load_with_env(
             None,
             Some(env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()),
         )
         .unwrap();
-        settings
-            .validate(relay_shared::config::Process::ConsumerApi)
-            .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (trigger, shutdown) = shutdown::channel();

@@ -5,7 +5,8 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::Parser;
-use relay_shared::config::{Process, Settings};
+use consumer_api::ApiSettings;
+use relay_shared::config::Settings;
 
 /// Relay's consumer API: subscriptions, their secrets and the dispatchers' directory.
 #[derive(Debug, Parser)]
@@ -19,9 +20,7 @@ struct Cli {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let settings = match Settings::load(cli.config.as_deref())
-        .and_then(|s| s.validate(Process::ConsumerApi).map(|()| s))
-    {
+    let settings = match Settings::<ApiSettings>::load(cli.config.as_deref()) {
         Ok(settings) => settings,
         Err(e) => {
             eprintln!("consumer-api: {e}");
@@ -29,7 +28,7 @@ async fn main() -> ExitCode {
         }
     };
     relay_shared::telemetry::init(&settings.log);
-    let addr = settings.api.listen;
+    let addr = settings.process.listen;
     let listener = match tokio::net::TcpListener::bind(addr).await {
         Ok(listener) => listener,
         Err(e) => {

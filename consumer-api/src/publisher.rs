@@ -5,17 +5,17 @@
 
 use std::{sync::Arc, time::Duration};
 
-use lapin::{Channel, types::FieldTable};
+use lapin::Channel;
 use relay_shared::{
     amqp,
-    envelope::Envelope,
-    topology::{
-        HEADER_ACCEPTED_MS, HEADER_ATTEMPTS, HEADER_EVENT_ID, HEADER_SUBSCRIPTION, Topology,
-    },
+    envelope::{self, Envelope},
+    topology::Topology,
+    wire::{Event, Handoff},
 };
+use time::OffsetDateTime;
 use tokio::sync::watch;
 
-use crate::{error::ApiError, store::now_ms};
+use crate::error::ApiError;
 
 /// Longest wait for the broker's confirm of one message.
 pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -43,10 +43,11 @@ impl Publisher {
             .ok_or_else(|| ApiError::Broker("not connected".into()))
     }
 
-    /// Asks the dispatchers to deliver `body` (an envelope) to `subscription_id` only, on a
-    /// fresh retry schedule.
+    /// Asks the dispatchers to deliver `body` (a stored envelope of event `event_id`) to
+    /// `subscription_id` only, on a fresh retry schedule.
     ///
     /// # Errors
+    /// [`ApiError::Body`] when `body` is not an envelope (a damaged store row),
     /// [`ApiError::Broker`] when the broker did not confirm it.
     pub async fn redeliver(
         &self,
@@ -54,50 +55,38 @@ impl Publisher {
         subscription_id: &str,
         event_id: &str,
     ) -> Result<(), ApiError> {
-        let channel = self.channel()?;
-        let mut headers = FieldTable::default();
-        amqp::header(&mut headers, HEADER_SUBSCRIPTION, subscription_id);
-        amqp::header(&mut headers, HEADER_EVENT_ID, event_id);
-        amqp::header(&mut headers, HEADER_ATTEMPTS, "0");
-        let properties = amqp::persistent_json()
-            .with_message_id(event_id.into())
-            .with_headers(headers);
-        amqp::publish_confirmed(
-            &channel,
-            &self.topology.retry_ready,
-            "",
-            body,
-            properties,
-            PUBLISH_TIMEOUT,
-        )
-        .await
-        .map_err(|e| ApiError::Broker(e.to_string()))
+        let envelope = envelope::from_amqp(body, Some(event_id), OffsetDateTime::now_utc())?;
+        let handoff = Handoff {
+            // Not stamped: a replay's latency is not the event's publish-to-delivery time.
+            event: Arc::new(Event {
+                body: envelope.to_json().into(),
+                envelope,
+                accepted_ms: None,
+                trace: None,
+            }),
+            subscription_id: subscription_id.to_owned(),
+            attempts: 0,
+            last_error: None,
+            last_status: None,
+        };
+        self.publish(&self.topology.retry_ready, handoff.encode(None))
+            .await
     }
 
-    /// Publishes an event through Relay, as ingest would (confirmed, persistent, stamped
-    /// with its acceptance time).
+    /// Publishes an event through Relay, as ingest does (confirmed, persistent, stamped with
+    /// its acceptance time).
     ///
     /// # Errors
     /// [`ApiError::Broker`] when the broker did not confirm it.
     pub async fn publish_event(&self, envelope: &Envelope) -> Result<(), ApiError> {
+        let event = Event::accepted(envelope.clone(), None);
+        self.publish(&self.topology.events, event.encode()).await
+    }
+
+    async fn publish(&self, exchange: &str, message: amqp::Outgoing) -> Result<(), ApiError> {
         let channel = self.channel()?;
-        let mut headers = FieldTable::default();
-        headers.insert(
-            HEADER_ACCEPTED_MS.into(),
-            lapin::types::AMQPValue::LongLongInt(now_ms()),
-        );
-        let properties = amqp::persistent_json()
-            .with_message_id(envelope.id.as_str().into())
-            .with_headers(headers);
-        amqp::publish_confirmed(
-            &channel,
-            &self.topology.events,
-            "",
-            &envelope.to_json(),
-            properties,
-            PUBLISH_TIMEOUT,
-        )
-        .await
-        .map_err(|e| ApiError::Broker(e.to_string()))
+        amqp::publish_confirmed(&channel, exchange, "", message, PUBLISH_TIMEOUT)
+            .await
+            .map_err(|e| ApiError::Broker(e.to_string()))
     }
 }

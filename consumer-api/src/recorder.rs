@@ -17,18 +17,14 @@ use lapin::{
 };
 use prometheus::{Histogram, IntCounterVec};
 use relay_shared::{
-    amqp::{self, Backoff},
+    amqp::Backoff,
     attempt::AttemptRecord,
-    envelope::{self, parse_json},
     ids::new_id,
     session::{Session, next_session},
     shutdown::Shutdown,
-    topology::{
-        HEADER_ACCEPTED_MS, HEADER_ATTEMPTS, HEADER_EVENT_ID, HEADER_LAST_ERROR,
-        HEADER_LAST_STATUS, HEADER_SUBSCRIPTION, Topology,
-    },
+    topology::Topology,
+    wire::{Event, Handoff, WireError},
 };
-use time::OffsetDateTime;
 use tokio::sync::watch;
 
 use crate::store::{
@@ -175,13 +171,13 @@ impl Recorder {
         for delivery in batch {
             match self.parse(delivery) {
                 Ok(p) => parsed.push(p),
-                Err(reason) => {
+                Err(e) => {
                     self.recorded
                         .with_label_values(&[self.feed.label(), "unreadable"])
                         .inc();
                     tracing::warn!(
                         feed = self.feed.label(),
-                        reason,
+                        reason = %e,
                         "message not recorded: unreadable"
                     );
                 }
@@ -232,58 +228,35 @@ impl Recorder {
         Ok(())
     }
 
-    fn parse(&self, delivery: &Delivery) -> Result<Parsed, String> {
-        match self.feed {
+    fn parse(&self, delivery: &Delivery) -> Result<Parsed, WireError> {
+        let (body, properties) = (&delivery.data, &delivery.properties);
+        Ok(match self.feed {
             Feed::Archive => {
-                let headers = delivery.properties.headers().as_ref();
-                let message_id = delivery
-                    .properties
-                    .message_id()
-                    .as_ref()
-                    .map(|s| s.as_str());
-                let envelope =
-                    envelope::from_amqp(&delivery.data, message_id, OffsetDateTime::now_utc())
-                        .map_err(|e| e.to_string())?;
-                let accepted_ms =
-                    amqp::header_i64(headers, HEADER_ACCEPTED_MS).unwrap_or_else(now_ms);
-                Ok(Parsed::Event(NewEvent {
-                    body: String::from_utf8_lossy(&envelope.to_json()).into_owned(),
-                    id: envelope.id,
-                    event_type: envelope.event_type,
-                    consumer: envelope.consumer,
-                    accepted_ms,
-                }))
+                let event = Event::decode(body, properties)?;
+                Parsed::Event(NewEvent {
+                    body: String::from_utf8_lossy(&event.body).into_owned(),
+                    accepted_ms: event.accepted_ms.unwrap_or_else(now_ms),
+                    id: event.envelope.id,
+                    event_type: event.envelope.event_type,
+                    consumer: event.envelope.consumer,
+                })
             }
-            // One record per message, or a JSON array of records (dispatchers batch them).
-            Feed::Attempts if delivery.data.trim_ascii_start().starts_with(b"[") => {
-                parse_json::<Vec<AttemptRecord>>(&delivery.data)
-                    .map(Parsed::Attempts)
-                    .map_err(|e| e.to_string())
-            }
-            Feed::Attempts => parse_json::<AttemptRecord>(&delivery.data)
-                .map(|a| Parsed::Attempts(vec![a]))
-                .map_err(|e| e.to_string()),
+            Feed::Attempts => Parsed::Attempts(AttemptRecord::decode_batch(body, properties)?),
             Feed::Dead => {
-                let text = |name| amqp::header_text(delivery.properties.headers().as_ref(), name);
-                let event_id = text(HEADER_EVENT_ID).ok_or("no event id header")?;
-                let subscription_id = text(HEADER_SUBSCRIPTION).ok_or("no subscription header")?;
-                let body = String::from_utf8(delivery.data.clone())
-                    .map_err(|_| "the body is not UTF-8".to_owned())?;
+                let handoff = Handoff::decode(body, properties)?;
                 let dead_ms = now_ms();
-                Ok(Parsed::Dead(NewDeadLetter {
+                Parsed::Dead(NewDeadLetter {
                     id: new_id("dl"),
-                    event_id,
-                    subscription_id,
-                    attempts: text(HEADER_ATTEMPTS)
-                        .and_then(|a| a.parse().ok())
-                        .unwrap_or(0),
-                    last_error: text(HEADER_LAST_ERROR),
-                    last_status: text(HEADER_LAST_STATUS).and_then(|s| s.parse().ok()),
-                    body,
+                    event_id: handoff.event.envelope.id.clone(),
+                    subscription_id: handoff.subscription_id,
+                    attempts: i64::from(handoff.attempts),
+                    last_error: handoff.last_error,
+                    last_status: handoff.last_status.map(i64::from),
+                    body: String::from_utf8_lossy(&handoff.event.body).into_owned(),
                     dead_ms,
                     dead_at: crate::subscriptions::ms_rfc3339(dead_ms),
-                }))
+                })
             }
-        }
+        })
     }
 }

@@ -70,9 +70,9 @@ for bin in relay consumer-api; do
   }
 done
 
+random_hex() { od -An -tx1 -N"$1" /dev/urandom | tr -d ' \n'; }
 if [[ ! -f $RELAY_HOME/keys.env ]]; then
   step "generating keys in $RELAY_HOME/keys.env"
-  random_hex() { od -An -tx1 -N"$1" /dev/urandom | tr -d ' \n'; }
   (
     umask 077
     cat >"$RELAY_HOME/keys.env" <<EOF
@@ -81,6 +81,13 @@ RELAY__INGEST__PUBLISHER_KEYS=pk_$(random_hex 16)
 RELAY__API__ADMIN_KEY=ak_$(random_hex 16)
 EOF
   )
+fi
+# Dispatchers read the directory with their own scoped key, never the admin key (older
+# keys.env files lack it: add one).
+if ! grep -q '^RELAY__DISPATCH__DIRECTORY_KEY=' "$RELAY_HOME/keys.env"; then
+  directory_key=dk_$(random_hex 16)
+  printf 'RELAY__DISPATCH__DIRECTORY_KEY=%s\nRELAY__API__DIRECTORY_KEYS=%s\n' \
+    "$directory_key" "$directory_key" >>"$RELAY_HOME/keys.env"
 fi
 set -a
 # shellcheck source=/dev/null
@@ -91,7 +98,8 @@ if [[ ! -f $config ]]; then
   step "writing $config"
   cat >"$config" <<EOF
 # Local configuration written by deploy/local/up.sh; edit freely, delete to regenerate.
-# Keys come from keys.env (RELAY__INGEST__PUBLISHER_KEYS, RELAY__API__ADMIN_KEY); every key
+# Keys come from keys.env (RELAY__INGEST__PUBLISHER_KEYS, RELAY__API__ADMIN_KEY, the directory
+# key pair RELAY__DISPATCH__DIRECTORY_KEY / RELAY__API__DIRECTORY_KEYS); every key
 # here can also be overridden with RELAY__SECTION__KEY environment variables.
 
 [amqp]

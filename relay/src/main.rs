@@ -1,10 +1,17 @@
 //! `relay ingest` and `relay dispatch`.
 #![forbid(unsafe_code)]
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
 
 use clap::{Parser, Subcommand};
-use relay_shared::config::{Process, Settings};
+use prometheus::Registry;
+use relay::{dispatch::DispatchSettings, ingest::IngestSettings};
+use relay_shared::config::{ConfigError, Section, Settings};
+use tokio::net::TcpListener;
 
 /// A webhook relay on RabbitMQ.
 #[derive(Debug, Parser)]
@@ -28,35 +35,21 @@ enum Command {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let process = match cli.command {
-        Command::Ingest => Process::Ingest,
-        Command::Dispatch => Process::Dispatch,
-    };
-    let settings =
-        match Settings::load(cli.config.as_deref()).and_then(|s| s.validate(process).map(|()| s)) {
-            Ok(settings) => settings,
-            Err(e) => {
-                eprintln!("relay: {e}");
-                return ExitCode::from(2);
-            }
-        };
-    relay_shared::telemetry::init(&settings.log);
-    let addr = match process {
-        Process::Dispatch => settings.dispatch.listen,
-        _ => settings.ingest.listen,
-    };
-    let listener = match tokio::net::TcpListener::bind(addr).await {
-        Ok(listener) => listener,
-        Err(e) => {
-            eprintln!("relay: cannot listen on {addr}: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    let registry = prometheus::Registry::new();
-    let shutdown = relay_shared::shutdown::on_os_signal();
+    let file = cli.config.as_deref();
+    let shutdown = relay_shared::shutdown::on_os_signal;
     let result = match cli.command {
-        Command::Ingest => relay::ingest::run(settings, listener, registry, shutdown).await,
-        Command::Dispatch => relay::dispatch::run(settings, listener, registry, shutdown).await,
+        Command::Ingest => match prepare::<IngestSettings>(file, |s| s.listen).await {
+            Ok((settings, listener)) => {
+                relay::ingest::run(settings, listener, Registry::new(), shutdown()).await
+            }
+            Err(code) => return code,
+        },
+        Command::Dispatch => match prepare::<DispatchSettings>(file, |s| s.listen).await {
+            Ok((settings, listener)) => {
+                relay::dispatch::run(settings, listener, Registry::new(), shutdown()).await
+            }
+            Err(code) => return code,
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -65,4 +58,23 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Loads and validates the process's settings, sets up logging and binds its listener; on
+/// failure prints why and gives the exit code (2: configuration, 1: the address).
+async fn prepare<S: Section>(
+    file: Option<&Path>,
+    listen: impl Fn(&S) -> SocketAddr,
+) -> Result<(Settings<S>, TcpListener), ExitCode> {
+    let settings = Settings::<S>::load(file).map_err(|e: ConfigError| {
+        eprintln!("relay: {e}");
+        ExitCode::from(2)
+    })?;
+    relay_shared::telemetry::init(&settings.log);
+    let addr = listen(&settings.process);
+    let listener = TcpListener::bind(addr).await.map_err(|e| {
+        eprintln!("relay: cannot listen on {addr}: {e}");
+        ExitCode::from(1)
+    })?;
+    Ok((settings, listener))
 }

@@ -52,6 +52,15 @@ pub async fn confirm_channel(connection: &Connection) -> Result<Channel, AmqpErr
     Ok(channel)
 }
 
+/// A message ready to publish: body and properties, as [`crate::wire`] encodes them.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// The body.
+    pub body: Vec<u8>,
+    /// Its properties (persistence, ids, headers, expiry).
+    pub properties: BasicProperties,
+}
+
 /// Properties of a persistent JSON message.
 pub fn persistent_json() -> BasicProperties {
     BasicProperties::default()
@@ -96,8 +105,7 @@ pub async fn publish_confirmed(
     channel: &Channel,
     exchange: &str,
     routing_key: &str,
-    body: &[u8],
-    properties: BasicProperties,
+    message: Outgoing,
     timeout: Duration,
 ) -> Result<(), AmqpError> {
     let confirm = async {
@@ -106,8 +114,8 @@ pub async fn publish_confirmed(
                 exchange.into(),
                 routing_key.into(),
                 BasicPublishOptions::default(),
-                body,
-                properties,
+                &message.body,
+                message.properties,
             )
             .await?;
         Ok::<_, AmqpError>(confirm.await?)

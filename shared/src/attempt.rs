@@ -1,8 +1,7 @@
 //! The record of one delivery attempt, published by dispatchers on the `attempts` queue and
 //! stored by the consumer-api recorder (the delivery log).
 //!
-//! Dispatchers send records in batches: one message holds a JSON array of records (a single
-//! JSON object is accepted too). Use [`decode_batch`] to read either.
+//! Dispatchers send records in batches; the message is encoded and decoded in [`crate::wire`].
 
 use serde::{Deserialize, Serialize};
 
@@ -53,47 +52,9 @@ pub struct AttemptRecord {
     pub next_attempt_at: Option<String>,
 }
 
-/// Reads an `attempts` message: a JSON array of records, or one record.
-///
-/// # Errors
-/// The body is neither.
-pub fn decode_batch(body: &[u8]) -> Result<Vec<AttemptRecord>, serde_json::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum OneOrMany {
-        Many(Vec<AttemptRecord>),
-        One(Box<AttemptRecord>),
-    }
-    Ok(match serde_json::from_slice(body)? {
-        OneOrMany::Many(records) => records,
-        OneOrMany::One(record) => vec![*record],
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn batches_and_single_records_both_decode() {
-        let record = AttemptRecord {
-            event_id: "evt_1".into(),
-            subscription_id: "sub_1".into(),
-            attempt: 1,
-            at: "2026-01-01T00:00:00Z".into(),
-            outcome: AttemptOutcome::Success,
-            status: Some(200),
-            latency_ms: 3,
-            error: None,
-            response_excerpt: None,
-            next_attempt_at: None,
-        };
-        let one = serde_json::to_vec(&record).unwrap();
-        let many = serde_json::to_vec(&vec![record.clone(), record.clone()]).unwrap();
-        assert_eq!(decode_batch(&one).unwrap(), vec![record.clone()]);
-        assert_eq!(decode_batch(&many).unwrap().len(), 2);
-        assert!(decode_batch(b"[1]").is_err());
-    }
 
     #[test]
     fn outcomes_serialise_in_snake_case() {

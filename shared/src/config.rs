@@ -1,22 +1,26 @@
 //! Layered configuration: compiled defaults, then an optional TOML file (`--config`), then
 //! environment variables `RELAY__SECTION__KEY` (for example `RELAY__INGEST__LISTEN`).
 //!
-//! One file configures every process; each process validates the sections it uses and exits
-//! naming the bad key. The defaults below are the reference for every key.
+//! This module owns only what every process reads: `[amqp]`, `[log]` and `[security]`. Each
+//! process owns its section (`[ingest]`, `[dispatch]`, `[api]`) as a [`Section`] type next to
+//! its code, with its own defaults and checks; [`Settings::load`] puts the two together and
+//! exits naming the bad key. One file may configure every process: a process skips the other
+//! processes' sections, and a section name nobody owns is refused (a misspelt `[dispach]` must
+//! not be silently ignored).
 
-use std::{net::SocketAddr, path::Path, time::Duration};
+use std::{path::Path, time::Duration};
 
-use serde::Deserialize;
+use serde::{Deserialize, de::DeserializeOwned};
 
-/// The compiled defaults, in the same TOML shape as a configuration file.
+/// The compiled defaults of the shared sections, in the same TOML shape as a configuration file.
 pub const DEFAULTS: &str = include_str!("defaults.toml");
 
-/// Keys whose environment value is a comma-separated list.
-const LIST_KEYS: &[&str] = &[
-    "ingest.publisher_keys",
-    "security.allowed_networks",
-    "dispatch.retry_schedule",
-];
+/// Every top-level section a Relay configuration file may have. Only the names live here, so
+/// a file shared by every process passes each one's check while a misspelt section is refused.
+pub const SECTIONS: &[&str] = &["amqp", "log", "security", "ingest", "dispatch", "api"];
+
+/// Shared keys whose environment value is a comma-separated list.
+const LIST_KEYS: &[&str] = &["security.allowed_networks"];
 
 /// A configuration that cannot be used; the message names the key.
 #[derive(Debug, thiserror::Error)]
@@ -32,24 +36,53 @@ pub enum ConfigError {
         /// Why it was refused.
         reason: String,
     },
+    /// A top-level section no process owns.
+    #[error(
+        "configuration: unknown section `{0}` (known: amqp, log, security, ingest, dispatch, api)"
+    )]
+    UnknownSection(String),
 }
 
-/// Every setting of every Relay process.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Settings {
+impl ConfigError {
+    /// [`ConfigError::Invalid`] as an `Err`, for validation code.
+    ///
+    /// # Errors
+    /// Always.
+    pub fn invalid<T>(key: &'static str, reason: &str) -> Result<T, Self> {
+        Err(Self::Invalid {
+            key,
+            reason: reason.to_owned(),
+        })
+    }
+}
+
+/// A process's own section of the configuration.
+pub trait Section: DeserializeOwned {
+    /// Its top-level name, e.g. `ingest`.
+    const NAME: &'static str;
+    /// Its compiled defaults: TOML with the `[NAME]` header, every key documented.
+    const DEFAULTS: &'static str;
+    /// Its keys whose environment value is a comma-separated list, without the section name.
+    const LIST_KEYS: &'static [&'static str] = &[];
+
+    /// Checks what the process relies on.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the first bad key.
+    fn validate(&self) -> Result<(), ConfigError>;
+}
+
+/// What one process reads: the shared sections and its own section `S`.
+#[derive(Debug, Clone)]
+pub struct Settings<S> {
     /// Broker connection and topology names.
     pub amqp: AmqpSettings,
-    /// `relay ingest`.
-    pub ingest: IngestSettings,
-    /// `relay dispatch`.
-    pub dispatch: DispatchSettings,
-    /// `consumer-api`.
-    pub api: ApiSettings,
     /// Logging.
     pub log: LogSettings,
     /// Which webhook destinations are allowed.
     pub security: SecuritySettings,
+    /// The process's own section.
+    pub process: S,
 }
 
 /// `[security]`
@@ -73,8 +106,11 @@ impl SecuritySettings {
     }
 }
 
-/// A list of humantime durations (`["5s", "5m"]`).
-fn durations<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+/// A list of humantime durations (`["5s", "5m"]`), for section types.
+///
+/// # Errors
+/// An entry is not a duration.
+pub fn durations<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
     let list: Vec<humantime_serde::Serde<Duration>> = Deserialize::deserialize(d)?;
     Ok(list
         .into_iter()
@@ -98,106 +134,6 @@ pub struct AmqpSettings {
     pub reconnect_max_backoff: Duration,
 }
 
-/// `[ingest]`
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct IngestSettings {
-    /// Address of the HTTP API (and its `/metrics`, `/healthz`, `/readyz`).
-    pub listen: SocketAddr,
-    /// Bearer keys producers present; at least one is required.
-    pub publisher_keys: Vec<String>,
-    /// Largest event body accepted, in bytes.
-    pub max_event_bytes: usize,
-    /// Most events in one `POST /v1/events/batch`.
-    pub max_batch: usize,
-    /// Requests handled at once; more are answered 503 with `Retry-After` (bounds memory).
-    pub max_inflight: usize,
-    /// How long to wait for the broker's publisher confirm before answering 503.
-    #[serde(with = "humantime_serde")]
-    pub publish_timeout: Duration,
-}
-
-/// `[dispatch]`
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DispatchSettings {
-    /// Address of `/metrics`, `/healthz` and `/readyz`.
-    pub listen: SocketAddr,
-    /// Unacknowledged events one dispatcher holds at once (AMQP prefetch).
-    pub prefetch: u16,
-    /// Timeout of one webhook request, connect to last body byte.
-    #[serde(with = "humantime_serde")]
-    pub request_timeout: Duration,
-    /// Bytes of a response body read (and kept as an excerpt); the rest is discarded.
-    pub response_body_limit: usize,
-    /// Base URL of consumer-api, where the subscription directory is loaded from.
-    pub directory_url: String,
-    /// Full reload interval of the directory, on top of live change notifications.
-    #[serde(with = "humantime_serde")]
-    pub directory_refresh: Duration,
-    /// Delays before each retry after the first try; after the last, a delivery is dead.
-    #[serde(deserialize_with = "durations")]
-    pub retry_schedule: Vec<Duration>,
-    /// Random extra delay, as a fraction of the tier's delay (0.1 = up to +10 %).
-    pub retry_jitter: f64,
-    /// Longest `Retry-After` honoured on 429/502/503/504 (the largest tier not above it is used).
-    #[serde(with = "humantime_serde")]
-    pub max_retry_after: Duration,
-    /// Webhook requests one subscription may have in flight on one dispatcher; a delivery that
-    /// finds no free slot within `inflight_wait` is deferred to the first retry tier without
-    /// counting as an attempt.
-    pub max_inflight_per_subscription: usize,
-    /// How long a delivery waits for a subscription's free slot before it is deferred (a fast
-    /// endpoint frees one within milliseconds; a slow one does not).
-    #[serde(with = "humantime_serde")]
-    pub inflight_wait: Duration,
-    /// Webhook requests one dispatcher may have in flight in total (backpressure through prefetch).
-    pub max_inflight: usize,
-    /// Consecutive failures that open a subscription's circuit.
-    pub breaker_failures: u32,
-    /// How long an open circuit waits before letting one probe through.
-    #[serde(with = "humantime_serde")]
-    pub breaker_cooldown: Duration,
-    /// On SIGTERM/SIGINT, how long in-flight deliveries may take to finish before their events
-    /// are handed back to the broker unacked.
-    #[serde(with = "humantime_serde")]
-    pub shutdown_grace: Duration,
-    /// How often each dispatcher samples queue depths and consumer counts (passive
-    /// declarations) into `relay_queue_messages` and `relay_queue_consumers`; `0s` turns it off.
-    #[serde(with = "humantime_serde")]
-    pub queue_sample_interval: Duration,
-}
-
-/// `[api]`
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ApiSettings {
-    /// Address of the consumer API.
-    pub listen: SocketAddr,
-    /// Admin bearer key for consumer-api; dispatchers use it to read the directory.
-    pub admin_key: String,
-    /// Store: `sqlite://path/to/file.db` (created if missing) or `postgres://user:pass@host/db`
-    /// (several consumer-api instances may share one PostgreSQL database).
-    pub database_url: String,
-    /// How long recorded events, attempts and dead letters are kept before being pruned.
-    #[serde(with = "humantime_serde")]
-    pub retention: Duration,
-    /// A subscription whose attempts have all failed for this long (no success in between)
-    /// is disabled.
-    #[serde(with = "humantime_serde")]
-    pub disable_after_failing_for: Duration,
-    /// Default grace period of a secret rotation, during which both secrets sign.
-    #[serde(with = "humantime_serde")]
-    pub rotation_grace: Duration,
-    /// Unacknowledged messages the recorder holds per queue (bounds its memory); also its
-    /// largest write batch.
-    pub recorder_prefetch: u16,
-    /// How often background upkeep runs: ending rotation grace periods, disabling failing
-    /// subscriptions, pruning past the retention.
-    #[serde(with = "humantime_serde")]
-    pub maintenance_interval: Duration,
-}
-
 /// `[log]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -218,22 +154,61 @@ pub enum LogFormat {
     Json,
 }
 
-/// Which process is validating, so each checks only what it uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Process {
-    /// `relay ingest`
-    Ingest,
-    /// `relay dispatch`
-    Dispatch,
-    /// `consumer-api`
-    ConsumerApi,
+/// Reads the top-level table by hand: the section's name is `S::NAME`, and other processes'
+/// sections are skipped. Values go through the `config` crate's deserializer, so an error
+/// still names its full key (`dispatch.prefetch`).
+impl<'de, S: Section> Deserialize<'de> for Settings<S> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Top<S>(std::marker::PhantomData<S>);
+
+        impl<'de, S: Section> serde::de::Visitor<'de> for Top<S> {
+            type Value = Settings<S>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("configuration sections")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                use serde::de::Error as _;
+                let (mut amqp, mut log, mut security, mut process) = (None, None, None, None);
+                while let Some(key) = map.next_key::<String>()? {
+                    match key.as_str() {
+                        "amqp" => amqp = Some(map.next_value()?),
+                        "log" => log = Some(map.next_value()?),
+                        "security" => security = Some(map.next_value()?),
+                        name if name == S::NAME => process = Some(map.next_value()?),
+                        name if SECTIONS.contains(&name) => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                        name => {
+                            return Err(A::Error::custom(format!(
+                                "unknown section `{name}` (known: {})",
+                                SECTIONS.join(", ")
+                            )));
+                        }
+                    }
+                }
+                Ok(Settings {
+                    amqp: amqp.ok_or_else(|| A::Error::missing_field("amqp"))?,
+                    log: log.ok_or_else(|| A::Error::missing_field("log"))?,
+                    security: security.ok_or_else(|| A::Error::missing_field("security"))?,
+                    process: process.ok_or_else(|| A::Error::missing_field(S::NAME))?,
+                })
+            }
+        }
+
+        deserializer.deserialize_map(Top(std::marker::PhantomData))
+    }
 }
 
-impl Settings {
-    /// Loads defaults, then `file` if given, then the process environment.
+impl<S: Section> Settings<S> {
+    /// Loads defaults, then `file` if given, then the process environment, and validates.
     ///
     /// # Errors
-    /// A [`ConfigError`] naming the key that is unreadable or of the wrong type.
+    /// A [`ConfigError`] naming the key that is unreadable, of the wrong type or refused.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
         Self::load_with_env(file, None)
     }
@@ -247,7 +222,11 @@ impl Settings {
         env: Option<config::Map<String, String>>,
     ) -> Result<Self, ConfigError> {
         let mut builder = config::Config::builder()
-            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
+            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml))
+            .add_source(config::File::from_str(
+                S::DEFAULTS,
+                config::FileFormat::Toml,
+            ));
         if let Some(path) = file {
             builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
         }
@@ -259,112 +238,47 @@ impl Settings {
         for key in LIST_KEYS {
             environment = environment.with_list_parse_key(key);
         }
-        builder = builder.add_source(environment.source(env));
-        Ok(builder.build()?.try_deserialize()?)
+        for key in S::LIST_KEYS {
+            environment = environment.with_list_parse_key(&format!("{}.{key}", S::NAME));
+        }
+        let config = builder.add_source(environment.source(env)).build()?;
+        let settings: Self = config.try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
     }
 
-    /// Checks what `process` relies on.
+    /// As [`Settings::load`] with no file and only `pairs` as the environment (tests).
     ///
     /// # Errors
-    /// [`ConfigError::Invalid`] naming the first bad key.
-    pub fn validate(&self, process: Process) -> Result<(), ConfigError> {
-        let invalid = |key, reason: &str| {
-            Err(ConfigError::Invalid {
-                key,
-                reason: reason.to_owned(),
-            })
-        };
+    /// As [`Settings::load`].
+    pub fn from_pairs(pairs: &[(&str, &str)]) -> Result<Self, ConfigError> {
+        let env = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Self::load_with_env(None, Some(env))
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
         if !self.amqp.url.starts_with("amqp://") && !self.amqp.url.starts_with("amqps://") {
-            return invalid("amqp.url", "must start with amqp:// or amqps://");
+            return ConfigError::invalid("amqp.url", "must start with amqp:// or amqps://");
         }
         if self.amqp.url.parse::<lapin::uri::AMQPUri>().is_err() {
-            return invalid("amqp.url", "is not a valid AMQP URI");
+            return ConfigError::invalid("amqp.url", "is not a valid AMQP URI");
         }
         if self.amqp.connect_timeout.is_zero() {
-            return invalid("amqp.connect_timeout", "must be more than zero");
+            return ConfigError::invalid("amqp.connect_timeout", "must be more than zero");
         }
         if let Err(bad) = self.security.policy() {
-            return invalid(
+            return ConfigError::invalid(
                 "security.allowed_networks",
                 &format!("{bad:?} is not a CIDR such as 127.0.0.0/8"),
             );
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
-            return invalid("log.level", "is not a valid tracing filter (try `info`)");
+            return ConfigError::invalid("log.level", "is not a valid tracing filter (try `info`)");
         }
-        match process {
-            Process::Ingest => {
-                let keys = &self.ingest.publisher_keys;
-                if keys.is_empty() || keys.iter().any(|k| k.trim().is_empty()) {
-                    return invalid("ingest.publisher_keys", "needs at least one non-empty key");
-                }
-                if self.ingest.max_event_bytes < 64 {
-                    return invalid("ingest.max_event_bytes", "must be at least 64");
-                }
-                if self.ingest.max_inflight == 0 {
-                    return invalid("ingest.max_inflight", "must be at least 1");
-                }
-                if self.ingest.max_batch == 0 {
-                    return invalid("ingest.max_batch", "must be at least 1");
-                }
-            }
-            Process::Dispatch => {
-                if self.dispatch.prefetch == 0 {
-                    return invalid("dispatch.prefetch", "must be at least 1");
-                }
-                if self.dispatch.request_timeout.is_zero() {
-                    return invalid("dispatch.request_timeout", "must be more than zero");
-                }
-                if !self.dispatch.directory_url.starts_with("http") {
-                    return invalid(
-                        "dispatch.directory_url",
-                        "must be an http(s) URL of consumer-api",
-                    );
-                }
-                if self.api.admin_key.trim().is_empty() {
-                    return invalid("api.admin_key", "dispatchers need it to read the directory");
-                }
-                if self.dispatch.retry_schedule.iter().any(Duration::is_zero) {
-                    return invalid("dispatch.retry_schedule", "delays must be more than zero");
-                }
-                if !(0.0..=1.0).contains(&self.dispatch.retry_jitter) {
-                    return invalid("dispatch.retry_jitter", "must be between 0 and 1");
-                }
-                if self.dispatch.max_inflight_per_subscription == 0
-                    || self.dispatch.max_inflight == 0
-                {
-                    return invalid(
-                        "dispatch.max_inflight_per_subscription",
-                        "in-flight caps must be at least 1",
-                    );
-                }
-                if self.dispatch.breaker_failures == 0 {
-                    return invalid("dispatch.breaker_failures", "must be at least 1");
-                }
-            }
-            Process::ConsumerApi => {
-                if self.api.admin_key.len() < 16 {
-                    return invalid("api.admin_key", "needs at least 16 characters");
-                }
-                let url = &self.api.database_url;
-                if !["sqlite:", "postgres://", "postgresql://"]
-                    .iter()
-                    .any(|scheme| url.starts_with(scheme))
-                {
-                    return invalid(
-                        "api.database_url",
-                        "must be a sqlite:, postgres:// or postgresql:// URL",
-                    );
-                }
-                if self.api.recorder_prefetch == 0 {
-                    return invalid("api.recorder_prefetch", "must be at least 1");
-                }
-                if self.api.maintenance_interval.is_zero() {
-                    return invalid("api.maintenance_interval", "must be more than zero");
-                }
-            }
-        }
-        Ok(())
+        self.process.validate()
     }
 }
 
@@ -372,38 +286,47 @@ impl Settings {
 mod tests {
     use super::*;
 
-    fn env(pairs: &[(&str, &str)]) -> Option<config::Map<String, String>> {
-        Some(
-            pairs
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
-        )
+    /// A section as a process would define one.
+    #[derive(Debug, Clone, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Demo {
+        size: u16,
+        names: Vec<String>,
+        #[serde(with = "humantime_serde")]
+        wait: Duration,
+    }
+
+    impl Section for Demo {
+        const NAME: &'static str = "ingest";
+        const DEFAULTS: &'static str = "[ingest]\nsize = 3\nnames = []\nwait = \"1s\"\n";
+        const LIST_KEYS: &'static [&'static str] = &["names"];
+
+        fn validate(&self) -> Result<(), ConfigError> {
+            if self.size == 0 {
+                return ConfigError::invalid("ingest.size", "must be at least 1");
+            }
+            Ok(())
+        }
+    }
+
+    fn load(pairs: &[(&str, &str)]) -> Result<Settings<Demo>, ConfigError> {
+        Settings::from_pairs(pairs)
     }
 
     #[test]
     fn defaults_load_and_environment_overrides_them() {
-        let s = Settings::load_with_env(
-            None,
-            env(&[
-                ("RELAY__INGEST__LISTEN", "127.0.0.1:9999"),
-                ("RELAY__INGEST__PUBLISHER_KEYS", "k1,k2"),
-                ("RELAY__DISPATCH__REQUEST_TIMEOUT", "3s"),
-                ("RELAY__DISPATCH__PREFETCH", "7"),
-                ("RELAY__DISPATCH__RETRY_SCHEDULE", "100ms,2s"),
-            ]),
-        )
+        let s = load(&[
+            ("RELAY__INGEST__SIZE", "7"),
+            ("RELAY__INGEST__NAMES", "k1,k2"),
+            ("RELAY__INGEST__WAIT", "3s"),
+            ("RELAY__SECURITY__ALLOWED_NETWORKS", "127.0.0.0/8,::1/128"),
+        ])
         .unwrap();
-        assert_eq!(s.ingest.listen.port(), 9999);
-        assert_eq!(s.ingest.publisher_keys, ["k1", "k2"]);
-        assert_eq!(s.dispatch.request_timeout, Duration::from_secs(3));
-        assert_eq!(s.dispatch.prefetch, 7);
-        assert_eq!(
-            s.dispatch.retry_schedule,
-            [Duration::from_millis(100), Duration::from_secs(2)]
-        );
+        assert_eq!(s.process.size, 7);
+        assert_eq!(s.process.names, ["k1", "k2"]);
+        assert_eq!(s.process.wait, Duration::from_secs(3));
+        assert_eq!(s.security.allowed_networks.len(), 2);
         assert_eq!(s.amqp.prefix, "relay.");
-        s.validate(Process::Ingest).unwrap();
     }
 
     #[test]
@@ -411,56 +334,32 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("relay-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("relay.toml");
-        std::fs::write(&path, "[amqp]\nprefix = \"other.\"\n").unwrap();
-        let s = Settings::load_with_env(Some(&path), env(&[])).unwrap();
+        std::fs::write(&path, "[amqp]\nprefix = \"other.\"\n[ingest]\nsize = 9\n").unwrap();
+        let s = Settings::<Demo>::load_with_env(Some(&path), Some(config::Map::new())).unwrap();
         assert_eq!(s.amqp.prefix, "other.");
+        assert_eq!(s.process.size, 9);
     }
 
     #[test]
     fn bad_values_name_their_key() {
-        let err = Settings::load_with_env(None, env(&[("RELAY__DISPATCH__PREFETCH", "lots")]))
-            .unwrap_err();
-        assert!(err.to_string().contains("dispatch.prefetch"), "{err}");
-
-        let err =
-            Settings::load_with_env(None, env(&[("RELAY__DISPATCH__REQUEST_TIMEOUT", "soon")]))
-                .unwrap_err();
-        assert!(
-            err.to_string().contains("dispatch.request_timeout"),
-            "{err}"
-        );
-
-        let s = Settings::load_with_env(None, env(&[])).unwrap();
-        let err = s.validate(Process::Ingest).unwrap_err();
-        assert!(err.to_string().contains("ingest.publisher_keys"), "{err}");
-
-        let s = Settings::load_with_env(None, env(&[("RELAY__AMQP__URL", "http://x")])).unwrap();
-        let err = s.validate(Process::Dispatch).unwrap_err();
+        let err = load(&[("RELAY__INGEST__SIZE", "lots")]).unwrap_err();
+        assert!(err.to_string().contains("ingest.size"), "{err}");
+        let err = load(&[("RELAY__INGEST__WAIT", "soon")]).unwrap_err();
+        assert!(err.to_string().contains("ingest.wait"), "{err}");
+        let err = load(&[("RELAY__INGEST__SIZE", "0")]).unwrap_err();
+        assert!(err.to_string().contains("ingest.size"), "{err}");
+        let err = load(&[("RELAY__AMQP__URL", "http://x")]).unwrap_err();
         assert!(err.to_string().contains("amqp.url"), "{err}");
+        let err = load(&[("RELAY__LOG__LEVEL", "[[")]).unwrap_err();
+        assert!(err.to_string().contains("log.level"), "{err}");
     }
 
     #[test]
-    fn the_store_url_may_be_sqlite_or_postgres() {
-        for (url, ok) in [
-            ("sqlite://relay.db", true),
-            ("postgres://relay:pw@db:5432/relay", true),
-            ("postgresql://relay@db/relay", true),
-            ("mysql://db/relay", false),
-        ] {
-            let s = Settings::load_with_env(
-                None,
-                env(&[
-                    ("RELAY__API__ADMIN_KEY", "0123456789abcdef"),
-                    ("RELAY__API__DATABASE_URL", url),
-                ]),
-            )
-            .unwrap();
-            let checked = s.validate(Process::ConsumerApi);
-            assert_eq!(checked.is_ok(), ok, "{url}: {checked:?}");
-            if let Err(e) = checked {
-                assert!(e.to_string().contains("api.database_url"), "{e}");
-            }
-        }
+    fn other_processes_sections_are_skipped_and_unknown_ones_refused() {
+        // One environment for every process: a dispatcher key does not trouble ingest.
+        load(&[("RELAY__DISPATCH__PREFETCH", "lots")]).unwrap();
+        let err = load(&[("RELAY__DISPACH__PREFETCH", "7")]).unwrap_err();
+        assert!(err.to_string().contains("dispach"), "{err}");
     }
 
     #[test]
@@ -468,8 +367,9 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("relay-cfg-unknown-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("relay.toml");
-        std::fs::write(&path, "[ingest]\nlisten_addr = \"127.0.0.1:1\"\n").unwrap();
-        let err = Settings::load_with_env(Some(&path), env(&[])).unwrap_err();
-        assert!(err.to_string().contains("listen_addr"), "{err}");
+        std::fs::write(&path, "[ingest]\nsizes = 1\n").unwrap();
+        let err =
+            Settings::<Demo>::load_with_env(Some(&path), Some(config::Map::new())).unwrap_err();
+        assert!(err.to_string().contains("sizes"), "{err}");
     }
 }

@@ -23,3 +23,4 @@ pub mod subscription;
 pub mod telemetry;
 pub mod topology;
 pub mod trace;
+pub mod wire;

@@ -24,21 +24,6 @@ use lapin::{
     types::{AMQPValue, FieldTable, ShortString},
 };
 
-/// Header ingest stamps with the acceptance time in Unix milliseconds; latency is measured from it.
-pub const HEADER_ACCEPTED_MS: &str = "x-relay-accepted-ms";
-/// Header carrying why a message was parked in `invalid`.
-pub const HEADER_INVALID_REASON: &str = "x-relay-invalid-reason";
-/// Header carrying the subscription a dead-lettered delivery was for.
-pub const HEADER_SUBSCRIPTION: &str = "x-relay-subscription-id";
-/// Header carrying how many attempts were made.
-pub const HEADER_ATTEMPTS: &str = "x-relay-attempts";
-/// Header carrying the last error of a dead-lettered delivery.
-pub const HEADER_LAST_ERROR: &str = "x-relay-last-error";
-/// Header carrying the last HTTP status of a dead-lettered delivery (absent if none).
-pub const HEADER_LAST_STATUS: &str = "x-relay-last-status";
-/// Header carrying the event id on retry, redeliver and dead messages.
-pub const HEADER_EVENT_ID: &str = "x-relay-event-id";
-
 /// Redeliveries past this count park a message from `ingress` or `redeliver` in `invalid` (poison messages:
 /// a message that crashes or keeps failing its handling, not its endpoint).
 pub const INGRESS_DELIVERY_LIMIT: i64 = 20;

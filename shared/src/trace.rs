@@ -16,8 +16,6 @@
 
 use std::fmt;
 
-use lapin::types::{AMQPValue, FieldTable};
-
 /// The HTTP header and the AMQP message header that carry the trace context.
 pub const HEADER: &str = "traceparent";
 
@@ -114,19 +112,6 @@ pub fn child_traceparent(incoming: Option<&str>) -> TraceParent {
         .map_or_else(TraceParent::new_root, |parent| parent.child())
 }
 
-/// The trace context stored in an AMQP message's headers, if there is a valid one.
-pub fn from_amqp_headers(headers: Option<&FieldTable>) -> Option<TraceParent> {
-    parse_traceparent(&crate::amqp::header_text(headers, HEADER)?)
-}
-
-/// Stores `trace` in AMQP message headers under [`HEADER`].
-pub fn to_amqp_headers(trace: &TraceParent, headers: &mut FieldTable) {
-    headers.insert(
-        HEADER.into(),
-        AMQPValue::LongString(trace.to_string().into()),
-    );
-}
-
 fn hex(bytes: &[u8]) -> String {
     use fmt::Write as _;
     bytes.iter().fold(String::new(), |mut s, b| {
@@ -218,15 +203,5 @@ mod tests {
         let root = child_traceparent(Some("garbage"));
         assert_ne!(root.trace_id, parent.trace_id);
         assert!(parse_traceparent(&root.to_string()).is_some());
-    }
-
-    #[test]
-    fn round_trips_through_amqp_headers() {
-        let t = parse_traceparent(EXAMPLE).unwrap();
-        let mut headers = FieldTable::default();
-        assert_eq!(from_amqp_headers(Some(&headers)), None);
-        to_amqp_headers(&t, &mut headers);
-        assert_eq!(from_amqp_headers(Some(&headers)), Some(t));
-        assert_eq!(from_amqp_headers(None), None);
     }
 }

@@ -8,8 +8,10 @@ use std::{
     time::Duration,
 };
 
+use consumer_api::ApiSettings;
+use relay::{dispatch::DispatchSettings, ingest::IngestSettings};
 use relay_shared::{
-    config::Settings,
+    config::{AmqpSettings, Settings},
     shutdown::{self, ShutdownTrigger},
 };
 use serde_json::{Value, json};
@@ -19,6 +21,39 @@ use tokio::{net::TcpListener, task::JoinHandle};
 pub const PUBLISHER_KEY: &str = "pk_test_publisher_key";
 /// Admin key of every test system.
 pub const ADMIN_KEY: &str = "ak_test_admin_key_0123456789";
+/// Directory key of every test system (what dispatchers present to consumer-api).
+pub const DIRECTORY_KEY: &str = "dk_test_directory_key_0123456789";
+
+/// Each process's settings, as loaded from one environment.
+#[derive(Debug, Clone)]
+pub struct AllSettings {
+    /// The broker, as every process has it.
+    pub amqp: AmqpSettings,
+    /// `relay ingest`.
+    pub ingest: Settings<IngestSettings>,
+    /// `relay dispatch`.
+    pub dispatch: Settings<DispatchSettings>,
+    /// `consumer-api`.
+    pub api: Settings<ApiSettings>,
+}
+
+impl AllSettings {
+    /// Loads every process's settings from `env`.
+    ///
+    /// # Panics
+    /// A process refuses its settings.
+    pub fn load(env: &[(String, String)]) -> Self {
+        let env = || Some(env.iter().cloned().collect());
+        let api: Settings<ApiSettings> =
+            Settings::load_with_env(None, env()).expect("consumer-api settings");
+        Self {
+            amqp: api.amqp.clone(),
+            ingest: Settings::load_with_env(None, env()).expect("ingest settings"),
+            dispatch: Settings::load_with_env(None, env()).expect("dispatch settings"),
+            api,
+        }
+    }
+}
 
 /// Options for [`System::start_with`].
 #[derive(Debug, Clone)]
@@ -53,7 +88,7 @@ impl Options {
 #[derive(Debug)]
 pub struct System {
     /// The settings every component was started with.
-    pub settings: Settings,
+    pub settings: AllSettings,
     /// The same settings as `RELAY__…` environment variables, to start processes with.
     pub env: Vec<(String, String)>,
     /// `http://127.0.0.1:PORT` of ingest.
@@ -106,6 +141,11 @@ impl System {
             ("RELAY__INGEST__PUBLISHER_KEYS".into(), PUBLISHER_KEY.into()),
             ("RELAY__INGEST__PUBLISH_TIMEOUT".into(), "3s".into()),
             ("RELAY__API__ADMIN_KEY".into(), ADMIN_KEY.into()),
+            ("RELAY__API__DIRECTORY_KEYS".into(), DIRECTORY_KEY.into()),
+            (
+                "RELAY__DISPATCH__DIRECTORY_KEY".into(),
+                DIRECTORY_KEY.into(),
+            ),
             (
                 "RELAY__API__DATABASE_URL".into(),
                 format!("sqlite://{}", dir.join("relay.db").display()),
@@ -127,14 +167,13 @@ impl System {
             ),
         ];
         env.extend(options.env.iter().cloned());
-        let settings = Settings::load_with_env(None, Some(env.iter().cloned().collect()))
-            .expect("test settings load");
-        relay_shared::telemetry::init(&settings.log);
+        let settings = AllSettings::load(&env);
+        relay_shared::telemetry::init(&settings.api.log);
 
         let (trigger, shutdown) = shutdown::channel();
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(consumer_api::run(
-            settings.clone(),
+            settings.api.clone(),
             api_listener,
             prometheus::Registry::new(),
             shutdown.clone(),
@@ -144,14 +183,14 @@ impl System {
             let (ops_listener, ops_url) = listener().await;
             dispatcher_urls.push(ops_url);
             tasks.push(tokio::spawn(relay::dispatch::run(
-                settings.clone(),
+                settings.dispatch.clone(),
                 ops_listener,
                 prometheus::Registry::new(),
                 shutdown.clone(),
             )));
         }
         tasks.push(tokio::spawn(relay::ingest::run(
-            settings.clone(),
+            settings.ingest.clone(),
             ingest_listener,
             prometheus::Registry::new(),
             shutdown.clone(),

@@ -83,15 +83,13 @@ async fn flush(
     if batch.is_empty() {
         return;
     }
-    let body = serde_json::to_vec(&batch).unwrap_or_default();
     let channel = channels.borrow().clone();
     let published = match channel {
         Some(channel) => amqp::publish_confirmed(
             &channel,
             "",
             queue,
-            &body,
-            amqp::persistent_json(),
+            AttemptRecord::encode_batch(batch),
             Duration::from_secs(5),
         )
         .await

@@ -5,14 +5,13 @@ use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use relay_shared::{
-    config::DispatchSettings,
     signing::signature_header,
     ssrf::{NetworkPolicy, SsrfError},
     trace::{self, TraceParent},
 };
 use reqwest::{StatusCode, header};
 
-use super::{directory::Route, resolver::GuardedResolver};
+use super::{config::DispatchSettings, directory::Route, resolver::GuardedResolver};
 
 /// Why an attempt failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -3,6 +3,7 @@
 
 mod attempt_log;
 mod client;
+pub mod config;
 mod directory;
 mod isolation;
 mod metrics;
@@ -20,6 +21,7 @@ use relay_shared::{config::Settings, ops::Readiness, shutdown::Shutdown, topolog
 use tokio::sync::Notify;
 
 pub use client::{AttemptError, WebhookClient};
+pub use config::DispatchSettings;
 pub use directory::{Directory, Route};
 pub use metrics::DispatchMetrics;
 
@@ -31,7 +33,7 @@ use relay_shared::session as broker;
 /// # Errors
 /// Metrics could not be registered, the HTTP client could not be built, or the ops server failed.
 pub async fn run(
-    settings: Settings,
+    settings: Settings<DispatchSettings>,
     listener: tokio::net::TcpListener,
     registry: Registry,
     shutdown: Shutdown,
@@ -49,13 +51,15 @@ pub async fn run(
         metrics.amqp_connected.clone(),
         shutdown.clone(),
     );
-    let directory_client =
-        sync::DirectoryClient::new(&settings.dispatch.directory_url, &settings.api.admin_key)
-            .context("building the directory client")?;
+    let directory_client = sync::DirectoryClient::new(
+        &settings.process.directory_url,
+        &settings.process.directory_key,
+    )
+    .context("building the directory client")?;
     tokio::spawn(sync::refresh_loop(
         directory_client.clone(),
         directory.clone(),
-        settings.dispatch.directory_refresh,
+        settings.process.directory_refresh,
         reload.clone(),
         readiness.clone(),
         metrics.clone(),
@@ -73,8 +77,8 @@ pub async fn run(
     relay_shared::queue_metrics::QueueSampler::register(
         &registry,
         &topology,
-        &settings.dispatch.retry_schedule,
-        settings.dispatch.queue_sample_interval,
+        &settings.process.retry_schedule,
+        settings.process.queue_sample_interval,
     )
     .context("registering queue metrics")?
     .spawn(sessions.clone(), shutdown.clone());
@@ -103,7 +107,7 @@ pub async fn run(
         .security
         .policy()
         .map_err(|bad| anyhow::anyhow!("security.allowed_networks: {bad:?} is not a CIDR"))?;
-    let dispatch = &settings.dispatch;
+    let dispatch = &settings.process;
     let attempts = attempt_log::AttemptLog::start(
         relay_shared::session::confirm_channels(sessions.clone(), shutdown.clone()),
         topology.attempts.clone(),

@@ -242,16 +242,18 @@ async fn follow_control(
             () = shutdown.wait() => return Ok(()),
         };
         match delivery {
-            Some(Ok(delivery)) => match serde_json::from_slice::<ControlMessage>(&delivery.data) {
-                Ok(message) => {
-                    tracing::debug!(?message, "directory change");
-                    directory.apply(message);
-                    metrics
-                        .subscriptions_loaded
-                        .set(i64::try_from(directory.len()).unwrap_or(i64::MAX));
+            Some(Ok(delivery)) => {
+                match ControlMessage::decode(&delivery.data, &delivery.properties) {
+                    Ok(message) => {
+                        tracing::debug!(?message, "directory change");
+                        directory.apply(message);
+                        metrics
+                            .subscriptions_loaded
+                            .set(i64::try_from(directory.len()).unwrap_or(i64::MAX));
+                    }
+                    Err(e) => tracing::error!(error = %e, "unreadable control message ignored"),
                 }
-                Err(e) => tracing::error!(error = %e, "unreadable control message ignored"),
-            },
+            }
             Some(Err(e)) => return Err(e),
             None => return Ok(()),
         }

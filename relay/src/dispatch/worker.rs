@@ -10,7 +10,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt, future::join_all};
 use lapin::{
     Channel, Consumer,
@@ -23,11 +22,12 @@ use lapin::{
 use relay_shared::{
     amqp::{self, AmqpError},
     attempt::{AttemptOutcome, AttemptRecord},
-    envelope::{self, Envelope, rfc3339},
+    envelope::rfc3339,
     session::{self as broker, Session},
     shutdown::Shutdown,
-    topology::{HEADER_ACCEPTED_MS, HEADER_ATTEMPTS, HEADER_SUBSCRIPTION, Topology},
+    topology::Topology,
     trace::TraceParent,
+    wire::{Event, Handoff},
 };
 use time::OffsetDateTime;
 use tokio::{
@@ -41,7 +41,7 @@ use super::{
     directory::{Directory, Route},
     isolation::{Admission, Isolation},
     metrics::DispatchMetrics,
-    parking::{Handoff, Parking},
+    parking::Parking,
     retry::{NextStep, RetryPolicy},
     sync::DirectoryClient,
 };
@@ -73,25 +73,19 @@ pub struct Worker {
     pub grace: Duration,
 }
 
-/// One event as the delivery tasks see it.
-struct Event {
-    envelope: Envelope,
-    body: Bytes,
-    accepted_ms: Option<i64>,
-    trace: Option<TraceParent>,
-}
-
-impl Event {
-    /// This event's delivery to one subscription, `attempts` made so far.
-    fn handoff<'a>(&'a self, subscription_id: &'a str, attempts: u32) -> Handoff<'a> {
-        Handoff {
-            event_id: &self.envelope.id,
-            subscription_id,
-            attempts,
-            body: &self.body,
-            accepted_ms: self.accepted_ms,
-            trace: self.trace.as_ref(),
-        }
+/// This event's delivery to one subscription, `attempts` made so far, after `error`.
+fn handoff(
+    event: &Arc<Event>,
+    subscription_id: &str,
+    attempts: u32,
+    error: Option<&AttemptError>,
+) -> Handoff {
+    Handoff {
+        event: event.clone(),
+        subscription_id: subscription_id.to_owned(),
+        attempts,
+        last_error: error.map(ToString::to_string),
+        last_status: error.and_then(AttemptError::status),
     }
 }
 
@@ -225,9 +219,9 @@ impl Worker {
     }
 
     async fn handle_event(&self, delivery: &Delivery, parking: &Parking) -> Result<(), AmqpError> {
-        let event = match decode(delivery) {
-            Ok(event) => event,
-            Err(reason) => return self.park_invalid(delivery, parking, &reason).await,
+        let event = match Event::decode(&delivery.data, &delivery.properties) {
+            Ok(event) => Arc::new(event),
+            Err(e) => return self.park_invalid(delivery, parking, &e.to_string()).await,
         };
         if event.accepted_ms.is_none() && !delivery.redelivered {
             self.metrics.ingested.with_label_values(&["amqp"]).inc();
@@ -252,24 +246,15 @@ impl Worker {
         delivery: &Delivery,
         parking: &Parking,
     ) -> Result<(), AmqpError> {
-        let event = match decode(delivery) {
-            Ok(event) => event,
-            Err(reason) => return self.park_invalid(delivery, parking, &reason).await,
+        let Handoff {
+            event,
+            subscription_id,
+            attempts: made,
+            ..
+        } = match Handoff::decode(&delivery.data, &delivery.properties) {
+            Ok(handoff) => handoff,
+            Err(e) => return self.park_invalid(delivery, parking, &e.to_string()).await,
         };
-        let Some(subscription_id) =
-            amqp::header_text(delivery.properties.headers().as_ref(), HEADER_SUBSCRIPTION)
-        else {
-            return self
-                .park_invalid(
-                    delivery,
-                    parking,
-                    "redelivery without a subscription header",
-                )
-                .await;
-        };
-        let made: u32 = amqp::header_text(delivery.properties.headers().as_ref(), HEADER_ATTEMPTS)
-            .and_then(|a| a.parse().ok())
-            .unwrap_or(0);
         match self.directory.get(&subscription_id) {
             Some(route) if route.enabled => self.deliver(&route, &event, made + 1, parking).await,
             gone => {
@@ -318,7 +303,7 @@ impl Worker {
     async fn deliver(
         &self,
         route: &Route,
-        event: &Event,
+        event: &Arc<Event>,
         attempt: u32,
         parking: &Parking,
     ) -> Result<(), AmqpError> {
@@ -338,10 +323,9 @@ impl Worker {
                 // Not an attempt: the number of the next try stays the same.
                 parking
                     .retry(
-                        event.handoff(&route.id, attempt - 1),
+                        &handoff(event, &route.id, attempt - 1, None),
                         tier,
                         self.retry.ttl_with_jitter(tier),
-                        None,
                     )
                     .await?;
                 self.metrics.deliveries.with_label_values(&[label]).inc();
@@ -385,13 +369,13 @@ impl Worker {
     async fn after_failure(
         &self,
         route: &Route,
-        event: &Event,
+        event: &Arc<Event>,
         attempt: u32,
         error: AttemptError,
         started: Instant,
         parking: &Parking,
     ) -> Result<(), AmqpError> {
-        let handoff = event.handoff(&route.id, attempt);
+        let handoff = handoff(event, &route.id, attempt, Some(&error));
         if error.is_gone() {
             let reason = format!("endpoint answered 410 Gone to event {}", event.envelope.id);
             match self.directory_client.disable(&route.id, &reason).await {
@@ -425,7 +409,7 @@ impl Worker {
         match next {
             NextStep::Retry { tier, .. } => {
                 let ttl = self.retry.ttl_with_jitter(tier);
-                parking.retry(handoff, tier, ttl, Some(&error)).await?;
+                parking.retry(&handoff, tier, ttl).await?;
                 self.metrics
                     .deliveries
                     .with_label_values(&["retry_scheduled"])
@@ -449,7 +433,7 @@ impl Worker {
                 self.attempts.record(record);
             }
             NextStep::Dead => {
-                parking.dead(handoff, &error).await?;
+                parking.dead(&handoff).await?;
                 self.metrics.deliveries.with_label_values(&["dead"]).inc();
                 tracing::warn!(event_id = %event.envelope.id, subscription_id = %route.id, attempt, error = %error, "delivery dead-lettered");
                 let mut record = self.record(
@@ -554,24 +538,6 @@ impl Worker {
 enum Kind {
     Event,
     Redelivery,
-}
-
-/// The event of a delivery, or why it is not one.
-fn decode(delivery: &Delivery) -> Result<Event, String> {
-    let headers = delivery.properties.headers().as_ref();
-    let message_id = delivery
-        .properties
-        .message_id()
-        .as_ref()
-        .map(|s| s.as_str());
-    let envelope = envelope::from_amqp(&delivery.data, message_id, OffsetDateTime::now_utc())
-        .map_err(|e| e.to_string())?;
-    Ok(Event {
-        body: Bytes::from(envelope.to_json()),
-        envelope,
-        accepted_ms: amqp::header_i64(headers, HEADER_ACCEPTED_MS),
-        trace: relay_shared::trace::from_amqp_headers(headers),
-    })
 }
 
 fn seconds_since(unix_ms: i64) -> f64 {

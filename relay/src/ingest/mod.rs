@@ -2,6 +2,7 @@
 //! after RabbitMQ confirmed its persistent publish; while the broker is unreachable the answer
 //! is 503 with `Retry-After`, never a 202.
 
+pub mod config;
 mod metrics;
 mod publisher;
 mod routes;
@@ -9,6 +10,8 @@ mod routes;
 use anyhow::Context;
 use prometheus::Registry;
 use relay_shared::{config::Settings, ops::Readiness, shutdown::Shutdown};
+
+pub use config::IngestSettings;
 
 pub use metrics::IngestMetrics;
 pub use publisher::{PublishError, Publisher};
@@ -18,7 +21,7 @@ pub use publisher::{PublishError, Publisher};
 /// # Errors
 /// Metrics could not be registered or the HTTP server failed.
 pub async fn run(
-    settings: Settings,
+    settings: Settings<IngestSettings>,
     listener: tokio::net::TcpListener,
     registry: Registry,
     shutdown: Shutdown,
@@ -34,7 +37,7 @@ pub async fn run(
     let http_metrics = relay_shared::http_metrics::HttpMetrics::register(&registry)
         .context("registering HTTP metrics")?;
     let app = http_metrics.instrument(
-        routes::router(&settings.ingest, publisher, metrics)
+        routes::router(&settings.process, publisher, metrics)
             .merge(relay_shared::ops::router(registry, readiness)),
     );
     tracing::info!(addr = %listener.local_addr()?, "ingest listening");

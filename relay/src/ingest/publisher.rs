@@ -2,18 +2,16 @@
 
 use std::time::{Duration, Instant};
 
-use lapin::{
-    Channel,
-    types::{AMQPValue, FieldTable, ShortString},
-};
+use lapin::Channel;
 use relay_shared::{
     amqp::{self, AmqpError},
     config::Settings,
     envelope::Envelope,
     ops::Readiness,
     shutdown::Shutdown,
-    topology::{HEADER_ACCEPTED_MS, Topology},
+    topology::Topology,
     trace::TraceParent,
+    wire::Event,
 };
 use tokio::sync::watch;
 
@@ -43,7 +41,7 @@ pub struct Publisher {
 impl Publisher {
     /// Starts the broker session and the confirm channel that follows it.
     pub fn start(
-        settings: &Settings,
+        settings: &Settings<super::IngestSettings>,
         readiness: Readiness,
         metrics: IngestMetrics,
         shutdown: Shutdown,
@@ -58,7 +56,7 @@ impl Publisher {
         Self {
             channel: broker::confirm_channels(sessions, shutdown),
             exchange: Topology::new(&settings.amqp.prefix).events,
-            timeout: settings.ingest.publish_timeout,
+            timeout: settings.process.publish_timeout,
             metrics,
         }
     }
@@ -78,28 +76,9 @@ impl Publisher {
             .borrow()
             .clone()
             .ok_or(PublishError::Unavailable)?;
-        let now_ms = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
-        let mut headers = FieldTable::default();
-        headers.insert(
-            ShortString::from(HEADER_ACCEPTED_MS),
-            AMQPValue::LongLongInt(i64::try_from(now_ms).unwrap_or(i64::MAX)),
-        );
-        relay_shared::trace::to_amqp_headers(trace, &mut headers);
-        let properties = amqp::persistent_json()
-            .with_message_id(envelope.id.as_str().into())
-            .with_type(envelope.event_type.as_str().into())
-            .with_timestamp(u64::try_from(now_ms / 1000).unwrap_or_default())
-            .with_headers(headers);
+        let message = Event::accepted(envelope.clone(), Some(*trace)).encode();
         let started = Instant::now();
-        amqp::publish_confirmed(
-            &channel,
-            &self.exchange,
-            "",
-            &envelope.to_json(),
-            properties,
-            self.timeout,
-        )
-        .await?;
+        amqp::publish_confirmed(&channel, &self.exchange, "", message, self.timeout).await?;
         self.metrics
             .confirm_seconds
             .observe(started.elapsed().as_secs_f64());

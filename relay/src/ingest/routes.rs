@@ -12,7 +12,6 @@ use axum::{
 };
 use futures_util::future::join_all;
 use relay_shared::{
-    config::IngestSettings,
     envelope::{Envelope, IncomingEvent, parse_json},
     ids::new_id,
     problem::{Problem, bearer_matches, is_json, read_body},
@@ -23,7 +22,7 @@ use time::OffsetDateTime;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument as _;
 
-use super::{IngestMetrics, PublishError, Publisher};
+use super::{IngestMetrics, IngestSettings, PublishError, Publisher};
 
 #[derive(Debug)]
 struct Ingest {

@@ -18,6 +18,8 @@ use super::stats::ProcStats;
 pub const PUBLISHER_KEY: &str = "pk_bench_publisher_key";
 /// Admin key of the benchmark's consumer-api.
 pub const ADMIN_KEY: &str = "ak_bench_admin_key_0123456789";
+/// Directory key the bench's dispatchers present to consumer-api.
+pub const DIRECTORY_KEY: &str = "dk_bench_directory_key_0123456789";
 
 /// One child process.
 #[derive(Debug)]
@@ -102,6 +104,11 @@ impl Relay {
             ("RELAY__AMQP__PREFIX".into(), prefix.into()),
             ("RELAY__INGEST__PUBLISHER_KEYS".into(), PUBLISHER_KEY.into()),
             ("RELAY__API__ADMIN_KEY".into(), ADMIN_KEY.into()),
+            ("RELAY__API__DIRECTORY_KEYS".into(), DIRECTORY_KEY.into()),
+            (
+                "RELAY__DISPATCH__DIRECTORY_KEY".into(),
+                DIRECTORY_KEY.into(),
+            ),
             (
                 "RELAY__API__DATABASE_URL".into(),
                 format!("sqlite://{}", dir.join("relay.db").display()),

@@ -106,7 +106,7 @@ async fn each_bad_request_gets_its_status_type_and_field() {
         assert!(!p["detail"].as_str().unwrap().is_empty());
     }
 
-    let limit = relay.settings.ingest.max_event_bytes;
+    let limit = relay.settings.ingest.process.max_event_bytes;
     let huge = json!({"type": "a.b", "data": "x".repeat(limit)})
         .to_string()
         .into_bytes();
@@ -140,7 +140,7 @@ async fn each_bad_request_gets_its_status_type_and_field() {
     )
     .await;
     assert_eq!((status, p["field"].as_str()), (400, Some("[1].type")));
-    let too_many: Vec<Value> = (0..=relay.settings.ingest.max_batch)
+    let too_many: Vec<Value> = (0..=relay.settings.ingest.process.max_batch)
         .map(|_| json!({"type": "a"}))
         .collect();
     let (status, _) = send(

@@ -29,7 +29,7 @@ async fn two_consumer_api_instances_work_side_by_side_on_one_postgresql() {
     let second = format!("http://{}", listener.local_addr().unwrap());
     let (trigger, shutdown) = relay_shared::shutdown::channel();
     let task = tokio::spawn(consumer_api::run(
-        relay.settings.clone(),
+        relay.settings.api.clone(),
         listener,
         prometheus::Registry::new(),
         shutdown,

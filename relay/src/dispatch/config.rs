@@ -1,0 +1,153 @@
+//! `[dispatch]`: the section `relay dispatch` owns (defaults in `defaults.toml` beside this file).
+
+use std::{net::SocketAddr, time::Duration};
+
+use relay_shared::config::{ConfigError, Section, durations};
+use serde::Deserialize;
+
+/// `[dispatch]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DispatchSettings {
+    /// Address of `/metrics`, `/healthz` and `/readyz`.
+    pub listen: SocketAddr,
+    /// Unacknowledged events one dispatcher holds at once (AMQP prefetch).
+    pub prefetch: u16,
+    /// Timeout of one webhook request, connect to last body byte.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Bytes of a response body read (and kept as an excerpt); the rest is discarded.
+    pub response_body_limit: usize,
+    /// Base URL of consumer-api, where the subscription directory is loaded from.
+    pub directory_url: String,
+    /// The directory credential: one of consumer-api's `api.directory_keys`. It reads the
+    /// directory and disables a subscription, nothing else (the admin key stays with operators).
+    pub directory_key: String,
+    /// Full reload interval of the directory, on top of live change notifications.
+    #[serde(with = "humantime_serde")]
+    pub directory_refresh: Duration,
+    /// Delays before each retry after the first try; after the last, a delivery is dead.
+    #[serde(deserialize_with = "durations")]
+    pub retry_schedule: Vec<Duration>,
+    /// Random extra delay, as a fraction of the tier's delay (0.1 = up to +10 %).
+    pub retry_jitter: f64,
+    /// Longest `Retry-After` honoured on 429/502/503/504 (the largest tier not above it is used).
+    #[serde(with = "humantime_serde")]
+    pub max_retry_after: Duration,
+    /// Webhook requests one subscription may have in flight on one dispatcher; a delivery that
+    /// finds no free slot within `inflight_wait` is deferred to the first retry tier without
+    /// counting as an attempt.
+    pub max_inflight_per_subscription: usize,
+    /// How long a delivery waits for a subscription's free slot before it is deferred (a fast
+    /// endpoint frees one within milliseconds; a slow one does not).
+    #[serde(with = "humantime_serde")]
+    pub inflight_wait: Duration,
+    /// Webhook requests one dispatcher may have in flight in total (backpressure through prefetch).
+    pub max_inflight: usize,
+    /// Consecutive failures that open a subscription's circuit.
+    pub breaker_failures: u32,
+    /// How long an open circuit waits before letting one probe through.
+    #[serde(with = "humantime_serde")]
+    pub breaker_cooldown: Duration,
+    /// On SIGTERM/SIGINT, how long in-flight deliveries may take to finish before their events
+    /// are handed back to the broker unacked.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// How often each dispatcher samples queue depths and consumer counts (passive
+    /// declarations) into `relay_queue_messages` and `relay_queue_consumers`; `0s` turns it off.
+    #[serde(with = "humantime_serde")]
+    pub queue_sample_interval: Duration,
+}
+
+impl Section for DispatchSettings {
+    const NAME: &'static str = "dispatch";
+    const DEFAULTS: &'static str = include_str!("defaults.toml");
+    const LIST_KEYS: &'static [&'static str] = &["retry_schedule"];
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.prefetch == 0 {
+            return ConfigError::invalid("dispatch.prefetch", "must be at least 1");
+        }
+        if self.request_timeout.is_zero() {
+            return ConfigError::invalid("dispatch.request_timeout", "must be more than zero");
+        }
+        if !self.directory_url.starts_with("http") {
+            return ConfigError::invalid(
+                "dispatch.directory_url",
+                "must be an http(s) URL of consumer-api",
+            );
+        }
+        if self.directory_key.trim().is_empty() {
+            return ConfigError::invalid(
+                "dispatch.directory_key",
+                "dispatchers need one of consumer-api's api.directory_keys to read the directory",
+            );
+        }
+        if self.retry_schedule.iter().any(Duration::is_zero) {
+            return ConfigError::invalid(
+                "dispatch.retry_schedule",
+                "delays must be more than zero",
+            );
+        }
+        if !(0.0..=1.0).contains(&self.retry_jitter) {
+            return ConfigError::invalid("dispatch.retry_jitter", "must be between 0 and 1");
+        }
+        if self.max_inflight_per_subscription == 0 {
+            return ConfigError::invalid(
+                "dispatch.max_inflight_per_subscription",
+                "must be at least 1",
+            );
+        }
+        if self.max_inflight == 0 {
+            return ConfigError::invalid("dispatch.max_inflight", "must be at least 1");
+        }
+        if self.breaker_failures == 0 {
+            return ConfigError::invalid("dispatch.breaker_failures", "must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use relay_shared::config::Settings;
+
+    use super::*;
+
+    fn load(pairs: &[(&str, &str)]) -> Result<Settings<DispatchSettings>, ConfigError> {
+        Settings::from_pairs(pairs)
+    }
+
+    #[test]
+    fn the_schedule_reads_as_a_list_and_bad_values_name_their_key() {
+        let key = ("RELAY__DISPATCH__DIRECTORY_KEY", "dk_test");
+        let s = load(&[
+            key,
+            ("RELAY__DISPATCH__RETRY_SCHEDULE", "100ms,2s"),
+            ("RELAY__DISPATCH__PREFETCH", "7"),
+        ])
+        .unwrap();
+        assert_eq!(
+            s.process.retry_schedule,
+            [Duration::from_millis(100), Duration::from_secs(2)]
+        );
+        assert_eq!(s.process.prefetch, 7);
+        for (pair, named) in [
+            (("RELAY__DISPATCH__PREFETCH", "lots"), "dispatch.prefetch"),
+            (("RELAY__DISPATCH__PREFETCH", "0"), "dispatch.prefetch"),
+            (
+                ("RELAY__DISPATCH__REQUEST_TIMEOUT", "soon"),
+                "dispatch.request_timeout",
+            ),
+            (
+                ("RELAY__DISPATCH__RETRY_JITTER", "2"),
+                "dispatch.retry_jitter",
+            ),
+        ] {
+            let err = load(&[key, pair]).unwrap_err();
+            assert!(err.to_string().contains(named), "{err}");
+        }
+        let err = load(&[]).unwrap_err();
+        assert!(err.to_string().contains("dispatch.directory_key"), "{err}");
+    }
+}
