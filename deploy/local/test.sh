@@ -7,7 +7,8 @@
 # Starts a throwaway RabbitMQ node on a free loopback port (never 5672) with its data in a
 # temporary directory, exports RELAY_TEST_AMQP_URL for the tests, starts a throwaway
 # PostgreSQL cluster likewise (deploy/local/postgres.sh) and exports RELAY_TEST_POSTGRES_URL,
-# installs the OpenAPI validator (PyPI openapi-spec-validator) when missing, builds the binaries the
+# installs the OpenAPI validator (PyPI openapi-spec-validator) and the independent ed25519
+# verifier (PyPI cryptography) when missing, builds the binaries the
 # end-to-end tests start, runs `cargo nextest run --workspace --no-fail-fast` (`cargo test`
 # when cargo-nextest is not installed), then stops the node and removes its directory.
 # Exits with the tests' status.
@@ -102,6 +103,12 @@ python3 -c 'import openapi_spec_validator' 2>/dev/null ||
   python3 -m pip install -q openapi-spec-validator >&2 ||
   python3 -m pip install -q --break-system-packages openapi-spec-validator >&2 ||
   echo "test.sh: could not install openapi-spec-validator; the OpenAPI test will fail" >&2
+
+# The v1a signature tests verify with an independent ed25519 implementation (PyPI cryptography).
+python3 -c 'import cryptography.hazmat.primitives.asymmetric.ed25519' 2>/dev/null ||
+  python3 -m pip install -q cryptography >&2 ||
+  python3 -m pip install -q --break-system-packages cryptography >&2 ||
+  echo "test.sh: could not install cryptography; the v1a signature tests will fail" >&2
 
 # The observability tests start a real Prometheus server (they fail without one).
 command -v prometheus >/dev/null 2>&1 || {

@@ -1,18 +1,22 @@
 //! Pieces every Relay process shares: the event envelope and its validation, topic filters,
-//! Standard Webhooks signing, the RabbitMQ topology, layered configuration, tracing, metrics
-//! and the operational HTTP routes (`/metrics`, `/healthz`, `/readyz`).
+//! the event contract (payload filters, event-type schemas, endpoint headers and credentials),
+//! Standard Webhooks signing (`v1` and `v1a`), the RabbitMQ topology, layered configuration,
+//! tracing, metrics and the operational HTTP routes (`/metrics`, `/healthz`, `/readyz`).
 #![forbid(unsafe_code)]
 
 pub mod amqp;
 pub mod attempt;
 pub mod config;
 pub mod control;
+pub mod endpoint;
 pub mod envelope;
+pub mod event_schema;
 pub mod filter;
 pub mod http_metrics;
 pub mod ids;
 pub mod metrics;
 pub mod ops;
+pub mod payload_filter;
 pub mod problem;
 pub mod queue_metrics;
 pub mod session;

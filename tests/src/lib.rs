@@ -5,6 +5,7 @@
 pub mod amqp;
 pub mod bench;
 pub mod broker;
+pub mod ed25519_check;
 pub mod postgres;
 pub mod process;
 pub mod receiver;

@@ -13,6 +13,7 @@ mod postgres;
 mod pull;
 mod reliability;
 mod replay;
+mod signing;
 mod subscriptions;
 
 use tests::{broker::shared_amqp_url, system::System};
