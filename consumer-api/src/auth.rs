@@ -1,7 +1,8 @@
 //! Who is calling: the admin (configured key, full access), a dispatcher (a directory key:
 //! reads the directory and disables a subscription, nothing else) or a consumer (one of its
-//! API keys, access to its own subscriptions, events, attempts and dead letters only).
-//! Another tenant's resources answer 404, exactly as if they did not exist.
+//! API keys, access to its own subscriptions, events, attempts and dead letters only). The
+//! middleware here turns the bearer key into a [`Caller`] and confines a directory key to
+//! its two routes; what a caller may do is otherwise decided in the service layer.
 
 use axum::{
     extract::{Request, State},
@@ -11,48 +12,23 @@ use axum::{
 };
 use subtle::ConstantTimeEq;
 
-use crate::{error::ApiError, http::AppState, store::tenants::key_hash};
+use crate::{error::ApiError, service::Caller, state::AppState};
 
-/// The authenticated caller, put in the request's extensions by [`authenticate`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Caller {
-    /// The admin key: everything.
-    Admin,
-    /// A directory key: `GET /v1/directory` and `POST /v1/subscriptions/{id}/disable` only
-    /// (checked in [`authenticate`]), over every consumer's subscriptions.
-    Directory,
-    /// A consumer key: that consumer's resources only.
-    Consumer(String),
-}
-
-impl Caller {
-    /// The consumer this caller is restricted to; `None` for the admin.
-    pub fn consumer(&self) -> Option<&str> {
-        match self {
-            Self::Admin | Self::Directory => None,
-            Self::Consumer(c) => Some(c),
-        }
-    }
-
-    /// Whether the caller may see a resource owned by `owner`.
-    pub fn may_see(&self, owner: Option<&str>) -> bool {
-        match self {
-            Self::Admin | Self::Directory => true,
-            Self::Consumer(c) => owner == Some(c.as_str()),
-        }
-    }
-}
-
+/// The token of `Authorization: Bearer <token>`; the scheme is case-insensitive (RFC 9110).
 fn bearer(request: &Request) -> Option<&str> {
-    request
+    let value = request
         .headers()
         .get(header::AUTHORIZATION)?
         .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
+        .ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim_start_matches(' '))
+        .filter(|token| !token.is_empty())
 }
 
-/// Resolves the bearer key to a [`Caller`], or answers 401.
+/// Resolves the bearer key to a [`Caller`] (in the request's extensions), or answers 401.
 pub async fn authenticate(
     State(state): State<AppState>,
     mut request: Request,
@@ -68,13 +44,11 @@ pub async fn authenticate(
             }
             Some(Caller::Directory)
         }
-        Some(token) if token.starts_with(KEY_PREFIX) => {
-            match state.store.consumer_for_key(&key_hash(token)).await {
-                Ok(consumer) => consumer.map(Caller::Consumer),
-                Err(e) => return ApiError::from(e).into_response(),
-            }
-        }
-        _ => None,
+        Some(token) => match state.service.consumer_for_key(token).await {
+            Ok(caller) => caller,
+            Err(e) => return e.into_response(),
+        },
+        None => None,
     };
     let Some(caller) = caller else {
         let mut response = ApiError::Unauthorized.into_response();
@@ -110,9 +84,6 @@ pub async fn require_admin(request: Request, next: Next) -> Response {
         _ => ApiError::Forbidden.into_response(),
     }
 }
-
-/// Every consumer key starts with this.
-pub const KEY_PREFIX: &str = "rk_";
 
 #[cfg(test)]
 mod tests {

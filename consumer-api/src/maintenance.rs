@@ -8,13 +8,9 @@
 
 use std::time::Duration;
 
-use relay_shared::{control::ControlMessage, shutdown::Shutdown};
+use relay_shared::shutdown::Shutdown;
 
-use crate::{
-    http::AppState,
-    store::now_ms,
-    subscriptions::{disable_subscription, ms_rfc3339, now},
-};
+use crate::service::Service;
 
 /// What the upkeep needs to know.
 #[derive(Debug, Clone)]
@@ -27,12 +23,8 @@ pub struct Upkeep {
     pub disable_after: Duration,
 }
 
-fn ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
 /// Runs the upkeep until `shutdown`.
-pub fn spawn(state: AppState, upkeep: Upkeep, mut shutdown: Shutdown) {
+pub fn spawn(service: Service, upkeep: Upkeep, mut shutdown: Shutdown) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(upkeep.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -41,47 +33,19 @@ pub fn spawn(state: AppState, upkeep: Upkeep, mut shutdown: Shutdown) {
                 _ = tick.tick() => {}
                 () = shutdown.wait() => return,
             }
-            run_once(&state, &upkeep).await;
+            run_once(&service, &upkeep).await;
         }
     });
 }
 
-async fn run_once(state: &AppState, upkeep: &Upkeep) {
-    let now_ms = now_ms();
-    match state.store.expire_rotations(now_ms, &now()).await {
-        Ok(ended) => {
-            for subscription in ended {
-                tracing::info!(subscription_id = %subscription.id, "rotation grace period over");
-                state
-                    .control
-                    .notify(ControlMessage::Upsert {
-                        subscription: subscription.directory_entry(),
-                    })
-                    .await;
-            }
-        }
-        Err(e) => tracing::warn!(error = %e, "cannot end rotation grace periods"),
+async fn run_once(service: &Service, upkeep: &Upkeep) {
+    if let Err(e) = service.expire_rotations().await {
+        tracing::warn!(error = %e, "cannot end rotation grace periods");
     }
-    match state
-        .store
-        .failing_since(now_ms.saturating_sub(ms(upkeep.disable_after)))
-        .await
-    {
-        Ok(failing) => {
-            for (id, since) in failing {
-                let reason = format!("failing since {}", ms_rfc3339(since));
-                if let Err(e) = disable_subscription(state, &id, &reason).await {
-                    tracing::warn!(subscription_id = %id, error = %e, "cannot disable a failing subscription");
-                }
-            }
-        }
-        Err(e) => tracing::warn!(error = %e, "cannot look for failing subscriptions"),
+    if let Err(e) = service.disable_failing(upkeep.disable_after).await {
+        tracing::warn!(error = %e, "cannot look for failing subscriptions");
     }
-    match state
-        .store
-        .prune(now_ms.saturating_sub(ms(upkeep.retention)))
-        .await
-    {
+    match service.prune(upkeep.retention).await {
         Ok(p) if p.events + p.attempts + p.dead_letters > 0 => {
             tracing::info!(
                 events = p.events,

@@ -1,16 +1,13 @@
 //! consumer-api's metrics, registered under `relay_api_` on the registry `main` hands down
-//! (the broker gauge keeps the name every Relay process uses, `relay_amqp_connected`).
+//! (the broker gauge keeps the name every Relay process uses, `relay_amqp_connected`). HTTP
+//! requests are measured once, by the shared `relay_http_*` middleware.
 
-use prometheus::{Histogram, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Registry};
-use relay_shared::metrics::{
-    FAST_SECONDS, counter_vec, gauge, gauge_vec, histogram, histogram_vec,
-};
+use prometheus::{Histogram, IntCounterVec, IntGauge, IntGaugeVec, Registry};
+use relay_shared::metrics::{FAST_SECONDS, counter_vec, gauge, gauge_vec, histogram};
 
 /// Every metric consumer-api records.
 #[derive(Debug, Clone)]
 pub struct ApiMetrics {
-    /// Duration of HTTP requests by `method`, matched `route` and `status`.
-    pub http_requests: HistogramVec,
     /// Control notifications by `outcome` (`published`, `failed`).
     pub control_notifications: IntCounterVec,
     /// 1 while the broker connection is up.
@@ -30,13 +27,6 @@ impl ApiMetrics {
     /// A metric of the same name is already registered there.
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {
         Ok(Self {
-            http_requests: histogram_vec(
-                registry,
-                "relay_api_http_request_duration_seconds",
-                "Duration of consumer API requests, by method, route and status.",
-                &["method", "route", "status"],
-                FAST_SECONDS,
-            )?,
             control_notifications: counter_vec(
                 registry,
                 "relay_api_control_notifications_total",

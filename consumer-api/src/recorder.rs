@@ -27,9 +27,12 @@ use relay_shared::{
 };
 use tokio::sync::watch;
 
-use crate::store::{
-    Store, StoreError, now_ms,
-    records::{NewDeadLetter, NewEvent},
+use crate::{
+    clock::now_ms,
+    store::{
+        Store, StoreError,
+        records::{NewDeadLetter, NewEvent},
+    },
 };
 
 /// How long a batch waits for more messages once it has one.
@@ -254,7 +257,7 @@ impl Recorder {
                     last_status: handoff.last_status.map(i64::from),
                     body: String::from_utf8_lossy(&handoff.event.body).into_owned(),
                     dead_ms,
-                    dead_at: crate::subscriptions::ms_rfc3339(dead_ms),
+                    dead_at: crate::clock::ms_rfc3339(dead_ms),
                 })
             }
         })

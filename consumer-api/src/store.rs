@@ -14,6 +14,8 @@ pub(crate) mod testing;
 use std::{borrow::Cow, future::Future, pin::Pin, time::Duration};
 
 use relay_shared::subscription::DirectoryEntry;
+
+use crate::clock::now_ms;
 use sqlx::{
     AnyPool, Row,
     any::{AnyPoolOptions, AnyRow},
@@ -214,35 +216,15 @@ impl SubscriptionPatch {
     }
 }
 
-/// Which page of subscriptions to read.
+/// Which subscriptions to read, in id order.
 #[derive(Debug, Clone, Default)]
-pub struct PageRequest {
-    /// Only ids strictly after this one (the previous page's last id).
-    pub after: Option<String>,
+pub struct ListRequest {
+    /// Only ids strictly after this one (empty: from the first).
+    pub after: String,
     /// Only this consumer's subscriptions.
     pub consumer: Option<String>,
     /// At most this many.
     pub limit: u32,
-}
-
-/// One page of subscriptions in id order.
-#[derive(Debug, Clone)]
-pub struct Page {
-    /// The subscriptions.
-    pub items: Vec<Subscription>,
-    /// The last id of this page when more follow; `None` on the last page.
-    pub next_cursor: Option<String>,
-}
-
-/// The current time in Unix milliseconds.
-pub fn now_ms() -> i64 {
-    i64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis(),
-    )
-    .unwrap_or(i64::MAX)
 }
 
 /// The store.
@@ -368,24 +350,21 @@ impl Store {
         Subscription::from_row(&row)
     }
 
-    /// Reads one page of subscriptions in id order.
+    /// Reads up to `request.limit` subscriptions in id order.
     ///
     /// # Errors
     /// [`StoreError::Database`] or [`StoreError::Corrupt`].
-    pub async fn list(&self, page: &PageRequest) -> Result<Page, StoreError> {
-        let limit = page.limit.max(1);
-        // One row more than asked tells whether another page follows, without a count.
-        let fetch = i64::from(limit) + 1;
-        let after = page.after.as_deref().unwrap_or("");
+    pub async fn list(&self, request: &ListRequest) -> Result<Vec<Subscription>, StoreError> {
+        let limit = i64::from(request.limit.max(1));
         // Two statements rather than `($2 IS NULL OR consumer = $2)`, which PostgreSQL cannot
         // type and which would keep SQLite from using the (consumer, id) index.
-        let rows = match &page.consumer {
+        let rows = match &request.consumer {
             None => {
                 sqlx::query(&format!(
                     "SELECT {COLUMNS} FROM subscriptions WHERE id > $1 ORDER BY id LIMIT $2"
                 ))
-                .bind(after)
-                .bind(fetch)
+                .bind(&request.after)
+                .bind(limit)
                 .fetch_all(&self.pool)
                 .await?
             }
@@ -394,23 +373,13 @@ impl Store {
                     "SELECT {COLUMNS} FROM subscriptions WHERE consumer = $1 AND id > $2 ORDER BY id LIMIT $3"
                 ))
                 .bind(consumer)
-                .bind(after)
-                .bind(fetch)
+                .bind(&request.after)
+                .bind(limit)
                 .fetch_all(&self.pool)
                 .await?
             }
         };
-        let mut items = rows
-            .iter()
-            .map(Subscription::from_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        let next_cursor = if items.len() > limit as usize {
-            items.truncate(limit as usize);
-            items.last().map(|s| s.id.clone())
-        } else {
-            None
-        };
-        Ok(Page { items, next_cursor })
+        rows.iter().map(Subscription::from_row).collect()
     }
 
     /// Applies `patch` and increments the revision, in one statement so that concurrent
@@ -726,12 +695,9 @@ mod tests {
         std::fs::remove_dir_all(dir).unwrap();
     }
 
-    on_each_backend!(
-        list_pages_in_id_order_with_an_exact_last_page,
-        list_pages_in_id_order_with_an_exact_last_page_on
-    );
+    on_each_backend!(list_reads_in_id_order, list_reads_in_id_order_on);
 
-    async fn list_pages_in_id_order_with_an_exact_last_page_on(store: &Store) {
+    async fn list_reads_in_id_order_on(store: &Store) {
         let mut ids = Vec::new();
         for i in 0..5 {
             let s = subscription(if i % 2 == 0 { Some("acme") } else { None });
@@ -742,48 +708,31 @@ mod tests {
         }
 
         let mut seen = Vec::new();
-        let mut after = None;
+        let mut after = String::new();
         loop {
-            let page = store
-                .list(&PageRequest {
+            let rows = store
+                .list(&ListRequest {
                     after: after.clone(),
                     consumer: None,
                     limit: 2,
                 })
                 .await
                 .unwrap();
-            seen.extend(page.items.iter().map(|s| s.id.clone()));
-            match page.next_cursor {
-                Some(cursor) => {
-                    assert_eq!(Some(&cursor), seen.last());
-                    after = Some(cursor);
-                }
-                None => break,
-            }
+            let Some(last) = rows.last() else { break };
+            after = last.id.clone();
+            seen.extend(rows.iter().map(|s| s.id.clone()));
         }
         assert_eq!(seen, ids);
 
-        // Exactly `limit` rows left: no cursor pointing at an empty page.
-        let page = store
-            .list(&PageRequest {
-                after: Some(ids[2].clone()),
-                consumer: None,
-                limit: 2,
-            })
-            .await
-            .unwrap();
-        assert_eq!(page.items.len(), 2);
-        assert_eq!(page.next_cursor, None);
-
         let acme = store
-            .list(&PageRequest {
-                after: None,
+            .list(&ListRequest {
+                after: String::new(),
                 consumer: Some("acme".into()),
                 limit: 10,
             })
             .await
             .unwrap();
-        let acme_ids: Vec<_> = acme.items.iter().map(|s| s.id.as_str()).collect();
+        let acme_ids: Vec<_> = acme.iter().map(|s| s.id.as_str()).collect();
         assert_eq!(
             acme_ids,
             [ids[0].as_str(), ids[2].as_str(), ids[4].as_str()]

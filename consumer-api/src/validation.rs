@@ -1,5 +1,5 @@
-//! What a subscription may contain: request bodies as clients send them, and the checks that
-//! turn them into values the store accepts. Every refusal names its field.
+//! The rules for the values a subscription may contain, one function per field, and the SSRF
+//! check of a destination. Every refusal names its field.
 
 use std::collections::HashMap;
 
@@ -12,10 +12,7 @@ use relay_shared::{
 };
 use serde::{Deserialize, Deserializer};
 
-use crate::{
-    error::{ApiError, FieldError},
-    store::SubscriptionPatch,
-};
+use crate::error::{ApiError, FieldError};
 
 /// Longest wait for the name resolution of a destination host.
 pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -47,137 +44,26 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Nullable<T> {
     }
 }
 
-/// Body of `POST /v1/subscriptions`.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateRequest {
-    /// Endpoint.
-    pub url: String,
-    /// Topic filters.
-    pub event_types: Vec<String>,
-    /// Owner.
-    #[serde(default)]
-    pub consumer: Option<String>,
-    /// Free text.
-    #[serde(default)]
-    pub description: Option<String>,
-    /// Defaults to true.
-    #[serde(default)]
-    pub enabled: Option<bool>,
-}
-
-/// Body of `PATCH /v1/subscriptions/{id}`.
-#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct PatchRequest {
-    /// New endpoint; `null` is refused.
-    #[serde(default)]
-    #[schema(value_type = Option<String>)]
-    pub url: Nullable<String>,
-    /// New topic filters; `null` is refused.
-    #[serde(default)]
-    #[schema(value_type = Option<Vec<String>>)]
-    pub event_types: Nullable<Vec<String>>,
-    /// New owner; `null` clears it.
-    #[serde(default)]
-    #[schema(value_type = Option<String>)]
-    pub consumer: Nullable<String>,
-    /// New description; `null` clears it.
-    #[serde(default)]
-    #[schema(value_type = Option<String>)]
-    pub description: Nullable<String>,
-    /// Enable or disable (enabling clears `disabled_reason`); `null` is refused.
-    #[serde(default)]
-    #[schema(value_type = Option<bool>)]
-    pub enabled: Nullable<bool>,
-}
-
-/// A create request that passed every check.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ValidCreate {
-    /// Endpoint.
-    pub url: String,
-    /// Topic filters.
-    pub event_types: Vec<String>,
-    /// Owner.
-    pub consumer: Option<String>,
-    /// Free text.
-    pub description: Option<String>,
-    /// Whether deliveries are made.
-    pub enabled: bool,
-}
-
-impl CreateRequest {
-    /// Checks every field.
+impl<T> Nullable<T> {
+    /// A field that may be left out but not set to `null`.
     ///
     /// # Errors
-    /// The first [`FieldError`] found.
-    pub fn validate(self) -> Result<ValidCreate, FieldError> {
-        validate_url(&self.url)?;
-        validate_event_types(&self.event_types)?;
-        if let Some(consumer) = &self.consumer {
-            validate_consumer(consumer, "consumer")?;
+    /// A [`FieldError`] on `field` for `null`.
+    pub fn required(self, field: &str) -> Result<Option<T>, FieldError> {
+        match self {
+            Self::Absent => Ok(None),
+            Self::Null => Err(FieldError::new(field, format!("{field} cannot be null"))),
+            Self::Value(v) => Ok(Some(v)),
         }
-        if let Some(description) = &self.description {
-            validate_description(description)?;
-        }
-        Ok(ValidCreate {
-            url: self.url,
-            event_types: self.event_types,
-            consumer: self.consumer,
-            description: self.description,
-            enabled: self.enabled.unwrap_or(true),
-        })
     }
-}
 
-impl PatchRequest {
-    /// Checks every field present and returns the change to make.
-    ///
-    /// # Errors
-    /// The first [`FieldError`] found.
-    pub fn validate(self) -> Result<SubscriptionPatch, FieldError> {
-        let url = required(self.url, "url")?;
-        if let Some(url) = &url {
-            validate_url(url)?;
+    /// A field that may be left out, or set to `null` to clear it.
+    pub fn clearable(self) -> Option<Option<T>> {
+        match self {
+            Self::Absent => None,
+            Self::Null => Some(None),
+            Self::Value(v) => Some(Some(v)),
         }
-        let event_types = required(self.event_types, "event_types")?;
-        if let Some(event_types) = &event_types {
-            validate_event_types(event_types)?;
-        }
-        let consumer = clearable(self.consumer);
-        if let Some(Some(consumer)) = &consumer {
-            validate_consumer(consumer, "consumer")?;
-        }
-        let description = clearable(self.description);
-        if let Some(Some(description)) = &description {
-            validate_description(description)?;
-        }
-        Ok(SubscriptionPatch {
-            url,
-            event_types,
-            consumer,
-            description,
-            enabled: required(self.enabled, "enabled")?,
-        })
-    }
-}
-
-/// A field that may be left out but not set to `null`.
-fn required<T>(value: Nullable<T>, field: &str) -> Result<Option<T>, FieldError> {
-    match value {
-        Nullable::Absent => Ok(None),
-        Nullable::Null => Err(FieldError::new(field, format!("{field} cannot be null"))),
-        Nullable::Value(v) => Ok(Some(v)),
-    }
-}
-
-/// A field that may be left out, or set to `null` to clear it.
-fn clearable<T>(value: Nullable<T>) -> Option<Option<T>> {
-    match value {
-        Nullable::Absent => None,
-        Nullable::Null => Some(None),
-        Nullable::Value(v) => Some(Some(v)),
     }
 }
 
@@ -313,35 +199,7 @@ pub fn validate_description(description: &str) -> Result<(), FieldError> {
 
 #[cfg(test)]
 mod tests {
-    use relay_shared::envelope::{EnvelopeErrorKind, parse_json};
-
     use super::*;
-
-    fn create(body: &str) -> Result<ValidCreate, (String, String)> {
-        let request: CreateRequest =
-            parse_json(body.as_bytes()).map_err(|e| (format!("{:?}", e.kind), e.field))?;
-        request
-            .validate()
-            .map_err(|e| (String::from("invalid"), e.field))
-    }
-
-    fn refused_field(body: &str) -> String {
-        create(body).unwrap_err().1
-    }
-
-    #[test]
-    fn a_minimal_create_defaults_to_enabled() {
-        let v = create(r#"{"url":"https://example.com/hook","event_types":["order.*"]}"#).unwrap();
-        assert!(v.enabled);
-        assert_eq!(v.consumer, None);
-        assert_eq!(v.event_types, ["order.*"]);
-        let v = create(
-            r##"{"url":"http://10.0.0.1:8080/x?y=1","event_types":["#"],"consumer":"acme:eu-1","description":"d","enabled":false}"##,
-        )
-        .unwrap();
-        assert!(!v.enabled);
-        assert_eq!(v.consumer.as_deref(), Some("acme:eu-1"));
-    }
 
     #[test]
     fn urls_must_be_http_with_a_host_and_no_credentials() {
@@ -365,18 +223,13 @@ mod tests {
 
     #[test]
     fn event_types_are_checked_one_by_one() {
-        assert_eq!(
-            refused_field(r#"{"url":"https://e.com","event_types":[]}"#),
-            "event_types"
-        );
-        assert_eq!(
-            refused_field(r#"{"url":"https://e.com","event_types":["a.b","Bad"]}"#),
-            "event_types[1]"
-        );
-        assert_eq!(
-            refused_field(r#"{"url":"https://e.com","event_types":["a.*","b","a.*"]}"#),
-            "event_types[2]"
-        );
+        let field = |types: &[&str]| {
+            let types: Vec<String> = types.iter().map(|t| (*t).to_owned()).collect();
+            validate_event_types(&types).map_err(|e| e.field)
+        };
+        assert_eq!(field(&[]).unwrap_err(), "event_types");
+        assert_eq!(field(&["a.b", "Bad"]).unwrap_err(), "event_types[1]");
+        assert_eq!(field(&["a.*", "b", "a.*"]).unwrap_err(), "event_types[2]");
         let many: Vec<String> = (0..=MAX_EVENT_TYPES).map(|i| format!("t{i}")).collect();
         assert_eq!(
             validate_event_types(&many).unwrap_err().field,
@@ -386,63 +239,13 @@ mod tests {
     }
 
     #[test]
-    fn shape_errors_name_their_field() {
-        let err =
-            create(r#"{"url":"https://e.com","event_types":["a"],"colour":"red"}"#).unwrap_err();
-        assert_eq!(
-            err,
-            (
-                format!("{:?}", EnvelopeErrorKind::InvalidField),
-                "colour".into()
-            )
-        );
-        let err = create(r#"{"event_types":["a"]}"#).unwrap_err();
-        assert_eq!(err.1, "url");
-        let err = create(r#"{"url":"https://e.com","event_types":"a"}"#).unwrap_err();
-        assert_eq!(err.1, "event_types");
-        let err = create(r#"{"url":"#).unwrap_err();
-        assert_eq!(err.0, format!("{:?}", EnvelopeErrorKind::MalformedJson));
-    }
-
-    #[test]
     fn consumer_and_description_are_bounded() {
-        assert_eq!(
-            refused_field(r#"{"url":"https://e.com","event_types":["a"],"consumer":"a b"}"#),
-            "consumer"
-        );
-        assert_eq!(
-            refused_field(r#"{"url":"https://e.com","event_types":["a"],"consumer":""}"#),
-            "consumer"
-        );
+        assert!(validate_consumer("a b", "consumer").is_err());
+        assert!(validate_consumer("", "consumer").is_err());
+        assert!(validate_consumer("acme:eu-1", "consumer").is_ok());
         assert!(validate_consumer(&"x".repeat(64), "consumer").is_ok());
         assert!(validate_consumer(&"x".repeat(65), "consumer").is_err());
         assert!(validate_description(&"é".repeat(500)).is_ok());
         assert!(validate_description(&"é".repeat(501)).is_err());
-    }
-
-    fn patch(body: &str) -> Result<SubscriptionPatch, String> {
-        let request: PatchRequest = parse_json(body.as_bytes()).map_err(|e| e.field)?;
-        request.validate().map_err(|e| e.field)
-    }
-
-    #[test]
-    fn patch_tells_absent_from_null() {
-        assert!(patch("{}").unwrap().is_empty());
-        let p = patch(r#"{"consumer":null,"description":"x","enabled":false}"#).unwrap();
-        assert_eq!(p.consumer, Some(None));
-        assert_eq!(p.description, Some(Some("x".into())));
-        assert_eq!(p.enabled, Some(false));
-        assert_eq!(p.url, None);
-        assert_eq!(p.event_types, None);
-        assert_eq!(patch(r#"{"url":null}"#).unwrap_err(), "url");
-        assert_eq!(patch(r#"{"event_types":null}"#).unwrap_err(), "event_types");
-        assert_eq!(patch(r#"{"enabled":null}"#).unwrap_err(), "enabled");
-        assert_eq!(
-            patch(r#"{"event_types":["ok","no way"]}"#).unwrap_err(),
-            "event_types[1]"
-        );
-        assert_eq!(patch(r#"{"url":"gopher://x"}"#).unwrap_err(), "url");
-        assert_eq!(patch(r#"{"secret":"whsec_x"}"#).unwrap_err(), "secret");
-        assert_eq!(patch(r#"{"consumer":"bad/name"}"#).unwrap_err(), "consumer");
     }
 }

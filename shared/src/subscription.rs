@@ -28,7 +28,10 @@ pub struct DirectoryEntry {
 pub struct DirectoryPage {
     /// Entries in id order.
     pub data: Vec<DirectoryEntry>,
-    /// Pass as `after` to read the next page; absent on the last one.
+    /// Pass as `after` to read the next page.
     #[serde(default)]
     pub next_cursor: Option<String>,
+    /// Whether more entries follow `next_cursor`.
+    #[serde(default)]
+    pub has_more: bool,
 }

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod amqp;
+pub mod api;
 pub mod bench;
 pub mod broker;
 pub mod ed25519_check;

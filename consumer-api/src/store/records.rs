@@ -6,6 +6,7 @@ use relay_shared::attempt::{AttemptOutcome, AttemptRecord};
 use sqlx::{Row, any::AnyRow};
 
 use super::{Store, StoreError};
+use crate::clock::{now_ms, rfc3339_ms};
 
 /// An event to record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,13 +170,6 @@ fn dead_from_row(row: &AnyRow) -> Result<DeadLetter, StoreError> {
     })
 }
 
-/// Parses an RFC 3339 time to Unix milliseconds.
-pub fn rfc3339_ms(text: &str) -> Option<i64> {
-    let t =
-        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
-    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
-}
-
 impl Store {
     /// Records events in one transaction; an id recorded before is skipped (the archive is
     /// at-least-once). Returns how many were new.
@@ -223,7 +217,7 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let at_ms: Vec<i64> = attempts
             .iter()
-            .map(|a| rfc3339_ms(&a.at).unwrap_or_else(super::now_ms))
+            .map(|a| rfc3339_ms(&a.at).unwrap_or_else(now_ms))
             .collect();
         let rows: Vec<(&AttemptRecord, i64)> = attempts.iter().zip(at_ms).collect();
         for chunk in rows.chunks(ROWS_PER_STATEMENT) {

@@ -89,19 +89,19 @@ impl Store {
         consumer_from_row(&row)
     }
 
-    /// Consumers in id order after `after`, at most `limit`.
+    /// Consumers in id order after `after` (empty: from the first), at most `limit`.
     ///
     /// # Errors
     /// [`StoreError::Database`].
     pub async fn list_consumers(
         &self,
-        after: Option<&str>,
+        after: &str,
         limit: u32,
     ) -> Result<Vec<Consumer>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, name, created_at FROM consumers WHERE id > $1 ORDER BY id LIMIT $2",
         )
-        .bind(after.unwrap_or(""))
+        .bind(after)
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
@@ -149,17 +149,24 @@ impl Store {
         Ok(())
     }
 
-    /// Every key of a consumer, oldest first.
+    /// A consumer's keys after `after` (empty: from the first), oldest first, at most `limit`.
     ///
     /// # Errors
     /// [`StoreError::Missing`] when the consumer does not exist, else [`StoreError::Database`].
-    pub async fn list_keys(&self, consumer_id: &str) -> Result<Vec<ApiKey>, StoreError> {
+    pub async fn list_keys(
+        &self,
+        consumer_id: &str,
+        after: &str,
+        limit: u32,
+    ) -> Result<Vec<ApiKey>, StoreError> {
         self.get_consumer(consumer_id).await?;
         let rows = sqlx::query(
             "SELECT id, consumer_id, prefix, created_at FROM api_keys \
-             WHERE consumer_id = $1 ORDER BY id",
+             WHERE consumer_id = $1 AND id > $2 ORDER BY id LIMIT $3",
         )
         .bind(consumer_id)
+        .bind(after)
+        .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(key_from_row).collect()
@@ -220,9 +227,9 @@ mod tests {
                 "{backend}"
             );
             assert_eq!(store.get_consumer("acme").await.unwrap(), consumer("acme"));
-            let all = store.list_consumers(None, 10).await.unwrap();
+            let all = store.list_consumers("", 10).await.unwrap();
             assert_eq!(all.len(), 2, "{backend}");
-            let after = store.list_consumers(Some("acme"), 10).await.unwrap();
+            let after = store.list_consumers("acme", 10).await.unwrap();
             assert_eq!(after[0].id, "globex");
 
             let key = ApiKey {
@@ -260,7 +267,7 @@ mod tests {
                 None
             );
             assert_eq!(
-                store.list_keys("acme").await.unwrap(),
+                store.list_keys("acme", "", 10).await.unwrap(),
                 std::slice::from_ref(&key)
             );
             store.delete_key("acme", "key_1").await.unwrap();

@@ -116,8 +116,8 @@ impl DirectoryClient {
             let page: DirectoryPage = response.json().await?;
             entries.extend(page.data);
             match page.next_cursor {
-                Some(cursor) => after = Some(cursor),
-                None => return Ok(entries),
+                Some(cursor) if page.has_more => after = Some(cursor),
+                _ => return Ok(entries),
             }
         }
     }

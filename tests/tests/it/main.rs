@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod amqp_ingest;
+mod api_surface;
 mod broker_outage;
 mod consumer_api;
 mod delivery;

@@ -59,19 +59,16 @@ async fn subscriptions_can_be_created_read_listed_updated_and_deleted() {
     assert_eq!(patched["enabled"], false);
     assert_eq!(patched["description"], "orders");
 
-    // Cursor pagination walks every subscription once.
+    // Cursor pagination walks every subscription once; the cursor is always present.
     for i in 0..4 {
         relay
             .subscribe(&format!("https://example.com/{i}"), &["#"], None)
             .await;
     }
     let mut seen = Vec::new();
-    let mut after: Option<String> = None;
+    let mut after = String::new();
     loop {
-        let mut path = String::from("/v1/subscriptions?limit=2");
-        if let Some(cursor) = &after {
-            path.push_str(&format!("&after={cursor}"));
-        }
+        let path = format!("/v1/subscriptions?limit=2&after={after}");
         let page: Value = relay
             .api(Method::GET, &path)
             .send()
@@ -83,12 +80,26 @@ async fn subscriptions_can_be_created_read_listed_updated_and_deleted() {
         let data = page["data"].as_array().unwrap();
         assert!(data.len() <= 2);
         seen.extend(data.iter().map(|s| s["id"].as_str().unwrap().to_owned()));
-        match page["next_cursor"].as_str() {
-            Some(cursor) => after = Some(cursor.to_owned()),
-            None => break,
+        after = page["next_cursor"].as_str().unwrap().to_owned();
+        assert_eq!(Some(after.as_str()), seen.last().map(String::as_str));
+        if !page["has_more"].as_bool().unwrap() {
+            break;
         }
     }
     assert_eq!(seen.len(), 5);
+    // Past the end: an empty page that gives the cursor back.
+    let page: Value = relay
+        .api(Method::GET, &format!("/v1/subscriptions?after={after}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (&page["data"], &page["next_cursor"], &page["has_more"]),
+        (&json!([]), &json!(after), &json!(false))
+    );
     let mut unique = seen.clone();
     unique.dedup();
     assert_eq!(unique.len(), 5);

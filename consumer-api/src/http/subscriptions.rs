@@ -1,0 +1,341 @@
+//! `/v1/subscriptions`: create, list, read, change and delete subscriptions, read their
+//! signing secret, rotate it, and disable them. A consumer key reaches only its own
+//! consumer's subscriptions.
+
+use std::time::Duration;
+
+use axum::{
+    Json,
+    extract::State,
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde::{Deserialize, Serialize};
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use super::page::List;
+use crate::{
+    clock::ms_rfc3339,
+    error::{ApiError, FieldError},
+    extract::{
+        FromQuery, JsonBody, OptionalJsonBody, Paging, Param, Query, QueryParams, consumer_param,
+        query_doc,
+    },
+    openapi::ProblemDoc,
+    service::{
+        Caller, PageRequest, Service,
+        subscriptions::{NewSubscription, OwnedSubscription, Secret, SubscriptionChanges},
+    },
+    state::AppState,
+    store::Subscription,
+    validation,
+};
+
+/// Paging of `GET /v1/subscriptions`.
+pub const PAGING: Paging = Paging {
+    default: 50,
+    max: 500,
+    sequence: false,
+};
+
+/// A subscription as clients see it; the secret only in the response to its creation.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SubscriptionView {
+    /// `sub_…`
+    pub id: String,
+    /// The endpoint, normalised: exactly the URL deliveries are made to.
+    pub url: String,
+    /// Topic filters.
+    pub event_types: Vec<String>,
+    /// Owner, or `null`.
+    pub consumer: Option<String>,
+    /// Free text, or `null`.
+    pub description: Option<String>,
+    /// Whether deliveries are made.
+    pub enabled: bool,
+    /// Why it was disabled, while it is.
+    pub disabled_reason: Option<String>,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339.
+    pub updated_at: String,
+    /// `whsec_…`, only when just created.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+}
+
+impl From<Subscription> for SubscriptionView {
+    fn from(s: Subscription) -> Self {
+        Self {
+            id: s.id,
+            url: s.url,
+            event_types: s.event_types,
+            consumer: s.consumer,
+            description: s.description,
+            enabled: s.enabled,
+            disabled_reason: s.disabled_reason,
+            created_at: s.created_at,
+            updated_at: s.updated_at,
+            secret: None,
+        }
+    }
+}
+
+/// Body of `GET /v1/subscriptions/{id}/secret` and of a rotation.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SecretView {
+    /// `whsec_…`
+    pub secret: String,
+    /// During a rotation: until when the previous secret also signs (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous_secret_expires_at: Option<String>,
+}
+
+impl From<Secret> for SecretView {
+    fn from(s: Secret) -> Self {
+        Self {
+            secret: s.secret,
+            previous_secret_expires_at: s.previous_expires_ms.map(ms_rfc3339),
+        }
+    }
+}
+
+/// Body of `POST /v1/subscriptions/{id}/disable`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DisableRequest {
+    /// Why (shown as `disabled_reason`), 1 to 500 characters.
+    pub reason: String,
+}
+
+/// Body of `POST /v1/subscriptions/{id}/rotate-secret` (optional).
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RotateRequest {
+    /// How long the previous secret keeps signing, e.g. `24h` (default `api.rotation_grace`).
+    #[serde(default, with = "humantime_serde")]
+    #[schema(value_type = Option<String>, example = "24h")]
+    pub grace: Option<Duration>,
+}
+
+/// The query of `GET /v1/subscriptions`.
+#[derive(Debug)]
+pub struct ListQuery {
+    page: PageRequest,
+    consumer: Option<String>,
+}
+
+impl FromQuery for ListQuery {
+    fn params() -> Vec<Param> {
+        let mut params = Vec::from(PAGING.params());
+        params.push(consumer_param(
+            "Only this consumer's subscriptions (admin key).",
+        ));
+        params
+    }
+
+    fn from_query(query: &mut QueryParams) -> Result<Self, FieldError> {
+        let page = PAGING.take(query)?;
+        let consumer = query.take("consumer");
+        if let Some(consumer) = &consumer {
+            validation::validate_consumer(consumer, "consumer")?;
+        }
+        Ok(Self { page, consumer })
+    }
+}
+query_doc!(ListQuery);
+
+/// Create a subscription
+///
+/// Answers 201 with the subscription, its secret (shown this once) and a `Location`.
+#[utoipa::path(
+    post,
+    path = "/v1/subscriptions",
+    tag = "subscriptions",
+    request_body = NewSubscription,
+    responses(
+        (status = 201, description = "Created; the secret is in the answer.", body = SubscriptionView,
+            headers(("location" = String, description = "The subscription's path"))),
+        (status = 422, description = "Destination refused by the SSRF policy (`destination-not-allowed`)",
+            body = ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security(("admin_key" = []), ("consumer_key" = [])),
+)]
+async fn create_subscription(
+    State(service): State<Service>,
+    caller: Caller,
+    JsonBody(new): JsonBody<NewSubscription>,
+) -> Result<Response, ApiError> {
+    let subscription = service.create_subscription(&caller, new).await?;
+    // Ids are ASCII, so the header value is always valid.
+    let location = HeaderValue::try_from(format!("/v1/subscriptions/{}", subscription.id)).ok();
+    let view = SubscriptionView {
+        secret: Some(subscription.secret.clone()),
+        ..SubscriptionView::from(subscription)
+    };
+    let mut response = (StatusCode::CREATED, Json(view)).into_response();
+    if let Some(location) = location {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
+}
+
+/// List subscriptions
+///
+/// In id (creation) order; a consumer key lists its own only.
+#[utoipa::path(
+    get,
+    path = "/v1/subscriptions",
+    tag = "subscriptions",
+    params(ListQuery),
+    responses((status = 200, description = "One page", body = List<SubscriptionView>)),
+    security(("admin_key" = []), ("consumer_key" = [])),
+)]
+async fn list_subscriptions(
+    State(service): State<Service>,
+    caller: Caller,
+    Query(query): Query<ListQuery>,
+) -> Result<Json<List<SubscriptionView>>, ApiError> {
+    let page = service
+        .list_subscriptions(&caller, query.consumer, &query.page)
+        .await?;
+    Ok(Json(List::of(page, SubscriptionView::from)))
+}
+
+/// Read a subscription
+#[utoipa::path(
+    get,
+    path = "/v1/subscriptions/{id}",
+    tag = "subscriptions",
+    params(OwnedSubscription),
+    responses((status = 200, description = "The subscription (without its secret)", body = SubscriptionView)),
+    security(("admin_key" = []), ("consumer_key" = [])),
+)]
+async fn get_subscription(subscription: OwnedSubscription) -> Json<SubscriptionView> {
+    Json(subscription.into_inner().into())
+}
+
+/// Change a subscription
+///
+/// Absent fields stay as they are; a body that changes nothing (`{}`) returns the
+/// subscription without a new revision. Enabling clears `disabled_reason`.
+#[utoipa::path(
+    patch,
+    path = "/v1/subscriptions/{id}",
+    tag = "subscriptions",
+    params(OwnedSubscription),
+    request_body = SubscriptionChanges,
+    responses(
+        (status = 200, description = "The changed subscription", body = SubscriptionView),
+        (status = 422, description = "Destination refused by the SSRF policy (`destination-not-allowed`)",
+            body = ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security(("admin_key" = []), ("consumer_key" = [])),
+)]
+async fn update_subscription(
+    State(service): State<Service>,
+    subscription: OwnedSubscription,
+    JsonBody(changes): JsonBody<SubscriptionChanges>,
+) -> Result<Json<SubscriptionView>, ApiError> {
+    Ok(Json(
+        service
+            .update_subscription(subscription, changes)
+            .await?
+            .into(),
+    ))
+}
+
+/// Delete a subscription
+#[utoipa::path(
+    delete,
+    path = "/v1/subscriptions/{id}",
+    tag = "subscriptions",
+    params(OwnedSubscription),
+    responses((status = 204, description = "Deleted")),
+    security(("admin_key" = []), ("consumer_key" = [])),
+)]
+async fn delete_subscription(
+    State(service): State<Service>,
+    subscription: OwnedSubscription,
+) -> Result<StatusCode, ApiError> {
+    service.delete_subscription(subscription).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Read the signing secret
+#[utoipa::path(
+    get,
+    path = "/v1/subscriptions/{id}/secret",
+    tag = "subscriptions",
+    params(OwnedSubscription),
+    responses((status = 200, description = "The secret", body = SecretView)),
+    security(("admin_key" = []), ("consumer_key" = [])),
+)]
+async fn get_secret(subscription: OwnedSubscription) -> Json<SecretView> {
+    Json(Service::secret(&subscription).into())
+}
+
+/// Rotate the signing secret
+///
+/// The previous secret keeps signing (deliveries carry both signatures) until the grace
+/// period ends.
+#[utoipa::path(
+    post,
+    path = "/v1/subscriptions/{id}/rotate-secret",
+    tag = "subscriptions",
+    params(OwnedSubscription),
+    request_body(content = Option<RotateRequest>, description = "Optional", content_type = "application/json"),
+    responses((status = 200, description = "The new secret", body = SecretView)),
+    security(("admin_key" = []), ("consumer_key" = [])),
+)]
+async fn rotate_secret(
+    State(service): State<Service>,
+    subscription: OwnedSubscription,
+    OptionalJsonBody(request): OptionalJsonBody<RotateRequest>,
+) -> Result<Json<SecretView>, ApiError> {
+    Ok(Json(
+        service
+            .rotate_secret(&subscription, request.grace)
+            .await?
+            .into(),
+    ))
+}
+
+/// Disable a subscription
+///
+/// Dispatchers call it when an endpoint answers `410 Gone`.
+#[utoipa::path(
+    post,
+    path = "/v1/subscriptions/{id}/disable",
+    tag = "subscriptions",
+    params(OwnedSubscription),
+    request_body = DisableRequest,
+    responses((status = 200, description = "The disabled subscription", body = SubscriptionView)),
+    security(("admin_key" = []), ("consumer_key" = [])),
+)]
+async fn disable_subscription(
+    State(service): State<Service>,
+    subscription: OwnedSubscription,
+    JsonBody(request): JsonBody<DisableRequest>,
+) -> Result<Json<SubscriptionView>, ApiError> {
+    Ok(Json(
+        service
+            .disable_subscription(&subscription, &request.reason)
+            .await?
+            .into(),
+    ))
+}
+
+/// The routes of this resource.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_subscription, list_subscriptions))
+        .routes(routes!(
+            get_subscription,
+            update_subscription,
+            delete_subscription
+        ))
+        .routes(routes!(get_secret))
+        .routes(routes!(rotate_secret))
+        .routes(routes!(disable_subscription))
+}

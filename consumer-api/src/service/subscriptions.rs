@@ -1,0 +1,474 @@
+//! Subscriptions: create, list, change, delete, rotate the signing secret and disable. Every
+//! committed change is announced to the dispatchers; a disabling is also announced through
+//! Relay as a `relay.subscription.disabled` event to the subscription's consumer.
+//!
+//! The request bodies are defined here, with their checks, so every front end creates and
+//! changes subscriptions under the same rules. Adding a field means: a column (migration and
+//! [`Subscription`]), the field in [`NewSubscription`] and [`SubscriptionChanges`] with its
+//! rule from [`crate::validation`], and the field in the view.
+
+use std::{ops::Deref, time::Duration};
+
+use relay_shared::{
+    control::ControlMessage, envelope::Envelope, ids::new_id, signing::generate_secret,
+};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::{Caller, Page, PageRequest, Service};
+use crate::{
+    clock::{duration_ms, now, now_ms},
+    error::{ApiError, FieldError},
+    store::{self, StoreError, Subscription, SubscriptionPatch},
+    validation::{self, Nullable},
+};
+
+/// Longest grace period of a rotation.
+pub const MAX_GRACE: Duration = Duration::from_secs(30 * 24 * 3600);
+/// The type of the operational event announcing a disabled subscription.
+pub const DISABLED_EVENT_TYPE: &str = "relay.subscription.disabled";
+/// The longest reason for a disabling, in characters.
+pub const MAX_REASON_LEN: usize = 500;
+
+/// A subscription the caller may act on. Only [`Service::subscription`] makes one, so an
+/// operation taking it cannot skip the ownership check.
+#[derive(Debug, Clone)]
+pub struct OwnedSubscription {
+    caller: Caller,
+    subscription: Subscription,
+}
+
+impl OwnedSubscription {
+    /// Who may act on it.
+    pub fn caller(&self) -> &Caller {
+        &self.caller
+    }
+
+    /// The subscription.
+    pub fn into_inner(self) -> Subscription {
+        self.subscription
+    }
+}
+
+impl Deref for OwnedSubscription {
+    type Target = Subscription;
+
+    fn deref(&self) -> &Subscription {
+        &self.subscription
+    }
+}
+
+/// A new subscription (`POST /v1/subscriptions`).
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewSubscription {
+    /// The endpoint: an absolute `http(s)` URL without credentials or fragment. It is stored
+    /// (and shown) normalised, exactly as dispatchers will call it.
+    pub url: String,
+    /// Topic filters (`order.*`, `invoice.#`).
+    pub event_types: Vec<String>,
+    /// Owner; a consumer key may only name itself (and is the owner when absent).
+    #[serde(default)]
+    pub consumer: Option<String>,
+    /// Free text.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Whether deliveries are made; `true` when absent.
+    #[serde(default)]
+    pub enabled: Option<bool>,
+}
+
+/// A change to a subscription (`PATCH /v1/subscriptions/{id}`): absent fields stay as they are.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionChanges {
+    /// New endpoint; `null` is refused.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub url: Nullable<String>,
+    /// New topic filters; `null` is refused.
+    #[serde(default)]
+    #[schema(value_type = Option<Vec<String>>)]
+    pub event_types: Nullable<Vec<String>>,
+    /// New owner; `null` clears it (admin only: a consumer cannot give a subscription away).
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub consumer: Nullable<String>,
+    /// New description; `null` clears it.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub description: Nullable<String>,
+    /// Enable or disable (enabling clears `disabled_reason`); `null` is refused.
+    #[serde(default)]
+    #[schema(value_type = Option<bool>)]
+    pub enabled: Nullable<bool>,
+}
+
+impl SubscriptionChanges {
+    /// Checks every field present and returns the change to make.
+    ///
+    /// # Errors
+    /// The first [`FieldError`] found.
+    pub fn validate(self) -> Result<SubscriptionPatch, FieldError> {
+        let url = self.url.required("url")?;
+        if let Some(url) = &url {
+            validation::validate_url(url)?;
+        }
+        let event_types = self.event_types.required("event_types")?;
+        if let Some(event_types) = &event_types {
+            validation::validate_event_types(event_types)?;
+        }
+        let consumer = self.consumer.clearable();
+        if let Some(Some(consumer)) = &consumer {
+            validation::validate_consumer(consumer, "consumer")?;
+        }
+        let description = self.description.clearable();
+        if let Some(Some(description)) = &description {
+            validation::validate_description(description)?;
+        }
+        Ok(SubscriptionPatch {
+            url,
+            event_types,
+            consumer,
+            description,
+            enabled: self.enabled.required("enabled")?,
+        })
+    }
+}
+
+/// The signing secret, and during a rotation until when the previous one also signs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Secret {
+    /// `whsec_…`
+    pub secret: String,
+    /// End of the rotation's grace period, Unix milliseconds.
+    pub previous_expires_ms: Option<i64>,
+}
+
+impl Service {
+    /// Checks `url` against the SSRF policy (the scheme, literal addresses, and the addresses
+    /// its host resolves to now).
+    async fn check_destination(&self, url: &str) -> Result<(), ApiError> {
+        validation::check_destination(&self.policy, url).await
+    }
+
+    /// Creates a subscription (with a fresh secret) and announces it.
+    ///
+    /// # Errors
+    /// A [`FieldError`] for a bad field or a consumer naming another one, a refused
+    /// destination, or a store failure.
+    pub async fn create_subscription(
+        &self,
+        caller: &Caller,
+        new: NewSubscription,
+    ) -> Result<Subscription, ApiError> {
+        validation::validate_url(&new.url)?;
+        validation::validate_event_types(&new.event_types)?;
+        if let Some(consumer) = &new.consumer {
+            validation::validate_consumer(consumer, "consumer")?;
+        }
+        if let Some(description) = &new.description {
+            validation::validate_description(description)?;
+        }
+        caller.check_names_itself(new.consumer.as_deref(), "consumer")?;
+        self.check_destination(&new.url).await?;
+        let created_at = now();
+        let subscription = Subscription {
+            id: new_id("sub"),
+            url: new.url,
+            event_types: new.event_types,
+            consumer: caller.consumer().map(str::to_owned).or(new.consumer),
+            description: new.description,
+            enabled: new.enabled.unwrap_or(true),
+            secret: generate_secret(),
+            revision: 1,
+            updated_at: created_at.clone(),
+            created_at,
+            disabled_reason: None,
+            previous_secret: None,
+            previous_secret_expires_ms: None,
+        };
+        self.store.create(&subscription).await?;
+        tracing::info!(subscription_id = %subscription.id, "subscription created");
+        self.announce(&subscription).await;
+        Ok(subscription)
+    }
+
+    /// The subscription `id`, if `caller` may act on it.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] when it does not exist or is another consumer's, or a store
+    /// failure.
+    pub async fn owned_subscription(
+        &self,
+        caller: &Caller,
+        id: &str,
+    ) -> Result<OwnedSubscription, ApiError> {
+        Ok(OwnedSubscription {
+            subscription: self.subscription(caller, id).await?,
+            caller: caller.clone(),
+        })
+    }
+
+    /// One page of subscriptions in id order: a consumer's own only; the admin's optionally
+    /// of one `consumer`.
+    ///
+    /// # Errors
+    /// A [`FieldError`] for a consumer naming another one, or a store failure.
+    pub async fn list_subscriptions(
+        &self,
+        caller: &Caller,
+        consumer: Option<String>,
+        page: &PageRequest,
+    ) -> Result<Page<Subscription>, ApiError> {
+        if let Some(consumer) = &consumer {
+            validation::validate_consumer(consumer, "consumer")?;
+        }
+        caller.check_names_itself(consumer.as_deref(), "consumer")?;
+        let rows = self
+            .store
+            .list(&store::ListRequest {
+                after: page.after.clone(),
+                consumer: caller.consumer().map(str::to_owned).or(consumer),
+                limit: page.limit.saturating_add(1),
+            })
+            .await?;
+        Ok(Page::from_rows(rows, page.limit, &page.after, |s| {
+            s.id.clone()
+        }))
+    }
+
+    /// Applies `changes`; a change that changes nothing returns the subscription as it is,
+    /// without a new revision. Enabling clears `disabled_reason` and the failure streak.
+    ///
+    /// # Errors
+    /// A [`FieldError`] for a bad field, a refused destination, a consumer giving the
+    /// subscription away, [`StoreError::NotFound`] if it was deleted meanwhile, or a store
+    /// failure.
+    pub async fn update_subscription(
+        &self,
+        current: OwnedSubscription,
+        changes: SubscriptionChanges,
+    ) -> Result<Subscription, ApiError> {
+        let patch = changes.validate()?;
+        if patch.is_empty() {
+            return Ok(current.into_inner());
+        }
+        if let Some(consumer) = &patch.consumer
+            && let Some(own) = current.caller.consumer()
+            && consumer.as_deref() != Some(own)
+        {
+            return Err(FieldError::new(
+                "consumer",
+                "a consumer key cannot move a subscription to another consumer",
+            )
+            .into());
+        }
+        if let Some(url) = &patch.url {
+            self.check_destination(url).await?;
+        }
+        let subscription = self.store.update(&current.id, &patch, &now()).await?;
+        if patch.enabled == Some(true) {
+            self.store.reset_health(&current.id).await?;
+        }
+        tracing::info!(subscription_id = %subscription.id, revision = subscription.revision, "subscription updated");
+        self.announce(&subscription).await;
+        Ok(subscription)
+    }
+
+    /// Deletes a subscription and tells the dispatchers.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] if it was deleted meanwhile, or a store failure.
+    pub async fn delete_subscription(
+        &self,
+        subscription: OwnedSubscription,
+    ) -> Result<(), ApiError> {
+        let id = subscription.into_inner().id;
+        self.store.delete(&id).await?;
+        tracing::info!(subscription_id = %id, "subscription deleted");
+        self.control.notify(ControlMessage::Delete { id }).await;
+        Ok(())
+    }
+
+    /// The signing secret (and the end of a running rotation's grace period).
+    pub fn secret(subscription: &OwnedSubscription) -> Secret {
+        let rotating = subscription.secrets(now_ms()).len() > 1;
+        Secret {
+            secret: subscription.secret.clone(),
+            previous_expires_ms: rotating
+                .then_some(subscription.previous_secret_expires_ms)
+                .flatten(),
+        }
+    }
+
+    /// Replaces the secret; the previous one keeps signing (deliveries carry both
+    /// signatures) for `grace` (default `api.rotation_grace`).
+    ///
+    /// # Errors
+    /// A [`FieldError`] on `grace` over [`MAX_GRACE`], [`StoreError::NotFound`] if it was
+    /// deleted meanwhile, or a store failure.
+    pub async fn rotate_secret(
+        &self,
+        subscription: &OwnedSubscription,
+        grace: Option<Duration>,
+    ) -> Result<Secret, ApiError> {
+        let grace = grace.unwrap_or(self.rotation_grace);
+        if grace > MAX_GRACE {
+            return Err(FieldError::new("grace", "grace must be at most 30 days").into());
+        }
+        let expires_ms = now_ms().saturating_add(duration_ms(grace));
+        let rotated = self
+            .store
+            .rotate_secret(&subscription.id, &generate_secret(), expires_ms, &now())
+            .await?;
+        tracing::info!(subscription_id = %rotated.id, grace_s = grace.as_secs(), "secret rotated");
+        self.announce(&rotated).await;
+        Ok(Secret {
+            secret: rotated.secret,
+            previous_expires_ms: Some(expires_ms),
+        })
+    }
+
+    /// Disables a subscription at a client's request (dispatchers call it on `410 Gone`).
+    ///
+    /// # Errors
+    /// A [`FieldError`] on `reason`, [`StoreError::NotFound`] if it was deleted meanwhile,
+    /// or a store failure.
+    pub async fn disable_subscription(
+        &self,
+        subscription: &OwnedSubscription,
+        reason: &str,
+    ) -> Result<Subscription, ApiError> {
+        let reason = reason.trim();
+        if reason.is_empty() || reason.chars().count() > MAX_REASON_LEN {
+            return Err(FieldError::new(
+                "reason",
+                format!("reason must be 1 to {MAX_REASON_LEN} characters"),
+            )
+            .into());
+        }
+        self.disable(&subscription.id, reason).await
+    }
+
+    /// Disables the subscription `id` (unless it is already): commits, notifies the
+    /// dispatchers, and announces it through Relay as a `relay.subscription.disabled` event.
+    /// The system's own path, for the background upkeep.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] or a store failure. A broker failure on the announcement is
+    /// logged, not returned: the change is committed.
+    pub async fn disable(&self, id: &str, reason: &str) -> Result<Subscription, ApiError> {
+        let (subscription, changed) = self.store.disable(id, reason, &now()).await?;
+        if !changed {
+            return Ok(subscription);
+        }
+        self.store.reset_health(id).await?;
+        tracing::warn!(subscription_id = %id, reason, "subscription disabled");
+        self.announce(&subscription).await;
+        let data = serde_json::json!({
+            "subscription_id": subscription.id,
+            "reason": reason,
+            "url": subscription.url,
+        });
+        let envelope = Envelope {
+            id: new_id("evt"),
+            event_type: DISABLED_EVENT_TYPE.to_owned(),
+            occurred_at: now(),
+            consumer: subscription.consumer.clone(),
+            // A JSON value always serialises to valid JSON text.
+            data: RawValue::from_string(data.to_string())
+                .map_err(|e| ApiError::Broker(e.to_string()))?,
+        };
+        if let Err(e) = self.publisher.publish_event(&envelope).await {
+            tracing::error!(subscription_id = %id, error = %e, "could not announce the disabled subscription");
+        }
+        Ok(subscription)
+    }
+
+    /// Ends the rotations whose grace period is over and announces each.
+    ///
+    /// # Errors
+    /// A store failure.
+    pub async fn expire_rotations(&self) -> Result<usize, StoreError> {
+        let ended = self.store.expire_rotations(now_ms(), &now()).await?;
+        for subscription in &ended {
+            tracing::info!(subscription_id = %subscription.id, "rotation grace period over");
+            self.announce(subscription).await;
+        }
+        Ok(ended.len())
+    }
+
+    /// Disables every enabled subscription that has failed without a success for `after`.
+    ///
+    /// # Errors
+    /// A store failure while looking for them; failures to disable one are logged.
+    pub async fn disable_failing(&self, after: Duration) -> Result<(), StoreError> {
+        let failing = self
+            .store
+            .failing_since(now_ms().saturating_sub(duration_ms(after)))
+            .await?;
+        for (id, since) in failing {
+            let reason = format!("failing since {}", crate::clock::ms_rfc3339(since));
+            if let Err(e) = self.disable(&id, &reason).await {
+                tracing::warn!(subscription_id = %id, error = %e, "cannot disable a failing subscription");
+            }
+        }
+        Ok(())
+    }
+
+    /// The dispatchers' directory: every subscription, enabled or not, with its secrets.
+    ///
+    /// # Errors
+    /// A store failure.
+    pub async fn directory(
+        &self,
+        page: &PageRequest,
+    ) -> Result<Page<relay_shared::subscription::DirectoryEntry>, ApiError> {
+        let rows = self
+            .store
+            .list(&store::ListRequest {
+                after: page.after.clone(),
+                consumer: None,
+                limit: page.limit.saturating_add(1),
+            })
+            .await?;
+        Ok(
+            Page::from_rows(rows, page.limit, &page.after, |s| s.id.clone())
+                .map(|s| s.directory_entry()),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use relay_shared::envelope::parse_json;
+
+    use super::*;
+
+    fn patch(body: &str) -> Result<SubscriptionPatch, String> {
+        let request: SubscriptionChanges = parse_json(body.as_bytes()).map_err(|e| e.field)?;
+        request.validate().map_err(|e| e.field)
+    }
+
+    #[test]
+    fn changes_tell_absent_from_null() {
+        assert!(patch("{}").unwrap().is_empty());
+        let p = patch(r#"{"consumer":null,"description":"x","enabled":false}"#).unwrap();
+        assert_eq!(p.consumer, Some(None));
+        assert_eq!(p.description, Some(Some("x".into())));
+        assert_eq!(p.enabled, Some(false));
+        assert_eq!(p.url, None);
+        assert_eq!(p.event_types, None);
+        assert_eq!(patch(r#"{"url":null}"#).unwrap_err(), "url");
+        assert_eq!(patch(r#"{"event_types":null}"#).unwrap_err(), "event_types");
+        assert_eq!(patch(r#"{"enabled":null}"#).unwrap_err(), "enabled");
+        assert_eq!(
+            patch(r#"{"event_types":["ok","no way"]}"#).unwrap_err(),
+            "event_types[1]"
+        );
+        assert_eq!(patch(r#"{"url":"gopher://x"}"#).unwrap_err(), "url");
+        assert_eq!(patch(r#"{"secret":"whsec_x"}"#).unwrap_err(), "secret");
+        assert_eq!(patch(r#"{"consumer":"bad/name"}"#).unwrap_err(), "consumer");
+    }
+}

@@ -1,0 +1,210 @@
+//! Consumers (tenants) and their API keys, admin only. A key is shown once, when it is
+//! created; the store keeps its hash.
+
+use base64::Engine as _;
+use relay_shared::ids::{new_id, random_bytes};
+use serde::Deserialize;
+
+use super::{Caller, Page, PageRequest, Service};
+use crate::{
+    clock::now,
+    error::{ApiError, FieldError},
+    store::{
+        StoreError,
+        tenants::{ApiKey, Consumer, key_hash},
+    },
+    validation,
+};
+
+/// Every consumer key starts with this.
+pub const KEY_PREFIX: &str = "rk_";
+/// Characters of a key kept to recognise it.
+pub const KEY_PREFIX_LEN: usize = 10;
+/// The longest display name of a consumer, in characters.
+pub const MAX_NAME_LEN: usize = 200;
+
+/// A new consumer (`POST /v1/consumers`).
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewConsumer {
+    /// The name events and subscriptions use in `consumer`: 1 to 64 of `A-Z a-z 0-9 _ - . :`.
+    pub id: String,
+    /// Display name, at most 200 characters.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// A key just created: its record, and the key itself, shown this once.
+#[derive(Debug, Clone)]
+pub struct CreatedKey {
+    /// The stored record.
+    pub key: ApiKey,
+    /// `rk_…`
+    pub secret: String,
+}
+
+impl Caller {
+    /// Tenant management is the admin's alone.
+    ///
+    /// # Errors
+    /// [`ApiError::Forbidden`] for a consumer.
+    pub fn require_admin(&self) -> Result<(), ApiError> {
+        match self {
+            Self::Admin => Ok(()),
+            Self::Directory | Self::Consumer(_) => Err(ApiError::Forbidden),
+        }
+    }
+}
+
+impl Service {
+    /// The consumer a presented consumer key belongs to, if it is a current key.
+    ///
+    /// # Errors
+    /// A store failure.
+    pub async fn consumer_for_key(&self, key: &str) -> Result<Option<Caller>, ApiError> {
+        if !key.starts_with(KEY_PREFIX) {
+            return Ok(None);
+        }
+        Ok(self
+            .store
+            .consumer_for_key(&key_hash(key))
+            .await?
+            .map(Caller::Consumer))
+    }
+
+    /// Creates a consumer.
+    ///
+    /// # Errors
+    /// A [`FieldError`], [`StoreError::Conflict`] when the id is taken, or a store failure.
+    pub async fn create_consumer(
+        &self,
+        caller: &Caller,
+        new: NewConsumer,
+    ) -> Result<Consumer, ApiError> {
+        caller.require_admin()?;
+        validation::validate_consumer(&new.id, "id")?;
+        if new
+            .name
+            .as_ref()
+            .is_some_and(|n| n.chars().count() > MAX_NAME_LEN)
+        {
+            return Err(FieldError::new(
+                "name",
+                format!("name must be at most {MAX_NAME_LEN} characters"),
+            )
+            .into());
+        }
+        let consumer = Consumer {
+            id: new.id,
+            name: new.name,
+            created_at: now(),
+        };
+        self.store.create_consumer(&consumer).await?;
+        tracing::info!(consumer = %consumer.id, "consumer created");
+        Ok(consumer)
+    }
+
+    /// One page of consumers in id order.
+    ///
+    /// # Errors
+    /// A store failure.
+    pub async fn list_consumers(
+        &self,
+        caller: &Caller,
+        page: &PageRequest,
+    ) -> Result<Page<Consumer>, ApiError> {
+        caller.require_admin()?;
+        let rows = self
+            .store
+            .list_consumers(&page.after, page.limit.saturating_add(1))
+            .await?;
+        Ok(Page::from_rows(rows, page.limit, &page.after, |c| {
+            c.id.clone()
+        }))
+    }
+
+    /// One consumer.
+    ///
+    /// # Errors
+    /// [`StoreError::Missing`] or a store failure.
+    pub async fn consumer(&self, caller: &Caller, id: &str) -> Result<Consumer, ApiError> {
+        caller.require_admin()?;
+        Ok(self.store.get_consumer(id).await?)
+    }
+
+    /// Deletes a consumer and revokes its keys.
+    ///
+    /// # Errors
+    /// [`StoreError::Missing`] or a store failure.
+    pub async fn delete_consumer(&self, caller: &Caller, id: &str) -> Result<(), ApiError> {
+        caller.require_admin()?;
+        self.store.delete_consumer(id).await?;
+        tracing::info!(consumer = %id, "consumer deleted");
+        Ok(())
+    }
+
+    /// Creates an API key for `consumer_id`.
+    ///
+    /// # Errors
+    /// [`StoreError::Missing`] when there is no such consumer, or a store failure.
+    pub async fn create_key(
+        &self,
+        caller: &Caller,
+        consumer_id: &str,
+    ) -> Result<CreatedKey, ApiError> {
+        caller.require_admin()?;
+        let secret = format!(
+            "{KEY_PREFIX}{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_bytes::<32>())
+        );
+        let key = ApiKey {
+            id: new_id("key"),
+            consumer_id: consumer_id.to_owned(),
+            prefix: secret.chars().take(KEY_PREFIX_LEN).collect(),
+            created_at: now(),
+        };
+        self.store.create_key(&key, &key_hash(&secret)).await?;
+        tracing::info!(consumer = %key.consumer_id, key_id = %key.id, "API key created");
+        Ok(CreatedKey { key, secret })
+    }
+
+    /// One page of a consumer's keys, oldest first.
+    ///
+    /// # Errors
+    /// [`StoreError::Missing`] when there is no such consumer, or a store failure.
+    pub async fn list_keys(
+        &self,
+        caller: &Caller,
+        consumer_id: &str,
+        page: &PageRequest,
+    ) -> Result<Page<ApiKey>, ApiError> {
+        caller.require_admin()?;
+        let rows = self
+            .store
+            .list_keys(consumer_id, &page.after, page.limit.saturating_add(1))
+            .await?;
+        Ok(Page::from_rows(rows, page.limit, &page.after, |k| {
+            k.id.clone()
+        }))
+    }
+
+    /// Revokes a key: it stops working at once.
+    ///
+    /// # Errors
+    /// [`StoreError::Missing`] or a store failure.
+    pub async fn delete_key(
+        &self,
+        caller: &Caller,
+        consumer_id: &str,
+        key_id: &str,
+    ) -> Result<(), ApiError> {
+        caller.require_admin()?;
+        match self.store.delete_key(consumer_id, key_id).await {
+            Ok(()) => {}
+            Err(StoreError::Missing(_)) => return Err(StoreError::Missing("key").into()),
+            Err(e) => return Err(e.into()),
+        }
+        tracing::info!(consumer = %consumer_id, key_id = %key_id, "API key revoked");
+        Ok(())
+    }
+}

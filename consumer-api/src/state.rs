@@ -1,0 +1,46 @@
+//! What every HTTP handler and middleware can reach: the [`Service`] (everything the API
+//! does) and what only HTTP needs (the admin and directory keys).
+
+use std::sync::Arc;
+
+use axum::extract::FromRef;
+
+use crate::{config::ApiSettings, service::Service};
+
+/// The state of the HTTP application. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The operations.
+    pub service: Service,
+    /// The admin bearer key.
+    admin_key: Arc<str>,
+    /// The dispatchers' directory keys.
+    directory_keys: Arc<[String]>,
+}
+
+impl AppState {
+    /// State over `service`, with the keys of `api`.
+    pub fn new(service: Service, api: &ApiSettings) -> Self {
+        Self {
+            service,
+            admin_key: api.admin_key.as_str().into(),
+            directory_keys: api.directory_keys.clone().into(),
+        }
+    }
+
+    /// The admin bearer key.
+    pub fn admin_key(&self) -> &str {
+        &self.admin_key
+    }
+
+    /// The dispatchers' directory keys.
+    pub fn directory_keys(&self) -> &[String] {
+        &self.directory_keys
+    }
+}
+
+impl FromRef<AppState> for Service {
+    fn from_ref(state: &AppState) -> Self {
+        state.service.clone()
+    }
+}

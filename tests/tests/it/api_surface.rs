@@ -1,0 +1,276 @@
+//! consumer-api's HTTP surface against a real consumer-api process (in-process `run`, port 0,
+//! its own SQLite file) with the broker down: changes succeed without it, every rejection is
+//! a problem, the one cursor rule of every list, and the route table.
+
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde_json::{Value, json};
+use tests::{api::Api, system::ADMIN_KEY};
+
+#[tokio::test]
+async fn subscriptions_lifecycle_without_a_broker() {
+    let api = Api::start(&[]).await;
+
+    let started = Instant::now();
+    let created = api
+        .call(
+            Method::POST,
+            "/v1/subscriptions",
+            Some(json!({"url": "https://example.com/hook", "event_types": ["order.*"], "consumer": "acme"})),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{:?}", created.body);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "a down broker must not hold the request"
+    );
+    let created = (created.headers, created.body);
+    let id = created.1["id"].as_str().unwrap().to_owned();
+    assert!(id.starts_with("sub_"));
+    assert_eq!(
+        created.0["location"],
+        format!("/v1/subscriptions/{id}").as_str()
+    );
+    assert!(created.1["secret"].as_str().unwrap().starts_with("whsec_"));
+    assert_eq!(created.1["enabled"], true);
+    assert_eq!(created.1["description"], Value::Null);
+
+    let got = api
+        .call(Method::GET, &format!("/v1/subscriptions/{id}"), None)
+        .await;
+    assert_eq!(got.status, 200);
+    assert!(got.body.get("secret").is_none());
+    assert_eq!(got.body["consumer"], "acme");
+
+    let secret = api
+        .call(Method::GET, &format!("/v1/subscriptions/{id}/secret"), None)
+        .await;
+    assert_eq!(
+        (secret.status, &secret.body["secret"]),
+        (200, &created.1["secret"])
+    );
+
+    let updated = api
+        .call(
+            Method::PATCH,
+            &format!("/v1/subscriptions/{id}"),
+            Some(json!({"enabled": false, "consumer": null})),
+        )
+        .await;
+    assert_eq!(updated.status, 200, "{:?}", updated.body);
+    assert_eq!(
+        (&updated.body["enabled"], &updated.body["consumer"]),
+        (&json!(false), &Value::Null)
+    );
+
+    // ULIDs are ordered across milliseconds only.
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    let second = api
+        .call(
+            Method::POST,
+            "/v1/subscriptions",
+            Some(json!({"url": "http://127.0.0.1:9/x", "event_types": ["#"]})),
+        )
+        .await;
+    assert_eq!(second.status, 201);
+
+    let page = api
+        .call(Method::GET, "/v1/subscriptions?limit=1", None)
+        .await;
+    assert_eq!(page.status, 200);
+    assert_eq!(page.body["data"][0]["id"], id.as_str());
+    assert_eq!(
+        (&page.body["next_cursor"], &page.body["has_more"]),
+        (&json!(id), &json!(true))
+    );
+    let page = api
+        .call(
+            Method::GET,
+            &format!("/v1/subscriptions?limit=1&after={id}"),
+            None,
+        )
+        .await;
+    assert_eq!(page.body["data"][0]["id"], second.body["id"]);
+    assert_eq!(
+        (&page.body["next_cursor"], &page.body["has_more"]),
+        (&second.body["id"], &json!(false))
+    );
+
+    let directory = api.call(Method::GET, "/v1/directory", None).await;
+    assert_eq!(directory.status, 200);
+    let entries = directory.body["data"].as_array().unwrap();
+    assert_eq!(entries.len(), 2);
+    assert_eq!(entries[0]["revision"], 2);
+    assert_eq!(entries[0]["enabled"], false);
+    assert_eq!(entries[0]["secrets"], json!([created.1["secret"]]));
+    assert_eq!(
+        (&directory.body["next_cursor"], &directory.body["has_more"]),
+        (&second.body["id"], &json!(false))
+    );
+
+    let deleted = api
+        .call(Method::DELETE, &format!("/v1/subscriptions/{id}"), None)
+        .await;
+    assert_eq!(deleted.status, 204);
+    let gone = api
+        .call(Method::GET, &format!("/v1/subscriptions/{id}"), None)
+        .await;
+    assert_eq!(
+        (gone.status, gone.problem_type()),
+        (404, "urn:relay:problem:not-found")
+    );
+    assert_eq!(gone.content_type(), "application/problem+json");
+    let again = api
+        .call(Method::DELETE, &format!("/v1/subscriptions/{id}"), None)
+        .await;
+    assert_eq!(again.status, 404);
+
+    let metrics = api
+        .http
+        .get(format!("{}/metrics", api.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"relay_api_control_notifications_total{outcome="failed"} 4"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains("relay_amqp_connected 0"), "{metrics}");
+    // HTTP requests are measured once, under the shared names.
+    assert!(
+        metrics.contains(
+            r#"relay_http_requests_total{route="/v1/subscriptions/{id}",status="204"} 1"#
+        ),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("relay_api_http_request"), "{metrics}");
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn every_rejection_is_a_problem() {
+    let api = Api::start(&[]).await;
+    let url = |path: &str| format!("{}{path}", api.base);
+
+    let response = api.http.get(url("/v1/subscriptions")).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 401);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    let response = api
+        .http
+        .get(url("/v1/directory"))
+        .bearer_auth("wrong-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 401);
+
+    let response = api.http.get(url("/healthz")).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let response = api.http.get(url("/readyz")).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 503, "the broker is down");
+    let body: Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+    assert!(
+        body["reasons"][0].as_str().unwrap().starts_with("broker:"),
+        "{body}"
+    );
+
+    let response = api
+        .request(Method::POST, "/v1/subscriptions", ADMIN_KEY)
+        .header("content-type", "text/plain")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 415);
+
+    let response = tests::api::answer(
+        api.request(Method::POST, "/v1/subscriptions", ADMIN_KEY)
+            .header("content-type", "application/json")
+            .body("{\"url\":")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(response.problem_type(), "urn:relay:problem:malformed-json");
+
+    let response = api
+        .request(Method::POST, "/v1/subscriptions", ADMIN_KEY)
+        .header("content-type", "application/json")
+        .body(vec![b' '; consumer_api::extract::MAX_BODY_BYTES + 1])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 413);
+
+    let cases = [
+        (json!({"url": "ftp://x", "event_types": ["a"]}), "url"),
+        (
+            json!({"url": "https://x", "event_types": ["a", "B"]}),
+            "event_types[1]",
+        ),
+        (
+            json!({"url": "https://x", "event_types": ["a"], "extra": 1}),
+            "extra",
+        ),
+        (json!({"url": "https://x"}), "event_types"),
+    ];
+    for (body, field) in cases {
+        let problem = api
+            .call(Method::POST, "/v1/subscriptions", Some(body))
+            .await;
+        assert_eq!(problem.status, 400, "{:?}", problem.body);
+        assert_eq!(problem.problem_type(), "urn:relay:problem:invalid-field");
+        assert_eq!(problem.body["field"], field);
+    }
+
+    for (path, field) in [
+        ("/v1/subscriptions?limit=501", "limit"),
+        ("/v1/subscriptions?limit=", "limit"),
+        ("/v1/directory?limit=5001", "limit"),
+        ("/v1/events?after=x", "after"),
+        ("/v1/subscriptions?colour=red", "colour"),
+    ] {
+        let problem = api.call(Method::GET, path, None).await;
+        assert_eq!(
+            (problem.status, problem.body["field"].as_str()),
+            (400, Some(field)),
+            "{path}"
+        );
+    }
+    let answer = api
+        .call(Method::GET, "/v1/directory?limit=5000", None)
+        .await;
+    assert_eq!(answer.status, 200);
+
+    let problem = api
+        .call(
+            Method::PATCH,
+            "/v1/subscriptions/sub_nope",
+            Some(json!({"enabled": true})),
+        )
+        .await;
+    assert_eq!(
+        (problem.status, problem.problem_type()),
+        (404, "urn:relay:problem:not-found")
+    );
+
+    let problem = api.call(Method::GET, "/v2/nothing", None).await;
+    assert_eq!(
+        (problem.status, problem.problem_type()),
+        (404, "urn:relay:problem:not-found")
+    );
+    let problem = api.call(Method::PUT, "/v1/subscriptions", None).await;
+    assert_eq!(
+        (problem.status, problem.problem_type()),
+        (405, "urn:relay:problem:method-not-allowed")
+    );
+    api.stop().await;
+}
