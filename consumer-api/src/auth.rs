@@ -1,5 +1,6 @@
-//! Who is calling: the admin (configured key, full access), a dispatcher (a directory key:
-//! reads the directory and disables a subscription, nothing else) or a consumer (one of its
+//! Who is calling: the admin (configured key, full access), a dispatcher or ingest (a
+//! directory key: reads the directory and the event-type catalogue, disables a subscription,
+//! nothing else) or a consumer (one of its
 //! API keys, access to its own subscriptions, events, attempts and dead letters only). The
 //! middleware here turns the bearer key into a [`Caller`] and confines a directory key to
 //! its two routes; what a caller may do is otherwise decided in the service layer.
@@ -67,13 +68,15 @@ fn matches_any(token: &str, keys: &[String]) -> bool {
         .any(|key| bool::from(token.as_bytes().ct_eq(key.as_bytes())))
 }
 
-/// What a directory key may do: read the directory, disable one subscription.
+/// What a directory key may do: read the directory and the event-type catalogue (ingest and
+/// dispatchers load schemas from it), disable one subscription.
 fn directory_scope(method: &Method, path: &str) -> bool {
     let disable = path
         .strip_prefix("/v1/subscriptions/")
         .and_then(|rest| rest.strip_suffix("/disable"))
         .is_some_and(|id| !id.is_empty() && !id.contains('/'));
-    (method == Method::GET && path == "/v1/directory") || (method == Method::POST && disable)
+    (method == Method::GET && (path == "/v1/directory" || path == "/v1/event-types"))
+        || (method == Method::POST && disable)
 }
 
 /// Lets only the admin through (routes managing tenants, the dispatchers' directory); a
@@ -92,6 +95,7 @@ mod tests {
     #[test]
     fn a_directory_key_reads_the_directory_and_disables_nothing_else() {
         assert!(directory_scope(&Method::GET, "/v1/directory"));
+        assert!(directory_scope(&Method::GET, "/v1/event-types"));
         assert!(directory_scope(
             &Method::POST,
             "/v1/subscriptions/sub_1/disable"
@@ -104,6 +108,8 @@ mod tests {
             (Method::GET, "/v1/subscriptions"),
             (Method::GET, "/v1/consumers"),
             (Method::POST, "/v1/subscriptions/sub_1/replay"),
+            (Method::POST, "/v1/event-types"),
+            (Method::DELETE, "/v1/event-types/order.created"),
         ] {
             assert!(!directory_scope(&method, path), "{method} {path}");
         }

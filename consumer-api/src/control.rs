@@ -82,24 +82,21 @@ impl ControlPublisher {
     pub async fn notify(&self, message: ControlMessage) {
         let publisher = self.clone();
         let task = tokio::spawn(async move {
-            let id = match &message {
-                ControlMessage::Upsert { subscription } => subscription.id.clone(),
-                ControlMessage::Delete { id } => id.clone(),
-            };
+            let subject = message.subject().to_owned();
             match publisher.publish(&message).await {
                 Ok(()) => {
                     publisher
                         .notifications
                         .with_label_values(&["published"])
                         .inc();
-                    tracing::debug!(subscription_id = %id, "control notification published");
+                    tracing::debug!(subject, "control notification published");
                 }
                 Err(e) => {
                     publisher.notifications.with_label_values(&["failed"]).inc();
                     tracing::warn!(
-                        subscription_id = %id,
+                        subject,
                         error = %e,
-                        "control notification not published; dispatchers will see the change at their next directory refresh"
+                        "control notification not published; dispatchers and ingest will see the change at their next refresh"
                     );
                 }
             }

@@ -145,6 +145,15 @@ path_id!(
     "The key id (`key_…`)."
 );
 
+path_id!(
+    /// `{name}` of `/v1/event-types/{name}`.
+    EventTypeName,
+    "name",
+    "event type",
+    "^[a-z0-9_-]+(\\.[a-z0-9_-]+)*$",
+    "The event type, e.g. `order.created`."
+);
+
 impl FromRequestParts<AppState> for OwnedSubscription {
     type Rejection = ApiError;
 

@@ -7,6 +7,7 @@
 pub mod attempts;
 pub mod dead_letters;
 pub mod directory;
+pub mod event_types;
 pub mod events;
 pub mod page;
 pub mod replays;
@@ -39,7 +40,8 @@ fn table() -> OpenApiRouter<AppState> {
         .merge(attempts::routes())
         .merge(replays::routes())
         .merge(events::routes())
-        .merge(dead_letters::routes());
+        .merge(dead_letters::routes())
+        .merge(event_types::routes());
     OpenApiRouter::with_openapi(openapi::frame())
         .merge(admin)
         .merge(tenant)
@@ -125,6 +127,6 @@ mod tests {
                 }
             }
         }
-        assert_eq!(ids.len(), 23);
+        assert_eq!(ids.len(), 28);
     }
 }

@@ -12,6 +12,7 @@
 //! [`StoreError::NotFound`], exactly as if they did not exist.
 
 pub mod deliveries;
+pub mod event_types;
 pub mod events;
 pub mod replay;
 pub mod subscriptions;

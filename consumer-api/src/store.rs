@@ -6,6 +6,7 @@
 //! Every subscription write is a single statement, so concurrent requests never hold a
 //! transaction open across an await point; the recorder writes its batches in one transaction.
 
+pub mod event_types;
 pub mod records;
 pub mod tenants;
 #[cfg(test)]
@@ -547,6 +548,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "tenants and records",
         include_str!("../migrations/sqlite/0002_tenants_and_records.sql"),
     ),
+    (
+        3,
+        "event contract",
+        include_str!("../migrations/sqlite/0003_event_contract.sql"),
+    ),
 ];
 
 /// PostgreSQL migrations: the same versions, with PostgreSQL's DDL.
@@ -560,6 +566,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         2,
         "tenants and records",
         include_str!("../migrations/postgres/0002_tenants_and_records.sql"),
+    ),
+    (
+        3,
+        "event contract",
+        include_str!("../migrations/postgres/0003_event_contract.sql"),
     ),
 ];
 

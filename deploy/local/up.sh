@@ -89,6 +89,11 @@ if ! grep -q '^RELAY__DISPATCH__DIRECTORY_KEY=' "$RELAY_HOME/keys.env"; then
   printf 'RELAY__DISPATCH__DIRECTORY_KEY=%s\nRELAY__API__DIRECTORY_KEYS=%s\n' \
     "$directory_key" "$directory_key" >>"$RELAY_HOME/keys.env"
 fi
+# Ingest reads the event-type catalogue with a directory key (older keys.env files lack it).
+if ! grep -q '^RELAY__INGEST__CATALOGUE_KEY=' "$RELAY_HOME/keys.env"; then
+  printf 'RELAY__INGEST__CATALOGUE_KEY=%s\n' \
+    "$(sed -n 's/^RELAY__DISPATCH__DIRECTORY_KEY=//p' "$RELAY_HOME/keys.env")" >>"$RELAY_HOME/keys.env"
+fi
 set -a
 # shellcheck source=/dev/null
 source "$RELAY_HOME/keys.env"

@@ -5,5 +5,7 @@
 //! same code on port 0.
 #![forbid(unsafe_code)]
 
+pub mod catalogue;
+pub mod control_feed;
 pub mod dispatch;
 pub mod ingest;

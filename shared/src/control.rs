@@ -1,10 +1,11 @@
-//! Messages on the `relay.control` exchange: subscription changes every dispatcher applies.
+//! Messages on the `relay.control` exchange: subscription changes every dispatcher applies,
+//! and event-type catalogue changes every dispatcher and ingest applies.
 
 use serde::{Deserialize, Serialize};
 
-use crate::subscription::DirectoryEntry;
+use crate::{event_schema::TypeDefinition, subscription::DirectoryEntry};
 
-/// A change to the subscription directory.
+/// A change to the subscription directory or the event-type catalogue.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum ControlMessage {
@@ -18,6 +19,30 @@ pub enum ControlMessage {
         /// `sub_…`
         id: String,
     },
+    /// An event type created or changed: its schema is recompiled.
+    EventType {
+        /// The type's new state; applied when its revision is newer than the one held.
+        event_type: TypeDefinition,
+    },
+    /// An event type deleted at catalogue revision `revision`.
+    EventTypeDeleted {
+        /// Type name.
+        name: String,
+        /// The catalogue revision of the deletion.
+        revision: i64,
+    },
+}
+
+impl ControlMessage {
+    /// What the change is about: the subscription id or the event type name (for logs).
+    pub fn subject(&self) -> &str {
+        match self {
+            Self::Upsert { subscription } => &subscription.id,
+            Self::Delete { id } => id,
+            Self::EventType { event_type } => &event_type.name,
+            Self::EventTypeDeleted { name, .. } => name,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -12,12 +12,13 @@ use std::{
 };
 
 use jsonschema::{Draft, PatternOptions, Validator};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// The only dialect accepted (also when `$schema` is absent).
 pub const DRAFT_2020_12: &str = "https://json-schema.org/draft/2020-12/schema";
 /// Largest schema accepted, as compact JSON.
-pub const MAX_SCHEMA_BYTES: usize = 64 * 1024;
+pub const MAX_SCHEMA_BYTES: usize = 32 * 1024;
 /// Longest violation message kept (the rest is cut at a character boundary).
 const MAX_MESSAGE_CHARS: usize = 240;
 
@@ -130,16 +131,20 @@ pub struct TypeRules {
     pub deprecated: bool,
 }
 
-/// One event type as the catalogue announces it (snapshot or change).
-#[derive(Debug, Clone, PartialEq)]
+/// One event type as the catalogue announces it: in a snapshot (`GET /v1/event-types`, whose
+/// entries carry more fields, ignored here) and in a `relay.control` change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TypeDefinition {
     /// Event type name, e.g. `order.created`.
     pub name: String,
-    /// Increases with every change of the entry.
+    /// The catalogue revision of the entry's last change: one sequence for every type, so a
+    /// deletion and a later re-creation stay ordered.
     pub revision: i64,
     /// The JSON Schema of `data`, if any.
+    #[serde(default)]
     pub schema: Option<Value>,
     /// Whether producers should stop sending it.
+    #[serde(default)]
     pub deprecated: bool,
 }
 
@@ -220,10 +225,16 @@ impl SchemaCache {
         }
     }
 
-    /// Replaces the whole catalogue with a snapshot, keeping compiled entries whose revision
-    /// did not change. Entries that do not compile are skipped and returned with their error
-    /// (they were valid when saved, so this means the validator changed between versions).
-    pub fn replace_all(&self, snapshot: &[TypeDefinition]) -> Vec<(String, SchemaError)> {
+    /// Replaces the whole catalogue with a snapshot read at catalogue revision `as_of`: every
+    /// held entry (or deletion) newer than `as_of` was announced after the snapshot began and
+    /// is kept; compiled entries whose revision did not change are reused. Entries that do not
+    /// compile are skipped and returned with their error (they compiled when saved, so this
+    /// means the validator changed between versions).
+    pub fn replace_all(
+        &self,
+        snapshot: &[TypeDefinition],
+        as_of: i64,
+    ) -> Vec<(String, SchemaError)> {
         let mut failed = Vec::new();
         let mut next = HashMap::with_capacity(snapshot.len());
         for definition in snapshot {
@@ -237,10 +248,19 @@ impl SchemaCache {
                 Err(e) => failed.push((definition.name.clone(), e)),
             }
         }
-        *self
+        let mut types = self
             .types
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = next;
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (name, slot) in types.drain() {
+            let newer = next
+                .get(&name)
+                .is_none_or(|taken: &Slot| taken.revision() < slot.revision());
+            if slot.revision() > as_of && newer {
+                next.insert(name, slot);
+            }
+        }
+        *types = next;
         failed
     }
 
@@ -410,16 +430,40 @@ mod tests {
         cache
             .apply(&definition("a", 1, Some(order_schema())))
             .unwrap();
-        cache.apply(&definition("gone", 1, None)).unwrap();
+        cache.apply(&definition("gone", 2, None)).unwrap();
         let a = cache.get("a").unwrap();
-        let failed = cache.replace_all(&[
-            definition("a", 1, Some(order_schema())),
-            definition("b", 4, None),
-            definition("broken", 1, Some(json!({"type": 5}))),
-        ]);
+        let failed = cache.replace_all(
+            &[
+                definition("a", 1, Some(order_schema())),
+                definition("b", 4, None),
+                definition("broken", 3, Some(json!({"type": 5}))),
+            ],
+            4,
+        );
         assert_eq!(failed.len(), 1);
         assert!(Arc::ptr_eq(&a, &cache.get("a").unwrap()));
         assert!(cache.get("b").is_some() && cache.get("gone").is_none());
+        assert_eq!(cache.len(), 2);
+    }
+
+    #[test]
+    fn changes_announced_while_a_snapshot_was_read_survive_it() {
+        let cache = SchemaCache::default();
+        cache.apply(&definition("a", 1, None)).unwrap();
+        cache.apply(&definition("b", 2, None)).unwrap();
+        // The snapshot is read as of revision 3; meanwhile "a" changes (5), "c" appears (6)
+        // and "b" is deleted (7).
+        cache
+            .apply(&definition("a", 5, Some(order_schema())))
+            .unwrap();
+        cache.apply(&definition("c", 6, None)).unwrap();
+        cache.remove("b", 7);
+        cache.replace_all(&[definition("a", 1, None), definition("b", 2, None)], 3);
+        assert_eq!(cache.get("a").unwrap().revision, 5);
+        assert!(cache.get("b").is_none());
+        assert!(cache.get("c").is_some());
+        // A later snapshot that includes them all wins as usual.
+        cache.replace_all(&[definition("a", 5, None), definition("c", 6, None)], 7);
         assert_eq!(cache.len(), 2);
     }
 }

@@ -15,6 +15,7 @@ pub mod filter;
 pub mod http_metrics;
 pub mod ids;
 pub mod metrics;
+pub mod operational;
 pub mod ops;
 pub mod payload_filter;
 pub mod problem;

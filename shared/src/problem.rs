@@ -6,8 +6,12 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde::Serialize;
+use serde_json::{Map, Value};
 
-use crate::envelope::{EnvelopeError, EnvelopeErrorKind};
+use crate::{
+    envelope::{EnvelopeError, EnvelopeErrorKind},
+    event_schema::Violation,
+};
 
 /// Prefix of every problem `type`.
 pub const TYPE_PREFIX: &str = "urn:relay:problem:";
@@ -30,6 +34,10 @@ pub struct Problem {
     /// Seconds to wait before retrying (also sent as `Retry-After`).
     #[serde(skip)]
     pub retry_after: Option<u64>,
+    /// Further members of this problem type (RFC 9457 extensions), e.g. `pointer` and `rule`
+    /// (boxed: most problems have none, and the error type stays small).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub extensions: Option<Box<Map<String, Value>>>,
 }
 
 impl Problem {
@@ -47,7 +55,17 @@ impl Problem {
             detail: detail.into(),
             field: None,
             retry_after: None,
+            extensions: None,
         }
+    }
+
+    /// Adds an extension member.
+    #[must_use]
+    pub fn with_extension(mut self, name: &str, value: impl Into<Value>) -> Self {
+        self.extensions
+            .get_or_insert_with(Box::default)
+            .insert(name.to_owned(), value.into());
+        self
     }
 
     /// Names the field at fault.
@@ -112,6 +130,23 @@ impl Problem {
             EnvelopeErrorKind::InvalidField => ("invalid-field", "A field is missing or invalid"),
         };
         Self::new(StatusCode::BAD_REQUEST, slug, title, err.reason).with_field(err.field)
+    }
+
+    /// 422: an event's `data` does not satisfy its type's schema; `pointer` locates the value
+    /// in the event and `rule` names the schema keyword that failed.
+    pub fn schema_violation(event_type: &str, violation: &Violation) -> Self {
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "schema-violation",
+            "The event does not match its type's schema",
+            format!(
+                "{event_type}: {} at {} ({})",
+                violation.message, violation.pointer, violation.rule
+            ),
+        )
+        .with_field("data")
+        .with_extension("pointer", violation.pointer.as_str())
+        .with_extension("rule", violation.rule.as_str())
     }
 }
 

@@ -151,6 +151,8 @@ impl System {
                 format!("sqlite://{}", dir.join("relay.db").display()),
             ),
             ("RELAY__DISPATCH__DIRECTORY_URL".into(), api_url.clone()),
+            ("RELAY__INGEST__CATALOGUE_URL".into(), api_url.clone()),
+            ("RELAY__INGEST__CATALOGUE_KEY".into(), DIRECTORY_KEY.into()),
             ("RELAY__DISPATCH__REQUEST_TIMEOUT".into(), "5s".into()),
             ("RELAY__LOG__LEVEL".into(), "warn".into()),
             // Receivers are on loopback over plain http: allowed explicitly, as SSRF

@@ -1,6 +1,7 @@
 //! Subscriptions: create, list, change, delete, rotate the signing secret and disable. Every
 //! committed change is announced to the dispatchers; a disabling is also announced through
-//! Relay as a `relay.subscription.disabled` event to the subscription's consumer.
+//! Relay as a `relay.endpoint.disabled` event (and, for one release, under its former name
+//! `relay.subscription.disabled`) to the subscription's consumer.
 //!
 //! The request bodies are defined here, with their checks, so every front end creates and
 //! changes subscriptions under the same rules. Adding a field means: a column (migration and
@@ -10,7 +11,7 @@
 use std::{ops::Deref, time::Duration};
 
 use relay_shared::{
-    control::ControlMessage, envelope::Envelope, ids::new_id, signing::generate_secret,
+    control::ControlMessage, envelope::Envelope, ids::new_id, operational, signing::generate_secret,
 };
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -25,8 +26,6 @@ use crate::{
 
 /// Longest grace period of a rotation.
 pub const MAX_GRACE: Duration = Duration::from_secs(30 * 24 * 3600);
-/// The type of the operational event announcing a disabled subscription.
-pub const DISABLED_EVENT_TYPE: &str = "relay.subscription.disabled";
 /// The longest reason for a disabling, in characters.
 pub const MAX_REASON_LEN: usize = 500;
 
@@ -352,7 +351,8 @@ impl Service {
     }
 
     /// Disables the subscription `id` (unless it is already): commits, notifies the
-    /// dispatchers, and announces it through Relay as a `relay.subscription.disabled` event.
+    /// dispatchers, and announces it through Relay as `relay.endpoint.disabled` (and
+    /// `relay.subscription.disabled`, its former name, for one release).
     /// The system's own path, for the background upkeep.
     ///
     /// # Errors
@@ -366,22 +366,29 @@ impl Service {
         self.store.reset_health(id).await?;
         tracing::warn!(subscription_id = %id, reason, "subscription disabled");
         self.announce(&subscription).await;
-        let data = serde_json::json!({
-            "subscription_id": subscription.id,
-            "reason": reason,
-            "url": subscription.url,
-        });
-        let envelope = Envelope {
-            id: new_id("evt"),
-            event_type: DISABLED_EVENT_TYPE.to_owned(),
-            occurred_at: now(),
+        let data = serde_json::to_string(&operational::EndpointDisabled {
+            subscription_id: subscription.id.clone(),
             consumer: subscription.consumer.clone(),
-            // A JSON value always serialises to valid JSON text.
-            data: RawValue::from_string(data.to_string())
-                .map_err(|e| ApiError::Broker(e.to_string()))?,
-        };
-        if let Err(e) = self.publisher.publish_event(&envelope).await {
-            tracing::error!(subscription_id = %id, error = %e, "could not announce the disabled subscription");
+            url: subscription.url.clone(),
+            reason: reason.to_owned(),
+        })
+        .map_err(|e| ApiError::Broker(e.to_string()))?;
+        // The new name, and the old one beside it for one release.
+        for event_type in [
+            operational::ENDPOINT_DISABLED,
+            operational::SUBSCRIPTION_DISABLED,
+        ] {
+            let envelope = Envelope {
+                id: new_id("evt"),
+                event_type: event_type.to_owned(),
+                occurred_at: now(),
+                consumer: subscription.consumer.clone(),
+                data: RawValue::from_string(data.clone())
+                    .map_err(|e| ApiError::Broker(e.to_string()))?,
+            };
+            if let Err(e) = self.publisher.publish_event(&envelope).await {
+                tracing::error!(subscription_id = %id, event_type, error = %e, "could not announce the disabled subscription");
+            }
         }
         Ok(subscription)
     }

@@ -172,6 +172,8 @@ fn apply_to(routes: &mut HashMap<String, Arc<Route>>, message: ControlMessage) {
         ControlMessage::Delete { id } => {
             routes.remove(&id);
         }
+        // The event-type catalogue's, applied by `catalogue::apply`.
+        ControlMessage::EventType { .. } | ControlMessage::EventTypeDeleted { .. } => {}
     }
 }
 

@@ -65,12 +65,18 @@ pub async fn run(
         metrics.clone(),
         shutdown.clone(),
     ));
-    tokio::spawn(sync::control_loop(
+    let applied = directory.clone();
+    let loaded = metrics.subscriptions_loaded.clone();
+    tokio::spawn(crate::control_feed::follow(
         sessions.clone(),
         topology.clone(),
-        directory.clone(),
-        reload,
-        metrics.clone(),
+        "relay-dispatch-control",
+        move || reload.notify_one(),
+        move |message| {
+            applied.apply(message);
+            loaded.set(i64::try_from(applied.len()).unwrap_or(i64::MAX));
+        },
+        readiness.clone(),
         shutdown.clone(),
     ));
 

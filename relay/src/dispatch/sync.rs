@@ -1,22 +1,13 @@
 //! Keeps the directory current: a full snapshot from consumer-api at start, after every
-//! reconnect and every `dispatch.directory_refresh`, plus live `relay.control` notifications
-//! on an exclusive queue per dispatcher.
+//! reconnect and every `dispatch.directory_refresh`; live `relay.control` notifications come
+//! through [`crate::control_feed`], which asks for a reload after every (re)bind.
 
 use std::{sync::Arc, time::Duration};
 
-use futures_util::StreamExt;
-use lapin::{
-    options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions},
-    types::FieldTable,
-};
-use relay_shared::{
-    control::ControlMessage, ops::Readiness, shutdown::Shutdown, subscription::DirectoryPage,
-    topology::Topology,
-};
-use tokio::sync::{Notify, watch};
+use relay_shared::{ops::Readiness, shutdown::Shutdown, subscription::DirectoryPage};
+use tokio::sync::Notify;
 
 use super::{directory::Directory, metrics::DispatchMetrics};
-use relay_shared::session::{self as broker, Session};
 
 /// Readiness condition name for the directory.
 pub const READY_DIRECTORY: &str = "directory";
@@ -161,101 +152,6 @@ pub async fn refresh_loop(
             () = tokio::time::sleep(wait) => {}
             () = reload.notified() => {}
             () = shutdown.wait() => return,
-        }
-    }
-}
-
-/// Applies `relay.control` notifications for each broker session, and asks for a full reload
-/// after every (re)connect since notifications sent while disconnected are lost.
-pub async fn control_loop(
-    mut sessions: watch::Receiver<Option<Session>>,
-    topology: Topology,
-    directory: Arc<Directory>,
-    reload: Arc<Notify>,
-    metrics: DispatchMetrics,
-    mut shutdown: Shutdown,
-) {
-    while let Some(session) = broker::next_session(&mut sessions, &mut shutdown).await {
-        if let Err(e) = follow_control(
-            &session,
-            &topology,
-            &directory,
-            &reload,
-            &metrics,
-            &mut shutdown,
-        )
-        .await
-        {
-            tracing::warn!(error = %e, "control notifications interrupted");
-        }
-        if !broker::await_replacement(&mut sessions, &mut shutdown).await {
-            return;
-        }
-    }
-}
-
-async fn follow_control(
-    session: &Session,
-    topology: &Topology,
-    directory: &Directory,
-    reload: &Notify,
-    metrics: &DispatchMetrics,
-    shutdown: &mut Shutdown,
-) -> lapin::Result<()> {
-    let channel = session.create_channel().await?;
-    let queue = channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    channel
-        .queue_bind(
-            queue.name().clone(),
-            topology.control.as_str().into(),
-            "".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    let mut consumer = channel
-        .basic_consume(
-            queue.name().clone(),
-            "relay-dispatch-control".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..BasicConsumeOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    // Bound before reloading, so no change falls between the snapshot and the first notification.
-    reload.notify_one();
-    loop {
-        let delivery = tokio::select! {
-            delivery = consumer.next() => delivery,
-            () = shutdown.wait() => return Ok(()),
-        };
-        match delivery {
-            Some(Ok(delivery)) => {
-                match ControlMessage::decode(&delivery.data, &delivery.properties) {
-                    Ok(message) => {
-                        tracing::debug!(?message, "directory change");
-                        directory.apply(message);
-                        metrics
-                            .subscriptions_loaded
-                            .set(i64::try_from(directory.len()).unwrap_or(i64::MAX));
-                    }
-                    Err(e) => tracing::error!(error = %e, "unreadable control message ignored"),
-                }
-            }
-            Some(Err(e)) => return Err(e),
-            None => return Ok(()),
         }
     }
 }

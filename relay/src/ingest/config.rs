@@ -22,6 +22,15 @@ pub struct IngestSettings {
     /// How long to wait for the broker's publisher confirm before answering 503.
     #[serde(with = "humantime_serde")]
     pub publish_timeout: Duration,
+    /// Base URL of consumer-api, where the event-type catalogue (the schemas events are
+    /// checked against) is loaded from.
+    pub catalogue_url: String,
+    /// The credential for the catalogue: one of consumer-api's `api.directory_keys` (it reads
+    /// the catalogue; ingest uses it for nothing else).
+    pub catalogue_key: String,
+    /// Full reload interval of the catalogue, on top of live change notifications.
+    #[serde(with = "humantime_serde")]
+    pub catalogue_refresh: Duration,
 }
 
 impl Section for IngestSettings {
@@ -46,6 +55,21 @@ impl Section for IngestSettings {
         if self.max_batch == 0 {
             return ConfigError::invalid("ingest.max_batch", "must be at least 1");
         }
+        if !self.catalogue_url.starts_with("http") {
+            return ConfigError::invalid(
+                "ingest.catalogue_url",
+                "must be an http(s) URL of consumer-api",
+            );
+        }
+        if self.catalogue_key.trim().is_empty() {
+            return ConfigError::invalid(
+                "ingest.catalogue_key",
+                "needs one of consumer-api's api.directory_keys",
+            );
+        }
+        if self.catalogue_refresh.is_zero() {
+            return ConfigError::invalid("ingest.catalogue_refresh", "must be more than zero");
+        }
         Ok(())
     }
 }
@@ -67,9 +91,16 @@ mod tests {
         let s = load(&[
             ("RELAY__INGEST__PUBLISHER_KEYS", "k1,k2"),
             ("RELAY__INGEST__LISTEN", "127.0.0.1:9999"),
+            ("RELAY__INGEST__CATALOGUE_KEY", "dk"),
         ])
         .unwrap();
         assert_eq!(s.process.publisher_keys, ["k1", "k2"]);
         assert_eq!(s.process.listen.port(), 9999);
+    }
+
+    #[test]
+    fn the_catalogue_credential_is_required() {
+        let err = load(&[("RELAY__INGEST__PUBLISHER_KEYS", "k1")]).unwrap_err();
+        assert!(err.to_string().contains("ingest.catalogue_key"), "{err}");
     }
 }

@@ -32,7 +32,7 @@ impl IngestMetrics {
             rejected: counter_vec(
                 registry,
                 "relay_ingest_rejected_total",
-                "Events refused, by reason (auth, media_type, too_large, invalid, broker_unavailable).",
+                "Events refused, by reason (auth, overloaded, media_type, too_large, invalid, schema, broker_unavailable).",
                 &["reason"],
             )?,
             confirm_seconds: histogram(

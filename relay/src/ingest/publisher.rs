@@ -32,6 +32,7 @@ pub enum PublishError {
 /// Publishes events with publisher confirms on a channel that follows the broker session.
 #[derive(Debug, Clone)]
 pub struct Publisher {
+    sessions: watch::Receiver<Option<broker::Session>>,
     channel: watch::Receiver<Option<Channel>>,
     exchange: String,
     timeout: Duration,
@@ -54,11 +55,17 @@ impl Publisher {
             shutdown.clone(),
         );
         Self {
+            sessions: sessions.clone(),
             channel: broker::confirm_channels(sessions, shutdown),
             exchange: Topology::new(&settings.amqp.prefix).events,
             timeout: settings.process.publish_timeout,
             metrics,
         }
+    }
+
+    /// The broker sessions the publisher follows, for the process's other broker work.
+    pub fn sessions(&self) -> watch::Receiver<Option<broker::Session>> {
+        self.sessions.clone()
     }
 
     /// Publishes one event persistently, with `trace` in its `traceparent` header, and waits

@@ -1,4 +1,9 @@
 //! HTTP handlers of the ingest API. Every rejection is an `application/problem+json` body.
+//!
+//! An event whose type has a schema in the catalogue is checked against it: a violation is a
+//! 422 naming the JSON pointer and the rule. In a batch each event is checked on its own; the
+//! valid ones are still accepted (207 with a result per event), and when none is, the answer
+//! is a 422 carrying the same results.
 
 use std::sync::Arc;
 
@@ -12,17 +17,20 @@ use axum::{
 };
 use futures_util::future::join_all;
 use relay_shared::{
-    envelope::{Envelope, IncomingEvent, parse_json},
+    envelope::{Envelope, EnvelopeError, EnvelopeErrorKind, IncomingEvent, parse_json},
+    event_schema::SchemaCache,
     ids::new_id,
+    operational,
     problem::{Problem, bearer_matches, is_json, read_body},
     trace::{TraceParent, child_traceparent},
 };
-use serde_json::value::RawValue;
+use serde_json::{Value, json, value::RawValue};
 use time::OffsetDateTime;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument as _;
 
 use super::{IngestMetrics, IngestSettings, PublishError, Publisher};
+use crate::catalogue::{self, Checked};
 
 #[derive(Debug)]
 struct Ingest {
@@ -31,6 +39,8 @@ struct Ingest {
     max_batch: usize,
     publisher: Publisher,
     metrics: IngestMetrics,
+    /// Compiled schemas of the event-type catalogue.
+    schemas: Arc<SchemaCache>,
     /// Requests being handled; bounds memory under overload (a full house answers 503).
     slots: Arc<Semaphore>,
 }
@@ -38,13 +48,19 @@ struct Ingest {
 type Shared = State<Arc<Ingest>>;
 
 /// The ingest routes.
-pub fn router(settings: &IngestSettings, publisher: Publisher, metrics: IngestMetrics) -> Router {
+pub fn router(
+    settings: &IngestSettings,
+    publisher: Publisher,
+    metrics: IngestMetrics,
+    schemas: Arc<SchemaCache>,
+) -> Router {
     let state = Arc::new(Ingest {
         keys: settings.publisher_keys.clone(),
         max_event_bytes: settings.max_event_bytes,
         max_batch: settings.max_batch,
         publisher,
         metrics,
+        schemas,
         slots: Arc::new(Semaphore::new(settings.max_inflight)),
     });
     Router::new()
@@ -104,6 +120,17 @@ impl Ingest {
         problem
     }
 
+    /// The event's type schema, if any: `Ok(deprecated)` or the 422 (counted).
+    fn check_schema(&self, envelope: &Envelope) -> Result<bool, Problem> {
+        match catalogue::check(&self.schemas, envelope) {
+            Checked::Valid { deprecated } => Ok(deprecated),
+            Checked::Invalid(violation) => {
+                self.metrics.reject("schema");
+                Err(Problem::schema_violation(&envelope.event_type, &violation))
+            }
+        }
+    }
+
     fn unavailable(&self, err: &PublishError) -> Problem {
         self.metrics.reject("broker_unavailable");
         tracing::warn!(error = %err, "event not accepted: broker unavailable");
@@ -127,11 +154,29 @@ fn incoming_trace(headers: &HeaderMap) -> TraceParent {
     )
 }
 
-fn normalise(
-    raw: &[u8],
-    now: OffsetDateTime,
-) -> Result<Envelope, relay_shared::envelope::EnvelopeError> {
-    parse_json::<IncomingEvent>(raw)?.normalise(now, || new_id("evt"))
+/// Parses and normalises one event; the `relay.` types are Relay's own and refused.
+fn normalise(raw: &[u8], now: OffsetDateTime) -> Result<Envelope, EnvelopeError> {
+    let envelope = parse_json::<IncomingEvent>(raw)?.normalise(now, || new_id("evt"))?;
+    if operational::is_reserved(&envelope.event_type) {
+        return Err(EnvelopeError {
+            kind: EnvelopeErrorKind::InvalidField,
+            field: String::from("type"),
+            reason: format!(
+                "types starting with {:?} are Relay's own events",
+                operational::RESERVED_PREFIX
+            ),
+        });
+    }
+    Ok(envelope)
+}
+
+/// `{"id": …}`, with `"deprecated": true` when the event's type is deprecated.
+fn accepted_body(id: &str, deprecated: bool) -> Value {
+    let mut body = json!({ "id": id });
+    if deprecated {
+        body["deprecated"] = Value::Bool(true);
+    }
+    body
 }
 
 async fn publish_one(State(ingest): Shared, headers: HeaderMap, body: Body) -> Response {
@@ -142,6 +187,10 @@ async fn publish_one(State(ingest): Shared, headers: HeaderMap, body: Body) -> R
     let envelope = match normalise(&bytes, OffsetDateTime::now_utc()) {
         Ok(envelope) => envelope,
         Err(e) => return ingest.invalid(Problem::from_envelope(e)).into_response(),
+    };
+    let deprecated = match ingest.check_schema(&envelope) {
+        Ok(deprecated) => deprecated,
+        Err(problem) => return problem.into_response(),
     };
     let trace = incoming_trace(&headers);
     let span =
@@ -156,7 +205,7 @@ async fn publish_one(State(ingest): Shared, headers: HeaderMap, body: Body) -> R
             ingest.metrics.ingested.with_label_values(&["http"]).inc();
             (
                 StatusCode::ACCEPTED,
-                Json(serde_json::json!({ "id": envelope.id })),
+                Json(accepted_body(&envelope.id, deprecated)),
             )
                 .into_response()
         }
@@ -205,30 +254,90 @@ async fn publish_batch(State(ingest): Shared, headers: HeaderMap, body: Body) ->
             }
         }
     }
-    // Publish concurrently on the confirm channel; the batch is accepted only if every
-    // event was confirmed. On a partial failure the producer retries the batch, and the
-    // events already accepted are delivered twice with the same id (supply ids to dedupe).
+    // Each event against its type's schema: the valid ones go on, the others get a result.
+    let checked: Vec<Result<bool, Problem>> = envelopes
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            ingest.check_schema(e).map_err(|p| {
+                let field = format!("[{i}].data");
+                p.with_field(field)
+            })
+        })
+        .collect();
+    // Publish concurrently on the confirm channel; the valid events are accepted only if every
+    // one was confirmed. On a partial failure the producer retries the batch, and the events
+    // already accepted are delivered twice with the same id (supply ids to dedupe).
     let parent = incoming_trace(&headers);
     let publisher = &ingest.publisher;
-    let results = join_all(envelopes.iter().map(|e| {
+    let to_publish = envelopes
+        .iter()
+        .zip(&checked)
+        .filter(|(_, c)| c.is_ok())
+        .map(|(e, _)| e);
+    let published = join_all(to_publish.map(|e| {
         let trace = parent.child();
         let span =
             tracing::info_span!("ingest", event_id = %e.id, trace_id = %trace.trace_id_hex());
         async move { publisher.publish(e, &trace).await }.instrument(span)
     }))
     .await;
-    if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
+    if let Some(Err(e)) = published.iter().find(|r| r.is_err()) {
         return ingest.unavailable(e).into_response();
     }
     ingest
         .metrics
         .ingested
         .with_label_values(&["http"])
-        .inc_by(envelopes.len() as u64);
-    let ids: Vec<&str> = envelopes.iter().map(|e| e.id.as_str()).collect();
-    (
-        StatusCode::ACCEPTED,
-        Json(serde_json::json!({ "ids": ids })),
-    )
-        .into_response()
+        .inc_by(published.len() as u64);
+    batch_answer(&envelopes, checked)
+}
+
+/// 202 when every event was accepted, 207 when some were, 422 when none was; each with
+/// `ids` (`null` for a refused event) and one result per event.
+fn batch_answer(envelopes: &[Envelope], checked: Vec<Result<bool, Problem>>) -> Response {
+    let mut ids = Vec::with_capacity(envelopes.len());
+    let mut results = Vec::with_capacity(envelopes.len());
+    let mut refused = 0;
+    for (envelope, check) in envelopes.iter().zip(checked) {
+        match check {
+            Ok(deprecated) => {
+                ids.push(Value::from(envelope.id.as_str()));
+                let mut result = accepted_body(&envelope.id, deprecated);
+                result["status"] = Value::from(202);
+                results.push(result);
+            }
+            Err(problem) => {
+                refused += 1;
+                ids.push(Value::Null);
+                results.push(json!({
+                    "id": envelope.id,
+                    "status": problem.status,
+                    "problem": problem,
+                }));
+            }
+        }
+    }
+    if refused == envelopes.len() {
+        return Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "schema-violation",
+            "The event does not match its type's schema",
+            "no event of the batch matches its type's schema; see results",
+        )
+        .with_extension("results", results)
+        .into_response();
+    }
+    let status = if refused == 0 {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::MULTI_STATUS
+    };
+    let body = json!({
+        "ids": ids,
+        "results": results,
+        "accepted": envelopes.len() - refused,
+        "refused": refused,
+    });
+    (status, Json(body)).into_response()
 }

@@ -162,6 +162,8 @@ impl Relay {
         }
 
         env.push(("RELAY__DISPATCH__DIRECTORY_URL".into(), api_url.clone()));
+        env.push(("RELAY__INGEST__CATALOGUE_URL".into(), api_url.clone()));
+        env.push(("RELAY__INGEST__CATALOGUE_KEY".into(), DIRECTORY_KEY.into()));
         for i in 1..=dispatchers {
             let port = free_port()?;
             relay.spawn(

@@ -375,6 +375,7 @@ async fn internal_destinations_are_refused_unless_allowed() {
 async fn disabling_announces_it_through_relay_and_a_test_ping_reaches_one_subscription() {
     let relay = system().await;
     let watcher = Receiver::start().await;
+    let operator = Receiver::start().await;
     let (a, b) = (Receiver::start().await, Receiver::start().await);
     relay
         .subscribe(
@@ -382,6 +383,9 @@ async fn disabling_announces_it_through_relay_and_a_test_ping_reaches_one_subscr
             &["relay.subscription.disabled"],
             Some("acme"),
         )
+        .await;
+    relay
+        .subscribe(&operator.url(), &["relay.endpoint.*"], Some("acme"))
         .await;
     let sub_a = relay.subscribe(&a.url(), &["thing.*"], Some("acme")).await;
     relay.subscribe(&b.url(), &["#"], None).await;
@@ -420,14 +424,19 @@ async fn disabling_announces_it_through_relay_and_a_test_ping_reaches_one_subscr
         ),
         (json!(false), json!("endpoint answered 410 Gone"))
     );
-    let announced = watcher.wait_for(1, WAIT).await;
-    let body = announced[0].json();
-    assert_eq!(body["type"], "relay.subscription.disabled");
-    assert_eq!(body["consumer"], "acme");
-    assert_eq!(
-        body["data"],
-        json!({"subscription_id": id, "reason": "endpoint answered 410 Gone", "url": a.url()})
-    );
+    // The new name, and the former one for one release, with the same documented data.
+    let expected = json!({"subscription_id": id, "consumer": "acme",
+                          "reason": "endpoint answered 410 Gone", "url": a.url()});
+    for (receiver, event_type) in [
+        (&watcher, "relay.subscription.disabled"),
+        (&operator, "relay.endpoint.disabled"),
+    ] {
+        let announced = receiver.wait_for(1, WAIT).await;
+        let body = announced[0].json();
+        assert_eq!(body["type"], event_type);
+        assert_eq!(body["consumer"], "acme");
+        assert_eq!(body["data"], expected);
+    }
     // The ping went to one subscription only; disabling twice announces once.
     let (status, _) = call(
         &relay,
@@ -439,7 +448,7 @@ async fn disabling_announces_it_through_relay_and_a_test_ping_reaches_one_subscr
     .await;
     assert_eq!(status, 200);
     tokio::time::sleep(Duration::from_millis(700)).await;
-    assert_eq!((b.count(), watcher.count()), (0, 1));
+    assert_eq!((b.count(), watcher.count(), operator.count()), (0, 1, 1));
 
     let (_, enabled) = call(
         &relay,

@@ -8,6 +8,7 @@ mod api_surface;
 mod broker_outage;
 mod consumer_api;
 mod delivery;
+mod event_types;
 mod ingest_errors;
 mod observability;
 mod postgres;
