@@ -19,7 +19,6 @@ pub mod operational;
 pub mod ops;
 pub mod payload_filter;
 pub mod problem;
-pub mod queue_metrics;
 pub mod session;
 pub mod shutdown;
 pub mod signing;

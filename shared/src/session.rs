@@ -22,8 +22,9 @@ pub const READY_BROKER: &str = "broker";
 /// A live connection, with the topology already declared on it.
 pub type Session = Arc<Connection>;
 
-/// Keeps a connection open until `shutdown`, publishing each new session on the returned
-/// watch (`None` while disconnected).
+/// Keeps a connection open until `close`, publishing each new session on the returned watch
+/// (`None` while disconnected), then closes it. A process triggers `close` last, after its
+/// drain, so work still in flight at SIGTERM can settle (ack, confirm) on the session.
 pub fn keep_connected(
     settings: AmqpSettings,
     name: &'static str,
@@ -53,8 +54,7 @@ pub fn keep_connected(
                     connected.set(0);
                     readiness.not_ready(READY_BROKER, format!("reconnecting: {reason}"));
                     if shutdown.is_triggered() {
-                        // In-flight work holds its own clone of the connection and finishes
-                        // with it; it closes when the last holder drops it.
+                        let _ = connection.close(200, "shutting down".into()).await;
                         break;
                     }
                     tracing::warn!(connection = name, reason, "broker connection lost");

@@ -82,7 +82,7 @@ impl Topology {
         &self,
         channel: &Channel,
         delay: Duration,
-    ) -> lapin::Result<String> {
+    ) -> lapin::Result<lapin::Queue> {
         let name = self.retry_tier(delay);
         let mut args = quorum_args();
         let ttl_ms = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
@@ -95,8 +95,7 @@ impl Topology {
             AMQPValue::LongString(self.retry_ready.as_str().into()),
         );
         at_least_once_dead_lettering(&mut args);
-        declare_queue(channel, &name, args).await?;
-        Ok(name)
+        declare_queue(channel, &name, args).await
     }
 
     /// Declares everything (idempotent: safe on every start and reconnect).
@@ -189,7 +188,11 @@ pub fn tier_label(delay: Duration) -> String {
     }
 }
 
-async fn declare_queue(channel: &Channel, name: &str, args: FieldTable) -> lapin::Result<()> {
+async fn declare_queue(
+    channel: &Channel,
+    name: &str,
+    args: FieldTable,
+) -> lapin::Result<lapin::Queue> {
     channel
         .queue_declare(
             name.into(),
@@ -200,7 +203,6 @@ async fn declare_queue(channel: &Channel, name: &str, args: FieldTable) -> lapin
             args,
         )
         .await
-        .map(drop)
 }
 
 #[cfg(test)]

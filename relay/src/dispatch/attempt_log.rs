@@ -1,19 +1,29 @@
 //! The delivery log feed: attempt records batched onto the `attempts` queue for the
-//! consumer-api recorder. Batching keeps it to one broker message per ~100 ms instead of one
-//! per delivery. It is observability, not delivery state: records still buffered when a
-//! dispatcher crashes are lost, and when the buffer is full new records are dropped and
-//! counted rather than slowing deliveries down.
+//! consumer-api recorder, one broker message per ~100 ms instead of one per delivery.
+//!
+//! Records survive broker blips: a batch that cannot be published waits for the next session
+//! and goes out then, while new records queue behind it. The queue is bounded
+//! ([`BUFFER`] records): past it, new records are dropped and counted in
+//! `relay_attempt_records_dropped_total` rather than slowing deliveries down. That, a
+//! dispatcher killed outright, and a broker still away when the shutdown flush runs out of
+//! time (also counted) are the only ways a record is lost.
 
 use std::time::Duration;
 
 use lapin::Channel;
 use prometheus::IntCounter;
-use relay_shared::{amqp, attempt::AttemptRecord, shutdown::Shutdown};
-use tokio::sync::{mpsc, watch};
+use relay_shared::{amqp, attempt::AttemptRecord};
+use tokio::{
+    sync::{mpsc, oneshot, watch},
+    task::JoinHandle,
+};
 
 const BATCH: usize = 500;
 const LINGER: Duration = Duration::from_millis(100);
-const BUFFER: usize = 20_000;
+/// Records waiting to be published, at most.
+pub const BUFFER: usize = 20_000;
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
+const RETRY_PAUSE: Duration = Duration::from_millis(200);
 
 /// Sends attempt records to the log.
 #[derive(Debug, Clone)]
@@ -22,17 +32,24 @@ pub struct AttemptLog {
     dropped: IntCounter,
 }
 
+/// The publishing task, to be flushed at shutdown.
+#[derive(Debug)]
+pub struct Flusher {
+    finish: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
 impl AttemptLog {
     /// Starts the batching task publishing to `queue` on the current confirm channel.
     pub fn start(
         channels: watch::Receiver<Option<Channel>>,
         queue: String,
         dropped: IntCounter,
-        shutdown: Shutdown,
-    ) -> Self {
+    ) -> (Self, Flusher) {
         let (tx, rx) = mpsc::channel(BUFFER);
-        tokio::spawn(run(rx, channels, queue, dropped.clone(), shutdown));
-        Self { tx, dropped }
+        let (finish, finishing) = oneshot::channel();
+        let task = tokio::spawn(run(rx, finishing, channels, queue, dropped.clone()));
+        (Self { tx, dropped }, Flusher { finish, task })
     }
 
     /// Queues a record; never waits.
@@ -43,18 +60,42 @@ impl AttemptLog {
     }
 }
 
+impl Flusher {
+    /// Stops taking records (later ones are counted as dropped), publishes what is buffered
+    /// and returns, waiting at most `bound` for the broker.
+    pub async fn finish(self, bound: Duration) {
+        let _ = self.finish.send(());
+        let mut task = self.task;
+        if tokio::time::timeout(bound, &mut task).await.is_err() {
+            task.abort();
+            tracing::warn!(
+                ?bound,
+                "attempt records not flushed before the shutdown bound"
+            );
+        }
+    }
+}
+
+/// Batches records until [`Flusher::finish`] (or until every sender is gone), then publishes
+/// what is left.
 async fn run(
     mut rx: mpsc::Receiver<AttemptRecord>,
-    channels: watch::Receiver<Option<Channel>>,
+    mut finishing: oneshot::Receiver<()>,
+    mut channels: watch::Receiver<Option<Channel>>,
     queue: String,
     dropped: IntCounter,
-    mut shutdown: Shutdown,
 ) {
     let mut batch = Vec::with_capacity(BATCH);
+    let mut finished = false;
     loop {
         let first = tokio::select! {
             record = rx.recv() => record,
-            () = shutdown.wait() => None,
+            _ = &mut finishing, if !finished => {
+                // Buffered records still come out of `recv`; nothing new gets in.
+                rx.close();
+                finished = true;
+                continue;
+            }
         };
         let Some(first) = first else { break };
         batch.push(first);
@@ -65,40 +106,36 @@ async fn run(
                 Ok(None) | Err(_) => break,
             }
         }
-        flush(&mut batch, &channels, &queue, &dropped).await;
+        if !publish(&batch, &mut channels, &queue).await {
+            dropped.inc_by(batch.len() as u64);
+        }
+        batch.clear();
     }
-    // Drain what is already buffered at shutdown.
-    while let Ok(record) = rx.try_recv() {
-        batch.push(record);
-    }
-    flush(&mut batch, &channels, &queue, &dropped).await;
 }
 
-async fn flush(
-    batch: &mut Vec<AttemptRecord>,
-    channels: &watch::Receiver<Option<Channel>>,
+/// Publishes `batch`, waiting for a channel and retrying until the broker confirms it;
+/// `false` only when no channel will ever come again.
+async fn publish(
+    batch: &[AttemptRecord],
+    channels: &mut watch::Receiver<Option<Channel>>,
     queue: &str,
-    dropped: &IntCounter,
-) {
-    if batch.is_empty() {
-        return;
+) -> bool {
+    let mut warned = false;
+    loop {
+        let Ok(channel) = channels.wait_for(Option::is_some).await.map(|c| c.clone()) else {
+            return false;
+        };
+        let Some(channel) = channel else { continue };
+        let message = AttemptRecord::encode_batch(batch);
+        match amqp::publish_confirmed(&channel, "", queue, message, CONFIRM_TIMEOUT).await {
+            Ok(()) => return true,
+            Err(e) => {
+                if !warned {
+                    tracing::warn!(records = batch.len(), error = %e, "attempt records kept until the broker takes them");
+                    warned = true;
+                }
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+        }
     }
-    let channel = channels.borrow().clone();
-    let published = match channel {
-        Some(channel) => amqp::publish_confirmed(
-            &channel,
-            "",
-            queue,
-            AttemptRecord::encode_batch(batch),
-            Duration::from_secs(5),
-        )
-        .await
-        .map_err(|e| e.to_string()),
-        None => Err(String::from("not connected")),
-    };
-    if let Err(e) = published {
-        tracing::warn!(records = batch.len(), error = %e, "attempt records not logged");
-        dropped.inc_by(batch.len() as u64);
-    }
-    batch.clear();
 }

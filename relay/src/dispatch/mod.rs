@@ -7,18 +7,22 @@ pub mod config;
 mod directory;
 mod isolation;
 mod metrics;
+mod outcome;
 mod parking;
+mod queue_metrics;
 mod resolver;
 mod retry;
+mod step;
 mod sync;
 mod worker;
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
 use prometheus::Registry;
 use relay_shared::{config::Settings, ops::Readiness, shutdown::Shutdown, topology::Topology};
 use tokio::sync::Notify;
+use tokio_util::task::TaskTracker;
 
 pub use client::{AttemptError, WebhookClient};
 pub use config::DispatchSettings;
@@ -27,8 +31,13 @@ pub use metrics::DispatchMetrics;
 
 use relay_shared::session as broker;
 
+/// How long the attempt log may take to publish what it holds at shutdown.
+const FLUSH_BOUND: Duration = Duration::from_secs(5);
+
 /// Runs a dispatcher, serving `/metrics`, `/healthz` and `/readyz` on `listener`, until
-/// `shutdown`; in-flight events are finished (or left unacked for redelivery) before it returns.
+/// `shutdown`, then drains in order: stop consuming → finish in-flight deliveries within
+/// `dispatch.shutdown_grace` (what is left goes back to the broker unacked) → flush the
+/// attempt log → close the broker session → stop the ops server.
 ///
 /// # Errors
 /// Metrics could not be registered, the HTTP client could not be built, or the ops server failed.
@@ -43,23 +52,30 @@ pub async fn run(
     let topology = Topology::new(&settings.amqp.prefix);
     let directory = Arc::new(Directory::default());
     let reload = Arc::new(Notify::new());
+    let dispatch = &settings.process;
+    let policy = settings
+        .security
+        .policy()
+        .map_err(|bad| anyhow::anyhow!("security.allowed_networks: {bad:?} is not a CIDR"))?;
+    let client = WebhookClient::new(dispatch, policy).context("building the webhook client")?;
 
+    // The session outlives the signal: it closes last, once deliveries and records are settled.
+    let (close_broker, broker_open) = relay_shared::shutdown::channel();
     let sessions = broker::keep_connected(
         settings.amqp.clone(),
         "relay-dispatch",
         readiness.clone(),
         metrics.amqp_connected.clone(),
-        shutdown.clone(),
+        broker_open.clone(),
     );
-    let directory_client = sync::DirectoryClient::new(
-        &settings.process.directory_url,
-        &settings.process.directory_key,
-    )
-    .context("building the directory client")?;
-    tokio::spawn(sync::refresh_loop(
+    let directory_client =
+        sync::DirectoryClient::new(&dispatch.directory_url, &dispatch.directory_key)
+            .context("building the directory client")?;
+    let background = TaskTracker::new();
+    background.spawn(sync::refresh_loop(
         directory_client.clone(),
         directory.clone(),
-        settings.process.directory_refresh,
+        dispatch.directory_refresh,
         reload.clone(),
         readiness.clone(),
         metrics.clone(),
@@ -67,7 +83,7 @@ pub async fn run(
     ));
     let applied = directory.clone();
     let loaded = metrics.subscriptions_loaded.clone();
-    tokio::spawn(crate::control_feed::follow(
+    background.spawn(crate::control_feed::follow(
         sessions.clone(),
         topology.clone(),
         "relay-dispatch-control",
@@ -79,18 +95,19 @@ pub async fn run(
         readiness.clone(),
         shutdown.clone(),
     ));
-
-    relay_shared::queue_metrics::QueueSampler::register(
+    let sampler = queue_metrics::QueueSampler::register(
         &registry,
         &topology,
-        &settings.process.retry_schedule,
-        settings.process.queue_sample_interval,
+        &dispatch.retry_schedule,
+        dispatch.queue_sample_interval,
     )
-    .context("registering queue metrics")?
-    .spawn(sessions.clone(), shutdown.clone());
+    .context("registering queue metrics")?;
+    if let Some(sampling) = sampler.run(sessions.clone(), shutdown.clone()) {
+        background.spawn(sampling);
+    }
     let ops = relay_shared::ops::router(registry, readiness.clone());
     tracing::info!(addr = %listener.local_addr()?, "dispatcher ops listening");
-    let mut stop = shutdown.clone();
+    let mut stop = broker_open.clone();
     let server = tokio::spawn(async move {
         axum::serve(listener, ops)
             .with_graceful_shutdown(async move { stop.wait().await })
@@ -105,25 +122,20 @@ pub async fn run(
         .is_err_and(|reasons| reasons.iter().any(|r| r.starts_with(sync::READY_DIRECTORY)))
     {
         tokio::select! {
-            () = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
+            () = tokio::time::sleep(Duration::from_millis(50)) => {}
             () = waiting.wait() => break,
         }
     }
-    let policy = settings
-        .security
-        .policy()
-        .map_err(|bad| anyhow::anyhow!("security.allowed_networks: {bad:?} is not a CIDR"))?;
-    let dispatch = &settings.process;
-    let attempts = attempt_log::AttemptLog::start(
-        relay_shared::session::confirm_channels(sessions.clone(), shutdown.clone()),
+    let (attempts, flusher) = attempt_log::AttemptLog::start(
+        broker::confirm_channels(sessions.clone(), broker_open.clone()),
         topology.attempts.clone(),
         metrics.attempt_records_dropped.clone(),
-        shutdown.clone(),
     );
+    let deliveries = TaskTracker::new();
     let worker = Arc::new(worker::Worker {
         directory,
         directory_client,
-        client: WebhookClient::new(dispatch, policy).context("building the webhook client")?,
+        client,
         isolation: isolation::Isolation::new(
             dispatch.max_inflight_per_subscription,
             dispatch.inflight_wait,
@@ -141,12 +153,28 @@ pub async fn run(
         metrics,
         topology,
         prefetch: dispatch.prefetch,
-        grace: dispatch.shutdown_grace,
+        tasks: deliveries.clone(),
+        readiness,
     });
     worker.run(sessions, shutdown).await;
+    deliveries.close();
+    if tokio::time::timeout(dispatch.shutdown_grace, deliveries.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            left = deliveries.len(),
+            "grace period over; unfinished events go back to the queue"
+        );
+    }
+    flusher.finish(FLUSH_BOUND).await;
+    close_broker.trigger();
+    background.close();
+    background.wait().await;
     server
         .await
         .context("ops server task")?
         .context("ops server")?;
+    tracing::info!("dispatcher stopped");
     Ok(())
 }

@@ -1,8 +1,20 @@
-//! The consumers: `ingress` (new events, delivered to every matching subscription at once)
-//! and `redeliver` (retries, replays and redrives, each for one subscription). Every delivery
-//! ends in a 2xx or a durable hand-off (retry tier, dead letters) before its event is acked, so
-//! a crash anywhere redelivers instead of losing; a panic while handling is nacked back, and
-//! the queues' delivery limit parks a message that keeps failing.
+//! The consumers of `ingress` (new events, delivered to every matching subscription at once)
+//! and `redeliver` (retries, replays and redrives, each for one subscription), as
+//! consume → decode → decide → execute → settle:
+//!
+//! - **consume**: one channel per queue, prefetch as the bound; every message is a task on the
+//!   dispatcher's [`TaskTracker`].
+//! - **decode**: [`relay_shared::wire`]; a message that is not one is parked in `invalid`.
+//! - **decide**: admission ([`super::isolation`]), the request ([`super::client`]), then the
+//!   pure [`step::decide`].
+//! - **execute**: the step's hand-off (retry tier, `dead`) or 410 disable, then its
+//!   [`Outcome`] (metric, log line, attempt record, once).
+//! - **settle**: ack once every subscription of the event has its outcome; nack (after a
+//!   pause) when a hand-off failed or the handling panicked, so nothing is lost.
+//!
+//! A lost channel does not wait for its tasks: the consumers subscribe again on the next
+//! session at once, and the old tasks finish on their own, record their outcomes and fail
+//! to ack (the broker redelivers those messages).
 
 use std::{
     panic::AssertUnwindSafe,
@@ -21,8 +33,7 @@ use lapin::{
 };
 use relay_shared::{
     amqp::{self, AmqpError},
-    attempt::{AttemptOutcome, AttemptRecord},
-    envelope::rfc3339,
+    ops::Readiness,
     session::{self as broker, Session},
     shutdown::Shutdown,
     topology::Topology,
@@ -30,10 +41,9 @@ use relay_shared::{
     wire::{Event, Handoff},
 };
 use time::OffsetDateTime;
-use tokio::{
-    sync::{Semaphore, watch},
-    task::JoinSet,
-};
+use tokio::sync::{Semaphore, watch};
+use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
 
 use super::{
     attempt_log::AttemptLog,
@@ -41,10 +51,15 @@ use super::{
     directory::{Directory, Route},
     isolation::{Admission, Isolation},
     metrics::DispatchMetrics,
+    outcome::{Ending, Outcome},
     parking::Parking,
-    retry::{NextStep, RetryPolicy},
+    retry::RetryPolicy,
+    step::{self, Failure, Refusal, Step, Tried},
     sync::DirectoryClient,
 };
+
+/// Readiness condition: both consumers are consuming.
+pub const READY_CONSUMERS: &str = "consumers";
 
 /// What every delivery task needs.
 #[derive(Debug)]
@@ -69,44 +84,45 @@ pub struct Worker {
     pub inflight: Arc<Semaphore>,
     /// The delivery log feed.
     pub attempts: AttemptLog,
-    /// How long in-flight work may take to finish at shutdown.
-    pub grace: Duration,
+    /// Every delivery task, of this session and of lost ones.
+    pub tasks: TaskTracker,
+    /// `consumers` is ready only while both consumers run.
+    pub readiness: Readiness,
 }
 
-/// This event's delivery to one subscription, `attempts` made so far, after `error`.
-fn handoff(
-    event: &Arc<Event>,
-    subscription_id: &str,
-    attempts: u32,
-    error: Option<&AttemptError>,
-) -> Handoff {
-    Handoff {
-        event: event.clone(),
-        subscription_id: subscription_id.to_owned(),
-        attempts,
-        last_error: error.map(ToString::to_string),
-        last_status: error.and_then(AttemptError::status),
-    }
+/// Which queue a message came from.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Event,
+    Redelivery,
 }
 
 impl Worker {
-    /// Consumes on every broker session until `shutdown`, then stops consuming and lets the
-    /// in-flight events finish within the grace period; what is left is handed back unacked.
+    /// Consumes on every broker session until `shutdown`, then stops consuming; the caller
+    /// drains [`Worker::tasks`].
     pub async fn run(
         self: Arc<Self>,
         mut sessions: watch::Receiver<Option<Session>>,
         mut shutdown: Shutdown,
     ) {
+        self.readiness
+            .not_ready(READY_CONSUMERS, "waiting for the broker");
         while let Some(session) = broker::next_session(&mut sessions, &mut shutdown).await {
             if let Err(e) = self.clone().consume(&session, &mut shutdown).await {
-                tracing::warn!(error = %e, "consumers interrupted");
+                self.readiness
+                    .not_ready(READY_CONSUMERS, format!("consumers interrupted: {e}"));
+                tracing::warn!(error = %e, "consumers interrupted; subscribing again");
             }
             if !broker::await_replacement(&mut sessions, &mut shutdown).await {
-                return;
+                break;
             }
         }
+        self.readiness.not_ready(READY_CONSUMERS, "shutting down");
     }
 
+    /// Consumes until shutdown or until the session's channels fail, and returns at once
+    /// either way: the tasks it started go on under [`Worker::tasks`], each holding its
+    /// channel open until its message is settled.
     async fn consume(
         self: Arc<Self>,
         session: &Session,
@@ -122,30 +138,35 @@ impl Worker {
             self.subscribe(session, &self.topology.ingress).await?;
         let (redeliver_channel, mut redeliver) =
             self.subscribe(session, &self.topology.redeliver).await?;
+        self.readiness.ready(READY_CONSUMERS);
         tracing::info!(prefetch = self.prefetch, "consuming ingress and redeliver");
-
-        let mut tasks = JoinSet::new();
         let result = loop {
-            tokio::select! {
-                delivery = ingress.next() => match delivery {
-                    Some(Ok(delivery)) => {
-                        tasks.spawn(self.clone().settle(delivery, parking.clone(), Kind::Event));
-                    }
-                    Some(Err(e)) => break Err(e.into()),
-                    None => break Ok(()),
-                },
-                delivery = redeliver.next() => match delivery {
-                    Some(Ok(delivery)) => {
-                        tasks.spawn(self.clone().settle(delivery, parking.clone(), Kind::Redelivery));
-                    }
-                    Some(Err(e)) => break Err(e.into()),
-                    None => break Ok(()),
-                },
-                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            let (delivery, kind, channel) = tokio::select! {
+                delivery = ingress.next() => (delivery, Kind::Event, &ingress_channel),
+                delivery = redeliver.next() => (delivery, Kind::Redelivery, &redeliver_channel),
                 () = shutdown.wait() => break Ok(()),
+            };
+            match delivery {
+                Some(Ok(delivery)) => {
+                    let task = self.clone().settle(delivery, kind, parking.clone());
+                    let channel = channel.clone();
+                    self.tasks.spawn(async move {
+                        task.await;
+                        // Closed (when the last clone goes) only once its message is settled.
+                        drop(channel);
+                    });
+                }
+                Some(Err(e)) => break Err(e.into()),
+                // The broker cancelled the consumer (e.g. the queue was deleted).
+                None => break Ok(()),
             }
         };
-        // Stop taking new work, then let what was started finish (or hand it back).
+        let why = if shutdown.is_triggered() {
+            "shutting down"
+        } else {
+            "consumer lost"
+        };
+        self.readiness.not_ready(READY_CONSUMERS, why);
         for (channel, consumer) in [
             (&ingress_channel, &ingress),
             (&redeliver_channel, &redeliver),
@@ -153,20 +174,6 @@ impl Worker {
             let _ = channel
                 .basic_cancel(consumer.tag(), BasicCancelOptions::default())
                 .await;
-        }
-        let drained = tokio::time::timeout(self.grace, async {
-            while tasks.join_next().await.is_some() {}
-        })
-        .await;
-        if drained.is_err() {
-            tracing::warn!(
-                left = tasks.len(),
-                "grace period over; unfinished events go back to the queue"
-            );
-            tasks.abort_all();
-        }
-        for channel in [&ingress_channel, &redeliver_channel] {
-            let _ = channel.close(200, "dispatcher stopping".into()).await;
         }
         result
     }
@@ -191,14 +198,12 @@ impl Worker {
         Ok((channel, consumer))
     }
 
-    /// Handles one delivery and acks it, or nacks it back (after a pause, not in a hot loop)
+    /// Handles one message and acks it, or nacks it back (after a pause, not in a hot loop)
     /// when a hand-off failed or the handling panicked.
-    async fn settle(self: Arc<Self>, delivery: Delivery, parking: Parking, kind: Kind) {
-        let work = match kind {
-            Kind::Event => self.handle_event(&delivery, &parking).boxed(),
-            Kind::Redelivery => self.handle_redelivery(&delivery, &parking).boxed(),
-        };
-        let handled = AssertUnwindSafe(work).catch_unwind().await;
+    async fn settle(self: Arc<Self>, delivery: Delivery, kind: Kind, parking: Parking) {
+        let handled = AssertUnwindSafe(self.handle(&delivery, &parking, kind))
+            .catch_unwind()
+            .await;
         let settled = match handled {
             Ok(Ok(())) => delivery.acker.ack(BasicAckOptions::default()).await,
             outcome => {
@@ -214,72 +219,71 @@ impl Worker {
             }
         };
         if let Err(e) = settled {
-            tracing::warn!(error = %e, "could not settle a message; it will be redelivered");
+            // Its channel is gone: the broker hands the message out again.
+            tracing::debug!(error = %e, "could not settle a message; it will be redelivered");
         }
     }
 
-    async fn handle_event(&self, delivery: &Delivery, parking: &Parking) -> Result<(), AmqpError> {
-        let event = match Event::decode(&delivery.data, &delivery.properties) {
-            Ok(event) => Arc::new(event),
-            Err(e) => return self.park_invalid(delivery, parking, &e.to_string()).await,
-        };
-        if event.accepted_ms.is_none() && !delivery.redelivered {
-            self.metrics.ingested.with_label_values(&["amqp"]).inc();
-        }
-        let routes = self.directory.matching(
-            &event.envelope.event_type,
-            event.envelope.consumer.as_deref(),
-        );
-        let outcomes = join_all(
-            routes
-                .iter()
-                .map(|route| self.deliver(route, &event, 1, parking)),
-        )
-        .await;
-        // Every subscription either succeeded or has its hand-off confirmed; otherwise the
-        // whole event comes back (the successful ones then see it twice, with the same id).
-        outcomes.into_iter().collect()
-    }
-
-    async fn handle_redelivery(
+    /// Decodes a message and delivers it to each subscription it is for; `Ok` once every
+    /// one succeeded or is durably handed off.
+    async fn handle(
         &self,
         delivery: &Delivery,
         parking: &Parking,
+        kind: Kind,
     ) -> Result<(), AmqpError> {
-        let Handoff {
-            event,
-            subscription_id,
-            attempts: made,
-            ..
-        } = match Handoff::decode(&delivery.data, &delivery.properties) {
-            Ok(handoff) => handoff,
-            Err(e) => return self.park_invalid(delivery, parking, &e.to_string()).await,
+        let (body, properties) = (&delivery.data, &delivery.properties);
+        let (event, routes, attempt) = match kind {
+            Kind::Event => match Event::decode(body, properties) {
+                Ok(event) => {
+                    if event.accepted_ms.is_none() && !delivery.redelivered {
+                        self.metrics.ingested.with_label_values(&["amqp"]).inc();
+                    }
+                    let routes = self.directory.matching(
+                        &event.envelope.event_type,
+                        event.envelope.consumer.as_deref(),
+                    );
+                    (Arc::new(event), routes, 1)
+                }
+                Err(e) => return self.park_invalid(delivery, parking, &e.to_string()).await,
+            },
+            Kind::Redelivery => match Handoff::decode(body, properties) {
+                Ok(handoff) => match self.directory.get(&handoff.subscription_id) {
+                    Some(route) if route.enabled => {
+                        (handoff.event, vec![route], handoff.attempts + 1)
+                    }
+                    gone => {
+                        let why = if gone.is_some() {
+                            "subscription disabled"
+                        } else {
+                            "subscription deleted"
+                        };
+                        let started = (OffsetDateTime::now_utc(), Instant::now());
+                        self.outcome(
+                            &handoff.event,
+                            &handoff.subscription_id,
+                            handoff.attempts + 1,
+                            started,
+                            None,
+                            Ending::Disabled(why),
+                        )
+                        .report(&self.metrics, &self.attempts);
+                        return Ok(());
+                    }
+                },
+                Err(e) => return self.park_invalid(delivery, parking, &e.to_string()).await,
+            },
         };
-        match self.directory.get(&subscription_id) {
-            Some(route) if route.enabled => self.deliver(&route, &event, made + 1, parking).await,
-            gone => {
-                // Deleted or disabled since: it gets nothing more.
-                let why = if gone.is_some() {
-                    "subscription disabled"
-                } else {
-                    "subscription deleted"
-                };
-                self.metrics
-                    .deliveries
-                    .with_label_values(&["disabled"])
-                    .inc();
-                self.log(
-                    &event,
-                    &subscription_id,
-                    made + 1,
-                    AttemptOutcome::Disabled,
-                    Instant::now(),
-                    None,
-                    Some(why),
-                );
-                Ok(())
-            }
-        }
+        // Every subscription either succeeded or has its hand-off confirmed; otherwise the
+        // whole event comes back (the successful ones then see it twice, with the same id).
+        join_all(
+            routes
+                .iter()
+                .map(|route| self.deliver(route, &event, attempt, parking)),
+        )
+        .await
+        .into_iter()
+        .collect()
     }
 
     async fn park_invalid(
@@ -298,8 +302,8 @@ impl Worker {
             .await
     }
 
-    /// Delivers `event` to one subscription as attempt number `attempt`; `Ok` once it either
-    /// succeeded or is durably handed off.
+    /// Delivers `event` to one subscription as attempt number `attempt`: admit, send, decide,
+    /// execute, report. `Ok` once it succeeded or is durably handed off.
     async fn deliver(
         &self,
         route: &Route,
@@ -307,165 +311,53 @@ impl Worker {
         attempt: u32,
         parking: &Parking,
     ) -> Result<(), AmqpError> {
-        let started = Instant::now();
-        let permit = match (
-            self.isolation.admit(&route.id).await,
-            self.retry.defer_tier(),
-        ) {
-            (Admission::Go(permit), _) => Some(permit),
-            // With no retry tier configured there is nowhere to defer to: attempt regardless.
-            (_, None) => None,
-            (refused, Some(tier)) => {
-                let (label, outcome) = match refused {
-                    Admission::CircuitOpen => ("circuit_open", AttemptOutcome::CircuitOpen),
-                    _ => ("deferred", AttemptOutcome::Deferred),
-                };
-                // Not an attempt: the number of the next try stays the same.
-                parking
-                    .retry(
-                        &handoff(event, &route.id, attempt - 1, None),
-                        tier,
-                        self.retry.ttl_with_jitter(tier),
-                    )
-                    .await?;
-                self.metrics.deliveries.with_label_values(&[label]).inc();
-                self.log(event, &route.id, attempt, outcome, started, None, None);
-                return Ok(());
-            }
-        };
-        let result = self.attempt(route, event, attempt).await;
-        drop(permit);
-        self.isolation
-            .record(&route.id, result.is_ok(), started.elapsed());
-        match result {
-            Ok(status) => {
-                self.metrics
-                    .deliveries
-                    .with_label_values(&["success"])
-                    .inc();
-                if let Some(ms) = event.accepted_ms {
-                    self.metrics
-                        .event_to_delivery_seconds
-                        .observe(seconds_since(ms));
-                }
-                self.log(
-                    event,
-                    &route.id,
-                    attempt,
-                    AttemptOutcome::Success,
-                    started,
-                    Some(status),
-                    None,
-                );
-                Ok(())
-            }
-            Err(error) => {
-                self.after_failure(route, event, attempt, error, started, parking)
-                    .await
-            }
-        }
-    }
-
-    async fn after_failure(
-        &self,
-        route: &Route,
-        event: &Arc<Event>,
-        attempt: u32,
-        error: AttemptError,
-        started: Instant,
-        parking: &Parking,
-    ) -> Result<(), AmqpError> {
-        let handoff = handoff(event, &route.id, attempt, Some(&error));
-        if error.is_gone() {
-            let reason = format!("endpoint answered 410 Gone to event {}", event.envelope.id);
-            match self.directory_client.disable(&route.id, &reason).await {
-                Ok(()) => {
-                    tracing::warn!(subscription_id = %route.id, "subscription disabled: endpoint answered 410 Gone");
-                    self.metrics
-                        .deliveries
-                        .with_label_values(&["disabled"])
-                        .inc();
-                    self.log(
-                        event,
-                        &route.id,
-                        attempt,
-                        AttemptOutcome::Disabled,
-                        started,
-                        error.status(),
-                        Some(&error.to_string()),
-                    );
-                    return Ok(());
-                }
-                Err(e) => {
-                    tracing::error!(subscription_id = %route.id, error = %e, "cannot disable a subscription that answered 410");
-                }
-            }
-        }
-        let next = match &error {
-            // A refused destination stays refused: no point in retrying.
-            AttemptError::Refused(_) => NextStep::Dead,
-            _ => self.retry.after_failure(attempt, error.retry_after()),
-        };
-        match next {
-            NextStep::Retry { tier, .. } => {
-                let ttl = self.retry.ttl_with_jitter(tier);
-                parking.retry(&handoff, tier, ttl).await?;
-                self.metrics
-                    .deliveries
-                    .with_label_values(&["retry_scheduled"])
-                    .inc();
-                self.metrics
-                    .retries_scheduled
-                    .with_label_values(&[&relay_shared::topology::tier_label(tier)])
-                    .inc();
-                let due = OffsetDateTime::now_utc() + ttl;
-                let mut record = self.record(
-                    event,
-                    &route.id,
-                    attempt,
-                    AttemptOutcome::RetryScheduled,
-                    started,
-                    error.status(),
-                    Some(&error.to_string()),
-                );
-                record.response_excerpt = error.excerpt().map(str::to_owned);
-                record.next_attempt_at = Some(rfc3339(due));
-                self.attempts.record(record);
-            }
-            NextStep::Dead => {
-                parking.dead(&handoff).await?;
-                self.metrics.deliveries.with_label_values(&["dead"]).inc();
-                tracing::warn!(event_id = %event.envelope.id, subscription_id = %route.id, attempt, error = %error, "delivery dead-lettered");
-                let mut record = self.record(
-                    event,
-                    &route.id,
-                    attempt,
-                    AttemptOutcome::Dead,
-                    started,
-                    error.status(),
-                    Some(&error.to_string()),
-                );
-                record.response_excerpt = error.excerpt().map(str::to_owned);
-                self.attempts.record(record);
-            }
-        }
-        Ok(())
-    }
-
-    /// One HTTP attempt, within the global in-flight cap.
-    async fn attempt(
-        &self,
-        route: &Route,
-        event: &Event,
-        attempt: u32,
-    ) -> Result<u16, AttemptError> {
         let trace_id = event.trace.as_ref().map(TraceParent::trace_id_hex);
         let span = tracing::info_span!("delivery", event_id = %event.envelope.id, subscription_id = %route.id, attempt, trace_id);
-        let _enter = span.enter();
+        async {
+            let started = (OffsetDateTime::now_utc(), Instant::now());
+            let refused = match self.isolation.admit(&route.id).await {
+                Admission::Go(permit) => Err(permit),
+                Admission::CapFull => Ok(Refusal::Saturated),
+                Admission::CircuitOpen => Ok(Refusal::CircuitOpen),
+            };
+            let deferral = refused
+                .as_ref()
+                .ok()
+                .map(|reason| step::decide(Tried::Refused(*reason), attempt, &self.retry))
+                .filter(|step| *step != Step::SendAnyway);
+            let (step, result) = match deferral {
+                Some(step) => (step, None),
+                None => {
+                    let result = self.send(route, event).await;
+                    drop(refused);
+                    self.isolation
+                        .record(&route.id, result.is_ok(), started.1.elapsed());
+                    (
+                        step::decide(Tried::Sent(&result), attempt, &self.retry),
+                        Some(result),
+                    )
+                }
+            };
+            let error = result.as_ref().and_then(|r| r.as_ref().err());
+            let ending = self
+                .execute(step, route, event, attempt, error, parking)
+                .await?;
+            let mut outcome =
+                self.outcome(event, &route.id, attempt, started, error.cloned(), ending);
+            outcome.status = result.and_then(Result::ok);
+            outcome.report(&self.metrics, &self.attempts);
+            Ok(())
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// One HTTP request, within the global in-flight cap.
+    async fn send(&self, route: &Route, event: &Event) -> Result<u16, AttemptError> {
         let _slot = self.inflight.acquire().await;
         self.metrics.inflight.inc();
         let started = Instant::now();
-        let outcome = self
+        let result = self
             .client
             .deliver(
                 route,
@@ -478,71 +370,93 @@ impl Worker {
         self.metrics
             .attempt_seconds
             .observe(started.elapsed().as_secs_f64());
-        if let Err(error) = &outcome {
-            self.metrics.deliveries.with_label_values(&["failed"]).inc();
-            tracing::warn!(event_id = %event.envelope.id, subscription_id = %route.id, attempt, status = error.status(), error = %error, "delivery attempt failed");
-        }
-        outcome
+        result
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn record(
+    /// Carries out `step`: the hand-off it needs, or the 410 disable.
+    async fn execute(
+        &self,
+        step: Step,
+        route: &Route,
+        event: &Arc<Event>,
+        attempt: u32,
+        error: Option<&AttemptError>,
+        parking: &Parking,
+    ) -> Result<Ending, AmqpError> {
+        let failure = match step {
+            Step::Done | Step::SendAnyway => return Ok(Ending::Delivered),
+            Step::Defer { tier, reason } => {
+                // Not an attempt: the number of the next try stays the same.
+                let handoff = handoff(event, &route.id, attempt - 1, None);
+                parking
+                    .retry(&handoff, tier, self.retry.ttl_with_jitter(tier))
+                    .await?;
+                return Ok(Ending::Deferred(reason));
+            }
+            Step::Disable { otherwise } => {
+                let reason = format!("endpoint answered 410 Gone to event {}", event.envelope.id);
+                match self.directory_client.disable(&route.id, &reason).await {
+                    Ok(()) => return Ok(Ending::Disabled("endpoint answered 410 Gone")),
+                    Err(e) => {
+                        tracing::error!(subscription_id = %route.id, error = %e, "cannot disable a subscription that answered 410");
+                        otherwise
+                    }
+                }
+            }
+            Step::Failed(failure) => failure,
+        };
+        let handoff = handoff(event, &route.id, attempt, error);
+        match failure {
+            Failure::Retry { tier } => {
+                let ttl = self.retry.ttl_with_jitter(tier);
+                parking.retry(&handoff, tier, ttl).await?;
+                Ok(Ending::RetryScheduled {
+                    tier,
+                    due: OffsetDateTime::now_utc() + ttl,
+                })
+            }
+            Failure::Dead(reason) => {
+                parking.dead(&handoff).await?;
+                Ok(Ending::Dead(reason))
+            }
+        }
+    }
+
+    fn outcome(
         &self,
         event: &Event,
         subscription_id: &str,
         attempt: u32,
-        outcome: AttemptOutcome,
-        started: Instant,
-        status: Option<u16>,
-        error: Option<&str>,
-    ) -> AttemptRecord {
-        let elapsed = started.elapsed();
-        AttemptRecord {
+        (started_at, started): (OffsetDateTime, Instant),
+        error: Option<AttemptError>,
+        ending: Ending,
+    ) -> Outcome {
+        Outcome {
             event_id: event.envelope.id.clone(),
             subscription_id: subscription_id.to_owned(),
             attempt,
-            at: rfc3339(OffsetDateTime::now_utc() - elapsed),
-            outcome,
-            status,
-            latency_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
-            error: error.map(str::to_owned),
-            response_excerpt: None,
-            next_attempt_at: None,
+            started_at,
+            took: started.elapsed(),
+            accepted_ms: event.accepted_ms,
+            error,
+            status: None,
+            ending,
         }
     }
+}
 
-    #[allow(clippy::too_many_arguments)]
-    fn log(
-        &self,
-        event: &Event,
-        subscription_id: &str,
-        attempt: u32,
-        outcome: AttemptOutcome,
-        started: Instant,
-        status: Option<u16>,
-        error: Option<&str>,
-    ) {
-        self.attempts.record(self.record(
-            event,
-            subscription_id,
-            attempt,
-            outcome,
-            started,
-            status,
-            error,
-        ));
+/// This event's delivery to one subscription, `attempts` made so far, after `error`.
+fn handoff(
+    event: &Arc<Event>,
+    subscription_id: &str,
+    attempts: u32,
+    error: Option<&AttemptError>,
+) -> Handoff {
+    Handoff {
+        event: event.clone(),
+        subscription_id: subscription_id.to_owned(),
+        attempts,
+        last_error: error.map(ToString::to_string),
+        last_status: error.and_then(AttemptError::status),
     }
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Kind {
-    Event,
-    Redelivery,
-}
-
-fn seconds_since(unix_ms: i64) -> f64 {
-    let now_ms = OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
-    #[allow(clippy::cast_precision_loss)]
-    let seconds = (now_ms - i128::from(unix_ms)).max(0) as f64 / 1000.0;
-    seconds
 }

@@ -1,7 +1,7 @@
 //! End-to-end tests: real RabbitMQ, real HTTP on loopback, the real Relay components.
 //! One binary, one module per area (svix/cargo style).
 // Test helpers panic on purpose: a failed call is a failed test.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod amqp_ingest;
 mod api_surface;

@@ -6,9 +6,11 @@
 //! The `queue` label is the queue's role, without the configured prefix: `ingress`, `dead`,
 //! `invalid`, `redeliver`, `attempts`, `archive` and `retry.<delay>` per retry tier (e.g.
 //! `retry.5m`); a bounded set fixed by the configuration. Every dispatcher samples, so an
-//! aggregation over processes takes `max by (queue)`. A queue that does not exist yet (a tier
-//! queue is declared when first used) is skipped; a queue that stops answering loses its
-//! samples rather than keeping stale ones.
+//! aggregation over processes takes `max by (queue)`. Retry tier queues are sampled with the
+//! same (idempotent) declaration the consumers make, so a tier not declared yet reads 0
+//! instead of drawing a `NOT_FOUND` channel error (which the AMQP client logs as an ERROR) at
+//! every fresh start; a queue that stops answering loses its samples rather than keeping stale
+//! ones.
 
 use std::time::Duration;
 
@@ -16,7 +18,7 @@ use lapin::{Channel, options::QueueDeclareOptions, types::FieldTable};
 use prometheus::{IntGaugeVec, Registry};
 use tokio::sync::watch;
 
-use crate::{
+use relay_shared::{
     metrics::gauge_vec,
     session::{Session, next_session},
     shutdown::Shutdown,
@@ -30,6 +32,9 @@ pub struct QueueSampler {
     consumers: IntGaugeVec,
     /// `(label, queue name)` of every queue sampled.
     queues: Vec<(String, String)>,
+    /// The retry tiers, declared rather than passively checked.
+    tiers: Vec<(String, Duration)>,
+    topology: Topology,
     interval: Duration,
 }
 
@@ -59,25 +64,30 @@ impl QueueSampler {
                 &["queue"],
             )?,
             queues: queues(topology, retry_schedule),
+            tiers: retry_schedule
+                .iter()
+                .map(|delay| (topology.retry_tier(*delay), *delay))
+                .collect(),
+            topology: topology.clone(),
             interval,
         })
     }
 
-    /// The `(label, queue name)` pairs sampled.
-    pub fn queues(&self) -> &[(String, String)] {
-        &self.queues
+    /// The sampling loop on the sessions of `keep_connected` until `shutdown`, to spawn;
+    /// `None` when the interval is zero.
+    pub fn run(
+        self,
+        sessions: watch::Receiver<Option<Session>>,
+        shutdown: Shutdown,
+    ) -> Option<impl Future<Output = ()> + Send + 'static> {
+        (!self.interval.is_zero()).then(|| self.sample_until(sessions, shutdown))
     }
 
-    /// Spawns the sampling loop on the sessions of `keep_connected` until `shutdown`; does
-    /// nothing when the interval is zero.
-    pub fn spawn(self, sessions: watch::Receiver<Option<Session>>, shutdown: Shutdown) {
-        if self.interval.is_zero() {
-            return;
-        }
-        tokio::spawn(self.run(sessions, shutdown));
-    }
-
-    async fn run(self, mut sessions: watch::Receiver<Option<Session>>, mut shutdown: Shutdown) {
+    async fn sample_until(
+        self,
+        mut sessions: watch::Receiver<Option<Session>>,
+        mut shutdown: Shutdown,
+    ) {
         let mut tick = tokio::time::interval(self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         while let Some(session) = next_session(&mut sessions, &mut shutdown).await {
@@ -114,15 +124,21 @@ impl QueueSampler {
                     }
                 },
             };
-            let declared = tokio::time::timeout(
-                Duration::from_secs(5),
-                open.queue_declare(
-                    name.as_str().into(),
-                    QueueDeclareOptions::default().passive(),
-                    FieldTable::default(),
-                ),
-            )
-            .await;
+            let tier = self.tiers.iter().find(|(tier, _)| tier == name);
+            let declare = async {
+                match tier {
+                    Some((_, delay)) => self.topology.declare_retry_tier(&open, *delay).await,
+                    None => {
+                        open.queue_declare(
+                            name.as_str().into(),
+                            QueueDeclareOptions::default().passive(),
+                            FieldTable::default(),
+                        )
+                        .await
+                    }
+                }
+            };
+            let declared = tokio::time::timeout(Duration::from_secs(5), declare).await;
             match declared {
                 Ok(Ok(queue)) => {
                     self.messages
@@ -134,7 +150,7 @@ impl QueueSampler {
                     *channel = Some(open);
                 }
                 Ok(Err(e)) => {
-                    // Usually 404: not declared yet. The channel is closed by the broker.
+                    // The broker closed the channel (e.g. a queue deleted by hand).
                     tracing::debug!(queue = %name, error = %e, "queue not sampled");
                     self.forget(label);
                 }
