@@ -40,6 +40,9 @@ pub enum ApiError {
     /// A consumer key on an admin route.
     #[error("forbidden")]
     Forbidden,
+    /// A well-formed value the caller may not use (a consumer naming another consumer).
+    #[error("forbidden: {0}")]
+    NotYours(FieldError),
     /// A destination refused by the SSRF policy.
     #[error(transparent)]
     Destination(FieldError),
@@ -77,6 +80,13 @@ impl ApiError {
                 "Admin key required",
                 "this route needs the admin key; consumer keys cannot use it",
             ),
+            Self::NotYours(e) => Problem::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "Not allowed for this key",
+                e.reason.clone(),
+            )
+            .with_field(e.field.clone()),
             Self::Destination(e) => Problem::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "destination-not-allowed",

@@ -62,13 +62,13 @@ impl Caller {
     /// A consumer may only name itself where a request names a consumer.
     ///
     /// # Errors
-    /// A [`FieldError`] on `field` when a consumer names another one.
-    pub fn check_names_itself(&self, given: Option<&str>, field: &str) -> Result<(), FieldError> {
+    /// [`ApiError::NotYours`] on `field` when a consumer names another one.
+    pub fn check_names_itself(&self, given: Option<&str>, field: &str) -> Result<(), ApiError> {
         match (self.consumer(), given) {
-            (Some(own), Some(given)) if own != given => Err(FieldError::new(
+            (Some(own), Some(given)) if own != given => Err(ApiError::NotYours(FieldError::new(
                 field,
                 "a consumer key manages its own consumer's resources only",
-            )),
+            ))),
             _ => Ok(()),
         }
     }
@@ -221,12 +221,10 @@ mod tests {
         assert!(Caller::Admin.may_see(None));
         assert!(acme.check_names_itself(Some("acme"), "consumer").is_ok());
         assert!(acme.check_names_itself(None, "consumer").is_ok());
-        assert_eq!(
-            acme.check_names_itself(Some("globex"), "consumer")
-                .unwrap_err()
-                .field,
-            "consumer"
-        );
+        assert!(matches!(
+            acme.check_names_itself(Some("globex"), "consumer"),
+            Err(ApiError::NotYours(e)) if e.field == "consumer"
+        ));
         assert!(
             Caller::Admin
                 .check_names_itself(Some("globex"), "consumer")

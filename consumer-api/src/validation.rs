@@ -1,16 +1,28 @@
-//! The rules for the values a subscription may contain, one function per field, and the SSRF
-//! check of a destination. Every refusal names its field.
+//! The rules for the values clients send, one function per kind of field, each with the JSON
+//! schema that states it, so the OpenAPI document says exactly what is enforced (patterns and
+//! lengths are built from the same constants the checks use). Also the SSRF check of a
+//! destination. Every refusal names its field.
+//!
+//! **Endpoint URLs** follow one strict grammar ([`url_pattern`]): `http` or `https`, a host
+//! name (its last label starting with a letter), an IPv4 address or a bracketed
+//! IPv6 address, an optional port, then a path and query of URL characters. No whitespace or
+//! control characters anywhere, no credentials, no fragment. The URL is stored and shown as
+//! the URL parser normalises it (lower-case host, default port dropped, `/` path), which is
+//! exactly the URL dispatchers call.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::LazyLock, time::Duration};
 
-use std::time::Duration;
-
+use regex::Regex;
 use relay_shared::{
     envelope::MAX_CONSUMER_LEN,
-    filter::TopicFilter,
-    ssrf::{NetworkPolicy, SsrfError},
+    filter::{MAX_TYPE_LEN, TopicFilter},
+    ssrf::NetworkPolicy,
 };
 use serde::{Deserialize, Deserializer};
+use utoipa::openapi::{
+    ArrayBuilder, ObjectBuilder, Schema, SchemaFormat, Type,
+    schema::{KnownFormat, SchemaType},
+};
 
 use crate::error::{ApiError, FieldError};
 
@@ -23,6 +35,8 @@ pub const MAX_URL_LEN: usize = 2048;
 pub const MAX_EVENT_TYPES: usize = 50;
 /// The longest description accepted, in characters.
 pub const MAX_DESCRIPTION_LEN: usize = 500;
+/// The longest reason for disabling, in characters.
+pub const MAX_REASON_LEN: usize = 500;
 
 /// A field of a PATCH body: absent (leave as is), `null`, or a value.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -67,56 +81,146 @@ impl<T> Nullable<T> {
     }
 }
 
-/// An absolute http(s) URL with a host and no credentials.
+/// `pattern` anchored, for both the regex crate and JSON Schema (ECMA 262) dialects.
+fn anchored(pattern: &str) -> String {
+    format!("^(?:{pattern})$")
+}
+
+/// A string schema; `nullable` adds `null`.
+fn string(nullable: bool) -> ObjectBuilder {
+    let builder = ObjectBuilder::new();
+    if nullable {
+        builder.schema_type(SchemaType::from_iter([Type::String, Type::Null]))
+    } else {
+        builder.schema_type(Type::String)
+    }
+}
+
+const IPV4_OCTET: &str = "25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9]";
+const H16: &str = "[0-9A-Fa-f]{1,4}";
+
+/// The grammar of an endpoint URL (unanchored); see the module documentation.
+pub fn url_pattern() -> &'static str {
+    static PATTERN: LazyLock<String> = LazyLock::new(|| {
+        let ipv4 = format!("(?:(?:{IPV4_OCTET})\\.){{3}}(?:{IPV4_OCTET})");
+        let ipv6 = [
+            format!("(?:{H16}:){{7}}{H16}"),
+            format!("(?:{H16}:){{1,7}}:"),
+            format!("(?:{H16}:){{1,6}}:{H16}"),
+            format!("(?:{H16}:){{1,5}}(?::{H16}){{1,2}}"),
+            format!("(?:{H16}:){{1,4}}(?::{H16}){{1,3}}"),
+            format!("(?:{H16}:){{1,3}}(?::{H16}){{1,4}}"),
+            format!("(?:{H16}:){{1,2}}(?::{H16}){{1,5}}"),
+            format!("{H16}:(?::{H16}){{1,6}}"),
+            format!(":(?::{H16}){{1,7}}"),
+            "::".to_owned(),
+            format!("::(?:[Ff]{{4}}(?::0{{1,4}})?:)?{ipv4}"),
+            format!("(?:{H16}:){{1,4}}:{ipv4}"),
+        ]
+        .join("|");
+        let label = "[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?";
+        let last_label = "[A-Za-z](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?";
+        // One label or more (single-label and internal names are the SSRF policy's to refuse),
+        // the last starting with a letter so that it never reads as a number, and an optional
+        // root dot.
+        let domain = format!("(?:{label}\\.)*{last_label}\\.?");
+        let port = "6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}|0";
+        let path = "/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*";
+        let query = "\\?[A-Za-z0-9._~!$&'()*+,;=:@%/?-]*";
+        format!(
+            "[Hh][Tt][Tt][Pp][Ss]?://(?:{domain}|{ipv4}|\\[(?:{ipv6})\\])(?::(?:{port}))?(?:{path})?(?:{query})?"
+        )
+    });
+    &PATTERN
+}
+
+/// The schema of an endpoint URL.
+pub fn url_schema(nullable: bool) -> Schema {
+    string(nullable)
+        .max_length(Some(MAX_URL_LEN))
+        .pattern(Some(anchored(url_pattern())))
+        .description(Some(
+            "An absolute http(s) URL: host name, IPv4 or [IPv6] address, optional port, path and query; no whitespace, credentials or fragment. Stored and shown normalised, exactly as deliveries are made.",
+        ))
+        .into()
+}
+
+/// Checks an endpoint URL and returns it normalised: exactly the URL dispatchers will call.
 ///
 /// # Errors
 /// A [`FieldError`] on `url` saying what is wrong.
-pub fn validate_url(url: &str) -> Result<(), FieldError> {
+pub fn normalise_url(url: &str) -> Result<String, FieldError> {
+    static GRAMMAR: LazyLock<Regex> = LazyLock::new(|| {
+        Regex::new(&anchored(url_pattern())).unwrap_or_else(|e| unreachable!("{e}"))
+    });
     let refuse = |reason: String| Err(FieldError::new("url", reason));
     if url.chars().count() > MAX_URL_LEN {
         return refuse(format!("url must be at most {MAX_URL_LEN} characters"));
     }
-    // The URL parser would quietly trim these; the stored URL must be the one that is used.
-    if url.trim() != url {
-        return refuse("url must not start or end with whitespace".into());
-    }
-    let parsed = match url::Url::parse(url) {
-        Ok(parsed) => parsed,
-        Err(e) => return refuse(format!("url is not a valid absolute URL ({e})")),
-    };
-    if !matches!(parsed.scheme(), "http" | "https") {
+    // Clear reasons for the mistakes the grammar below refuses anyway.
+    if let Some((at, c)) = url
+        .char_indices()
+        .find(|(_, c)| c.is_whitespace() || c.is_control())
+    {
         return refuse(format!(
-            "url must use http or https, not {}",
-            parsed.scheme()
+            "url must not contain whitespace or control characters (U+{:04X} at byte {at})",
+            u32::from(c)
         ));
     }
-    if parsed.host_str().is_none_or(str::is_empty) {
+    let lower = url.to_ascii_lowercase();
+    let Some(rest) = ["https://", "http://"]
+        .into_iter()
+        .find_map(|scheme| lower.strip_prefix(scheme))
+    else {
+        return refuse("url must be an absolute http:// or https:// URL".into());
+    };
+    let authority = rest.split(['/', '?', '#', '\\']).next().unwrap_or_default();
+    if authority.is_empty() {
         return refuse("url must have a host".into());
     }
     // Credentials in a URL end up in logs and in the directory; receivers authenticate
     // deliveries by their signature instead.
-    if !parsed.username().is_empty() || parsed.password().is_some() {
+    if authority.contains('@') {
         return refuse("url must not contain credentials (user:password@)".into());
     }
-    Ok(())
+    if url.contains('#') {
+        return refuse("url must not have a fragment (it is never sent)".into());
+    }
+    if !url.is_ascii() {
+        return refuse("url must be ASCII: percent-encode the path and query, and write an international host name in its xn-- form".into());
+    }
+    if !GRAMMAR.is_match(url) {
+        return refuse("url must be a host name, an IPv4 address or an [IPv6] address, an optional port, then a path and query of URL characters".into());
+    }
+    match url::Url::parse(url) {
+        Ok(parsed) if parsed.host_str().is_some_and(|h| !h.is_empty()) => Ok(parsed.into()),
+        Ok(_) => refuse("url must have a host".into()),
+        Err(e) => refuse(format!("url is not a valid URL ({e})")),
+    }
 }
 
-/// Checks a (syntactically valid) destination against the SSRF policy: the scheme, a
-/// literal address, and every address a hostname resolves to now. A hostname that does not
-/// resolve now is accepted; dispatchers check every address again at connect time.
+/// Checks a normalised destination against the SSRF policy: the scheme, the host name by
+/// itself (metadata and internal names), a literal address, and every address a host name
+/// resolves to now. A name that does not resolve now is accepted; dispatchers check every
+/// address again at connect time.
 ///
 /// # Errors
-/// 400 for a scheme that is not allowed, 422 (`destination-not-allowed`) for a refused
-/// address; both on the field `url`.
+/// 400 for a scheme that is not allowed, 422 (`destination-not-allowed`) for a refused name
+/// or address; both on the field `url`.
 pub async fn check_destination(policy: &NetworkPolicy, url: &str) -> Result<(), ApiError> {
-    let refuse = |e: SsrfError| match e {
-        SsrfError::Forbidden { .. } => ApiError::Destination(FieldError::new("url", e.to_string())),
-        other => ApiError::Invalid(FieldError::new("url", other.to_string())),
+    let refuse = |e: relay_shared::ssrf::SsrfError| {
+        if e.is_forbidden_destination() {
+            ApiError::Destination(FieldError::new("url", e.to_string()))
+        } else {
+            ApiError::Invalid(FieldError::new("url", e.to_string()))
+        }
     };
     let parsed = url::Url::parse(url)
         .map_err(|e| FieldError::new("url", format!("url is not valid ({e})")))?;
     policy.check_url(&parsed).map_err(refuse)?;
-    if let Some(url::Host::Domain(host)) = parsed.host() {
+    if let Some(url::Host::Domain(host)) = parsed.host()
+        && !policy.allows_every_address()
+    {
         let port = parsed.port_or_known_default().unwrap_or(443);
         let host = host.trim_end_matches('.').to_owned();
         if let Ok(Ok(addrs)) =
@@ -128,6 +232,32 @@ pub async fn check_destination(policy: &NetworkPolicy, url: &str) -> Result<(), 
         }
     }
     Ok(())
+}
+
+/// A topic filter (unanchored): dot-separated segments of `[a-z0-9_-]`, `*` or `#`.
+pub const FILTER_PATTERN: &str = r"(?:[a-z0-9_-]+|\*|#)(?:\.(?:[a-z0-9_-]+|\*|#))*";
+
+/// The schema of a list of topic filters.
+pub fn event_types_schema(nullable: bool) -> Schema {
+    let items = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .min_length(Some(1))
+        .max_length(Some(MAX_TYPE_LEN))
+        .pattern(Some(anchored(FILTER_PATTERN)));
+    let array = ArrayBuilder::new()
+        .items(items)
+        .min_items(Some(1))
+        .max_items(Some(MAX_EVENT_TYPES))
+        .unique_items(true)
+        .description(Some(
+            "1 to 50 distinct topic filters: `*` matches one segment, `#` zero or more.",
+        ));
+    let array = if nullable {
+        array.schema_type(SchemaType::from_iter([Type::Array, Type::Null]))
+    } else {
+        array
+    };
+    array.into()
 }
 
 /// 1 to 50 distinct, valid topic filters.
@@ -161,6 +291,18 @@ pub fn validate_event_types(event_types: &[String]) -> Result<(), FieldError> {
     Ok(())
 }
 
+/// A consumer id (unanchored): 1 to 64 of `A-Z a-z 0-9 _ - . :`.
+pub fn consumer_pattern() -> String {
+    format!("[A-Za-z0-9_.:-]{{1,{MAX_CONSUMER_LEN}}}")
+}
+
+/// The schema of a consumer id.
+pub fn consumer_schema(nullable: bool) -> Schema {
+    string(nullable)
+        .pattern(Some(anchored(&consumer_pattern())))
+        .into()
+}
+
 /// 1 to 64 characters of `A-Z a-z 0-9 _ - . :`, as in an event's `consumer`.
 ///
 /// # Errors
@@ -177,8 +319,37 @@ pub fn validate_consumer(consumer: &str, field: &str) -> Result<(), FieldError> 
         Err(FieldError::new(
             field,
             format!(
-                "consumer must be 1 to {MAX_CONSUMER_LEN} characters of A-Z, a-z, 0-9, '_', '-', '.', ':'"
+                "{field} must be 1 to {MAX_CONSUMER_LEN} characters of A-Z, a-z, 0-9, '_', '-', '.', ':'"
             ),
+        ))
+    }
+}
+
+/// The schema of free text of at most `max` characters (at least `min`).
+pub fn text_schema(min: usize, max: usize, nullable: bool) -> Schema {
+    string(nullable)
+        .min_length((min > 0).then_some(min))
+        .max_length(Some(max))
+        .into()
+}
+
+/// Free text of `min` to `max` characters.
+///
+/// # Errors
+/// A [`FieldError`] on `field`.
+pub fn validate_text(text: &str, field: &str, min: usize, max: usize) -> Result<(), FieldError> {
+    let length = text.chars().count();
+    if (min..=max).contains(&length) {
+        Ok(())
+    } else if min == 0 {
+        Err(FieldError::new(
+            field,
+            format!("{field} must be at most {max} characters"),
+        ))
+    } else {
+        Err(FieldError::new(
+            field,
+            format!("{field} must be {min} to {max} characters"),
         ))
     }
 }
@@ -188,13 +359,81 @@ pub fn validate_consumer(consumer: &str, field: &str) -> Result<(), FieldError> 
 /// # Errors
 /// A [`FieldError`] on `description`.
 pub fn validate_description(description: &str) -> Result<(), FieldError> {
-    if description.chars().count() > MAX_DESCRIPTION_LEN {
-        return Err(FieldError::new(
-            "description",
-            format!("description must be at most {MAX_DESCRIPTION_LEN} characters"),
-        ));
+    validate_text(description, "description", 0, MAX_DESCRIPTION_LEN)
+}
+
+/// A grace period of at most 30 days (unanchored): a number and a unit, `s`, `m`, `h` or `d`.
+pub const GRACE_PATTERN: &str = "(?:[0-9]{1,6}|1[0-9]{6}|2[0-4][0-9]{5}|25[0-8][0-9]{4}|259[01][0-9]{3}|2592000)s|(?:[0-9]{1,4}|[1-3][0-9]{4}|4[0-2][0-9]{3}|43[01][0-9]{2}|43200)m|(?:[0-9]{1,2}|[1-6][0-9]{2}|7[01][0-9]|720)h|(?:[0-9]|[12][0-9]|30)d";
+
+/// An endpoint URL (for `#[schema(schema_with = …)]`).
+pub fn url_field() -> Schema {
+    url_schema(false)
+}
+
+/// A list of topic filters (for `#[schema(schema_with = …)]`).
+pub fn event_types_field() -> Schema {
+    event_types_schema(false)
+}
+
+/// A consumer id, or `null` (for `#[schema(schema_with = …)]`).
+pub fn consumer_or_null_field() -> Schema {
+    consumer_schema(true)
+}
+
+/// A description, or `null` (for `#[schema(schema_with = …)]`).
+pub fn description_or_null_field() -> Schema {
+    text_schema(0, MAX_DESCRIPTION_LEN, true)
+}
+
+/// A reason for disabling (for `#[schema(schema_with = …)]`).
+pub fn reason_field() -> Schema {
+    text_schema(1, MAX_REASON_LEN, false)
+}
+
+/// The schema of a rotation's grace period.
+pub fn grace_schema() -> Schema {
+    string(true)
+        .pattern(Some(anchored(GRACE_PATTERN)))
+        .description(Some(
+            "How long the previous secret keeps signing: a number and a unit (`s`, `m`, `h`, `d`), at most 30 days, e.g. `24h`.",
+        ))
+        .examples(["24h"])
+        .into()
+}
+
+/// Reads a grace period (`24h`, `90m`, `7d`).
+///
+/// # Errors
+/// A [`FieldError`] on `grace`.
+pub fn parse_grace(grace: &str) -> Result<Duration, FieldError> {
+    static GRAMMAR: LazyLock<Regex> = LazyLock::new(|| {
+        Regex::new(&anchored(GRACE_PATTERN)).unwrap_or_else(|e| unreachable!("{e}"))
+    });
+    let refuse = || {
+        FieldError::new(
+            "grace",
+            "grace must be a number and a unit (s, m, h or d), at most 30 days, e.g. 24h",
+        )
+    };
+    if !GRAMMAR.is_match(grace) {
+        return Err(refuse());
     }
-    Ok(())
+    let (number, unit) = grace.split_at(grace.len() - 1);
+    let number: u64 = number.parse().map_err(|_| refuse())?;
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        _ => 86_400,
+    };
+    Ok(Duration::from_secs(number * seconds))
+}
+
+/// The schema of an RFC 3339 time.
+pub fn time_schema() -> Schema {
+    string(false)
+        .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime)))
+        .into()
 }
 
 #[cfg(test)]
@@ -202,23 +441,102 @@ mod tests {
     use super::*;
 
     #[test]
-    fn urls_must_be_http_with_a_host_and_no_credentials() {
-        for bad in [
-            "example.com/hook",
-            "ftp://example.com/",
-            "file:///etc/passwd",
-            "https://user:pass@example.com/",
-            "https://user@example.com/",
-            "http://",
-            " https://example.com/",
-            "mailto:a@example.com",
+    fn urls_are_refused_naming_what_is_wrong() {
+        for (bad, why) in [
+            ("example.com/hook", "absolute"),
+            ("ftp://example.com/", "absolute"),
+            ("file:///etc/passwd", "absolute"),
+            ("https://user:pass@example.com/", "credentials"),
+            ("https://user@example.com/", "credentials"),
+            ("https://@example.com/", "credentials"),
+            ("http://", "host"),
+            ("https:///hook", "host"),
+            ("https:hook", "absolute"),
+            (" https://example.com/", "whitespace"),
+            ("https://example.com/\nX-Injected: 1", "U+000A"),
+            ("https://exa\tmple.com/hook", "U+0009"),
+            ("https://example.com/a\u{7f}", "control"),
+            ("https://example.com/\u{a0}", "whitespace"),
+            ("https://example.com/#top", "fragment"),
+            ("https://example.com/ü", "ASCII"),
+            ("mailto:a@example.com", "absolute"),
+            ("https://999.1.1.1/", "host name"),
+            ("https://1.2.3.4.5/", "host name"),
+            ("https://example.com:99999/", "host name"),
+            ("https://example.com/a b", "whitespace"),
+            ("https://exa_mple.com/", "host name"),
+            ("https://[::1/", "host name"),
+            ("https://example.com/<script>", "host name"),
+            ("https://example.com\\@evil.com/", "host name"),
         ] {
-            assert!(validate_url(bad).is_err(), "{bad:?} accepted");
+            let e = normalise_url(bad).expect_err(bad);
+            assert_eq!(e.field, "url");
+            assert!(e.reason.contains(why), "{bad:?}: {}", e.reason);
         }
         let long = format!("https://example.com/{}", "a".repeat(MAX_URL_LEN));
-        assert!(validate_url(&long).is_err());
-        assert!(validate_url("https://example.com").is_ok());
-        assert!(validate_url("http://[::1]:9000/a").is_ok());
+        assert!(normalise_url(&long).is_err());
+    }
+
+    #[test]
+    fn urls_are_stored_as_the_dispatcher_calls_them() {
+        for (given, stored) in [
+            ("https://example.com", "https://example.com/"),
+            (
+                "https://Metadata.Google.Internal./x",
+                "https://metadata.google.internal./x",
+            ),
+            ("http://localhost:8443", "http://localhost:8443/"),
+            (
+                "HTTPS://Example.COM:443/Hook?a=1",
+                "https://example.com/Hook?a=1",
+            ),
+            ("http://example.com:80/x", "http://example.com/x"),
+            (
+                "http://example.com:8080/a/../b/./c",
+                "http://example.com:8080/b/c",
+            ),
+            ("http://[::1]:9000/a", "http://[::1]:9000/a"),
+            ("http://[::FFFF:127.0.0.1]/", "http://[::ffff:7f00:1]/"),
+            ("http://10.0.0.1:8080/x?y=1", "http://10.0.0.1:8080/x?y=1"),
+            (
+                "https://xn--bcher-kva.example/",
+                "https://xn--bcher-kva.example/",
+            ),
+            (
+                "https://example.com/?q='x'",
+                "https://example.com/?q=%27x%27",
+            ),
+            (
+                "https://a-b.example.org/%zz%41",
+                "https://a-b.example.org/%zz%41",
+            ),
+        ] {
+            let normalised = normalise_url(given).unwrap_or_else(|e| panic!("{given}: {e}"));
+            assert_eq!(normalised, stored, "{given}");
+            // What the dispatcher parses is what is stored, byte for byte.
+            assert_eq!(url::Url::parse(&normalised).unwrap().as_str(), normalised);
+            assert_eq!(normalise_url(&normalised).unwrap(), normalised);
+        }
+    }
+
+    #[test]
+    fn the_grace_grammar_stops_at_30_days() {
+        for (grace, seconds) in [
+            ("0s", 0),
+            ("24h", 86_400),
+            ("90m", 5_400),
+            ("30d", 2_592_000),
+            ("2592000s", 2_592_000),
+            ("43200m", 2_592_000),
+            ("720h", 2_592_000),
+        ] {
+            assert_eq!(parse_grace(grace).unwrap().as_secs(), seconds, "{grace}");
+        }
+        for bad in [
+            "31d", "721h", "43201m", "2592001s", "1h30m", "24 h", "", "h", "-1h", "1.5h",
+        ] {
+            assert_eq!(parse_grace(bad).unwrap_err().field, "grace", "{bad}");
+        }
     }
 
     #[test]
@@ -236,6 +554,17 @@ mod tests {
             "event_types"
         );
         assert!(validate_event_types(&many[..MAX_EVENT_TYPES]).is_ok());
+        // The pattern the document states accepts exactly the filters the parser does.
+        let pattern = Regex::new(&anchored(FILTER_PATTERN)).unwrap();
+        for filter in [
+            "a", "a.*", "#", "a.#.b", "x_y-z.0", "", "a.", ".a", "A", "a..b", "a.**",
+        ] {
+            assert_eq!(
+                pattern.is_match(filter),
+                TopicFilter::parse(filter).is_ok(),
+                "{filter:?}"
+            );
+        }
     }
 
     #[test]
@@ -247,5 +576,21 @@ mod tests {
         assert!(validate_consumer(&"x".repeat(65), "consumer").is_err());
         assert!(validate_description(&"é".repeat(500)).is_ok());
         assert!(validate_description(&"é".repeat(501)).is_err());
+        let pattern = Regex::new(&anchored(&consumer_pattern())).unwrap();
+        for consumer in [
+            "acme",
+            "a:b.c_d-e",
+            "",
+            "a b",
+            "é",
+            &"x".repeat(64),
+            &"x".repeat(65),
+        ] {
+            assert_eq!(
+                pattern.is_match(consumer),
+                validate_consumer(consumer, "consumer").is_ok(),
+                "{consumer:?}"
+            );
+        }
     }
 }

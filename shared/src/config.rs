@@ -20,7 +20,7 @@ pub const DEFAULTS: &str = include_str!("defaults.toml");
 pub const SECTIONS: &[&str] = &["amqp", "log", "security", "ingest", "dispatch", "api"];
 
 /// Shared keys whose environment value is a comma-separated list.
-const LIST_KEYS: &[&str] = &["security.allowed_networks"];
+const LIST_KEYS: &[&str] = &["security.allowed_networks", "security.allowed_hosts"];
 
 /// A configuration that cannot be used; the message names the key.
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +92,10 @@ pub struct SecuritySettings {
     /// Networks (CIDR) webhooks may reach besides public addresses, e.g. `["127.0.0.0/8"]`
     /// for local runs. Internal ranges are refused unless listed here (SSRF protection).
     pub allowed_networks: Vec<String>,
+    /// Host names webhooks may use although they are metadata, internal (`.internal`,
+    /// `.local`, `.svc`, …) or single-label names, refused by default whatever they resolve
+    /// to: exact names (`hooks.corp.internal`) or `*.` and a suffix (`*.svc.cluster.local`).
+    pub allowed_hosts: Vec<String>,
     /// Allow `http://` endpoints; by default only `https://`.
     pub allow_http: bool,
 }
@@ -100,9 +104,11 @@ impl SecuritySettings {
     /// The destination policy these settings describe.
     ///
     /// # Errors
-    /// The `allowed_networks` entry that is not a CIDR.
+    /// The `allowed_networks` entry that is not a CIDR, or the `allowed_hosts` entry that is
+    /// not a host name pattern.
     pub fn policy(&self) -> Result<crate::ssrf::NetworkPolicy, String> {
-        crate::ssrf::NetworkPolicy::new(&self.allowed_networks, self.allow_http)
+        crate::ssrf::NetworkPolicy::new(&self.allowed_networks, self.allow_http)?
+            .with_allowed_hosts(&self.allowed_hosts)
     }
 }
 
@@ -269,10 +275,21 @@ impl<S: Section> Settings<S> {
         if self.amqp.connect_timeout.is_zero() {
             return ConfigError::invalid("amqp.connect_timeout", "must be more than zero");
         }
-        if let Err(bad) = self.security.policy() {
+        if let Err(bad) = crate::ssrf::NetworkPolicy::new(&self.security.allowed_networks, false) {
             return ConfigError::invalid(
                 "security.allowed_networks",
                 &format!("{bad:?} is not a CIDR such as 127.0.0.0/8"),
+            );
+        }
+        if let Some(bad) = self
+            .security
+            .allowed_hosts
+            .iter()
+            .find(|h| crate::ssrf::HostPattern::parse(h).is_err())
+        {
+            return ConfigError::invalid(
+                "security.allowed_hosts",
+                &format!("{bad:?} is not a host name or `*.` and a host name"),
             );
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {

@@ -7,10 +7,46 @@
 //! link-local (and with it the cloud metadata address), unique-local IPv6, unspecified,
 //! multicast, broadcast and documentation ranges, and IPv4 addresses spelled as IPv6
 //! (`::ffff:127.0.0.1`, NAT64, 6to4) by the address they embed.
+//!
+//! Host *names* are also judged by themselves, whatever they resolve to (a name that does not
+//! resolve where it is saved may well resolve where it is delivered): the cloud metadata
+//! names ([`REFUSED_NAMES`]), names under internal suffixes ([`REFUSED_SUFFIXES`]) and
+//! single-label names (resolved through the resolver's search list, so to an internal host)
+//! are refused unless `security.allowed_hosts` lists them.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
+
+/// Names refused whatever they resolve to: cloud metadata services and the local host.
+pub const REFUSED_NAMES: &[&str] = &[
+    "metadata.google.internal",
+    "metadata.goog",
+    "metadata",
+    "instance-data",
+    "instance-data.ec2.internal",
+    "metadata.azure.internal",
+    "localhost",
+    "localhost.localdomain",
+];
+
+/// Names under these suffixes are refused whatever they resolve to: internal and link-local
+/// naming (RFC 6762 `.local`, RFC 8375 `.home.arpa`, RFC 6761 `.localhost`, cloud `.internal`,
+/// Kubernetes `.svc` and `.cluster.local`) and private top-level names never delegated.
+pub const REFUSED_SUFFIXES: &[&str] = &[
+    ".internal",
+    ".local",
+    ".localhost",
+    ".localdomain",
+    ".cluster.local",
+    ".svc",
+    ".home.arpa",
+    ".lan",
+    ".intranet",
+    ".corp",
+    ".home",
+    ".private",
+];
 
 /// Why a destination was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -34,12 +70,84 @@ pub enum SsrfError {
         /// Which kind of range it is in.
         kind: &'static str,
     },
+    /// The host name is refused by itself.
+    #[error(
+        "destination host {host:?} is {why}, refused whatever it resolves to unless security.allowed_hosts includes it"
+    )]
+    ForbiddenName {
+        /// The refused name (lower case, without a trailing dot).
+        host: String,
+        /// Why.
+        why: &'static str,
+    },
+}
+
+impl SsrfError {
+    /// Whether the destination itself is refused (an address or a name), as opposed to how
+    /// it is written (its scheme).
+    pub fn is_forbidden_destination(&self) -> bool {
+        matches!(self, Self::Forbidden { .. } | Self::ForbiddenName { .. })
+    }
+}
+
+/// A `security.allowed_hosts` entry: a name (`hooks.corp.internal`), every name under a
+/// suffix (`*.corp.internal`), or `*`: every name (test and fuzzing instances only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPattern {
+    /// Every name.
+    Any,
+    /// Exactly this name.
+    Exact(String),
+    /// Any name ending in this suffix (which starts with a dot).
+    Under(String),
+}
+
+impl HostPattern {
+    /// Parses an entry.
+    ///
+    /// # Errors
+    /// The entry, when it is not a host name or `*.` and a host name.
+    pub fn parse(entry: &str) -> Result<Self, String> {
+        let entry = entry.trim().to_ascii_lowercase();
+        if entry == "*" {
+            return Ok(Self::Any);
+        }
+        let (name, under) = match entry.strip_prefix("*.") {
+            Some(rest) => (rest.to_owned(), true),
+            None => (entry.clone(), false),
+        };
+        let valid = !name.is_empty()
+            && name.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            });
+        if !valid {
+            return Err(entry);
+        }
+        Ok(if under {
+            Self::Under(format!(".{name}"))
+        } else {
+            Self::Exact(name)
+        })
+    }
+
+    fn matches(&self, host: &str) -> bool {
+        match self {
+            Self::Any => true,
+            Self::Exact(name) => host == name,
+            Self::Under(suffix) => host.ends_with(suffix.as_str()),
+        }
+    }
 }
 
 /// The destinations allowed, from `[security]`.
 #[derive(Debug, Clone, Default)]
 pub struct NetworkPolicy {
     allowed: Vec<IpNet>,
+    allowed_hosts: Vec<HostPattern>,
     allow_http: bool,
 }
 
@@ -56,8 +164,57 @@ impl NetworkPolicy {
             .collect::<Result<_, _>>()?;
         Ok(Self {
             allowed,
+            allowed_hosts: Vec::new(),
             allow_http,
         })
+    }
+
+    /// The same policy, also allowing the host names `allowed_hosts` matches
+    /// (`security.allowed_hosts`).
+    ///
+    /// # Errors
+    /// The entry that is not a [`HostPattern`].
+    pub fn with_allowed_hosts(mut self, allowed_hosts: &[String]) -> Result<Self, String> {
+        self.allowed_hosts = allowed_hosts
+            .iter()
+            .map(|h| HostPattern::parse(h))
+            .collect::<Result<_, _>>()?;
+        Ok(self)
+    }
+
+    /// Whether every address is allowed (`0.0.0.0/0` and `::/0` listed): resolving a name
+    /// to check its addresses is then pointless.
+    pub fn allows_every_address(&self) -> bool {
+        let all = |net: &str| {
+            net.parse::<IpNet>()
+                .is_ok_and(|all| self.allowed.contains(&all))
+        };
+        all("0.0.0.0/0") && all("::/0")
+    }
+
+    /// Checks a host name by itself: metadata and internal names, and single-label names,
+    /// are refused unless allowed.
+    ///
+    /// # Errors
+    /// [`SsrfError::ForbiddenName`] saying why.
+    pub fn check_name(&self, host: &str) -> Result<(), SsrfError> {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        if self.allowed_hosts.iter().any(|p| p.matches(&host)) {
+            return Ok(());
+        }
+        let why = if REFUSED_NAMES.contains(&host.as_str()) {
+            Some("a metadata or local name")
+        } else if REFUSED_SUFFIXES.iter().any(|suffix| host.ends_with(suffix)) {
+            Some("an internal name")
+        } else if !host.contains('.') {
+            Some("a single-label name (resolved through the search list)")
+        } else {
+            None
+        };
+        match why {
+            Some(why) => Err(SsrfError::ForbiddenName { host, why }),
+            None => Ok(()),
+        }
     }
 
     /// Checks one resolved address.
@@ -75,8 +232,9 @@ impl NetworkPolicy {
         }
     }
 
-    /// Checks the scheme, and the host when it is a literal address. Hostnames are checked
-    /// when they are resolved (dispatchers: at connect time).
+    /// Checks the scheme, the host when it is a literal address, and a host name by itself
+    /// ([`Self::check_name`]). The addresses a name resolves to are checked when it is
+    /// resolved (dispatchers: at connect time).
     ///
     /// # Errors
     /// An [`SsrfError`] saying what is refused.
@@ -91,7 +249,7 @@ impl NetworkPolicy {
             None => Err(SsrfError::NoHost),
             Some(url::Host::Ipv4(ip)) => self.check_ip(IpAddr::V4(ip)),
             Some(url::Host::Ipv6(ip)) => self.check_ip(IpAddr::V6(ip)),
-            Some(url::Host::Domain(_)) => Ok(()),
+            Some(url::Host::Domain(name)) => self.check_name(name),
         }
     }
 }
@@ -248,5 +406,66 @@ mod tests {
         assert!(strict.check_url(&url("https://[::1]:8443/")).is_err());
         let local = NetworkPolicy::new(&["127.0.0.0/8".into()], true).unwrap();
         assert!(local.check_url(&url("http://127.0.0.1:9/x")).is_ok());
+    }
+
+    #[test]
+    fn metadata_and_internal_names_are_refused_whatever_they_resolve_to() {
+        let strict = NetworkPolicy::default();
+        for name in [
+            "metadata.google.internal",
+            "METADATA.google.internal.",
+            "metadata.goog",
+            "metadata",
+            "instance-data",
+            "instance-data.ec2.internal",
+            "localhost",
+            "api.localhost",
+            "printer.local",
+            "db.svc",
+            "redis.default.svc.cluster.local",
+            "box.localdomain",
+            "nas.home.arpa",
+            "anything.internal",
+            "kubernetes",
+        ] {
+            assert!(
+                matches!(
+                    strict.check_name(name),
+                    Err(SsrfError::ForbiddenName { .. })
+                ),
+                "{name} allowed"
+            );
+        }
+        for name in [
+            "example.com",
+            "hooks.example.org",
+            "internal.example.com",
+            "local.io",
+        ] {
+            assert!(strict.check_name(name).is_ok(), "{name} refused");
+        }
+        let url = |s: &str| url::Url::parse(s).unwrap();
+        assert!(
+            strict
+                .check_url(&url("https://metadata.google.internal/computeMetadata/v1/"))
+                .is_err()
+        );
+        let allowing = NetworkPolicy::default()
+            .with_allowed_hosts(&["hooks.corp.internal".into(), "*.svc.cluster.local".into()])
+            .unwrap();
+        assert!(allowing.check_name("hooks.corp.internal").is_ok());
+        assert!(allowing.check_name("a.b.svc.cluster.local").is_ok());
+        assert!(allowing.check_name("other.corp.internal").is_err());
+        assert!(allowing.check_name("metadata.google.internal").is_err());
+        let everything = NetworkPolicy::new(&["0.0.0.0/0".into(), "::/0".into()], true)
+            .unwrap()
+            .with_allowed_hosts(&["*".into()])
+            .unwrap();
+        assert!(everything.check_name("metadata").is_ok());
+        assert!(everything.allows_every_address());
+        assert!(!strict.allows_every_address());
+        for bad in ["", "*.", "a..b", "http://x", "a b"] {
+            assert!(HostPattern::parse(bad).is_err(), "{bad:?}");
+        }
     }
 }

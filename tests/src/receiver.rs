@@ -19,6 +19,8 @@ use tokio::{net::TcpListener, sync::watch, task::JoinSet};
 /// One request as the receiver saw it.
 #[derive(Clone, Debug)]
 pub struct Received {
+    /// The request target as it arrived (path and query).
+    pub target: String,
     /// Request headers (`webhook-id`, `webhook-timestamp`, `webhook-signature`, …).
     pub headers: HeaderMap,
     /// Request body, exactly as sent.
@@ -187,6 +189,7 @@ async fn serve(listener: TcpListener, app: Router) {
 /// Records the request, then answers as the current behaviour says.
 async fn record(
     State(shared): State<Arc<Shared>>,
+    uri: http::Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> axum::response::Response {
@@ -195,6 +198,9 @@ async fn record(
     let behaviour = {
         let mut received = lock(&shared.received);
         received.push(Received {
+            target: uri
+                .path_and_query()
+                .map_or_else(|| uri.path().to_owned(), ToString::to_string),
             headers,
             body,
             at: Instant::now(),
@@ -332,6 +338,7 @@ mod tests {
                 .unwrap(),
         );
         let mut received = Received {
+            target: "/hook".into(),
             headers,
             body: Bytes::from_static(br#"{"email":"test@example.com","username":"test_user"}"#),
             at: Instant::now(),

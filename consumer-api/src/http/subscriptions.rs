@@ -2,8 +2,6 @@
 //! signing secret, rotate it, and disable them. A consumer key reaches only its own
 //! consumer's subscriptions.
 
-use std::time::Duration;
-
 use axum::{
     Json,
     extract::State,
@@ -105,6 +103,7 @@ impl From<Secret> for SecretView {
 #[serde(deny_unknown_fields)]
 pub struct DisableRequest {
     /// Why (shown as `disabled_reason`), 1 to 500 characters.
+    #[schema(schema_with = validation::reason_field)]
     pub reason: String,
 }
 
@@ -112,10 +111,11 @@ pub struct DisableRequest {
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RotateRequest {
-    /// How long the previous secret keeps signing, e.g. `24h` (default `api.rotation_grace`).
-    #[serde(default, with = "humantime_serde")]
-    #[schema(value_type = Option<String>, example = "24h")]
-    pub grace: Option<Duration>,
+    /// How long the previous secret keeps signing, e.g. `24h`, at most 30 days (default
+    /// `api.rotation_grace`).
+    #[serde(default)]
+    #[schema(schema_with = validation::grace_schema)]
+    pub grace: Option<String>,
 }
 
 /// The query of `GET /v1/subscriptions`.
@@ -295,7 +295,7 @@ async fn rotate_secret(
 ) -> Result<Json<SecretView>, ApiError> {
     Ok(Json(
         service
-            .rotate_secret(&subscription, request.grace)
+            .rotate_secret(&subscription, request.grace.as_deref())
             .await?
             .into(),
     ))

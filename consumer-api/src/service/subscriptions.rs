@@ -26,8 +26,6 @@ use crate::{
 
 /// Longest grace period of a rotation.
 pub const MAX_GRACE: Duration = Duration::from_secs(30 * 24 * 3600);
-/// The longest reason for a disabling, in characters.
-pub const MAX_REASON_LEN: usize = 500;
 
 /// A subscription the caller may act on. Only [`Service::subscription`] makes one, so an
 /// operation taking it cannot skip the ownership check.
@@ -63,14 +61,18 @@ impl Deref for OwnedSubscription {
 pub struct NewSubscription {
     /// The endpoint: an absolute `http(s)` URL without credentials or fragment. It is stored
     /// (and shown) normalised, exactly as dispatchers will call it.
+    #[schema(schema_with = validation::url_field)]
     pub url: String,
     /// Topic filters (`order.*`, `invoice.#`).
+    #[schema(schema_with = validation::event_types_field)]
     pub event_types: Vec<String>,
     /// Owner; a consumer key may only name itself (and is the owner when absent).
     #[serde(default)]
+    #[schema(schema_with = validation::consumer_or_null_field)]
     pub consumer: Option<String>,
-    /// Free text.
+    /// Free text, at most 500 characters.
     #[serde(default)]
+    #[schema(schema_with = validation::description_or_null_field)]
     pub description: Option<String>,
     /// Whether deliveries are made; `true` when absent.
     #[serde(default)]
@@ -83,23 +85,23 @@ pub struct NewSubscription {
 pub struct SubscriptionChanges {
     /// New endpoint; `null` is refused.
     #[serde(default)]
-    #[schema(value_type = Option<String>)]
+    #[schema(schema_with = validation::url_field)]
     pub url: Nullable<String>,
     /// New topic filters; `null` is refused.
     #[serde(default)]
-    #[schema(value_type = Option<Vec<String>>)]
+    #[schema(schema_with = validation::event_types_field)]
     pub event_types: Nullable<Vec<String>>,
     /// New owner; `null` clears it (admin only: a consumer cannot give a subscription away).
     #[serde(default)]
-    #[schema(value_type = Option<String>)]
+    #[schema(schema_with = validation::consumer_or_null_field)]
     pub consumer: Nullable<String>,
-    /// New description; `null` clears it.
+    /// New description, at most 500 characters; `null` clears it.
     #[serde(default)]
-    #[schema(value_type = Option<String>)]
+    #[schema(schema_with = validation::description_or_null_field)]
     pub description: Nullable<String>,
     /// Enable or disable (enabling clears `disabled_reason`); `null` is refused.
     #[serde(default)]
-    #[schema(value_type = Option<bool>)]
+    #[schema(value_type = bool)]
     pub enabled: Nullable<bool>,
 }
 
@@ -109,10 +111,11 @@ impl SubscriptionChanges {
     /// # Errors
     /// The first [`FieldError`] found.
     pub fn validate(self) -> Result<SubscriptionPatch, FieldError> {
-        let url = self.url.required("url")?;
-        if let Some(url) = &url {
-            validation::validate_url(url)?;
-        }
+        let url = self
+            .url
+            .required("url")?
+            .map(|url| validation::normalise_url(&url))
+            .transpose()?;
         let event_types = self.event_types.required("event_types")?;
         if let Some(event_types) = &event_types {
             validation::validate_event_types(event_types)?;
@@ -154,14 +157,15 @@ impl Service {
     /// Creates a subscription (with a fresh secret) and announces it.
     ///
     /// # Errors
-    /// A [`FieldError`] for a bad field or a consumer naming another one, a refused
+    /// A [`FieldError`] for a bad field, [`ApiError::NotYours`] for a consumer naming another
+    /// one, a refused
     /// destination, or a store failure.
     pub async fn create_subscription(
         &self,
         caller: &Caller,
         new: NewSubscription,
     ) -> Result<Subscription, ApiError> {
-        validation::validate_url(&new.url)?;
+        let url = validation::normalise_url(&new.url)?;
         validation::validate_event_types(&new.event_types)?;
         if let Some(consumer) = &new.consumer {
             validation::validate_consumer(consumer, "consumer")?;
@@ -170,11 +174,11 @@ impl Service {
             validation::validate_description(description)?;
         }
         caller.check_names_itself(new.consumer.as_deref(), "consumer")?;
-        self.check_destination(&new.url).await?;
+        self.check_destination(&url).await?;
         let created_at = now();
         let subscription = Subscription {
             id: new_id("sub"),
-            url: new.url,
+            url,
             event_types: new.event_types,
             consumer: caller.consumer().map(str::to_owned).or(new.consumer),
             description: new.description,
@@ -257,11 +261,10 @@ impl Service {
             && let Some(own) = current.caller.consumer()
             && consumer.as_deref() != Some(own)
         {
-            return Err(FieldError::new(
+            return Err(ApiError::NotYours(FieldError::new(
                 "consumer",
                 "a consumer key cannot move a subscription to another consumer",
-            )
-            .into());
+            )));
         }
         if let Some(url) = &patch.url {
             self.check_destination(url).await?;
@@ -302,20 +305,20 @@ impl Service {
     }
 
     /// Replaces the secret; the previous one keeps signing (deliveries carry both
-    /// signatures) for `grace` (default `api.rotation_grace`).
+    /// signatures) for `grace` (`24h`, at most 30 days; default `api.rotation_grace`).
     ///
     /// # Errors
-    /// A [`FieldError`] on `grace` over [`MAX_GRACE`], [`StoreError::NotFound`] if it was
-    /// deleted meanwhile, or a store failure.
+    /// A [`FieldError`] on `grace`, [`StoreError::NotFound`] if it was deleted meanwhile, or
+    /// a store failure.
     pub async fn rotate_secret(
         &self,
         subscription: &OwnedSubscription,
-        grace: Option<Duration>,
+        grace: Option<&str>,
     ) -> Result<Secret, ApiError> {
-        let grace = grace.unwrap_or(self.rotation_grace);
-        if grace > MAX_GRACE {
-            return Err(FieldError::new("grace", "grace must be at most 30 days").into());
-        }
+        let grace = match grace {
+            Some(grace) => validation::parse_grace(grace)?,
+            None => self.rotation_grace.min(MAX_GRACE),
+        };
         let expires_ms = now_ms().saturating_add(duration_ms(grace));
         let rotated = self
             .store
@@ -339,14 +342,7 @@ impl Service {
         subscription: &OwnedSubscription,
         reason: &str,
     ) -> Result<Subscription, ApiError> {
-        let reason = reason.trim();
-        if reason.is_empty() || reason.chars().count() > MAX_REASON_LEN {
-            return Err(FieldError::new(
-                "reason",
-                format!("reason must be 1 to {MAX_REASON_LEN} characters"),
-            )
-            .into());
-        }
+        validation::validate_text(reason, "reason", 1, validation::MAX_REASON_LEN)?;
         self.disable(&subscription.id, reason).await
     }
 

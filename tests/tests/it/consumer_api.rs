@@ -137,7 +137,10 @@ async fn a_consumer_key_reaches_only_its_own_resources_on_every_route() {
         Some(json!({"url": hook.url(), "event_types": ["iso.*"], "consumer": "globex"})),
     )
     .await;
-    assert_eq!((status, body["field"].as_str()), (400, Some("consumer")));
+    assert_eq!(
+        (status, problem_type(&body), body["field"].as_str()),
+        (403, "urn:relay:problem:forbidden", Some("consumer"))
+    );
     let id = sub["id"].as_str().unwrap();
 
     let event = relay
@@ -203,7 +206,7 @@ async fn a_consumer_key_reaches_only_its_own_resources_on_every_route() {
         None,
     )
     .await;
-    assert_eq!(status, 400);
+    assert_eq!(status, 403);
     let (_, events) = call(&relay, &globex, Method::GET, "/v1/events", None).await;
     assert_eq!(events["data"], json!([]));
     let (_, dead) = call(
@@ -368,6 +371,131 @@ async fn internal_destinations_are_refused_unless_allowed() {
     )
     .await;
     assert_eq!((status, problem["field"].as_str()), (422, Some("url")));
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn metadata_and_internal_names_are_refused_whatever_they_resolve_to() {
+    // Every address is allowed here, so only the name rules can refuse.
+    let relay = System::start_with(
+        Options::new(shared_amqp_url())
+            .set("RELAY__SECURITY__ALLOWED_NETWORKS", "0.0.0.0/0,::/0")
+            .set(
+                "RELAY__SECURITY__ALLOWED_HOSTS",
+                "hooks.corp.internal,*.svc.cluster.local",
+            ),
+    )
+    .await;
+    for url in [
+        "https://metadata.google.internal/computeMetadata/v1/",
+        "https://METADATA.Google.Internal./computeMetadata/v1/",
+        "https://metadata.goog/",
+        "https://metadata/",
+        "https://instance-data/latest/",
+        "https://instance-data.ec2.internal/latest/",
+        "https://anything.internal/",
+        "https://printer.local/",
+        "https://localhost:8443/",
+        "https://api.localhost/",
+        "https://box.localdomain/",
+        "https://redis.svc/",
+        "https://kubernetes/",
+        "https://other.corp.internal/",
+    ] {
+        let (status, problem) = call(
+            &relay,
+            ADMIN_KEY,
+            Method::POST,
+            "/v1/subscriptions",
+            Some(json!({"url": url, "event_types": ["#"]})),
+        )
+        .await;
+        assert_eq!(
+            (status, problem_type(&problem), problem["field"].as_str()),
+            (
+                422,
+                "urn:relay:problem:destination-not-allowed",
+                Some("url")
+            ),
+            "{url}: {problem}"
+        );
+    }
+    for (url, stored) in [
+        (
+            "https://hooks.corp.internal/x",
+            "https://hooks.corp.internal/x",
+        ),
+        (
+            "https://Web.Shop.svc.cluster.local:8443/x",
+            "https://web.shop.svc.cluster.local:8443/x",
+        ),
+    ] {
+        let (status, sub) = call(
+            &relay,
+            ADMIN_KEY,
+            Method::POST,
+            "/v1/subscriptions",
+            Some(json!({"url": url, "event_types": ["#"]})),
+        )
+        .await;
+        assert_eq!((status, sub["url"].as_str()), (201, Some(stored)), "{sub}");
+    }
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn the_url_shown_is_exactly_where_deliveries_go() {
+    let relay = system().await;
+    for (url, reason) in [
+        ("https://example.com/\nX-Injected: 1", "U+000A"),
+        ("https://exa\tmple.com/hook", "U+0009"),
+        ("https:///hook", "host"),
+        ("https://user:pw@example.com/", "credentials"),
+        ("https://example.com/#frag", "fragment"),
+    ] {
+        let (status, problem) = call(
+            &relay,
+            ADMIN_KEY,
+            Method::POST,
+            "/v1/subscriptions",
+            Some(json!({"url": url, "event_types": ["#"]})),
+        )
+        .await;
+        assert_eq!(
+            (status, problem["field"].as_str()),
+            (400, Some("url")),
+            "{url:?}"
+        );
+        assert!(
+            problem["detail"].as_str().unwrap().contains(reason),
+            "{url:?}: {problem}"
+        );
+    }
+
+    // Written loosely, stored as the parser normalises it: the same URL the dispatcher calls.
+    let hook = Receiver::start().await;
+    let port = hook.addr().port();
+    let given = format!("HTTP://127.0.0.1:{port}/a/../hook/./x?q='quoted'");
+    let expected_target = "/hook/x?q=%27quoted%27";
+    let created = relay.subscribe(&given, &["norm.*"], None).await;
+    assert_eq!(
+        created["url"],
+        format!("http://127.0.0.1:{port}{expected_target}").as_str()
+    );
+    let (_, shown) = call(
+        &relay,
+        ADMIN_KEY,
+        Method::GET,
+        &format!("/v1/subscriptions/{}", created["id"].as_str().unwrap()),
+        None,
+    )
+    .await;
+    assert_eq!(shown["url"], created["url"]);
+    relay
+        .publish_ok(&json!({"type": "norm.check", "data": {}}))
+        .await;
+    let got = hook.wait_for(1, WAIT).await;
+    assert_eq!(got[0].target, expected_target);
     relay.stop().await;
 }
 
