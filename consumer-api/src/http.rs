@@ -1,8 +1,10 @@
 //! The route table: every `/v1` operation, declared once per resource (handlers in the
 //! submodules, each with its `#[utoipa::path]`), from which both the axum router and the
 //! OpenAPI document are built, so the two cannot list different operations. Also the
-//! authentication layers, `/openapi.json`, and the problem answers for unknown routes and
-//! methods.
+//! authentication layers, `/openapi.json`, and the one fallback that makes every error a
+//! problem: unknown routes (404) and methods (405, with `Allow`), request targets and header
+//! sections that are too large (414, 431), and any error a layer or extractor answers in
+//! another form.
 
 pub mod attempts;
 pub mod dead_letters;
@@ -18,8 +20,9 @@ use std::sync::Arc;
 
 use axum::{
     Router,
-    http::{HeaderValue, Method, StatusCode, header},
-    middleware,
+    extract::Request,
+    http::{HeaderValue, StatusCode, header},
+    middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::get,
 };
@@ -81,23 +84,121 @@ pub fn router(state: AppState, ops: Router) -> Router {
         }),
     )
     .merge(ops)
-    // Set after every route is added: it applies to the routes present at the time.
-    .method_not_allowed_fallback(method_not_allowed)
-    .fallback(not_found)
+    // Outermost: it sees every request first and every answer last, fallbacks included.
+    .layer(middleware::from_fn(problems))
 }
 
-async fn not_found() -> Problem {
-    Problem::not_found("route")
+/// The longest request target (path and query) accepted, in bytes.
+pub const MAX_TARGET_BYTES: usize = 8 * 1024;
+/// The most request headers accepted.
+pub const MAX_HEADER_COUNT: usize = 100;
+/// The largest header section accepted (names and values), in bytes.
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+/// How much of a non-problem error body is kept as the problem's detail.
+const MAX_DETAIL_BYTES: usize = 512;
+
+/// The one fallback: refuses oversized targets and header sections, and turns every error
+/// answer that is not JSON (axum's 404 and 405, a plain-text rejection of a layer) into a
+/// problem, keeping its status and headers (`Allow`, `WWW-Authenticate`, `Retry-After`).
+async fn problems(request: Request, next: Next) -> Response {
+    let target = request
+        .uri()
+        .path_and_query()
+        .map_or(0, |p| p.as_str().len());
+    if target > MAX_TARGET_BYTES {
+        return Problem::new(
+            StatusCode::URI_TOO_LONG,
+            "uri-too-long",
+            "Request target too long",
+            format!("the path and query are longer than {MAX_TARGET_BYTES} bytes"),
+        )
+        .into_response();
+    }
+    let headers = request.headers();
+    let header_bytes: usize = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    if headers.len() > MAX_HEADER_COUNT || header_bytes > MAX_HEADER_BYTES {
+        return Problem::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers-too-large",
+            "Request header fields too large",
+            format!(
+                "at most {MAX_HEADER_COUNT} headers of {MAX_HEADER_BYTES} bytes in all are accepted"
+            ),
+        )
+        .into_response();
+    }
+    let response = next.run(request).await;
+    let status = response.status();
+    // JSON answers are already structured (problems, and `/readyz`'s reasons); what is left
+    // is axum's empty 404 and 405 and the plain-text rejections of layers and extractors.
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| {
+            v.as_bytes().starts_with(b"application/") && v.as_bytes().ends_with(b"json")
+        });
+    if status.as_u16() < 400 || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, MAX_DETAIL_BYTES)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .unwrap_or_default();
+    let problem = problem_for(status, &parts.headers, text);
+    let mut answer = problem.into_response();
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            answer.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    answer
 }
 
-async fn method_not_allowed(method: Method) -> Response {
-    Problem::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method-not-allowed",
-        "Method not allowed",
-        format!("{method} is not allowed on this route"),
-    )
-    .into_response()
+/// The problem for an error answer of `status` whose body said `text`.
+fn problem_for(status: StatusCode, headers: &axum::http::HeaderMap, text: String) -> Problem {
+    let reason = status.canonical_reason().unwrap_or("Error");
+    let (slug, title, detail) = match status {
+        StatusCode::NOT_FOUND => (
+            "not-found".to_owned(),
+            "Not found",
+            "no such route".to_owned(),
+        ),
+        StatusCode::METHOD_NOT_ALLOWED => {
+            let allowed = headers
+                .get(header::ALLOW)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            (
+                "method-not-allowed".to_owned(),
+                "Method not allowed",
+                format!("this route allows {allowed}"),
+            )
+        }
+        StatusCode::PAYLOAD_TOO_LARGE => (
+            "payload-too-large".to_owned(),
+            "Body too large",
+            "the body is larger than the limit".to_owned(),
+        ),
+        _ => {
+            let slug = reason
+                .to_ascii_lowercase()
+                .split(|c: char| !c.is_ascii_alphanumeric())
+                .filter(|w| !w.is_empty())
+                .collect::<Vec<_>>()
+                .join("-");
+            (slug, "Request refused", text)
+        }
+    };
+    let detail = if detail.is_empty() {
+        reason.to_owned()
+    } else {
+        detail
+    };
+    Problem::new(status, &slug, title, detail)
 }
 
 #[cfg(test)]

@@ -11,7 +11,8 @@
 //!
 //! ```text
 //! lib (run: wiring)
-//! http (route table) → http::* (handlers, views) → extract, auth → state
+//! server (connections), http (route table, the problem fallback)
+//! http::* (handlers, views) → extract, auth → state
 //! maintenance (background upkeep)
 //! service (ownership, validation, store access, announcements; service::* by resource)
 //! validation, control, publisher, recorder, metrics
@@ -33,6 +34,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod publisher;
 pub mod recorder;
+pub mod server;
 pub mod service;
 pub mod state;
 pub mod store;
@@ -130,13 +132,9 @@ pub async fn run(
         Ok(addr) => tracing::info!(%addr, "consumer-api listening"),
         Err(e) => tracing::warn!(error = %e, "consumer-api listening on an unknown address"),
     }
-    let mut stop = shutdown.clone();
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { stop.wait().await })
-        .await;
+    server::serve(listener, app, shutdown.clone()).await;
 
     store.close().await;
-    served.context("the consumer API server failed")?;
     tracing::info!("consumer-api stopped");
     Ok(())
 }

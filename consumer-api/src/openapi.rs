@@ -23,7 +23,8 @@ pub struct ProblemDoc {
     /// `urn:relay:problem:<slug>`: stable, for programs to branch on (`invalid-field`,
     /// `malformed-json`, `unauthorized`, `forbidden`, `not-found`, `conflict`,
     /// `destination-not-allowed`, `unsupported-media-type`, `payload-too-large`,
-    /// `method-not-allowed`, `store-unavailable`, `broker-unavailable`, `internal`).
+    /// `method-not-allowed`, `uri-too-long`, `headers-too-large`, `store-unavailable`,
+    /// `broker-unavailable`, `internal`).
     #[serde(rename = "type")]
     pub problem_type: String,
     /// Short summary.
@@ -96,7 +97,7 @@ fn add(operation: &mut Operation, status: &str, description: &str) {
 }
 
 /// Adds the problem responses every operation can give, by what it takes: any operation
-/// 401/500/503; one with query parameters or a body 400; one with path parameters 404; one
+/// 401/414/431/500/503; one with query parameters or a body 400; one with path parameters 404; one
 /// with a body 413/415; one only the admin key may call 403.
 pub fn finish(mut doc: Doc) -> Doc {
     for item in doc.paths.paths.values_mut() {
@@ -150,6 +151,12 @@ pub fn finish(mut doc: Doc) -> Doc {
                     "Body not declared as JSON (`unsupported-media-type`)",
                 );
             }
+            add(operation, "414", "Request target too long (`uri-too-long`)");
+            add(
+                operation,
+                "431",
+                "Request header fields too large (`headers-too-large`)",
+            );
             add(operation, "500", "Internal error (`internal`)");
             add(
                 operation,

@@ -274,3 +274,128 @@ async fn every_rejection_is_a_problem() {
     );
     api.stop().await;
 }
+
+/// Sends `head` and then `body` in chunks over a raw connection (what clients may do that
+/// reqwest will not), and reads the answer: status, lower-case headers, body.
+async fn raw(api: &Api, head: &str, chunks: &[Vec<u8>]) -> (u16, String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = api.base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    for chunk in chunks {
+        // The server may answer and close before the whole body is sent.
+        if stream.write_all(chunk).await.is_err() {
+            break;
+        }
+    }
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, head.to_ascii_lowercase(), body.to_owned())
+}
+
+#[tokio::test]
+async fn every_error_is_a_problem_even_before_routing() {
+    let api = Api::start(&[]).await;
+
+    // Ids that do not decode name nothing: 404, as a problem, on every kind of path.
+    for (method, path) in [
+        (Method::GET, "/v1/events/%FF"),
+        (Method::GET, "/v1/consumers/%FF"),
+        (Method::DELETE, "/v1/consumers/acme/keys/%FF"),
+        (Method::GET, "/v1/subscriptions/%FF"),
+        (Method::GET, "/v1/subscriptions/%FF/attempts"),
+        (Method::GET, "/v2/nothing"),
+    ] {
+        let answer = api.call(method.clone(), path, None).await;
+        assert_eq!(
+            (answer.status, answer.content_type(), answer.problem_type()),
+            (
+                404,
+                "application/problem+json",
+                "urn:relay:problem:not-found"
+            ),
+            "{method} {path}: {:?}",
+            answer.body
+        );
+    }
+
+    // A method the route does not have: 405, a problem, and `Allow`.
+    let answer = api.call(Method::PUT, "/v1/subscriptions", None).await;
+    assert_eq!(
+        (answer.status, answer.problem_type()),
+        (405, "urn:relay:problem:method-not-allowed")
+    );
+    let allow = answer.headers["allow"].to_str().unwrap().to_owned();
+    assert!(allow.contains("GET") && allow.contains("POST"), "{allow}");
+
+    // The scheme of `Authorization` is case-insensitive (RFC 9110).
+    for scheme in ["bearer", "BEARER", "Bearer"] {
+        let response = api
+            .http
+            .get(format!("{}/v1/subscriptions", api.base))
+            .header("authorization", format!("{scheme} {ADMIN_KEY}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{scheme}");
+    }
+
+    // Too long a target, too many headers, too large a header section: problems too.
+    let long = format!("/v1/subscriptions?after={}", "a".repeat(9000));
+    let answer = api.call(Method::GET, &long, None).await;
+    assert_eq!(
+        (answer.status, answer.problem_type()),
+        (414, "urn:relay:problem:uri-too-long")
+    );
+    let mut request = api.request(Method::GET, "/v1/subscriptions", ADMIN_KEY);
+    for i in 0..150 {
+        request = request.header(format!("x-filler-{i}"), "x");
+    }
+    let answer = tests::api::answer(request.send().await.unwrap()).await;
+    assert_eq!(
+        (answer.status, answer.problem_type()),
+        (431, "urn:relay:problem:headers-too-large")
+    );
+    let answer = tests::api::answer(
+        api.request(Method::GET, "/v1/subscriptions", ADMIN_KEY)
+            .header("x-large", "y".repeat(40 * 1024))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (answer.status, answer.problem_type()),
+        (431, "urn:relay:problem:headers-too-large")
+    );
+
+    // A chunked body (no Content-Length) over the limit: 413, a problem.
+    let chunk = {
+        let data = vec![b' '; 16 * 1024];
+        let mut chunk = format!("{:x}\r\n", data.len()).into_bytes();
+        chunk.extend_from_slice(&data);
+        chunk.extend_from_slice(b"\r\n");
+        chunk
+    };
+    let head = format!(
+        "POST /v1/subscriptions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {ADMIN_KEY}\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
+    );
+    let (status, headers, body) = raw(&api, &head, &vec![chunk; 5]).await;
+    assert_eq!(status, 413, "{headers}{body}");
+    assert!(
+        headers.contains("content-type: application/problem+json"),
+        "{headers}"
+    );
+    assert!(
+        body.contains("urn:relay:problem:payload-too-large"),
+        "{body}"
+    );
+    api.stop().await;
+}
