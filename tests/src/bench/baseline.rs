@@ -1,113 +1,100 @@
-//! The bare baseline: the fastest this design could be with none of Relay's features. A
-//! quorum queue (as Relay's ingress), a lapin consumer with the same prefetch that POSTs each
-//! message to `fanout` sink URLs with a pooled reqwest client and acks once every POST
-//! answered. No envelope parsing, no signing, no directory, no metrics, no archive copy.
+//! Starting and stopping the bare baseline process (`relay-bench-bare`, see [`super::bare`]):
+//! a quorum queue (as Relay's ingress), an HTTP front publishing to it with confirms, and a
+//! consumer with the same prefetch POSTing to the sink.
 
-use std::time::Duration;
-
-use futures_util::{StreamExt, future::join_all};
-use lapin::{
-    Connection, ConnectionProperties,
-    options::{
-        BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions,
-        QueueDeleteOptions,
-    },
-    types::{AMQPValue, FieldTable, ShortString},
+use std::{
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::Duration,
 };
 
-/// A running baseline consumer.
+use anyhow::{Context, bail};
+use lapin::options::QueueDeleteOptions;
+
+use super::stats::ProcStats;
+
+/// A running baseline process.
 #[derive(Debug)]
 pub struct Baseline {
-    /// The queue producers publish to (default exchange, routing key = queue name).
+    /// The queue AMQP producers publish to (default exchange, routing key = queue name).
     pub queue: String,
-    connection: Connection,
-    task: tokio::task::JoinHandle<()>,
+    /// `http://127.0.0.1:PORT` of its HTTP front.
+    pub url: String,
+    child: Child,
 }
 
 impl Baseline {
-    /// Declares `queue` (quorum, durable) and starts consuming it.
+    /// Starts `relay-bench-bare` from `bins` and waits until it consumes.
     ///
     /// # Errors
-    /// The broker refused.
+    /// It did not start or become ready within 30 s.
     pub async fn start(
+        bins: &Path,
         amqp_url: &str,
         queue: &str,
-        sink_urls: Vec<String>,
+        sink_urls: &[String],
         prefetch: u16,
-    ) -> lapin::Result<Baseline> {
-        let connection = Connection::connect(amqp_url, ConnectionProperties::default()).await?;
-        let channel = connection.create_channel().await?;
-        let mut args = FieldTable::default();
-        args.insert(
-            ShortString::from("x-queue-type"),
-            AMQPValue::LongString("quorum".into()),
-        );
-        channel
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..QueueDeclareOptions::default()
-                },
-                args,
-            )
-            .await?;
-        channel
-            .basic_qos(prefetch, BasicQosOptions::default())
-            .await?;
-        let mut consumer = channel
-            .basic_consume(
-                queue.into(),
-                "".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(15))
-            .redirect(reqwest::redirect::Policy::none())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build()
-            .map_err(|e| lapin::Error::from(std::io::Error::other(e)))?;
-        let task = tokio::spawn(async move {
-            while let Some(Ok(delivery)) = consumer.next().await {
-                let http = http.clone();
-                let urls = sink_urls.clone();
-                tokio::spawn(async move {
-                    let id = delivery
-                        .properties
-                        .message_id()
-                        .as_ref()
-                        .map(|s| s.as_str().to_owned())
-                        .unwrap_or_default();
-                    let body = bytes::Bytes::from(delivery.data);
-                    join_all(urls.into_iter().map(|url| {
-                        http.post(url)
-                            .header("content-type", "application/json")
-                            .header("webhook-id", id.as_str())
-                            .body(body.clone())
-                            .send()
-                    }))
-                    .await;
-                    let _ = delivery.acker.ack(BasicAckOptions::default()).await;
-                });
-            }
-        });
-        Ok(Baseline {
+    ) -> anyhow::Result<Baseline> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let mut command = Command::new(bins.join("relay-bench-bare"));
+        command
+            .args(["--amqp-url", amqp_url, "--queue", queue])
+            .args(["--prefetch", &prefetch.to_string()])
+            .args(["--listen", &format!("127.0.0.1:{port}")]);
+        for url in sink_urls {
+            command.args(["--sink", url]);
+        }
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting relay-bench-bare")?;
+        let mut base = Baseline {
             queue: queue.to_owned(),
-            connection,
-            task,
-        })
+            url: format!("http://127.0.0.1:{port}"),
+            child,
+        };
+        let http = reqwest::Client::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = base.child.try_wait() {
+                bail!("relay-bench-bare exited ({status})");
+            }
+            let answer = http.get(format!("{}/readyz", base.url)).send().await;
+            if answer.is_ok_and(|r| r.status() == 200) {
+                return Ok(base);
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("relay-bench-bare not ready after 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
-    /// Stops consuming and deletes the queue.
-    pub async fn stop(self) {
-        self.task.abort();
-        if let Ok(channel) = self.connection.create_channel().await {
+    /// Peak RSS and CPU seconds so far.
+    #[must_use]
+    pub fn stats(&self) -> ProcStats {
+        ProcStats::read("bare", self.child.id())
+    }
+
+    /// Stops the process and deletes the queue over `connection`.
+    pub async fn stop(mut self, connection: &lapin::Connection) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Ok(channel) = connection.create_channel().await {
             let _ = channel
                 .queue_delete(self.queue.as_str().into(), QueueDeleteOptions::default())
                 .await;
+            let _ = channel.close(200, "done".into()).await;
         }
-        let _ = self.connection.close(200, "done".into()).await;
+    }
+}
+
+impl Drop for Baseline {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -72,6 +72,8 @@ pub struct Events {
     pub size: usize,
     /// Every `fail_every`-th event gets type `bench.fail` (0: never).
     pub fail_every: u64,
+    /// When not 0, event `seq` has type `k.f{seq % families}.created` (scenario k).
+    pub families: u64,
 }
 
 impl Events {
@@ -90,10 +92,12 @@ impl Events {
     /// Event `seq` as envelope JSON padded to `size` bytes, stamped with the current time.
     #[must_use]
     pub fn body(&self, seq: u64) -> String {
-        let kind = if self.fails(seq) {
-            "bench.fail"
+        let kind = if self.families > 0 {
+            format!("k.f{}.created", seq % self.families)
+        } else if self.fails(seq) {
+            "bench.fail".into()
         } else {
-            "bench.ok"
+            "bench.ok".into()
         };
         let head = format!(
             r#"{{"id":"{}","type":"{kind}","data":{{"sent_us":{},"seq":{seq},"pad":""#,
@@ -237,8 +241,9 @@ async fn send(
 /// Batch size of the batch driver.
 pub const BATCH: u64 = 100;
 
-/// In-flight units per driver in closed loop.
-fn concurrency(driver: Driver) -> usize {
+/// In-flight units per driver in closed loop, unless a scenario says otherwise.
+#[must_use]
+pub fn concurrency(driver: Driver) -> usize {
     match driver {
         Driver::Amqp => 512,
         Driver::Single => 128,
@@ -246,14 +251,15 @@ fn concurrency(driver: Driver) -> usize {
     }
 }
 
-/// Sends events `0..n` as fast as the system accepts them, with bounded units in flight;
-/// `progress` is called with the count accepted so far.
+/// Sends events `0..n` as fast as the system accepts them, with `in_flight` units (events,
+/// or batches) in flight; `accepted` counts the events accepted so far.
 pub async fn closed_loop(
     driver: Driver,
     target: &Target,
     http: &reqwest::Client,
     events: &Events,
     n: u64,
+    in_flight: usize,
     accepted: &AtomicU64,
 ) -> Sent {
     let unit = if driver == Driver::Batch { BATCH } else { 1 };
@@ -265,7 +271,7 @@ pub async fn closed_loop(
             let count = seqs.end - seqs.start;
             async move { (count, send(driver, target, http, events, seqs).await) }
         })
-        .buffer_unordered(concurrency(driver));
+        .buffer_unordered(in_flight);
     while let Some((count, ok)) = done.next().await {
         accepted.fetch_add(ok, Ordering::Relaxed);
         refused += count - ok;

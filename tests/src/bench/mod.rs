@@ -1,27 +1,36 @@
 //! `relay-bench`: Relay end to end against a bare baseline, in one invocation, on one broker.
 //!
 //! A private RabbitMQ node, a fast local sink, the real release binaries as child processes
-//! (consumer-api with SQLite, D dispatchers, ingest) and a bare lapin→reqwest baseline on the
-//! same broker, sink and payloads. Scenarios:
+//! (consumer-api with SQLite, D dispatchers, ingest) and the bare baseline process
+//! (`relay-bench-bare`: HTTP front → quorum queue → POST → ack) on the same broker, sink and
+//! payloads. Scenarios:
 //!
 //! - **a** fan-out 1, 500-byte events, through each driver (AMQP, HTTP batch, HTTP single),
-//!   and the baseline;
+//!   each against the baseline driven the same way;
 //! - **b** fan-out 10 (ten subscriptions match each event), and the baseline posting 10 times;
 //! - **c** open loop at 50 % of (a)'s maximum, for latency, and the baseline at the same rate;
 //! - **d** dispatchers D = 1, 2, 3;
-//! - **e** 10 % of events go to an endpoint answering 500.
+//! - **e** 10 % of events go to an endpoint answering 500;
+//! - **k** 100,000 subscriptions (mixed exact, `*` and `#` filters, 1,000 consumers) of which
+//!   10 match each event, against the same load with only those 10 subscriptions;
+//! - **l** endpoints answering after 200 ms, 64 concurrent HTTP producers, fan-out 1 and 10.
 //!
-//! Results go to stdout, `target/relay-bench/<date>.json` and `docs/BENCHMARKS.md`.
+//! Every row has the CPU time per event of each process. Results go to stdout,
+//! `target/relay-bench/<date>.json` with an SVG per scenario beside it (deliveries per
+//! second over time and the latency CDF), and `docs/BENCHMARKS.md` (plots in `docs/bench/`).
 
+pub mod bare;
 mod baseline;
 mod load;
+mod plot;
 mod relay;
 mod sink;
 mod stats;
 
 use std::{
+    collections::BTreeMap,
     fmt::Write as _,
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -37,7 +46,7 @@ use self::{
     load::{Driver, Events, Sent, Target},
     relay::{Relay, Subscription},
     sink::Sink,
-    stats::{Latency, ProcStats, per_second},
+    stats::{Latency, ProcStats, Timeline, per_second},
 };
 use crate::broker::PrivateBroker;
 
@@ -49,7 +58,7 @@ use crate::broker::PrivateBroker;
              Build the binaries first: cargo build --release --bins"
 )]
 pub struct Options {
-    /// Scenarios to run: a, b, c, d, e (comma separated) or all.
+    /// Scenarios to run: a, b, c, d, e, k, l (comma separated) or all.
     #[arg(long, default_value = "all")]
     pub scenario: String,
     /// Small sizes: the whole run takes about two minutes.
@@ -73,10 +82,22 @@ pub struct Options {
     /// Events in (e) [default 30000; --quick 8000].
     #[arg(long)]
     pub failing_events: Option<u64>,
-    /// Drivers of (a): amqp, batch, single.
+    /// Subscriptions in the large run of (k) [default 100000; --quick 10000].
+    #[arg(long)]
+    pub k_subscriptions: Option<usize>,
+    /// Consumers owning the subscriptions of (k) [default 1000; --quick 100].
+    #[arg(long)]
+    pub k_consumers: Option<usize>,
+    /// Events per run in (k) [default 20000; --quick 3000].
+    #[arg(long)]
+    pub k_events: Option<u64>,
+    /// Events in (l) at fan-out 1; a fifth of it at fan-out 10 [default 20000; --quick 3000].
+    #[arg(long)]
+    pub slow_events: Option<u64>,
+    /// Drivers of (a), each also run through the baseline: amqp, batch, single.
     #[arg(long, default_value = "amqp,batch,single")]
     pub drivers: String,
-    /// Drivers of (c): amqp, single.
+    /// Drivers of (c), each also run through the baseline: amqp, single.
     #[arg(long, default_value = "single,amqp")]
     pub latency_drivers: String,
     /// Event envelope size in bytes.
@@ -133,6 +154,32 @@ enum Load {
     Open { rate: f64, seconds: u64 },
 }
 
+/// The subscriptions of a scenario (k) run: `families` groups of ten filters that match
+/// event type `k.f{family}.created`, owned by `consumers` consumers in turn.
+#[derive(Debug, Clone, Copy)]
+struct Directory {
+    subscriptions: usize,
+    consumers: usize,
+}
+
+impl Directory {
+    fn families(self) -> usize {
+        self.subscriptions.div_ceil(10)
+    }
+
+    /// Filter of subscription `i`: ten per family, four kinds (exact, `*`, `#` at the end,
+    /// `#` at the start), each matching exactly its family's type.
+    fn filter(i: usize) -> String {
+        let family = i / 10;
+        match i % 10 {
+            0..=2 => format!("k.f{family}.created"),
+            3..=5 => format!("k.f{family}.*"),
+            6 | 7 => format!("k.f{family}.#"),
+            _ => format!("#.f{family}.created"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Spec {
     scenario: &'static str,
@@ -142,12 +189,72 @@ struct Spec {
     fanout: usize,
     load: Load,
     fail_every: u64,
+    /// Closed-loop units in flight, when not the driver's default.
+    in_flight: Option<usize>,
+    /// Endpoints answer after [`sink::SLOW`].
+    slow: bool,
+    /// Scenario (k)'s subscriptions instead of `fanout` identical ones.
+    directory: Option<Directory>,
+}
+
+impl Spec {
+    fn new(
+        scenario: &'static str,
+        system: System,
+        driver: Driver,
+        fanout: usize,
+        load: Load,
+    ) -> Self {
+        Spec {
+            scenario,
+            system,
+            driver,
+            dispatchers: 1,
+            fanout,
+            load,
+            fail_every: 0,
+            in_flight: None,
+            slow: false,
+            directory: None,
+        }
+    }
+
+    fn label(&self) -> String {
+        let system = match self.system {
+            System::Relay => "Relay",
+            System::Baseline => "bare",
+        };
+        let mut label = format!("{system} {}", self.driver.name());
+        if let Some(d) = self.directory {
+            let _ = write!(label, " {} subscriptions", d.subscriptions);
+        } else if self.fanout > 1 {
+            let _ = write!(label, " fan-out {}", self.fanout);
+        }
+        if self.dispatchers > 1 {
+            let _ = write!(label, " D={}", self.dispatchers);
+        }
+        label
+    }
+}
+
+/// Scenario (k)'s directory figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct DirectoryFigures {
+    /// Subscriptions loaded.
+    subscriptions: usize,
+    /// Creating them through consumer-api, in seconds.
+    create_seconds: f64,
+    /// Dispatcher start → ready (snapshot fetched and indexed), in seconds.
+    dispatch_ready_seconds: f64,
+    /// Dispatcher RSS after the run, in MiB.
+    dispatch_rss_mib: f64,
 }
 
 /// One measured run.
 #[derive(Debug, Clone, Serialize)]
 pub struct Row {
     scenario: String,
+    label: String,
     system: System,
     driver: Driver,
     dispatchers: usize,
@@ -173,10 +280,21 @@ pub struct Row {
     /// Events fully delivered per second (deliveries / fan-out).
     events_per_s: f64,
     latency: Latency,
-    /// Relay's processes (CPU seconds during the load only) and the broker.
+    /// Each process's peak RSS and CPU seconds during the load.
     procs: Vec<ProcStats>,
+    /// CPU µs per accepted event by process group (`ingest`, `dispatch`, `api`, `bare`,
+    /// `mq`, `bench`) and `total`.
+    cpu_us_per_event: BTreeMap<String, f64>,
     /// Relay / baseline of the row's headline figure, when there is a baseline.
     ratio: Option<f64>,
+    /// Deliveries handed to a retry tier (Relay: deferred, circuit open, retry scheduled).
+    retry_tier: Option<f64>,
+    /// Scenario (k) only.
+    directory: Option<DirectoryFigures>,
+    /// Deliveries per second over time.
+    timeline: Timeline,
+    /// Latency CDF, `(ms, fraction)`.
+    cdf: Vec<(f64, f64)>,
 }
 
 struct Bench {
@@ -193,7 +311,8 @@ struct Bench {
     rows: Vec<Row>,
 }
 
-/// Runs the benchmark as `opts` says; prints, writes the JSON and appends to BENCHMARKS.md.
+/// Runs the benchmark as `opts` says; prints, writes the JSON and the plots, and appends
+/// to BENCHMARKS.md.
 ///
 /// # Errors
 /// The binaries are not built, the broker or a process did not start.
@@ -249,48 +368,56 @@ fn find_pid(node: &str) -> Option<u32> {
         })
 }
 
+/// `relay / baseline`, guarded against a zero baseline.
+fn ratio(relay: f64, baseline: f64) -> f64 {
+    relay / baseline.max(f64::MIN_POSITIVE)
+}
+
+/// What a run started: Relay or the baseline, and where producers send to.
+struct Started {
+    relay: Option<Relay>,
+    base: Option<Baseline>,
+    target: Target,
+}
+
 impl Bench {
     async fn scenarios(&mut self) -> anyhow::Result<()> {
         let o = self.opts.clone();
-        let closed = |n| Load::Closed(n);
-        let spec = |scenario, system, driver, fanout, load| Spec {
-            scenario,
-            system,
-            driver,
-            dispatchers: 1,
-            fanout,
-            load,
-            fail_every: 0,
+        let drivers = |list: &str| -> Vec<Driver> {
+            list.split(',')
+                .filter_map(|d| Driver::parse(d.trim()))
+                .collect()
         };
         let mut amqp_max: Option<f64> = None;
         if o.wants("a") {
             let n = o.pick(o.events, 100_000, 15_000);
-            let base = self
-                .run(spec("a", System::Baseline, Driver::Amqp, 1, closed(n)))
-                .await?;
-            for driver in o.drivers.split(',').filter_map(|d| Driver::parse(d.trim())) {
-                let mut row = self
-                    .run(spec("a", System::Relay, driver, 1, closed(n)))
+            for driver in drivers(&o.drivers) {
+                let load = Load::Closed(n);
+                let base = self
+                    .run(Spec::new("a", System::Baseline, driver, 1, load))
                     .await?;
-                row.ratio = Some(row.events_per_s / base.events_per_s.max(f64::MIN_POSITIVE));
+                let mut row = self
+                    .run(Spec::new("a", System::Relay, driver, 1, load))
+                    .await?;
+                row.ratio = Some(ratio(row.events_per_s, base.events_per_s));
                 if driver == Driver::Amqp {
                     amqp_max = Some(row.events_per_s);
                 }
-                self.push(row);
+                self.rows.push(row);
+                self.rows.push(base);
             }
-            self.push(base);
         }
         if o.wants("b") {
-            let n = o.pick(o.fanout_events, 20_000, 3_000);
+            let load = Load::Closed(o.pick(o.fanout_events, 20_000, 3_000));
             let base = self
-                .run(spec("b", System::Baseline, Driver::Amqp, 10, closed(n)))
+                .run(Spec::new("b", System::Baseline, Driver::Amqp, 10, load))
                 .await?;
             let mut row = self
-                .run(spec("b", System::Relay, Driver::Amqp, 10, closed(n)))
+                .run(Spec::new("b", System::Relay, Driver::Amqp, 10, load))
                 .await?;
-            row.ratio = Some(row.deliveries_per_s / base.deliveries_per_s.max(f64::MIN_POSITIVE));
-            self.push(row);
-            self.push(base);
+            row.ratio = Some(ratio(row.deliveries_per_s, base.deliveries_per_s));
+            self.rows.push(row);
+            self.rows.push(base);
         }
         if o.wants("c") {
             let rate = o
@@ -299,81 +426,109 @@ impl Bench {
                 .unwrap_or(1000.0);
             let seconds = o.pick(o.latency_seconds, 60, 15);
             let open = Load::Open { rate, seconds };
-            let base = self
-                .run(spec("c", System::Baseline, Driver::Amqp, 1, open))
-                .await?;
-            for driver in o
-                .latency_drivers
-                .split(',')
-                .filter_map(|d| Driver::parse(d.trim()))
-            {
-                let mut row = self.run(spec("c", System::Relay, driver, 1, open)).await?;
-                row.ratio = Some(row.latency.p99_ms / base.latency.p99_ms.max(f64::MIN_POSITIVE));
-                self.push(row);
+            for driver in drivers(&o.latency_drivers) {
+                let base = self
+                    .run(Spec::new("c", System::Baseline, driver, 1, open))
+                    .await?;
+                let mut row = self
+                    .run(Spec::new("c", System::Relay, driver, 1, open))
+                    .await?;
+                row.ratio = Some(ratio(row.latency.p99_ms, base.latency.p99_ms));
+                self.rows.push(row);
+                self.rows.push(base);
             }
-            self.push(base);
         }
         if o.wants("d") {
             let n = o.pick(o.scale_events, 20_000, 6_000);
             for d in 1..=3 {
-                let mut s = spec("d", System::Relay, Driver::Amqp, 1, closed(n));
+                let mut s = Spec::new("d", System::Relay, Driver::Amqp, 1, Load::Closed(n));
                 s.dispatchers = d;
                 let row = self.run(s).await?;
-                self.push(row);
+                self.rows.push(row);
             }
         }
         if o.wants("e") {
             let n = o.pick(o.failing_events, 30_000, 8_000);
-            let mut s = spec("e", System::Relay, Driver::Amqp, 1, closed(n));
+            let mut s = Spec::new("e", System::Relay, Driver::Amqp, 1, Load::Closed(n));
             s.fail_every = 10;
             let row = self.run(s).await?;
-            self.push(row);
+            self.rows.push(row);
+        }
+        if o.wants("k") {
+            let load = Load::Closed(o.pick(o.k_events, 20_000, 3_000));
+            let consumers = o.k_consumers.unwrap_or(if o.quick { 100 } else { 1000 });
+            let large = o
+                .k_subscriptions
+                .unwrap_or(if o.quick { 10_000 } else { 100_000 });
+            let mut rows = Vec::new();
+            for subscriptions in [10, large] {
+                let mut s = Spec::new("k", System::Relay, Driver::Amqp, 10, load);
+                s.directory = Some(Directory {
+                    subscriptions,
+                    consumers,
+                });
+                rows.push(self.run(s).await?);
+            }
+            let small = rows[0].events_per_s;
+            for mut row in rows {
+                row.ratio = Some(ratio(row.events_per_s, small));
+                self.rows.push(row);
+            }
+        }
+        if o.wants("l") {
+            let n = o.pick(o.slow_events, 20_000, 3_000);
+            for (fanout, events) in [(1, n), (10, n / 5)] {
+                let spec = |system| {
+                    let mut s =
+                        Spec::new("l", system, Driver::Single, fanout, Load::Closed(events));
+                    s.in_flight = Some(64);
+                    s.slow = true;
+                    s
+                };
+                let base = self.run(spec(System::Baseline)).await?;
+                let mut row = self.run(spec(System::Relay)).await?;
+                row.ratio = Some(ratio(row.latency.p99_ms, base.latency.p99_ms));
+                self.rows.push(row);
+                self.rows.push(base);
+            }
         }
         Ok(())
     }
 
-    fn push(&mut self, row: Row) {
-        self.rows.push(row);
+    /// The subscriptions of a Relay run, each with its sink path.
+    fn subscriptions(&self, spec: &Spec) -> Vec<(String, Subscription)> {
+        let sub = |path: String, filter: String, consumer: Option<String>| {
+            let url = self.sink.url(&path);
+            let s = Subscription {
+                url,
+                event_types: vec![filter],
+                consumer,
+            };
+            (path, s)
+        };
+        if let Some(d) = spec.directory {
+            return (0..d.subscriptions)
+                .map(|i| {
+                    let consumer = format!("c{}", i % d.consumers.max(1));
+                    sub(format!("/k{i}"), Directory::filter(i), Some(consumer))
+                })
+                .collect();
+        }
+        let prefix = if spec.slow { "/slowr" } else { "/r" };
+        let mut subs: Vec<_> = (0..spec.fanout)
+            .map(|k| sub(format!("{prefix}{k}"), "bench.ok".into(), None))
+            .collect();
+        if spec.fail_every > 0 {
+            subs.push(sub("/fail".into(), "bench.fail".into(), None));
+        }
+        subs
     }
 
-    /// Prepares the system, applies the load, waits for the deliveries and measures.
-    async fn run(&mut self, spec: Spec) -> anyhow::Result<Row> {
-        self.counter += 1;
-        let tag = format!("b{}{}{}", self.run_id, spec.scenario, self.counter);
-        let label = format!(
-            "{} {:?} {} D={} fan-out={}",
-            spec.scenario,
-            spec.system,
-            spec.driver.name(),
-            spec.dispatchers,
-            spec.fanout
-        );
-        eprintln!("[{label}] preparing");
-        self.sink.reset();
-        let mut relay = None;
-        let mut base = None;
-        let target = match spec.system {
+    /// Starts the system a run measures.
+    async fn start(&mut self, spec: &Spec, tag: &str) -> anyhow::Result<Started> {
+        match spec.system {
             System::Relay => {
-                let mut subs: Vec<(String, Subscription)> = (0..spec.fanout)
-                    .map(|k| {
-                        let path = format!("/r{k}");
-                        let url = self.sink.url(&path);
-                        let sub = Subscription {
-                            url,
-                            event_types: vec!["bench.ok".into()],
-                        };
-                        (path, sub)
-                    })
-                    .collect();
-                if spec.fail_every > 0 {
-                    subs.push((
-                        "/fail".into(),
-                        Subscription {
-                            url: self.sink.url("/fail"),
-                            event_types: vec!["bench.fail".into()],
-                        },
-                    ));
-                }
+                let subs = self.subscriptions(spec);
                 let only: Vec<Subscription> = subs.iter().map(|(_, s)| s.clone()).collect();
                 let mut extra: Vec<(String, String)> = vec![(
                     "RELAY__DISPATCH__PREFETCH".into(),
@@ -408,30 +563,55 @@ impl Bench {
                         String::new(),
                     )),
                 };
-                relay = Some(started);
-                target
+                Ok(Started {
+                    relay: Some(started),
+                    base: None,
+                    target,
+                })
             }
             System::Baseline => {
-                let urls = (0..spec.fanout)
-                    .map(|k| self.sink.url(&format!("/b{k}")))
+                let prefix = if spec.slow { "/slowb" } else { "/b" };
+                let urls: Vec<String> = (0..spec.fanout)
+                    .map(|k| self.sink.url(&format!("{prefix}{k}")))
                     .collect();
                 let queue = format!("{tag}.baseline");
-                let started =
-                    Baseline::start(&self.amqp_url, &queue, urls, self.opts.prefetch).await?;
-                base = Some(started);
-                Target {
-                    ingest_url: String::new(),
+                let base = Baseline::start(
+                    &self.bins,
+                    &self.amqp_url,
+                    &queue,
+                    &urls,
+                    self.opts.prefetch,
+                )
+                .await?;
+                let target = Target {
+                    ingest_url: base.url.clone(),
                     amqp: Some((self.amqp.1.clone(), String::new(), queue)),
-                }
+                };
+                Ok(Started {
+                    relay: None,
+                    base: Some(base),
+                    target,
+                })
             }
-        };
+        }
+    }
 
+    /// Prepares the system, applies the load, waits for the deliveries and measures.
+    #[allow(clippy::too_many_lines)]
+    async fn run(&mut self, spec: Spec) -> anyhow::Result<Row> {
+        self.counter += 1;
+        let tag = format!("b{}{}{}", self.run_id, spec.scenario, self.counter);
+        let label = spec.label();
+        eprintln!("[{} {label}] preparing", spec.scenario);
+        self.sink.reset();
+        let system = self.start(&spec, &tag).await?;
         let events = Events {
             run: tag.clone(),
             size: self.opts.size,
             fail_every: spec.fail_every,
+            families: spec.directory.map_or(0, |d| d.families() as u64),
         };
-        let before: Vec<ProcStats> = self.proc_stats(relay.as_ref());
+        let before = self.proc_stats(&system);
         let accepted = Arc::new(AtomicU64::new(0));
         let planned = match spec.load {
             Load::Closed(n) => n,
@@ -447,11 +627,12 @@ impl Bench {
             }
         };
         let started = Instant::now();
+        let started_us = stats::unix_micros();
         let progress = {
             let accepted = Arc::clone(&accepted);
-            let label = label.clone();
+            let label = format!("{} {label}", spec.scenario);
             let expected = healthy(planned) * fanout;
-            let sink = self.sink_progress();
+            let sink = self.sink.requests_counter();
             let base = sink();
             tokio::spawn(async move {
                 loop {
@@ -465,14 +646,25 @@ impl Bench {
                 }
             })
         };
+        let target = &system.target;
         let sent = match spec.load {
             Load::Closed(n) => {
-                load::closed_loop(spec.driver, &target, &self.http, &events, n, &accepted).await
+                let in_flight = spec.in_flight.unwrap_or(load::concurrency(spec.driver));
+                load::closed_loop(
+                    spec.driver,
+                    target,
+                    &self.http,
+                    &events,
+                    n,
+                    in_flight,
+                    &accepted,
+                )
+                .await
             }
             Load::Open { rate, seconds } => {
                 load::open_loop(
                     spec.driver,
-                    &target,
+                    target,
                     &self.http,
                     &events,
                     rate,
@@ -508,8 +700,8 @@ impl Bench {
         tokio::time::sleep(Duration::from_millis(200)).await;
         progress.abort();
         let mut recording = self.sink.snapshot();
-        let after = self.proc_stats(relay.as_ref());
-        let procs = after
+        let procs: Vec<ProcStats> = self
+            .proc_stats(&system)
             .into_iter()
             .map(|mut p| {
                 if let Some(b) = before.iter().find(|b| b.name == p.name) {
@@ -522,13 +714,15 @@ impl Bench {
             .last_ok
             .map_or(0.0, |t| t.saturating_duration_since(started).as_secs_f64());
         let delivered = recording.distinct_ok as u64;
-        #[allow(clippy::cast_precision_loss)]
-        let row = Row {
+        let latency = Latency::of(&mut recording.latencies_us);
+        let mut row = Row {
             scenario: spec.scenario.to_owned(),
+            label,
             system: spec.system,
             driver: spec.driver,
             dispatchers: spec.dispatchers,
             fanout: spec.fanout,
+            #[allow(clippy::cast_precision_loss)]
             accepted_per_s: per_second(sent.accepted as f64, sent.seconds),
             expected,
             delivered,
@@ -536,40 +730,71 @@ impl Bench {
             duplicates: recording.ok.saturating_sub(delivered),
             failed_requests: recording.failed,
             seconds,
+            #[allow(clippy::cast_precision_loss)]
             deliveries_per_s: per_second(delivered as f64, seconds),
+            #[allow(clippy::cast_precision_loss)]
             events_per_s: per_second(delivered as f64 / fanout as f64, seconds),
-            latency: Latency::of(&mut recording.latencies_us),
+            latency,
+            cpu_us_per_event: cpu_per_event(&procs, sent.accepted),
             procs,
             ratio: None,
+            retry_tier: None,
+            directory: None,
+            timeline: Timeline::of(&recording.arrivals_us, started_us),
+            cdf: stats::cdf(&recording.latencies_us),
             sent,
         };
+        if let Some(relay) = &system.relay {
+            row.retry_tier = Some(
+                relay
+                    .dispatch_metric(
+                        "relay_deliveries_total",
+                        &["\"deferred\"", "\"circuit_open\"", "\"retry_scheduled\""],
+                    )
+                    .await,
+            );
+            if let Some(d) = spec.directory {
+                row.directory = Some(DirectoryFigures {
+                    subscriptions: d.subscriptions,
+                    create_seconds: relay.create_seconds,
+                    dispatch_ready_seconds: relay.ready_seconds("dispatch-1").unwrap_or(0.0),
+                    dispatch_rss_mib: row
+                        .procs
+                        .iter()
+                        .find(|p| p.name == "dispatch-1")
+                        .map_or(0.0, |p| p.rss_mib),
+                });
+            }
+        }
         eprintln!(
-            "\r[{label}] {:.1}s: {:.0} accepted/s, {:.0} deliveries/s, p50/p99 {:.1}/{:.1} ms, missing {}, duplicates {}      ",
+            "\r[{} {}] {:.1}s: {:.0} accepted/s, {:.0} deliveries/s, p50/p99 {:.1}/{:.1} ms, missing {}, duplicates {}, {:.0} CPU µs/event      ",
+            row.scenario,
+            row.label,
             row.seconds,
             row.accepted_per_s,
             row.deliveries_per_s,
             row.latency.p50_ms,
             row.latency.p99_ms,
             row.missing,
-            row.duplicates
+            row.duplicates,
+            row.cpu_us_per_event.get("total").copied().unwrap_or(0.0),
         );
-        if let Some(relay) = relay {
+        if let Some(relay) = system.relay {
             let prefix = relay.prefix.clone();
             relay.stop(self.opts.keep_logs).await;
             self.delete_queues(&prefix).await;
         }
-        if let Some(base) = base {
-            base.stop().await;
+        if let Some(base) = system.base {
+            base.stop(&self.amqp.0).await;
         }
         Ok(row)
     }
 
-    fn sink_progress(&self) -> impl Fn() -> u64 + Send + 'static {
-        self.sink.requests_counter()
-    }
-
-    fn proc_stats(&self, relay: Option<&Relay>) -> Vec<ProcStats> {
-        let mut out = relay.map(Relay::stats).unwrap_or_default();
+    fn proc_stats(&self, system: &Started) -> Vec<ProcStats> {
+        let mut out = system.relay.as_ref().map(Relay::stats).unwrap_or_default();
+        if let Some(base) = &system.base {
+            out.push(base.stats());
+        }
         if let Some(pid) = self.broker_pid {
             out.push(ProcStats::read("rabbitmq", pid));
         }
@@ -640,9 +865,15 @@ impl Bench {
             .ok()
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
             .unwrap_or_default();
+        let load = std::fs::read_to_string("/proc/loadavg")
+            .ok()
+            .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+            .unwrap_or_default();
         let targets = self.targets();
         let table = self.markdown_table();
-        println!("\n{table}\n{targets}");
+        let cpu_table = self.cpu_table();
+        let k_table = self.directory_table();
+        println!("\n{table}\n{cpu_table}\n{k_table}\n{targets}");
 
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
         let dir = root.join("target").join("relay-bench");
@@ -653,6 +884,7 @@ impl Bench {
             "command": command_line,
             "cores": cores,
             "cpu": cpu,
+            "load_average_at_end": load,
             "commit": commit,
             "quick": self.opts.quick,
             "total_seconds": total.as_secs_f64(),
@@ -661,9 +893,20 @@ impl Bench {
         });
         std::fs::write(&json_path, serde_json::to_string_pretty(&json)?)?;
         eprintln!("wrote {}", json_path.display());
+        let plots = self.plots(&dir, &stamp)?;
+        for (_, plot) in &plots {
+            eprintln!("wrote {}", plot.display());
+        }
 
         if !self.opts.no_record {
-            let md_path = root.join("docs").join("BENCHMARKS.md");
+            let docs = root.join("docs");
+            let pictures = docs.join("bench");
+            std::fs::create_dir_all(&pictures)?;
+            // The latest picture of each scenario, which BENCHMARKS.md embeds.
+            for (scenario, plot) in &plots {
+                std::fs::copy(plot, pictures.join(format!("{scenario}.svg")))?;
+            }
+            let md_path = docs.join("BENCHMARKS.md");
             let mut md = std::fs::read_to_string(&md_path).unwrap_or_else(|_| {
                 String::from(
                     "# Benchmarks\n\nProduced by `cargo run --release -p tests --bin relay-bench` \
@@ -674,8 +917,8 @@ impl Bench {
             let _ = write!(
                 md,
                 "\n## {stamp}{}\n\n- command: `{command_line}`\n- machine: {cores} cores, {cpu}; \
-                 broker on the same machine\n- commit: {commit}\n- wall time: {:.0} s\n\n{table}\n\
-                 {targets}\n",
+                 broker on the same machine; load average {load} at the end\n- commit: {commit}\n\
+                 - wall time: {:.0} s\n\n{table}\n{cpu_table}\n{k_table}\n{targets}\n",
                 if self.opts.quick { " (quick)" } else { "" },
                 total.as_secs_f64()
             );
@@ -683,6 +926,32 @@ impl Bench {
             eprintln!("appended to {}", md_path.display());
         }
         Ok(())
+    }
+
+    /// One SVG per scenario in `dir`, named `<stamp>-<scenario>.svg`.
+    fn plots(&self, dir: &Path, stamp: &str) -> anyhow::Result<Vec<(String, PathBuf)>> {
+        let mut scenarios: Vec<&str> = self.rows.iter().map(|r| r.scenario.as_str()).collect();
+        scenarios.dedup();
+        let mut written = Vec::new();
+        for scenario in scenarios {
+            let series: Vec<plot::Series<'_>> = self
+                .rows
+                .iter()
+                .filter(|r| r.scenario == scenario)
+                .map(|r| plot::Series {
+                    label: r.label.clone(),
+                    baseline: r.system == System::Baseline,
+                    bin_s: r.timeline.bin_s,
+                    per_s: &r.timeline.per_s,
+                    cdf: &r.cdf,
+                })
+                .collect();
+            let path = dir.join(format!("{stamp}-{scenario}.svg"));
+            let title = format!("relay-bench ({scenario}), {stamp}");
+            plot::scenario(&path, &title, &series)?;
+            written.push((scenario.to_owned(), path));
+        }
+        Ok(written)
     }
 
     fn markdown_table(&self) -> String {
@@ -702,14 +971,18 @@ impl Bench {
             let ratio = r
                 .ratio
                 .map_or(String::from("—"), |x| match r.scenario.as_str() {
-                    "c" => format!("p99 {x:.2}×"),
+                    "c" | "l" => format!("p99 {x:.2}×"),
                     _ => format!("{x:.2}×"),
                 });
+            let system = match (r.system, r.directory.as_ref()) {
+                (System::Relay, Some(d)) => format!("Relay, {} subs", d.subscriptions),
+                (System::Relay, None) => "Relay".into(),
+                (System::Baseline, _) => "Baseline".into(),
+            };
             let _ = writeln!(
                 t,
-                "| {} | {:?} | {} | {} | {} | {} | {:.0} | {:.0} | {:.0} | {} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} |",
+                "| {} | {system} | {} | {} | {} | {} | {:.0} | {:.0} | {:.0} | {} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} |",
                 r.scenario,
-                r.system,
                 r.driver.name(),
                 if r.system == System::Relay {
                     r.dispatchers.to_string()
@@ -739,82 +1012,172 @@ impl Bench {
         let _ = writeln!(
             t,
             "\nSignatures verified on a 1-in-{} sample: {ok} valid, {bad} invalid. \
-             Ratio: (a) events/s vs baseline, (b) deliveries/s vs baseline, (c) p99 vs baseline.",
+             Ratio: (a), (b) events/s and deliveries/s vs the baseline driven the same way; \
+             (c), (l) p99 vs the baseline; (k) events/s vs the 10-subscription run.",
             self.opts.sample
         );
         t
     }
 
-    fn targets(&self) -> String {
-        let find = |s: &str, system: System, driver: Option<Driver>| {
-            self.rows.iter().find(|r| {
-                r.scenario == s && r.system == system && driver.is_none_or(|d| r.driver == d)
-            })
-        };
-        let mark = |ok: bool| if ok { "met" } else { "MISSED" };
-        let mut out = String::from("Targets:\n");
-        let a = find("a", System::Relay, Some(Driver::Amqp));
-        if let Some(a) = a {
-            for r in self
-                .rows
+    /// CPU µs per accepted event, by process, for every row.
+    fn cpu_table(&self) -> String {
+        let columns = ["ingest", "dispatch", "api", "bare", "mq", "bench", "total"];
+        let mut t = String::from(
+            "CPU µs per event (utime+stime during the load ÷ events accepted; `bare` is the \
+             baseline process, `bench` the load generator and sink):\n\n\
+             | scen. | system | driver | fan-out | ingest | dispatch | api | bare | mq | bench | total |\n\
+             |---|---|---|---|---|---|---|---|---|---|---|\n",
+        );
+        for r in &self.rows {
+            let cells: Vec<String> = columns
                 .iter()
-                .filter(|r| r.scenario == "a" && r.system == System::Relay)
-            {
-                let ratio = r.ratio.unwrap_or(0.0);
+                .map(|c| {
+                    r.cpu_us_per_event
+                        .get(*c)
+                        .map_or(String::from("—"), |v| format!("{v:.0}"))
+                })
+                .collect();
+            let _ = writeln!(
+                t,
+                "| {} | {} | {} | {} | {} |",
+                r.scenario,
+                r.label.split(' ').next().unwrap_or_default(),
+                r.driver.name(),
+                r.fanout,
+                cells.join(" | ")
+            );
+        }
+        t
+    }
+
+    /// Scenario (k)'s directory figures and scenario (l)'s retry-tier counts.
+    fn directory_table(&self) -> String {
+        let mut t = String::new();
+        let k: Vec<&Row> = self.rows.iter().filter(|r| r.directory.is_some()).collect();
+        if !k.is_empty() {
+            t.push_str(
+                "Directory (k): | subscriptions | created in s | dispatcher start → ready s | \
+                 dispatcher RSS MiB after | peak RSS MiB | events/s |\n|---|---|---|---|---|---|---|\n",
+            );
+            for r in k {
+                let Some(d) = &r.directory else { continue };
+                let peak = r
+                    .procs
+                    .iter()
+                    .find(|p| p.name == "dispatch-1")
+                    .map_or(0.0, |p| p.peak_rss_mib);
                 let _ = writeln!(
-                    out,
-                    "- (a) {} events/s ≥ 0.8× baseline: {ratio:.2}× — {}",
-                    r.driver.name(),
-                    mark(ratio >= 0.8)
-                );
-            }
-            if let Some(b) = find("b", System::Relay, None) {
-                let x = b.deliveries_per_s / a.deliveries_per_s.max(f64::MIN_POSITIVE);
-                let _ = writeln!(
-                    out,
-                    "- (b) deliveries/s ≥ 4× (a): {x:.2}× — {}",
-                    mark(x >= 4.0)
-                );
-            }
-            if let Some(e) = find("e", System::Relay, None) {
-                let x = e.deliveries_per_s / a.deliveries_per_s.max(f64::MIN_POSITIVE);
-                let _ = writeln!(
-                    out,
-                    "- (e) healthy deliveries/s ≥ 0.7× (a): {x:.2}× — {}",
-                    mark(x >= 0.7)
+                    t,
+                    "| | {} | {:.1} | {:.2} | {:.0} | {peak:.0} | {:.0} |",
+                    d.subscriptions,
+                    d.create_seconds,
+                    d.dispatch_ready_seconds,
+                    d.dispatch_rss_mib,
+                    r.events_per_s
                 );
             }
         }
-        for r in self
+        let l: Vec<&Row> = self
             .rows
             .iter()
-            .filter(|r| r.scenario == "c" && r.system == System::Relay)
-        {
+            .filter(|r| r.scenario == "l" && r.system == System::Relay)
+            .collect();
+        if !l.is_empty() {
+            t.push_str("\nSlow endpoints (l): deliveries handed to a retry tier (deferred, circuit open, retry scheduled): ");
+            let parts: Vec<String> = l
+                .iter()
+                .map(|r| format!("fan-out {}: {:.0}", r.fanout, r.retry_tier.unwrap_or(0.0)))
+                .collect();
+            t.push_str(&parts.join(", "));
+            t.push('\n');
+        }
+        t
+    }
+
+    #[allow(clippy::too_many_lines)]
+    fn targets(&self) -> String {
+        let relay = |s: &'static str| {
+            self.rows
+                .iter()
+                .filter(move |r| r.scenario == s && r.system == System::Relay)
+        };
+        let mark = |ok: bool| if ok { "met" } else { "MISSED" };
+        let mut out = String::from("Targets:\n");
+        for r in relay("a") {
+            let x = r.ratio.unwrap_or(0.0);
             let _ = writeln!(
                 out,
-                "- (c) p99 ≤ 50 ms via {}: {:.1} ms — {}",
+                "- (a) {} events/s ≥ 0.8× baseline: {x:.2}× — {}",
                 r.driver.name(),
+                mark(x >= 0.8)
+            );
+        }
+        for r in relay("b") {
+            let x = r.ratio.unwrap_or(0.0);
+            let _ = writeln!(
+                out,
+                "- (b) fan-out 10 deliveries/s ≥ 0.8× baseline: {x:.2}× — {}",
+                mark(x >= 0.8)
+            );
+            if let Some(d) = r.procs.iter().find(|p| p.name.starts_with("dispatch")) {
+                let _ = writeln!(
+                    out,
+                    "- (b) dispatcher peak RSS ≤ 64 MiB: {:.0} MiB — {}",
+                    d.peak_rss_mib,
+                    mark(d.peak_rss_mib <= 64.0)
+                );
+            }
+        }
+        let a = relay("a").find(|r| r.driver == Driver::Amqp);
+        if let (Some(a), Some(e)) = (a, relay("e").next()) {
+            let x = ratio(e.deliveries_per_s, a.deliveries_per_s);
+            let _ = writeln!(
+                out,
+                "- (e) healthy deliveries/s ≥ 0.7× (a): {x:.2}× — {}",
+                mark(x >= 0.7)
+            );
+        }
+        for r in relay("c") {
+            let _ = writeln!(
+                out,
+                "- (c) p99 ≤ 50 ms via {} at {:.0}/s: {:.1} ms — {}",
+                r.driver.name(),
+                r.accepted_per_s,
                 r.latency.p99_ms,
                 mark(r.latency.p99_ms <= 50.0)
             );
         }
-        let peak = |prefix: &str, scenarios: &[&str]| {
+        for r in relay("k").filter(|r| r.directory.as_ref().is_some_and(|d| d.subscriptions > 10)) {
+            let x = r.ratio.unwrap_or(0.0);
+            let _ = writeln!(
+                out,
+                "- (k) {} subscriptions ≥ 0.9× the events/s with 10: {x:.2}× — {}",
+                r.directory.as_ref().map_or(0, |d| d.subscriptions),
+                mark(x >= 0.9)
+            );
+        }
+        for r in relay("l") {
+            let x = r.ratio.unwrap_or(0.0);
+            let tier = r.retry_tier.unwrap_or(0.0);
+            let _ = writeln!(
+                out,
+                "- (l) fan-out {} p99 ≤ 2× baseline: {x:.2}× ({:.0} ms) — {}; through a retry tier: {tier:.0} — {}",
+                r.fanout,
+                r.latency.p99_ms,
+                mark(x <= 2.0),
+                mark(tier == 0.0)
+            );
+        }
+        let peak = |prefix: &str| {
             self.rows
                 .iter()
-                .filter(|r| r.system == System::Relay && scenarios.contains(&r.scenario.as_str()))
+                .filter(|r| r.system == System::Relay)
                 .flat_map(|r| r.procs.iter())
                 .filter(|p| p.name.starts_with(prefix))
                 .map(|p| p.peak_rss_mib)
                 .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))))
         };
-        if let Some(d) = peak("dispatch", &["a", "b"]) {
-            let _ = writeln!(
-                out,
-                "- dispatcher peak RSS ≤ 64 MiB in (a), (b): {d:.0} MiB — {}",
-                mark(d <= 64.0)
-            );
-        }
-        if let Some(i) = peak("ingest", &["a", "b", "c", "d", "e"]) {
+        if let Some(i) = peak("ingest") {
             let _ = writeln!(
                 out,
                 "- ingest peak RSS ≤ 48 MiB: {i:.0} MiB — {}",
@@ -822,13 +1185,37 @@ impl Bench {
             );
         }
         let lost: u64 = self.rows.iter().map(|r| r.missing).sum();
+        let dups: u64 = self.rows.iter().map(|r| r.duplicates).sum();
+        let (_, bad) = self.sink.signatures();
         let _ = writeln!(
             out,
-            "- nothing lost: {lost} missing deliveries in all runs — {}",
-            mark(lost == 0)
+            "- nothing lost, no duplicates, signatures valid: {lost} missing, {dups} duplicates, {bad} bad signatures — {}",
+            mark(lost == 0 && dups == 0 && bad == 0)
         );
         out
     }
+}
+
+/// CPU µs per event by process group, and their total.
+fn cpu_per_event(procs: &[ProcStats], events: u64) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    if events == 0 {
+        return out;
+    }
+    #[allow(clippy::cast_precision_loss)]
+    let per = |seconds: f64| seconds * 1e6 / events as f64;
+    for p in procs {
+        let group = match p.name.as_str() {
+            "consumer-api" => "api",
+            "rabbitmq" => "mq",
+            n if n.starts_with("dispatch") => "dispatch",
+            n => n,
+        };
+        *out.entry(group.to_owned()).or_insert(0.0) += per(p.cpu_seconds);
+    }
+    let total = out.values().sum();
+    out.insert("total".into(), total);
+    out
 }
 
 fn short(name: &str) -> String {

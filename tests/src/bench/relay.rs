@@ -6,10 +6,11 @@ use std::{
     net::TcpListener,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, bail};
+use futures_util::{StreamExt, TryStreamExt, stream};
 use serde_json::{Value, json};
 
 use super::stats::ProcStats;
@@ -27,6 +28,9 @@ struct Proc {
     name: String,
     child: Child,
     base_url: String,
+    spawned: Instant,
+    /// From spawn to the first 200 on `/readyz`.
+    ready_after: Option<Duration>,
 }
 
 /// A subscription to create before the dispatchers start: sink path and event type filters.
@@ -36,6 +40,8 @@ pub struct Subscription {
     pub url: String,
     /// Event type filters.
     pub event_types: Vec<String>,
+    /// Owning consumer, if any.
+    pub consumer: Option<String>,
 }
 
 /// A running Relay.
@@ -49,8 +55,43 @@ pub struct Relay {
     pub prefix: String,
     /// Secrets of the created subscriptions, in order.
     pub secrets: Vec<String>,
+    /// How long creating the subscriptions took, in seconds.
+    pub create_seconds: f64,
     procs: Vec<Proc>,
     dir: PathBuf,
+    /// Some process runs under a wrapper (a profiler).
+    wrapped: bool,
+}
+
+/// How long a process may take to become ready (a dispatcher loads the whole directory
+/// first: 100,000 subscriptions take a while on a busy machine).
+const READY_WAIT: Duration = Duration::from_secs(180);
+
+/// Creates one subscription; returns its secret.
+async fn create(
+    http: &reqwest::Client,
+    api_url: &str,
+    sub: &Subscription,
+) -> anyhow::Result<String> {
+    let mut body = json!({ "url": sub.url, "event_types": sub.event_types });
+    if let Some(consumer) = &sub.consumer {
+        body["consumer"] = json!(consumer);
+    }
+    let response = http
+        .post(format!("{api_url}/v1/subscriptions"))
+        .bearer_auth(ADMIN_KEY)
+        .json(&body)
+        .send()
+        .await?;
+    let status = response.status();
+    let body: Value = response.json().await?;
+    if status != 201 {
+        bail!("creating a subscription answered {status}: {body}");
+    }
+    Ok(body["secret"]
+        .as_str()
+        .context("secret in the answer")?
+        .to_owned())
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -130,8 +171,10 @@ impl Relay {
             events_exchange: format!("{prefix}events"),
             prefix: prefix.to_owned(),
             secrets: Vec::new(),
+            create_seconds: 0.0,
             procs: Vec::new(),
             dir,
+            wrapped: wrappers.dispatch.is_some() || wrappers.ingest.is_some(),
         };
 
         let api_port = free_port()?;
@@ -145,21 +188,13 @@ impl Relay {
             &api_url,
         )?;
         relay.wait_ready(&http).await?;
-        for sub in subscriptions {
-            let response = http
-                .post(format!("{api_url}/v1/subscriptions"))
-                .bearer_auth(ADMIN_KEY)
-                .json(&json!({ "url": sub.url, "event_types": sub.event_types }))
-                .send()
-                .await?;
-            let status = response.status();
-            let body: Value = response.json().await?;
-            if status != 201 {
-                bail!("creating a subscription answered {status}: {body}");
-            }
-            let secret = body["secret"].as_str().context("secret in the answer")?;
-            relay.secrets.push(secret.to_owned());
-        }
+        let creating = Instant::now();
+        relay.secrets = stream::iter(subscriptions)
+            .map(|sub| create(&http, &api_url, sub))
+            .buffered(16)
+            .try_collect()
+            .await?;
+        relay.create_seconds = creating.elapsed().as_secs_f64();
 
         env.push(("RELAY__DISPATCH__DIRECTORY_URL".into(), api_url.clone()));
         env.push(("RELAY__INGEST__CATALOGUE_URL".into(), api_url.clone()));
@@ -225,14 +260,16 @@ impl Relay {
             name: name.to_owned(),
             child,
             base_url: base_url.to_owned(),
+            spawned: Instant::now(),
+            ready_after: None,
         });
         Ok(())
     }
 
     /// Waits until every process answers 200 on `/readyz`.
     async fn wait_ready(&mut self, http: &reqwest::Client) -> anyhow::Result<()> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        for proc in &mut self.procs {
+        let deadline = tokio::time::Instant::now() + READY_WAIT;
+        for proc in self.procs.iter_mut().filter(|p| p.ready_after.is_none()) {
             loop {
                 if let Ok(Some(status)) = proc.child.try_wait() {
                     bail!(
@@ -243,15 +280,49 @@ impl Relay {
                 }
                 let answer = http.get(format!("{}/readyz", proc.base_url)).send().await;
                 if answer.is_ok_and(|r| r.status() == 200) {
+                    proc.ready_after = Some(proc.spawned.elapsed());
                     break;
                 }
                 if tokio::time::Instant::now() > deadline {
-                    bail!("{} not ready after 30 s", proc.name);
+                    bail!("{} not ready after {} s", proc.name, READY_WAIT.as_secs());
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
         Ok(())
+    }
+
+    /// Seconds from spawn to ready of the first process named `name`.
+    #[must_use]
+    pub fn ready_seconds(&self, name: &str) -> Option<f64> {
+        self.procs
+            .iter()
+            .find(|p| p.name == name)
+            .and_then(|p| p.ready_after)
+            .map(|d| d.as_secs_f64())
+    }
+
+    /// The sum over every dispatcher of the samples of `metric` whose labels contain one of
+    /// `labels` (all samples when `labels` is empty), from their `/metrics`.
+    pub async fn dispatch_metric(&self, metric: &str, labels: &[&str]) -> f64 {
+        let http = reqwest::Client::new();
+        let mut sum = 0.0;
+        for proc in self.procs.iter().filter(|p| p.name.starts_with("dispatch")) {
+            let Ok(answer) = http.get(format!("{}/metrics", proc.base_url)).send().await else {
+                continue;
+            };
+            let text = answer.text().await.unwrap_or_default();
+            sum += text
+                .lines()
+                .filter(|l| {
+                    l.strip_prefix(metric)
+                        .is_some_and(|rest| rest.starts_with(['{', ' ']))
+                })
+                .filter(|l| labels.is_empty() || labels.iter().any(|want| l.contains(want)))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>();
+        }
+        sum
     }
 
     /// Peak RSS and CPU seconds of every process so far.
@@ -263,7 +334,8 @@ impl Relay {
             .collect()
     }
 
-    /// SIGTERM to every process, SIGKILL after 5 s; removes the directory unless `keep`.
+    /// SIGTERM to every process, SIGKILL after 5 s (60 s for a wrapped one: a profiler
+    /// writes its data at the end); removes the directory unless `keep`.
     pub async fn stop(mut self, keep: bool) {
         for proc in &self.procs {
             let _ = Command::new("kill")
@@ -271,7 +343,12 @@ impl Relay {
                 .arg(proc.child.id().to_string())
                 .status();
         }
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let grace = if self.wrapped {
+            Duration::from_secs(60)
+        } else {
+            Duration::from_secs(5)
+        };
+        let deadline = tokio::time::Instant::now() + grace;
         for proc in &mut self.procs {
             while matches!(proc.child.try_wait(), Ok(None))
                 && tokio::time::Instant::now() < deadline

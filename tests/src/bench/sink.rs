@@ -2,8 +2,10 @@
 //! records each delivery's identity (path + `webhook-id`) and publish→arrival latency, and
 //! verifies the Standard Webhooks signature on a sample.
 //!
-//! Paths: `/fail…` answers 500 (the failing endpoint of scenario e); anything else 200.
-//! Latency is read from `"sent_us":<unix µs>` in the body, stamped by the producer at send.
+//! Paths: `/fail…` answers 500 (the failing endpoint of scenario e); `/slow…` answers 200
+//! after [`SLOW`] (a realistic endpoint, scenario l); anything else 200 at once. Latency is
+//! read from `"sent_us":<unix µs>` in the body, stamped by the producer at send, and taken
+//! when the request arrives.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -13,7 +15,7 @@ use std::{
         Arc, Mutex, PoisonError,
         atomic::{AtomicU64, Ordering},
     },
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
@@ -24,6 +26,9 @@ use hyper_util::rt::TokioIo;
 use tokio::{net::TcpListener, task::JoinSet};
 
 use super::stats::unix_micros;
+
+/// How long a `/slow…` endpoint takes to answer.
+pub const SLOW: Duration = Duration::from_millis(200);
 
 /// What arrived since the last [`Sink::reset`].
 #[derive(Debug, Default, Clone)]
@@ -36,6 +41,8 @@ pub struct Recording {
     pub failed: u64,
     /// Publish→arrival latency of each 200 delivery, in microseconds.
     pub latencies_us: Vec<u64>,
+    /// Arrival of each first 200 delivery, in Unix microseconds.
+    pub arrivals_us: Vec<u64>,
     /// When the latest 200 delivery arrived.
     pub last_ok: Option<Instant>,
 }
@@ -46,6 +53,7 @@ struct Record {
     ok: u64,
     failed: u64,
     latencies_us: Vec<u64>,
+    arrivals_us: Vec<u64>,
     last_ok: Option<Instant>,
 }
 
@@ -124,6 +132,7 @@ impl Sink {
             ok: record.ok,
             failed: record.failed,
             latencies_us: record.latencies_us.clone(),
+            arrivals_us: record.arrivals_us.clone(),
             last_ok: record.last_ok,
         }
     }
@@ -215,11 +224,16 @@ async fn handle(
     {
         let mut record = lock(&state.record);
         record.ok += 1;
-        record.seen.insert(key);
+        if record.seen.insert(key) {
+            record.arrivals_us.push(arrived_us);
+        }
         if let Some(latency) = latency {
             record.latencies_us.push(latency);
         }
         record.last_ok = Some(arrived);
+    }
+    if path.starts_with("/slow") {
+        tokio::time::sleep(SLOW).await;
     }
     Ok(status(StatusCode::OK))
 }

@@ -1,5 +1,5 @@
-//! Numbers: wall-clock microseconds, percentiles, and a process's peak RSS and CPU time from
-//! `/proc`.
+//! Numbers: wall-clock microseconds, percentiles, the delivery rate over time and the latency
+//! CDF (for the plots), and a process's RSS and CPU time from `/proc`.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -64,6 +64,8 @@ pub struct ProcStats {
     pub pid: u32,
     /// `VmHWM` from `/proc/PID/status`, in MiB.
     pub peak_rss_mib: f64,
+    /// `VmRSS` from `/proc/PID/status`, in MiB.
+    pub rss_mib: f64,
     /// `utime + stime` from `/proc/PID/stat`, in seconds.
     pub cpu_seconds: f64,
 }
@@ -73,15 +75,18 @@ impl ProcStats {
     #[must_use]
     pub fn read(name: &str, pid: u32) -> ProcStats {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let hwm_kib: f64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0.0);
+        let kib = |field: &str| -> f64 {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+                .unwrap_or(0.0)
+        };
         ProcStats {
             name: name.to_owned(),
             pid,
-            peak_rss_mib: hwm_kib / 1024.0,
+            peak_rss_mib: kib("VmHWM:") / 1024.0,
+            rss_mib: kib("VmRSS:") / 1024.0,
             cpu_seconds: cpu_seconds(pid),
         }
     }
@@ -123,6 +128,65 @@ pub fn per_second(n: f64, seconds: f64) -> f64 {
     if seconds > 0.0 { n / seconds } else { 0.0 }
 }
 
+/// Deliveries per second in consecutive bins of `bin_s` seconds from `start_us`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Timeline {
+    /// Width of one bin, in seconds.
+    pub bin_s: f64,
+    /// Deliveries per second in each bin.
+    pub per_s: Vec<f64>,
+}
+
+impl Timeline {
+    /// Bins `arrivals_us` (Unix µs) from `start_us` into about 100 bins of at least 0.1 s.
+    #[must_use]
+    #[allow(
+        clippy::cast_precision_loss,
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss
+    )]
+    pub fn of(arrivals_us: &[u64], start_us: u64) -> Timeline {
+        let Some(last) = arrivals_us.iter().max() else {
+            return Timeline::default();
+        };
+        let span_s = last.saturating_sub(start_us) as f64 / 1e6;
+        let bin_s = (span_s / 100.0).max(0.1);
+        let bins = (span_s / bin_s) as usize + 1;
+        let mut counts = vec![0_u64; bins];
+        for t in arrivals_us {
+            let at = (t.saturating_sub(start_us) as f64 / 1e6 / bin_s) as usize;
+            counts[at.min(bins - 1)] += 1;
+        }
+        Timeline {
+            bin_s,
+            per_s: counts.into_iter().map(|c| c as f64 / bin_s).collect(),
+        }
+    }
+}
+
+/// The latency CDF of `sorted_us` (ascending) as `(ms, fraction ≤ it)` at 200 quantiles
+/// and the last few per mille, where the tail is.
+#[must_use]
+#[allow(
+    clippy::cast_precision_loss,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss
+)]
+pub fn cdf(sorted_us: &[u64]) -> Vec<(f64, f64)> {
+    if sorted_us.is_empty() {
+        return Vec::new();
+    }
+    let last = sorted_us.len() - 1;
+    (0..200)
+        .map(|i| f64::from(i) * 0.99 / 200.0)
+        .chain((990..=1000).map(|i| f64::from(i) / 1000.0))
+        .map(|q| {
+            let index = (last as f64 * q).round() as usize;
+            (sorted_us[index] as f64 / 1000.0, q)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,5 +204,18 @@ mod tests {
     fn reads_own_process() {
         let s = ProcStats::read("self", std::process::id());
         assert!(s.peak_rss_mib > 0.0);
+    }
+
+    #[test]
+    fn timeline_and_cdf() {
+        let arrivals: Vec<u64> = (0..1000).map(|i| 1_000_000 + i * 10_000).collect();
+        let t = Timeline::of(&arrivals, 1_000_000);
+        assert!((t.bin_s - 0.1).abs() < 1e-9);
+        assert!((t.per_s[0] - 100.0).abs() < 1e-6);
+        let total: f64 = t.per_s.iter().map(|r| r * t.bin_s).sum();
+        assert!((total - 1000.0).abs() < 1e-6);
+        let c = cdf(&[1000, 2000, 3000]);
+        assert_eq!(c.first(), Some(&(1.0, 0.0)));
+        assert_eq!(c.last(), Some(&(3.0, 1.0)));
     }
 }
