@@ -1025,8 +1025,8 @@ impl Bench {
         let mut t = String::from(
             "CPU µs per event (utime+stime during the load ÷ events accepted; `bare` is the \
              baseline process, `bench` the load generator and sink):\n\n\
-             | scen. | system | driver | fan-out | ingest | dispatch | api | bare | mq | bench | total |\n\
-             |---|---|---|---|---|---|---|---|---|---|---|\n",
+             | scen. | run | ingest | dispatch | api | bare | mq | bench | total |\n\
+             |---|---|---|---|---|---|---|---|---|\n",
         );
         for r in &self.rows {
             let cells: Vec<String> = columns
@@ -1039,11 +1039,9 @@ impl Bench {
                 .collect();
             let _ = writeln!(
                 t,
-                "| {} | {} | {} | {} | {} |",
+                "| {} | {} | {} |",
                 r.scenario,
-                r.label.split(' ').next().unwrap_or_default(),
-                r.driver.name(),
-                r.fanout,
+                r.label,
                 cells.join(" | ")
             );
         }
@@ -1056,8 +1054,8 @@ impl Bench {
         let k: Vec<&Row> = self.rows.iter().filter(|r| r.directory.is_some()).collect();
         if !k.is_empty() {
             t.push_str(
-                "Directory (k): | subscriptions | created in s | dispatcher start → ready s | \
-                 dispatcher RSS MiB after | peak RSS MiB | events/s |\n|---|---|---|---|---|---|---|\n",
+                "Directory (k):\n\n| subscriptions | created in s | dispatcher start → ready s | \
+                 dispatcher RSS MiB after | peak RSS MiB | events/s |\n|---|---|---|---|---|---|\n",
             );
             for r in k {
                 let Some(d) = &r.directory else { continue };
@@ -1068,7 +1066,7 @@ impl Bench {
                     .map_or(0.0, |p| p.peak_rss_mib);
                 let _ = writeln!(
                     t,
-                    "| | {} | {:.1} | {:.2} | {:.0} | {peak:.0} | {:.0} |",
+                    "| {} | {:.1} | {:.2} | {:.0} | {peak:.0} | {:.0} |",
                     d.subscriptions,
                     d.create_seconds,
                     d.dispatch_ready_seconds,
@@ -1083,7 +1081,10 @@ impl Bench {
             .filter(|r| r.scenario == "l" && r.system == System::Relay)
             .collect();
         if !l.is_empty() {
-            t.push_str("\nSlow endpoints (l): deliveries handed to a retry tier (deferred, circuit open, retry scheduled): ");
+            t.push_str(
+                "\nSlow endpoints (l): hand-offs to a retry tier (deferred, circuit open, retry \
+                 scheduled; a delivery deferred twice counts twice): ",
+            );
             let parts: Vec<String> = l
                 .iter()
                 .map(|r| format!("fan-out {}: {:.0}", r.fanout, r.retry_tier.unwrap_or(0.0)))

@@ -39,7 +39,16 @@ fn err(e: impl std::fmt::Display) -> anyhow::Error {
     anyhow::anyhow!("drawing: {e}")
 }
 
-fn style(i: usize, s: &Series<'_>) -> ShapeStyle {
+/// Relay and its baseline driven the same way share a colour; the baseline is dashed.
+fn style(series: &[Series<'_>], s: &Series<'_>) -> ShapeStyle {
+    let key = |s: &Series<'_>| {
+        s.label
+            .split_once(' ')
+            .map_or(String::new(), |(_, k)| k.to_owned())
+    };
+    let mut keys: Vec<String> = series.iter().map(key).collect();
+    keys.dedup();
+    let i = keys.iter().position(|k| *k == key(s)).unwrap_or(0);
     let color = Palette99::pick(i).to_rgba();
     if s.baseline {
         color.stroke_width(3)
@@ -75,13 +84,13 @@ fn timeline(
         .y_desc("deliveries/s")
         .draw()
         .map_err(err)?;
-    for (i, s) in series.iter().enumerate() {
+    for s in series {
         let points = s
             .per_s
             .iter()
             .enumerate()
             .map(|(k, r)| ((k as f64 + 0.5) * s.bin_s, *r));
-        let line = style(i, s);
+        let line = style(series, s);
         let drawn = if s.baseline {
             chart.draw_series(DashedLineSeries::new(points, 8, 4, line))
         } else {
@@ -130,9 +139,9 @@ fn latency(
         .y_desc("fraction of deliveries")
         .draw()
         .map_err(err)?;
-    for (i, s) in series.iter().enumerate() {
+    for s in series {
         let points = s.cdf.iter().map(|&(ms, q)| (ms.max(x_min), q));
-        let line = style(i, s);
+        let line = style(series, s);
         let drawn = if s.baseline {
             chart.draw_series(DashedLineSeries::new(points, 8, 4, line))
         } else {

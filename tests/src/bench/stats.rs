@@ -138,7 +138,7 @@ pub struct Timeline {
 }
 
 impl Timeline {
-    /// Bins `arrivals_us` (Unix µs) from `start_us` into about 100 bins of at least 0.1 s.
+    /// Bins `arrivals_us` (Unix µs) from `start_us` into about 60 bins of at least 0.25 s.
     #[must_use]
     #[allow(
         clippy::cast_precision_loss,
@@ -150,7 +150,7 @@ impl Timeline {
             return Timeline::default();
         };
         let span_s = last.saturating_sub(start_us) as f64 / 1e6;
-        let bin_s = (span_s / 100.0).max(0.1);
+        let bin_s = (span_s / 60.0).max(0.25);
         let bins = (span_s / bin_s) as usize + 1;
         let mut counts = vec![0_u64; bins];
         for t in arrivals_us {
@@ -210,7 +210,7 @@ mod tests {
     fn timeline_and_cdf() {
         let arrivals: Vec<u64> = (0..1000).map(|i| 1_000_000 + i * 10_000).collect();
         let t = Timeline::of(&arrivals, 1_000_000);
-        assert!((t.bin_s - 0.1).abs() < 1e-9);
+        assert!((t.bin_s - 0.25).abs() < 1e-9);
         assert!((t.per_s[0] - 100.0).abs() < 1e-6);
         let total: f64 = t.per_s.iter().map(|r| r * t.bin_s).sum();
         assert!((total - 1000.0).abs() < 1e-6);
