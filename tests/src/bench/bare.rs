@@ -13,12 +13,13 @@
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
+use super::sink::status;
+
 use bytes::Bytes;
 use futures_util::{StreamExt, future::join_all};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties,
     options::{
@@ -29,7 +30,7 @@ use lapin::{
 };
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use tokio::{net::TcpListener, task::JoinSet};
+use tokio::net::TcpListener;
 
 /// Command-line options of `relay-bench-bare`.
 #[derive(Debug, Clone, clap::Parser)]
@@ -106,14 +107,11 @@ pub async fn run(opts: BareOptions) -> anyhow::Result<()> {
         .build()?;
     tokio::spawn(consume(consumer, http, opts.sinks.clone()));
     let listener = TcpListener::bind(opts.listen).await?;
-    serve(
-        listener,
-        Arc::new(Front {
-            channel: publisher,
-            queue: opts.queue,
-        }),
-    )
-    .await;
+    let front = Arc::new(Front {
+        channel: publisher,
+        queue: opts.queue,
+    });
+    super::sink::serve_http1(listener, front, handle).await;
     drop(connection);
     Ok(())
 }
@@ -175,28 +173,6 @@ impl Front {
     }
 }
 
-async fn serve(listener: TcpListener, front: Arc<Front>) {
-    let mut connections = JoinSet::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
-                let _ = stream.set_nodelay(true);
-                let front = Arc::clone(&front);
-                connections.spawn(async move {
-                    let service = hyper::service::service_fn(move |request| {
-                        handle(Arc::clone(&front), request)
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-        }
-    }
-}
-
 async fn handle(
     front: Arc<Front>,
     request: Request<Incoming>,
@@ -228,10 +204,4 @@ async fn handle(
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     }))
-}
-
-fn status(code: StatusCode) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::new()));
-    *response.status_mut() = code;
-    response
 }

@@ -3,7 +3,10 @@
 
 use std::path::Path;
 
-use plotters::prelude::*;
+use plotters::{
+    coord::{ranged1d::Ranged, types::RangedCoordf64},
+    prelude::*,
+};
 
 /// One series: a row's label, its rate over time and its latency CDF.
 #[derive(Debug, Clone)]
@@ -84,12 +87,29 @@ fn timeline(
         .y_desc("deliveries/s")
         .draw()
         .map_err(err)?;
+    lines(
+        &mut chart,
+        series,
+        |s| {
+            s.per_s
+                .iter()
+                .enumerate()
+                .map(|(k, r)| ((k as f64 + 0.5) * s.bin_s, *r))
+                .collect()
+        },
+        SeriesLabelPosition::UpperRight,
+    )
+}
+
+/// One line per series (the baseline dashed) and the legend at `legend`.
+fn lines<'a, X: Ranged<ValueType = f64>>(
+    chart: &mut ChartContext<'a, SVGBackend<'a>, Cartesian2d<X, RangedCoordf64>>,
+    series: &[Series<'_>],
+    points: impl Fn(&Series<'_>) -> Vec<(f64, f64)>,
+    legend: SeriesLabelPosition,
+) -> anyhow::Result<()> {
     for s in series {
-        let points = s
-            .per_s
-            .iter()
-            .enumerate()
-            .map(|(k, r)| ((k as f64 + 0.5) * s.bin_s, *r));
+        let points = points(s);
         let line = style(series, s);
         let drawn = if s.baseline {
             chart.draw_series(DashedLineSeries::new(points, 8, 4, line))
@@ -103,7 +123,7 @@ fn timeline(
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
+        .position(legend)
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .draw()
@@ -139,25 +159,10 @@ fn latency(
         .y_desc("fraction of deliveries")
         .draw()
         .map_err(err)?;
-    for s in series {
-        let points = s.cdf.iter().map(|&(ms, q)| (ms.max(x_min), q));
-        let line = style(series, s);
-        let drawn = if s.baseline {
-            chart.draw_series(DashedLineSeries::new(points, 8, 4, line))
-        } else {
-            chart.draw_series(LineSeries::new(points, line))
-        };
-        drawn
-            .map_err(err)?
-            .label(&s.label)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], line));
-    }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(err)?;
-    Ok(())
+    lines(
+        &mut chart,
+        series,
+        |s| s.cdf.iter().map(|&(ms, q)| (ms.max(x_min), q)).collect(),
+        SeriesLabelPosition::LowerRight,
+    )
 }

@@ -92,7 +92,7 @@ impl Sink {
             verified: AtomicU64::new(0),
             bad_signatures: AtomicU64::new(0),
         });
-        let server = tokio::spawn(serve(listener, Arc::clone(&state)));
+        let server = tokio::spawn(serve_http1(listener, Arc::clone(&state), handle));
         Ok(Sink {
             addr,
             state,
@@ -159,7 +159,14 @@ impl Drop for Sink {
     }
 }
 
-async fn serve(listener: TcpListener, state: Arc<State>) {
+/// Serves HTTP/1 on `listener` until dropped, answering each request with `handle(state,
+/// request)` (the sink's and the bare baseline's front).
+pub(super) async fn serve_http1<S, F, Fut>(listener: TcpListener, state: Arc<S>, handle: F)
+where
+    S: Send + Sync + 'static,
+    F: Fn(Arc<S>, Request<Incoming>) -> Fut + Copy + Send + Sync + 'static,
+    Fut: Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send + 'static,
+{
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
@@ -238,7 +245,8 @@ async fn handle(
     Ok(status(StatusCode::OK))
 }
 
-fn status(code: StatusCode) -> Response<Full<Bytes>> {
+/// An empty response with `code`.
+pub(super) fn status(code: StatusCode) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::new()));
     *response.status_mut() = code;
     response
