@@ -78,17 +78,23 @@ pub async fn run(
     let store = Store::open(&settings.process.database_url)
         .await
         .with_context(|| format!("cannot open the store at {}", settings.process.database_url))?;
-    readiness.ready(READY_STORE);
+    tokio::spawn(watch_store(
+        store.clone(),
+        readiness.clone(),
+        shutdown.clone(),
+    ));
 
+    // The session closes last: after the HTTP drain and the recorder's last batch.
+    let (close_broker, broker_open) = relay_shared::shutdown::channel();
     let sessions = relay_shared::session::keep_connected(
         settings.amqp.clone(),
         "consumer-api",
         readiness.clone(),
         metrics.amqp_connected.clone(),
-        shutdown.clone(),
+        broker_open.clone(),
     );
     let topology = Topology::new(&settings.amqp.prefix);
-    recorder::spawn(
+    let recorders = recorder::spawn(
         store.clone(),
         sessions.clone(),
         &topology,
@@ -98,8 +104,13 @@ pub async fn run(
         shutdown.clone(),
     );
     sample_store_rows(store.clone(), metrics.store_rows.clone(), shutdown.clone());
-    let channel = relay_shared::session::confirm_channels(sessions, shutdown.clone());
-    follow_publisher(channel.clone(), readiness.clone());
+    let channel = relay_shared::session::confirm_channels(sessions, broker_open);
+    tokio::spawn(relay_shared::session::follow_channel(
+        channel.clone(),
+        readiness.clone(),
+        READY_PUBLISHER,
+        shutdown.clone(),
+    ));
     let control = ControlPublisher::new(
         channel.clone(),
         &topology.control,
@@ -134,29 +145,32 @@ pub async fn run(
     }
     server::serve(listener, app, shutdown.clone()).await;
 
+    // Ordered drain: HTTP requests finished above; the recorders write (or leave unacked)
+    // their current batch; then the store and the broker session close.
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(15),
+        futures_util::future::join_all(recorders),
+    )
+    .await;
     store.close().await;
+    close_broker.trigger();
     tracing::info!("consumer-api stopped");
     Ok(())
 }
 
-/// Ready only while a publishing channel is open: a change acknowledged before the channel
-/// exists would reach dispatchers only at their next full refresh.
-fn follow_publisher(
-    mut channel: tokio::sync::watch::Receiver<Option<lapin::Channel>>,
-    readiness: Readiness,
-) {
-    tokio::spawn(async move {
-        loop {
-            if channel.borrow_and_update().is_some() {
-                readiness.ready(READY_PUBLISHER);
-            } else {
-                readiness.not_ready(READY_PUBLISHER, "no publishing channel");
-            }
-            if channel.changed().await.is_err() {
-                return;
-            }
+/// Keeps the `store` readiness condition true to the database: checked every 5 s.
+async fn watch_store(store: Store, readiness: Readiness, mut shutdown: Shutdown) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = shutdown.wait() => return,
         }
-    });
+        match store.ping().await {
+            Ok(()) => readiness.ready(READY_STORE),
+            Err(e) => readiness.not_ready(READY_STORE, format!("unreachable: {e}")),
+        }
+    }
 }
 
 /// Keeps `relay_store_rows{table}` current. Counting is a full scan on some databases, so

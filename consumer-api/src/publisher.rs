@@ -8,11 +8,10 @@ use std::{sync::Arc, time::Duration};
 use lapin::Channel;
 use relay_shared::{
     amqp,
-    envelope::{self, Envelope},
+    envelope::Envelope,
     topology::Topology,
     wire::{Event, Handoff},
 };
-use time::OffsetDateTime;
 use tokio::sync::watch;
 
 use crate::error::ApiError;
@@ -47,23 +46,17 @@ impl Publisher {
     /// `subscription_id` only, on a fresh retry schedule.
     ///
     /// # Errors
-    /// [`ApiError::Body`] when `body` is not an envelope (a damaged store row),
-    /// [`ApiError::Broker`] when the broker did not confirm it.
+    /// [`ApiError::Broker`] when `body` is not an envelope (a damaged store row) or the
+    /// broker did not confirm it.
     pub async fn redeliver(
         &self,
         body: &[u8],
         subscription_id: &str,
         event_id: &str,
     ) -> Result<(), ApiError> {
-        let envelope = envelope::from_amqp(body, Some(event_id), OffsetDateTime::now_utc())?;
+        let event = Event::stored(body, event_id).map_err(|e| ApiError::Broker(e.to_string()))?;
         let handoff = Handoff {
-            // Not stamped: a replay's latency is not the event's publish-to-delivery time.
-            event: Arc::new(Event {
-                body: envelope.to_json().into(),
-                envelope,
-                accepted_ms: None,
-                trace: None,
-            }),
+            event: Arc::new(event),
             subscription_id: subscription_id.to_owned(),
             attempts: 0,
             last_error: None,

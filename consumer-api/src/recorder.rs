@@ -67,7 +67,8 @@ impl Feed {
     }
 }
 
-/// Starts one recorder task per feed.
+/// Starts one recorder task per feed; each stops at `shutdown` once its current batch is
+/// written (or left unacked for redelivery).
 pub fn spawn(
     store: Store,
     sessions: watch::Receiver<Option<Session>>,
@@ -76,7 +77,8 @@ pub fn spawn(
     recorded: IntCounterVec,
     batch_seconds: Histogram,
     shutdown: Shutdown,
-) {
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
     for feed in [Feed::Archive, Feed::Attempts, Feed::Dead] {
         let recorder = Recorder {
             store: store.clone(),
@@ -88,8 +90,9 @@ pub fn spawn(
         };
         let sessions = sessions.clone();
         let shutdown = shutdown.clone();
-        tokio::spawn(recorder.run(sessions, shutdown));
+        tasks.push(tokio::spawn(recorder.run(sessions, shutdown)));
     }
+    tasks
 }
 
 struct Recorder {

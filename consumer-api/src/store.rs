@@ -305,6 +305,15 @@ impl Store {
         Ok(counts)
     }
 
+    /// Answers when the database does (readiness).
+    ///
+    /// # Errors
+    /// [`StoreError::Database`] when it does not.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
     /// Closes every connection (waits for those in use to be returned).
     pub async fn close(&self) {
         self.pool.close().await;

@@ -22,6 +22,18 @@ pub enum AmqpError {
     /// The broker refused to take responsibility for a message.
     #[error("broker refused the message (nack)")]
     Nack,
+    /// The message was sent, but the connection failed before the broker confirmed it: the
+    /// broker may or may not hold it.
+    #[error("no confirm before the connection failed: {0}")]
+    Unconfirmed(lapin::Error),
+}
+
+impl AmqpError {
+    /// Whether the broker may hold the message although this publish failed: the message had
+    /// left (or was leaving) when the confirm failed to come.
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(self, Self::Timeout(_) | Self::Unconfirmed(_))
+    }
 }
 
 /// Opens a connection named `name` (shown in the broker's management UI), bounded by
@@ -99,8 +111,9 @@ pub fn header_i64(headers: Option<&FieldTable>, name: &str) -> Option<i64> {
 /// Publishes and waits for the broker's confirm, bounded by `timeout`.
 ///
 /// # Errors
-/// [`AmqpError::Nack`], [`AmqpError::Timeout`] or [`AmqpError::Broker`]; in every case the
-/// message must be treated as not accepted.
+/// [`AmqpError::Broker`] (not sent) or [`AmqpError::Nack`] (refused): the broker does not
+/// hold the message. [`AmqpError::Timeout`] or [`AmqpError::Unconfirmed`]: it may (see
+/// [`AmqpError::outcome_unknown`]). In every case the publish is not accepted.
 pub async fn publish_confirmed(
     channel: &Channel,
     exchange: &str,
@@ -118,7 +131,7 @@ pub async fn publish_confirmed(
                 message.properties,
             )
             .await?;
-        Ok::<_, AmqpError>(confirm.await?)
+        confirm.await.map_err(AmqpError::Unconfirmed)
     };
     match tokio::time::timeout(timeout, confirm).await {
         Err(_) => Err(AmqpError::Timeout(timeout)),

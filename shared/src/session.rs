@@ -139,6 +139,28 @@ pub async fn await_replacement(
     }
 }
 
+/// Keeps readiness condition `name` following `channels`: ready while a channel is open,
+/// until `shutdown`.
+pub async fn follow_channel(
+    mut channels: watch::Receiver<Option<lapin::Channel>>,
+    readiness: Readiness,
+    name: &'static str,
+    mut shutdown: Shutdown,
+) {
+    loop {
+        if channels.borrow_and_update().is_some() {
+            readiness.ready(name);
+        } else {
+            readiness.not_ready(name, "no publishing channel");
+        }
+        tokio::select! {
+            changed = channels.changed() => if changed.is_err() { break },
+            () = shutdown.wait() => break,
+        }
+    }
+    readiness.not_ready(name, "shutting down");
+}
+
 /// Keeps one confirm-mode channel open per session, published on the returned watch (`None`
 /// while there is none); a channel the broker closed on its own is replaced.
 pub fn confirm_channels(

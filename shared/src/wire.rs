@@ -92,6 +92,21 @@ impl Event {
         }
     }
 
+    /// An event read back from a store (replay, redrive): validated again, unstamped (its
+    /// latency is not the original publish-to-delivery time), without a trace.
+    ///
+    /// # Errors
+    /// [`WireError::Envelope`] when `body` is not a valid envelope.
+    pub fn stored(body: &[u8], event_id: &str) -> Result<Self, WireError> {
+        let envelope = envelope::from_amqp(body, Some(event_id), OffsetDateTime::now_utc())?;
+        Ok(Self {
+            body: Bytes::from(envelope.to_json()),
+            envelope,
+            accepted_ms: None,
+            trace: None,
+        })
+    }
+
     /// Persistent, `message_id` = event id, `type` = event type, acceptance time and trace in
     /// headers.
     pub fn encode(&self) -> Outgoing {

@@ -34,12 +34,14 @@ pub struct DispatchSettings {
     /// Longest `Retry-After` honoured on 429/502/503/504 (the largest tier not above it is used).
     #[serde(with = "humantime_serde")]
     pub max_retry_after: Duration,
-    /// Webhook requests one subscription may have in flight on one dispatcher; a delivery that
-    /// finds no free slot within `inflight_wait` is deferred to the first retry tier without
-    /// counting as an attempt.
+    /// Webhook requests one subscription may have in flight on one dispatcher. A delivery that
+    /// finds no free slot waits its turn in a queue of up to 3 × this many (back-pressure),
+    /// unless the endpoint is failing or stalled: then it is deferred to the first retry tier
+    /// without counting as an attempt.
     pub max_inflight_per_subscription: usize,
-    /// How long a delivery waits for a subscription's free slot before it is deferred (a fast
-    /// endpoint frees one within milliseconds; a slow one does not).
+    /// The shortest stall: a subscription at its cap that completes no request for
+    /// `max(inflight_wait, 4 × its average request time)` is stalled (hanging), and its
+    /// waiting deliveries are deferred. Covers an endpoint whose first requests hang.
     #[serde(with = "humantime_serde")]
     pub inflight_wait: Duration,
     /// Webhook requests one dispatcher may have in flight in total (backpressure through prefetch).

@@ -28,6 +28,8 @@ pub struct DispatchMetrics {
     pub circuit_open: IntGauge,
     /// `relay_attempt_records_dropped_total`
     pub attempt_records_dropped: IntCounter,
+    /// `relay_deliveries_deferred_total{reason}`
+    pub deferred: IntCounterVec,
 }
 
 impl DispatchMetrics {
@@ -99,7 +101,13 @@ impl DispatchMetrics {
             attempt_records_dropped: counter(
                 registry,
                 "relay_attempt_records_dropped_total",
-                "Delivery-log records not published (buffer full or broker unavailable).",
+                "Delivery-log records lost: the buffer that keeps them across broker blips was full.",
+            )?,
+            deferred: counter_vec(
+                registry,
+                "relay_deliveries_deferred_total",
+                "Deliveries handed to the first retry tier without a request, by reason: circuit_open; or at the subscription's cap and failing, stalled (nothing completed within its latency-derived bound) or queue_full.",
+                &["reason"],
             )?,
         })
     }

@@ -1,11 +1,11 @@
 //! `relay dispatch`: consumes `ingress` as one of any number of competing consumers and
 //! delivers each event, signed, to every matching subscription.
 
+mod admission;
 mod attempt_log;
 mod client;
 pub mod config;
 mod directory;
-mod isolation;
 mod metrics;
 mod outcome;
 mod parking;
@@ -136,7 +136,7 @@ pub async fn run(
         directory,
         directory_client,
         client,
-        isolation: isolation::Isolation::new(
+        admission: admission::AdmissionControl::new(
             dispatch.max_inflight_per_subscription,
             dispatch.inflight_wait,
             dispatch.breaker_failures,

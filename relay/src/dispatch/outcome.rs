@@ -91,6 +91,7 @@ impl Outcome {
                 tracing::warn!(%event_id, %subscription_id, attempt, status, error, ?reason, "delivery dead-lettered");
             }
             Ending::Deferred(reason) => {
+                metrics.deferred.with_label_values(&[reason.label()]).inc();
                 tracing::info!(%event_id, %subscription_id, attempt, reason = reason.label(), "delivery deferred to the first retry tier");
             }
             Ending::Disabled(why) => {
@@ -107,7 +108,7 @@ impl Outcome {
             Ending::RetryScheduled { .. } => "retry_scheduled",
             Ending::Dead(_) => "dead",
             Ending::Deferred(Refusal::CircuitOpen) => "circuit_open",
-            Ending::Deferred(Refusal::Saturated) => "deferred",
+            Ending::Deferred(_) => "deferred",
             Ending::Disabled(_) => "disabled",
         }
     }
@@ -124,7 +125,7 @@ impl Outcome {
             Ending::RetryScheduled { .. } => AttemptOutcome::RetryScheduled,
             Ending::Dead(_) => AttemptOutcome::Dead,
             Ending::Deferred(Refusal::CircuitOpen) => AttemptOutcome::CircuitOpen,
-            Ending::Deferred(Refusal::Saturated) => AttemptOutcome::Deferred,
+            Ending::Deferred(_) => AttemptOutcome::Deferred,
             Ending::Disabled(_) => AttemptOutcome::Disabled,
         };
         let error = match (&self.error, &self.ending) {

@@ -10,7 +10,7 @@
 //! | 3xx (redirects are not followed), 4xx, 5xx, timeout, connection or TLS failure | retry from the schedule's tier, or dead after the last attempt |
 //! | 429 / 502 / 503 / 504 with `Retry-After` | retry from the shortest tier at least that long |
 //! | destination refused (SSRF) | dead at once: it stays refused |
-//! | circuit open, or the endpoint is too slow to wait for | deferred to the first tier, not an attempt |
+//! | circuit open; at the cap and failing, stalled or with a full queue | deferred to the first tier, not an attempt |
 //! | refused, but no tier is configured | sent anyway (there is nowhere to defer to) |
 
 use std::time::Duration;
@@ -20,22 +20,29 @@ use super::{
     retry::{NextStep, RetryPolicy},
 };
 
-/// Why a delivery was not sent now (admission's answer, as a value).
+/// Why a delivery was not sent now (admission's answer, as a value; see
+/// [`super::admission`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
     /// The subscription's circuit is open.
     CircuitOpen,
-    /// The subscription is at its in-flight cap and its endpoint is too slow (or hanging) for
-    /// a delivery to wait for a slot.
-    Saturated,
+    /// At its in-flight cap, and its last attempt failed.
+    Failing,
+    /// At its in-flight cap, and it completed nothing within a bound derived from its own
+    /// latency (a hanging endpoint).
+    Stalled,
+    /// At its in-flight cap, with its queue full.
+    QueueFull,
 }
 
 impl Refusal {
-    /// The metric label and log reason.
+    /// The reason, as logged and counted in `relay_deliveries_deferred_total{reason}`.
     pub fn label(self) -> &'static str {
         match self {
             Self::CircuitOpen => "circuit_open",
-            Self::Saturated => "endpoint_saturated",
+            Self::Failing => "failing",
+            Self::Stalled => "stalled",
+            Self::QueueFull => "queue_full",
         }
     }
 }
@@ -251,7 +258,12 @@ mod tests {
     #[test]
     fn refusals_are_deferred_to_the_first_tier_without_an_attempt() {
         let p = policy();
-        for reason in [Refusal::CircuitOpen, Refusal::Saturated] {
+        for reason in [
+            Refusal::CircuitOpen,
+            Refusal::Failing,
+            Refusal::Stalled,
+            Refusal::QueueFull,
+        ] {
             assert_eq!(
                 decide(Tried::Refused(reason), 3, &p),
                 Step::Defer {

@@ -5,7 +5,7 @@
 //! - **consume**: one channel per queue, prefetch as the bound; every message is a task on the
 //!   dispatcher's [`TaskTracker`].
 //! - **decode**: [`relay_shared::wire`]; a message that is not one is parked in `invalid`.
-//! - **decide**: admission ([`super::isolation`]), the request ([`super::client`]), then the
+//! - **decide**: admission ([`super::admission`]), the request ([`super::client`]), then the
 //!   pure [`step::decide`].
 //! - **execute**: the step's hand-off (retry tier, `dead`) or 410 disable, then its
 //!   [`Outcome`] (metric, log line, attempt record, once).
@@ -46,10 +46,10 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
 use super::{
+    admission::{Admission, AdmissionControl},
     attempt_log::AttemptLog,
     client::{AttemptError, WebhookClient},
     directory::{Directory, Route},
-    isolation::{Admission, Isolation},
     metrics::DispatchMetrics,
     outcome::{Ending, Outcome},
     parking::Parking,
@@ -79,7 +79,7 @@ pub struct Worker {
     /// The retry schedule.
     pub retry: RetryPolicy,
     /// Per-subscription caps and circuit breakers.
-    pub isolation: Arc<Isolation>,
+    pub admission: Arc<AdmissionControl>,
     /// Global cap on webhook requests in flight.
     pub inflight: Arc<Semaphore>,
     /// The delivery log feed.
@@ -315,10 +315,12 @@ impl Worker {
         let span = tracing::info_span!("delivery", event_id = %event.envelope.id, subscription_id = %route.id, attempt, trace_id);
         async {
             let started = (OffsetDateTime::now_utc(), Instant::now());
-            let refused = match self.isolation.admit(&route.id).await {
+            let refused = match self.admission.admit(&route.id).await {
                 Admission::Go(permit) => Err(permit),
-                Admission::CapFull => Ok(Refusal::Saturated),
                 Admission::CircuitOpen => Ok(Refusal::CircuitOpen),
+                Admission::Failing => Ok(Refusal::Failing),
+                Admission::Stalled => Ok(Refusal::Stalled),
+                Admission::QueueFull => Ok(Refusal::QueueFull),
             };
             let deferral = refused
                 .as_ref()
@@ -328,10 +330,9 @@ impl Worker {
             let (step, result) = match deferral {
                 Some(step) => (step, None),
                 None => {
-                    let result = self.send(route, event).await;
+                    let (result, took) = self.send(route, event).await;
                     drop(refused);
-                    self.isolation
-                        .record(&route.id, result.is_ok(), started.1.elapsed());
+                    self.admission.record(&route.id, result.is_ok(), took);
                     (
                         step::decide(Tried::Sent(&result), attempt, &self.retry),
                         Some(result),
@@ -352,8 +353,8 @@ impl Worker {
         .await
     }
 
-    /// One HTTP request, within the global in-flight cap.
-    async fn send(&self, route: &Route, event: &Event) -> Result<u16, AttemptError> {
+    /// One HTTP request, within the global in-flight cap; its result and its own duration.
+    async fn send(&self, route: &Route, event: &Event) -> (Result<u16, AttemptError>, Duration) {
         let _slot = self.inflight.acquire().await;
         self.metrics.inflight.inc();
         let started = Instant::now();
@@ -367,10 +368,9 @@ impl Worker {
             )
             .await;
         self.metrics.inflight.dec();
-        self.metrics
-            .attempt_seconds
-            .observe(started.elapsed().as_secs_f64());
-        result
+        let took = started.elapsed();
+        self.metrics.attempt_seconds.observe(took.as_secs_f64());
+        (result, took)
     }
 
     /// Carries out `step`: the hand-off it needs, or the 410 disable.

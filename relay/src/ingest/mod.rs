@@ -8,7 +8,7 @@ mod metrics;
 mod publisher;
 mod routes;
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
 use prometheus::Registry;
@@ -25,7 +25,16 @@ pub use config::IngestSettings;
 pub use metrics::IngestMetrics;
 pub use publisher::{PublishError, Publisher};
 
-/// Serves the ingest API on `listener` until `shutdown`.
+/// Readiness condition: the confirm channel events are published on is open.
+pub const READY_PUBLISHER: &str = "publisher";
+
+/// How long requests in flight at shutdown may take to finish (each is bounded by
+/// `ingest.publish_timeout` already; this bounds a slow client's body too).
+const DRAIN_GRACE: Duration = Duration::from_secs(15);
+
+/// Serves the ingest API on `listener` until `shutdown`, then drains in order: stop accepting
+/// connections → let requests in flight finish (their confirms still arrive) → close the
+/// broker session → exit.
 ///
 /// # Errors
 /// Metrics could not be registered or the HTTP server failed.
@@ -37,14 +46,22 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let metrics = IngestMetrics::register(&registry).context("registering ingest metrics")?;
     let readiness = Readiness::default();
+    readiness.not_ready(READY_PUBLISHER, "connecting");
+    let (close_broker, broker_open) = relay_shared::shutdown::channel();
     let publisher = Publisher::start(
         &settings,
         readiness.clone(),
         metrics.clone(),
-        shutdown.clone(),
+        broker_open.clone(),
     );
     let schemas = Arc::new(SchemaCache::default());
     follow_catalogue(&settings, &publisher, &schemas, &readiness, &shutdown)?;
+    tokio::spawn(relay_shared::session::follow_channel(
+        publisher.channels(),
+        readiness.clone(),
+        READY_PUBLISHER,
+        shutdown.clone(),
+    ));
     let http_metrics = relay_shared::http_metrics::HttpMetrics::register(&registry)
         .context("registering HTTP metrics")?;
     let app = http_metrics.instrument(
@@ -53,10 +70,22 @@ pub async fn run(
     );
     tracing::info!(addr = %listener.local_addr()?, "ingest listening");
     let mut stop = shutdown.clone();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { stop.wait().await })
-        .await
-        .context("ingest HTTP server")?;
+    let mut draining = shutdown.clone();
+    let served =
+        axum::serve(listener, app).with_graceful_shutdown(async move { stop.wait().await });
+    let served = async {
+        tokio::select! {
+            served = served => Some(served),
+            () = async { draining.wait().await; tokio::time::sleep(DRAIN_GRACE).await } => None,
+        }
+    }
+    .await;
+    close_broker.trigger();
+    match served {
+        Some(served) => served.context("ingest HTTP server")?,
+        None => tracing::warn!("requests still in flight after the drain grace; stopping"),
+    }
+    tracing::info!("ingest stopped");
     Ok(())
 }
 

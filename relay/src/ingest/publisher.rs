@@ -29,6 +29,14 @@ pub enum PublishError {
     Broker(#[from] AmqpError),
 }
 
+impl PublishError {
+    /// Whether the broker may hold the event anyway: the connection failed (or the confirm
+    /// timed out) after it was sent, so a retry with the same id may deliver it twice.
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(self, Self::Broker(e) if e.outcome_unknown())
+    }
+}
+
 /// Publishes events with publisher confirms on a channel that follows the broker session.
 #[derive(Debug, Clone)]
 pub struct Publisher {
@@ -40,23 +48,24 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    /// Starts the broker session and the confirm channel that follows it.
+    /// Starts the broker session and the confirm channel that follows it, both kept until
+    /// `close`.
     pub fn start(
         settings: &Settings<super::IngestSettings>,
         readiness: Readiness,
         metrics: IngestMetrics,
-        shutdown: Shutdown,
+        close: Shutdown,
     ) -> Self {
         let sessions = broker::keep_connected(
             settings.amqp.clone(),
             "relay-ingest",
             readiness,
             metrics.amqp_connected.clone(),
-            shutdown.clone(),
+            close.clone(),
         );
         Self {
             sessions: sessions.clone(),
-            channel: broker::confirm_channels(sessions, shutdown),
+            channel: broker::confirm_channels(sessions, close),
             exchange: Topology::new(&settings.amqp.prefix).events,
             timeout: settings.process.publish_timeout,
             metrics,
@@ -66,6 +75,11 @@ impl Publisher {
     /// The broker sessions the publisher follows, for the process's other broker work.
     pub fn sessions(&self) -> watch::Receiver<Option<broker::Session>> {
         self.sessions.clone()
+    }
+
+    /// The confirm channel as it comes and goes.
+    pub fn channels(&self) -> watch::Receiver<Option<Channel>> {
+        self.channel.clone()
     }
 
     /// Publishes one event persistently, with `trace` in its `traceparent` header, and waits

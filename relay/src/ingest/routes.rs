@@ -131,15 +131,29 @@ impl Ingest {
         }
     }
 
-    fn unavailable(&self, err: &PublishError) -> Problem {
+    /// The 503 for events that were not accepted. `outcome` says whether they may exist all
+    /// the same: `not_accepted` (the broker does not hold them) or `unknown` (the connection
+    /// failed after they were sent, or part of a batch was confirmed). `ids` are the ids tried:
+    /// a retry with those ids gives any copy that does exist the same `webhook-id`.
+    fn unavailable(&self, err: &PublishError, unknown: bool, ids: &[&str]) -> Problem {
         self.metrics.reject("broker_unavailable");
-        tracing::warn!(error = %err, "event not accepted: broker unavailable");
+        let outcome = if unknown { "unknown" } else { "not_accepted" };
+        tracing::warn!(error = %err, outcome, "event not accepted: broker unavailable");
+        let detail = if unknown {
+            format!(
+                "the event was not accepted ({err}), but the broker may hold it: retry with the same id"
+            )
+        } else {
+            format!("the event was not accepted ({err}); retry later")
+        };
         Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "broker-unavailable",
             "The broker is unavailable",
-            format!("the event was not accepted ({err}); retry later"),
+            detail,
         )
+        .with_extension("outcome", outcome)
+        .with_extension("ids", ids)
         .with_retry_after(1)
     }
 }
@@ -209,7 +223,9 @@ async fn publish_one(State(ingest): Shared, headers: HeaderMap, body: Body) -> R
             )
                 .into_response()
         }
-        Err(e) => ingest.unavailable(&e).into_response(),
+        Err(e) => ingest
+            .unavailable(&e, e.outcome_unknown(), &[envelope.id.as_str()])
+            .into_response(),
     }
 }
 
@@ -283,7 +299,18 @@ async fn publish_batch(State(ingest): Shared, headers: HeaderMap, body: Body) ->
     }))
     .await;
     if let Some(Err(e)) = published.iter().find(|r| r.is_err()) {
-        return ingest.unavailable(e).into_response();
+        // Events confirmed before another failed are stored: the batch as a whole is unknown.
+        let unknown = published.iter().any(|r| {
+            r.as_ref()
+                .map_or_else(PublishError::outcome_unknown, |()| true)
+        });
+        let ids: Vec<&str> = envelopes
+            .iter()
+            .zip(&checked)
+            .filter(|(_, c)| c.is_ok())
+            .map(|(e, _)| e.id.as_str())
+            .collect();
+        return ingest.unavailable(e, unknown, &ids).into_response();
     }
     ingest
         .metrics

@@ -1,5 +1,5 @@
 //! While the broker is away, ingest answers 503 with Retry-After, never 202; it recovers
-//! without a restart.
+//! without a restart. A 503 whose event may exist all the same says so.
 
 use std::time::Duration;
 
@@ -61,5 +61,79 @@ async fn ingest_answers_503_while_the_broker_is_down_and_202_after_it_returns() 
         .map(|r| r.headers["webhook-id"].to_str().unwrap().to_owned())
         .collect();
     assert!(ids.contains(&before) && ids.contains(&after), "{ids:?}");
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_503_whose_event_may_be_stored_says_so_and_a_retry_keeps_the_webhook_id() {
+    let relay = System::start(&tests::broker::shared_amqp_url()).await;
+    let hook = Receiver::start().await;
+    relay.subscribe(&hook.url(), &["maybe.*"], None).await;
+    // A second ingest that gives up on every confirm at once: each publish has left for the
+    // broker (which stores and routes it), but its confirm never comes in time. That is
+    // the connection-lost-mid-publish case, produced by design.
+    let mut impatient = relay.settings.ingest.clone();
+    impatient.process.publish_timeout = Duration::ZERO;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (trigger, shutdown) = relay_shared::shutdown::channel();
+    let task = tokio::spawn(relay::ingest::run(
+        impatient,
+        listener,
+        prometheus::Registry::new(),
+        shutdown,
+    ));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while relay
+        .http
+        .get(format!("{url}/readyz"))
+        .send()
+        .await
+        .map_or(true, |r| r.status() != 200)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "second ingest not ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let response = relay
+        .http
+        .post(format!("{url}/v1/events"))
+        .bearer_auth(tests::system::PUBLISHER_KEY)
+        .json(&json!({"type": "maybe.stored"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["retry-after"], "1");
+    let problem: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(
+        problem["type"], "urn:relay:problem:broker-unavailable",
+        "{problem}"
+    );
+    assert_eq!(problem["outcome"], "unknown", "{problem}");
+    let id = problem["ids"][0].as_str().expect("the tried id").to_owned();
+
+    // The producer retries with that id (through the usual ingest): accepted.
+    let retried = relay
+        .publish_ok(&json!({"id": id, "type": "maybe.stored"}))
+        .await;
+    assert_eq!(retried, id);
+    // Both copies exist, and the receiver sees one webhook-id.
+    let got = hook.wait_for(2, Duration::from_secs(30)).await;
+    assert_eq!(
+        got.len(),
+        2,
+        "the stored copy or the retry was not delivered"
+    );
+    assert!(
+        got.iter()
+            .all(|r| r.header("webhook-id") == Some(id.as_str())),
+        "a retry changed the webhook-id"
+    );
+    trigger.trigger();
+    task.await.unwrap().unwrap();
     relay.stop().await;
 }

@@ -5,11 +5,13 @@
 
 mod amqp_ingest;
 mod api_surface;
+mod backpressure;
 mod broker_outage;
 mod consumer_api;
 mod delivery;
 mod event_types;
 mod ingest_errors;
+mod lifecycle;
 mod observability;
 mod postgres;
 mod pull;

@@ -234,6 +234,9 @@ async fn healthy_latencies(with_slow_endpoint: bool) -> (Vec<Duration>, usize) {
             .set("RELAY__DISPATCH__REQUEST_TIMEOUT", "2s")
             .set("RELAY__DISPATCH__PREFETCH", "64")
             .set("RELAY__DISPATCH__MAX_INFLIGHT_PER_SUBSCRIPTION", "32")
+            // A hanging endpoint is told from a slow one after 200 ms without a completion;
+            // until then its deliveries queue (back-pressure) and hold their events.
+            .set("RELAY__DISPATCH__INFLIGHT_WAIT", "200ms")
             .set("RELAY__DISPATCH__RETRY_SCHEDULE", "500ms,1s,1s"),
     )
     .await;

@@ -1,0 +1,385 @@
+//! Admission: whether a delivery may make its request now, wait its turn, or be deferred.
+//! It keeps one bad endpoint from hurting the others without making a healthy one wait in a
+//! retry tier: a per-subscription cap on requests in flight, a bounded FIFO queue in front of
+//! it, and a per-subscription circuit breaker.
+//!
+//! A delivery that finds its subscription at the cap waits in that subscription's queue for
+//! a slot (back-pressure: waiting deliveries hold their events unacked, so the broker stops
+//! sending once the prefetch is taken). It is deferred to the first retry tier, without an
+//! attempt, only when waiting would not be reasonable:
+//!
+//! - the endpoint is **failing** (its last attempt failed), or its circuit is open;
+//! - it is **stalled**: nothing completed within a bound derived from its own latency,
+//!   `max(dispatch.inflight_wait, 4 × its average request time)` (a hanging endpoint);
+//! - its **queue is full**: `3 × cap` deliveries already wait, i.e. the expected wait
+//!   `(ahead / cap + 1) × average` would exceed 4 × its average request time.
+//!
+//! State is per dispatcher: with N dispatchers a subscription sees at most N × the cap, and
+//! each dispatcher's breaker learns on its own, which needs no coordination.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use prometheus::IntGauge;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Deliveries that may wait per subscription, in caps: the expected wait of the last is
+/// then `(QUEUE_CAPS + 1)` × the endpoint's average request time.
+const QUEUE_CAPS: usize = 3;
+/// A stall is this many average request times without a completion.
+const STALL_FACTOR: u32 = 4;
+
+/// Admission decision for one delivery.
+#[derive(Debug)]
+pub enum Admission {
+    /// Go ahead; the permit frees the in-flight slot when dropped.
+    Go(OwnedSemaphorePermit),
+    /// The subscription's circuit is open.
+    CircuitOpen,
+    /// At the cap, and the endpoint's last attempt failed.
+    Failing,
+    /// At the cap, and nothing completed within the stall bound.
+    Stalled,
+    /// At the cap, and its queue is full.
+    QueueFull,
+}
+
+#[derive(Debug)]
+struct Entry {
+    slots: Arc<Semaphore>,
+    consecutive_failures: u32,
+    open_until: Option<Instant>,
+    probing: bool,
+    /// Moving average of request durations; `None` until one completed.
+    average: Option<Duration>,
+    /// When the last request completed, or else when the first was admitted.
+    last_progress: Option<Instant>,
+    /// Deliveries waiting for a slot.
+    waiting: usize,
+}
+
+impl Entry {
+    /// How long the endpoint may go without completing a request before it counts as stalled.
+    fn stall_bound(&self, floor: Duration) -> Duration {
+        self.average
+            .map_or(floor, |average| (average * STALL_FACTOR).max(floor))
+    }
+
+    fn stalled(&self, floor: Duration) -> bool {
+        self.last_progress
+            .is_some_and(|at| at.elapsed() > self.stall_bound(floor))
+    }
+}
+
+/// A place in a subscription's queue, given up when dropped (also if the wait is cancelled).
+struct Waiting<'a>(&'a AdmissionControl, &'a str);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.with_entry(self.1, |entry| entry.waiting -= 1);
+    }
+}
+
+/// Per-subscription caps, queues and breakers.
+#[derive(Debug)]
+pub struct AdmissionControl {
+    entries: Mutex<HashMap<String, Entry>>,
+    cap: usize,
+    stall_floor: Duration,
+    threshold: u32,
+    cooldown: Duration,
+    open_gauge: IntGauge,
+}
+
+impl AdmissionControl {
+    /// Caps of `cap` requests per subscription; a waiting delivery gives up after
+    /// `stall_floor` (at least) without a completion; `threshold` consecutive failures open a
+    /// circuit for `cooldown`.
+    pub fn new(
+        cap: usize,
+        stall_floor: Duration,
+        threshold: u32,
+        cooldown: Duration,
+        open_gauge: IntGauge,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            entries: Mutex::new(HashMap::new()),
+            cap,
+            stall_floor,
+            threshold,
+            cooldown,
+            open_gauge,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        self.entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Runs `f` on the entry of a subscription, created on first use (the key is only copied
+    /// then: this runs several times per delivery).
+    fn with_entry<T>(&self, subscription_id: &str, f: impl FnOnce(&mut Entry) -> T) -> T {
+        let mut entries = self.lock();
+        if let Some(entry) = entries.get_mut(subscription_id) {
+            return f(entry);
+        }
+        let mut entry = Entry {
+            slots: Arc::new(Semaphore::new(self.cap)),
+            consecutive_failures: 0,
+            open_until: None,
+            probing: false,
+            average: None,
+            last_progress: None,
+            waiting: 0,
+        };
+        let out = f(&mut entry);
+        entries.insert(subscription_id.to_owned(), entry);
+        out
+    }
+
+    /// May a request go to `subscription_id` now, or after waiting its turn?
+    pub async fn admit(&self, subscription_id: &str) -> Admission {
+        let floor = self.stall_floor;
+        let admitted = self.with_entry(subscription_id, |entry| {
+            let probe = match entry.open_until {
+                // Half-open after the cooldown: exactly one probe at a time.
+                Some(until) if Instant::now() < until || entry.probing => {
+                    return Err(Admission::CircuitOpen);
+                }
+                Some(_) => {
+                    entry.probing = true;
+                    true
+                }
+                None => false,
+            };
+            entry.last_progress.get_or_insert_with(Instant::now);
+            if let Ok(permit) = entry.slots.clone().try_acquire_owned() {
+                return Err(Admission::Go(permit));
+            }
+            if probe {
+                entry.probing = false;
+            }
+            let refusal = if entry.consecutive_failures > 0 {
+                Some(Admission::Failing)
+            } else if entry.stalled(floor) {
+                Some(Admission::Stalled)
+            } else if entry.waiting >= QUEUE_CAPS * self.cap {
+                Some(Admission::QueueFull)
+            } else {
+                None
+            };
+            match refusal {
+                Some(refusal) => Err(refusal),
+                None => {
+                    entry.waiting += 1;
+                    Ok(entry.slots.clone())
+                }
+            }
+        });
+        let slots = match admitted {
+            Ok(slots) => slots,
+            Err(answer) => return answer,
+        };
+        let _waiting = Waiting(self, subscription_id);
+        // One acquire for the whole wait: the semaphore is FIFO, and the delivery keeps its
+        // place in the queue across the stall checks (a new acquire would go to the back).
+        let mut acquire = std::pin::pin!(slots.acquire_owned());
+        loop {
+            let bound = self.with_entry(subscription_id, |entry| entry.stall_bound(floor));
+            match tokio::time::timeout(bound, &mut acquire).await {
+                Ok(Ok(permit)) => return Admission::Go(permit),
+                // The semaphore is never closed; were it, waiting would be pointless.
+                Ok(Err(_)) => return Admission::Stalled,
+                // No slot within a stall bound: wait on only while the endpoint completes.
+                Err(_) if self.with_entry(subscription_id, |entry| entry.stalled(floor)) => {
+                    return Admission::Stalled;
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Records an attempt's result and the request's duration: a success closes the circuit,
+    /// failures past the threshold open it (again, after a failed probe).
+    pub fn record(&self, subscription_id: &str, success: bool, took: Duration) {
+        self.with_entry(subscription_id, |entry| {
+            // Weight 1/8 for the newest request: smooth, yet a slow spell shows within a few.
+            entry.average = Some(
+                entry
+                    .average
+                    .map_or(took, |average| (average * 7 + took) / 8),
+            );
+            entry.last_progress = Some(Instant::now());
+            let was_open = entry.open_until.is_some();
+            if success {
+                entry.consecutive_failures = 0;
+                entry.open_until = None;
+                entry.probing = false;
+                if was_open {
+                    self.open_gauge.dec();
+                    tracing::info!(subscription_id, "circuit closed");
+                }
+                return;
+            }
+            entry.consecutive_failures = entry.consecutive_failures.saturating_add(1);
+            if entry.probing || entry.consecutive_failures >= self.threshold {
+                entry.probing = false;
+                entry.open_until = Some(Instant::now() + self.cooldown);
+                if !was_open {
+                    self.open_gauge.inc();
+                    tracing::warn!(
+                        subscription_id,
+                        failures = entry.consecutive_failures,
+                        "circuit opened"
+                    );
+                }
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+    const FLOOR: Duration = Duration::from_millis(50);
+
+    fn isolation(cap: usize, threshold: u32, cooldown: Duration) -> Arc<AdmissionControl> {
+        let gauge = IntGauge::new("g", "g").unwrap();
+        AdmissionControl::new(cap, FLOOR, threshold, cooldown, gauge)
+    }
+
+    #[tokio::test]
+    async fn the_cap_bounds_requests_in_flight_and_a_healthy_endpoint_is_waited_for() {
+        let iso = isolation(2, 10, Duration::from_secs(1));
+        iso.record("s", true, Duration::from_millis(30));
+        let a = iso.admit("s").await;
+        let b = iso.admit("s").await;
+        assert!(matches!((&a, &b), (Admission::Go(_), Admission::Go(_))));
+        assert!(matches!(iso.admit("other").await, Admission::Go(_)));
+        // At the cap: the third waits its turn (longer than the floor: the endpoint completes).
+        let waiter = tokio::spawn({
+            let iso = iso.clone();
+            async move { matches!(iso.admit("s").await, Admission::Go(_)) }
+        });
+        for _ in 0..3 {
+            tokio::time::sleep(Duration::from_millis(40)).await;
+            iso.record("s", true, Duration::from_millis(30));
+        }
+        drop(a);
+        assert!(
+            waiter.await.unwrap(),
+            "a healthy endpoint's delivery was not waited for"
+        );
+        drop(b);
+    }
+
+    #[tokio::test]
+    async fn a_waiting_delivery_keeps_its_place_across_stall_checks() {
+        let iso = isolation(1, 10, Duration::from_secs(1));
+        // Stall bound 4 x 100 ms: the first waiter's first check (at 400 ms) comes after the
+        // second queued (at 200 ms) and before the slot frees (at 480 ms).
+        iso.record("s", true, Duration::from_millis(100));
+        let held = iso.admit("s").await;
+        let (tx, mut order) = tokio::sync::mpsc::unbounded_channel();
+        let mut waiters = Vec::new();
+        for (name, after) in [("first", 0), ("second", 200)] {
+            let (iso, tx) = (iso.clone(), tx.clone());
+            waiters.push(tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(after)).await;
+                if let Admission::Go(permit) = iso.admit("s").await {
+                    tx.send(name).unwrap();
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    drop(permit);
+                }
+            }));
+        }
+        // The endpoint keeps completing (not stalled) while both wait.
+        for _ in 0..12 {
+            tokio::time::sleep(Duration::from_millis(40)).await;
+            iso.record("s", true, Duration::from_millis(100));
+        }
+        drop(held);
+        assert_eq!(order.recv().await, Some("first"));
+        assert_eq!(order.recv().await, Some("second"));
+    }
+
+    #[tokio::test]
+    async fn a_failing_or_stalled_endpoint_at_its_cap_is_deferred() {
+        let iso = isolation(1, 10, Duration::from_secs(1));
+        iso.record("failing", false, MS);
+        let _held = iso.admit("failing").await;
+        let asked = Instant::now();
+        assert!(matches!(iso.admit("failing").await, Admission::Failing));
+        assert!(
+            asked.elapsed() < Duration::from_millis(20),
+            "waited on a failing endpoint"
+        );
+
+        // A first request that hangs: a later delivery waits the floor, then gives up.
+        let _hung = iso.admit("hung").await;
+        let asked = Instant::now();
+        assert!(matches!(iso.admit("hung").await, Admission::Stalled));
+        assert!(asked.elapsed() >= FLOOR, "gave up before the stall bound");
+        // Once stalled, at once.
+        let asked = Instant::now();
+        assert!(matches!(iso.admit("hung").await, Admission::Stalled));
+        assert!(asked.elapsed() < Duration::from_millis(20));
+    }
+
+    #[tokio::test]
+    async fn the_queue_holds_three_caps_of_deliveries() {
+        let iso = isolation(1, 10, Duration::from_secs(1));
+        iso.record("s", true, Duration::from_secs(1));
+        let _held = iso.admit("s").await;
+        let waiters: Vec<_> = (0..QUEUE_CAPS)
+            .map(|_| {
+                let iso = iso.clone();
+                tokio::spawn(async move { iso.admit("s").await })
+            })
+            .collect();
+        while iso.with_entry("s", |e| e.waiting) < QUEUE_CAPS {
+            tokio::time::sleep(MS).await;
+        }
+        assert!(matches!(iso.admit("s").await, Admission::QueueFull));
+        for waiter in waiters {
+            waiter.abort();
+        }
+    }
+
+    #[tokio::test]
+    async fn failures_open_the_circuit_and_a_successful_probe_closes_it() {
+        let iso = isolation(10, 3, Duration::from_millis(30));
+        for _ in 0..3 {
+            iso.record("s", false, MS);
+        }
+        assert_eq!(iso.open_gauge.get(), 1);
+        assert!(matches!(iso.admit("s").await, Admission::CircuitOpen));
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        // One probe only.
+        let probe = iso.admit("s").await;
+        assert!(matches!(probe, Admission::Go(_)));
+        assert!(matches!(iso.admit("s").await, Admission::CircuitOpen));
+        iso.record("s", true, MS);
+        drop(probe);
+        assert_eq!(iso.open_gauge.get(), 0);
+        assert!(matches!(iso.admit("s").await, Admission::Go(_)));
+    }
+
+    #[tokio::test]
+    async fn a_failed_probe_reopens_the_circuit() {
+        let iso = isolation(10, 1, Duration::from_millis(20));
+        iso.record("s", false, MS);
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let _probe = iso.admit("s").await;
+        iso.record("s", false, MS);
+        assert!(matches!(iso.admit("s").await, Admission::CircuitOpen));
+        assert_eq!(iso.open_gauge.get(), 1);
+    }
+}
