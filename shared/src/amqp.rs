@@ -26,6 +26,9 @@ pub enum AmqpError {
     /// broker may or may not hold it.
     #[error("no confirm before the connection failed: {0}")]
     Unconfirmed(lapin::Error),
+    /// None of a cluster's nodes could be reached; each node with its error.
+    #[error("no broker node reachable ({0})")]
+    NoNode(String),
 }
 
 impl AmqpError {
@@ -36,20 +39,21 @@ impl AmqpError {
     }
 }
 
-/// Opens a connection named `name` (shown in the broker's management UI), bounded by
-/// `amqp.connect_timeout`.
+/// Opens a connection to the node at `url`, named `name` (shown in the broker's management
+/// UI), bounded by `amqp.connect_timeout`.
 ///
 /// # Errors
 /// [`AmqpError::Timeout`] or [`AmqpError::Broker`].
-pub async fn connect(settings: &AmqpSettings, name: &str) -> Result<Connection, AmqpError> {
+pub async fn connect(
+    settings: &AmqpSettings,
+    url: &str,
+    name: &str,
+) -> Result<Connection, AmqpError> {
     let props = ConnectionProperties::default().with_connection_name(name.into());
-    tokio::time::timeout(
-        settings.connect_timeout,
-        Connection::connect(&settings.url, props),
-    )
-    .await
-    .map_err(|_| AmqpError::Timeout(settings.connect_timeout))?
-    .map_err(AmqpError::from)
+    tokio::time::timeout(settings.connect_timeout, Connection::connect(url, props))
+        .await
+        .map_err(|_| AmqpError::Timeout(settings.connect_timeout))?
+        .map_err(AmqpError::from)
 }
 
 /// A channel in publisher-confirm mode.
@@ -144,6 +148,14 @@ pub async fn publish_confirmed(
     }
 }
 
+/// `host:port` of an AMQP URI, for logs and readiness reasons (never the credentials).
+pub fn node_label(url: &str) -> String {
+    match url.parse::<lapin::uri::AMQPUri>() {
+        Ok(uri) => format!("{}:{}", uri.authority.host, uri.authority.port),
+        Err(_) => String::from("(invalid URI)"),
+    }
+}
+
 /// Exponential backoff between reconnection attempts: 100 ms doubling up to `max`.
 #[derive(Debug, Clone)]
 pub struct Backoff {
@@ -189,6 +201,15 @@ mod tests {
         assert_eq!(header_i64(h, "n"), Some(7));
         assert_eq!(header_text(h, "missing"), None);
         assert_eq!(header_i64(None, "n"), None);
+    }
+
+    #[test]
+    fn node_labels_leave_credentials_out() {
+        assert_eq!(
+            node_label("amqp://user:secret@rabbit-1:5673/%2f"),
+            "rabbit-1:5673"
+        );
+        assert_eq!(node_label("amqp://rabbit-2"), "rabbit-2:5672");
     }
 
     #[test]

@@ -20,7 +20,11 @@ pub const DEFAULTS: &str = include_str!("defaults.toml");
 pub const SECTIONS: &[&str] = &["amqp", "log", "security", "ingest", "dispatch", "api"];
 
 /// Shared keys whose environment value is a comma-separated list.
-const LIST_KEYS: &[&str] = &["security.allowed_networks", "security.allowed_hosts"];
+const LIST_KEYS: &[&str] = &[
+    "security.allowed_networks",
+    "security.allowed_hosts",
+    "amqp.urls",
+];
 
 /// A configuration that cannot be used; the message names the key.
 #[derive(Debug, thiserror::Error)]
@@ -128,8 +132,13 @@ pub fn durations<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Duration>
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AmqpSettings {
-    /// Broker URI, `amqp://user:pass@host:port/vhost` (vhost `/` is `%2f`).
+    /// Broker URI, `amqp://user:pass@host:port/vhost` (vhost `/` is `%2f`); the one-node
+    /// form of `urls`, used when `urls` is empty.
     pub url: String,
+    /// The URIs of a cluster's nodes. A process connects to the first that answers and, when
+    /// that connection is lost, tries the next ones first (with backoff once all failed).
+    /// Replaces `url` when not empty.
+    pub urls: Vec<String>,
     /// Prefix of every exchange and queue name, so several Relays can share a broker.
     pub prefix: String,
     /// Bound on one connection attempt (TCP, AMQP handshake and topology declaration).
@@ -138,6 +147,17 @@ pub struct AmqpSettings {
     /// Longest wait between reconnection attempts (the backoff doubles up to it).
     #[serde(with = "humantime_serde")]
     pub reconnect_max_backoff: Duration,
+}
+
+impl AmqpSettings {
+    /// The broker URIs to try, in order: `urls`, or `url` alone.
+    pub fn node_urls(&self) -> Vec<&str> {
+        if self.urls.is_empty() {
+            vec![self.url.as_str()]
+        } else {
+            self.urls.iter().map(String::as_str).collect()
+        }
+    }
 }
 
 /// `[log]`
@@ -266,11 +286,18 @@ impl<S: Section> Settings<S> {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        if !self.amqp.url.starts_with("amqp://") && !self.amqp.url.starts_with("amqps://") {
-            return ConfigError::invalid("amqp.url", "must start with amqp:// or amqps://");
-        }
-        if self.amqp.url.parse::<lapin::uri::AMQPUri>().is_err() {
-            return ConfigError::invalid("amqp.url", "is not a valid AMQP URI");
+        let url_key = if self.amqp.urls.is_empty() {
+            "amqp.url"
+        } else {
+            "amqp.urls"
+        };
+        for url in self.amqp.node_urls() {
+            if !url.starts_with("amqp://") && !url.starts_with("amqps://") {
+                return ConfigError::invalid(url_key, "must start with amqp:// or amqps://");
+            }
+            if url.parse::<lapin::uri::AMQPUri>().is_err() {
+                return ConfigError::invalid(url_key, "is not a valid AMQP URI");
+            }
         }
         if self.amqp.connect_timeout.is_zero() {
             return ConfigError::invalid("amqp.connect_timeout", "must be more than zero");
@@ -367,8 +394,25 @@ mod tests {
         assert!(err.to_string().contains("ingest.size"), "{err}");
         let err = load(&[("RELAY__AMQP__URL", "http://x")]).unwrap_err();
         assert!(err.to_string().contains("amqp.url"), "{err}");
+        let err = load(&[("RELAY__AMQP__URLS", "amqp://a:5672/%2f,http://b")]).unwrap_err();
+        assert!(err.to_string().contains("amqp.urls"), "{err}");
         let err = load(&[("RELAY__LOG__LEVEL", "[[")]).unwrap_err();
         assert!(err.to_string().contains("log.level"), "{err}");
+    }
+
+    #[test]
+    fn urls_replace_the_single_url() {
+        let s = load(&[]).unwrap();
+        assert_eq!(s.amqp.node_urls(), [s.amqp.url.as_str()]);
+        let s = load(&[(
+            "RELAY__AMQP__URLS",
+            "amqp://g:g@n1:5672/%2f,amqp://g:g@n2:5672/%2f",
+        )])
+        .unwrap();
+        assert_eq!(
+            s.amqp.node_urls(),
+            ["amqp://g:g@n1:5672/%2f", "amqp://g:g@n2:5672/%2f"]
+        );
     }
 
     #[test]

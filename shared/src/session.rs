@@ -1,6 +1,10 @@
 //! A broker session kept alive: connect (bounded), declare the topology, hand out channels,
 //! notice the loss of the connection, back off and reconnect. Readiness and the
 //! `relay_amqp_connected` gauge follow it.
+//!
+//! With several node URLs (`amqp.urls`, a cluster) the first node that answers is used; when
+//! its connection is lost the next nodes are tried first, so a process moves to a survivor at
+//! once instead of waiting for the lost node, and backs off only after every node failed.
 
 use std::{sync::Arc, time::Duration};
 
@@ -37,12 +41,13 @@ pub fn keep_connected(
     let topology = Topology::new(&settings.prefix);
     tokio::spawn(async move {
         let mut backoff = Backoff::new(settings.reconnect_max_backoff);
+        let mut nodes = Nodes::new(&settings);
         while !shutdown.is_triggered() {
-            match open(&settings, name, &topology).await {
-                Ok(connection) => {
+            match open_any(&settings, &mut nodes, name, &topology).await {
+                Ok((connection, node)) => {
                     backoff.reset();
                     let connection = Arc::new(connection);
-                    tracing::info!(connection = name, "connected to the broker");
+                    tracing::info!(connection = name, node, "connected to the broker");
                     readiness.ready(READY_BROKER);
                     connected.set(1);
                     tx.send_replace(Some(connection.clone()));
@@ -57,7 +62,8 @@ pub fn keep_connected(
                         let _ = connection.close(200, "shutting down".into()).await;
                         break;
                     }
-                    tracing::warn!(connection = name, reason, "broker connection lost");
+                    tracing::warn!(connection = name, node, reason, "broker connection lost");
+                    nodes.lost();
                 }
                 Err(e) => {
                     readiness.not_ready(READY_BROKER, format!("cannot connect: {e}"));
@@ -74,12 +80,79 @@ pub fn keep_connected(
     rx
 }
 
+/// The broker nodes to try, in order, and where the next round starts.
+#[derive(Debug)]
+struct Nodes {
+    urls: Vec<String>,
+    /// Index of the node connected last (or to try first).
+    current: usize,
+}
+
+impl Nodes {
+    fn new(settings: &AmqpSettings) -> Self {
+        Self {
+            urls: settings.node_urls().into_iter().map(String::from).collect(),
+            current: 0,
+        }
+    }
+
+    /// Every node once, starting with `current`.
+    fn round(&self) -> impl Iterator<Item = (usize, &str)> {
+        let n = self.urls.len();
+        (0..n).map(move |k| {
+            let i = (self.current + k) % n;
+            (i, self.urls[i].as_str())
+        })
+    }
+
+    /// The connection to `current` was lost: start the next round with the node after it.
+    fn lost(&mut self) {
+        self.current = (self.current + 1) % self.urls.len();
+    }
+}
+
+/// Tries every node once (see [`Nodes::round`]); the first that connects and takes the
+/// topology wins. Returns the connection and the node's `host:port`.
+async fn open_any(
+    settings: &AmqpSettings,
+    nodes: &mut Nodes,
+    name: &str,
+    topology: &Topology,
+) -> Result<(Connection, String), AmqpError> {
+    let round: Vec<(usize, String)> = nodes.round().map(|(i, u)| (i, u.to_owned())).collect();
+    let mut failures = Vec::new();
+    for (index, url) in round {
+        let node = amqp::node_label(&url);
+        match open(settings, &url, name, topology).await {
+            Ok(connection) => {
+                nodes.current = index;
+                return Ok((connection, node));
+            }
+            Err(e) => {
+                tracing::debug!(connection = name, node, error = %e, "node unavailable");
+                failures.push((node, e));
+            }
+        }
+    }
+    Err(match failures.len() {
+        1 => failures.remove(0).1,
+        _ => AmqpError::NoNode(
+            failures
+                .iter()
+                .map(|(node, e)| format!("{node}: {e}"))
+                .collect::<Vec<_>>()
+                .join("; "),
+        ),
+    })
+}
+
 async fn open(
     settings: &AmqpSettings,
+    url: &str,
     name: &str,
     topology: &Topology,
 ) -> Result<Connection, AmqpError> {
-    let connection = amqp::connect(settings, name).await?;
+    let connection = amqp::connect(settings, url, name).await?;
     let channel = connection.create_channel().await?;
     tokio::time::timeout(settings.connect_timeout, topology.declare(&channel))
         .await
@@ -192,4 +265,38 @@ pub fn confirm_channels(
         tx.send_replace(None);
     });
     rx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nodes(urls: &[&str]) -> Nodes {
+        Nodes {
+            urls: urls.iter().map(|u| (*u).to_owned()).collect(),
+            current: 0,
+        }
+    }
+
+    fn order(nodes: &Nodes) -> Vec<usize> {
+        nodes.round().map(|(i, _)| i).collect()
+    }
+
+    #[test]
+    fn a_lost_node_is_tried_last() {
+        let mut n = nodes(&["amqp://a", "amqp://b", "amqp://c"]);
+        assert_eq!(order(&n), [0, 1, 2], "the first node first");
+        n.lost();
+        assert_eq!(order(&n), [1, 2, 0], "after losing a, b first and a last");
+        n.current = 2;
+        n.lost();
+        assert_eq!(order(&n), [0, 1, 2]);
+    }
+
+    #[test]
+    fn one_url_is_a_round_of_one() {
+        let mut n = nodes(&["amqp://a"]);
+        n.lost();
+        assert_eq!(order(&n), [0]);
+    }
 }
