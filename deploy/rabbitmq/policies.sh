@@ -5,6 +5,8 @@
 #
 # Usage: deploy/rabbitmq/policies.sh [PREFIX] [VHOST]     (defaults: relay. and /)
 #   e.g. kubectl exec -n rabbitmq rabbitmq-server-0 -- bash -s < deploy/rabbitmq/policies.sh
+# Environment: RABBITMQCTL, the rabbitmqctl command line to use (default `rabbitmqctl`;
+# deploy/local/cluster.sh sets it to reach its own nodes).
 #
 # The policies cap what an outage can pile up in the queues consumers read at their own pace
 # (parked dead/invalid messages, archive and attempt records), with overflow reject-publish:
@@ -15,13 +17,14 @@ set -euo pipefail
 prefix=${1:-relay.}
 vhost=${2:-/}
 quoted=${prefix//./\\.}
+read -r -a rabbitmqctl <<<"${RABBITMQCTL:-rabbitmqctl}"
 
-rabbitmqctl set_policy -p "$vhost" --apply-to queues --priority 10 \
+"${rabbitmqctl[@]}" set_policy -p "$vhost" --apply-to queues --priority 10 \
   relay-parked "^${quoted}(dead|invalid)\$" \
   '{"max-length-bytes": 10737418240, "overflow": "reject-publish"}'
 
-rabbitmqctl set_policy -p "$vhost" --apply-to queues --priority 10 \
+"${rabbitmqctl[@]}" set_policy -p "$vhost" --apply-to queues --priority 10 \
   relay-records "^${quoted}(archive|attempts)\$" \
   '{"max-length-bytes": 21474836480, "overflow": "reject-publish"}'
 
-rabbitmqctl list_policies -p "$vhost"
+"${rabbitmqctl[@]}" list_policies -p "$vhost"
