@@ -64,6 +64,17 @@ pub fn shared_amqp_url() -> String {
     }
 }
 
+/// How a private node is configured beyond its ports and directories.
+#[derive(Debug, Clone, Default)]
+pub struct NodeConfig {
+    /// The Erlang cookie; nodes of one cluster share it. A random one when `None`.
+    pub cookie: Option<String>,
+    /// Contents of `advanced.config`; `[].` when empty.
+    pub advanced_config: String,
+    /// Lines appended to `rabbitmq.conf`.
+    pub extra_conf: String,
+}
+
 /// A RabbitMQ node of its own for one test; killed and deleted on drop.
 #[derive(Debug)]
 pub struct PrivateBroker {
@@ -89,8 +100,16 @@ impl PrivateBroker {
     /// When RabbitMQ is not installed, or the node does not come up within about 60 s; the
     /// message carries the tail of the node's log.
     pub async fn start() -> PrivateBroker {
+        Self::start_with(&NodeConfig::default()).await
+    }
+
+    /// As [`PrivateBroker::start`], with `config`.
+    ///
+    /// # Panics
+    /// As [`PrivateBroker::start`].
+    pub async fn start_with(config: &NodeConfig) -> PrivateBroker {
         for attempt in 1..=START_ATTEMPTS {
-            let broker = Self::spawn();
+            let broker = Self::spawn(config);
             match broker.wait_ready().await {
                 Ok(()) => return broker,
                 Err(StartFailure::Exited {
@@ -165,13 +184,55 @@ impl PrivateBroker {
         }
     }
 
+    /// SIGKILLs the node's Erlang VM (a crash: no clean shutdown) and reaps it; its data stays.
+    pub fn kill(&self) {
+        let mut child = self.child.lock().unwrap_or_else(PoisonError::into_inner);
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Whether the node's VM is running (not killed, not exited).
+    #[must_use]
+    pub fn is_running(&self) -> bool {
+        self.exited().is_none()
+    }
+
+    /// Starts a killed (or exited) node again with the same name, ports and data, and waits
+    /// until it accepts AMQP connections.
+    ///
+    /// # Panics
+    /// When the node is still running, or does not come back within about 60 s.
+    pub async fn restart(&self) {
+        assert!(
+            !self.is_running(),
+            "restart of node {} while it runs",
+            self.node
+        );
+        let child = spawn_vm(&self.dir, &self.env);
+        *self.child.lock().unwrap_or_else(PoisonError::into_inner) = child;
+        if let Err(StartFailure::Exited { detail, .. } | StartFailure::TimedOut { detail }) =
+            self.wait_ready().await
+        {
+            panic!("RabbitMQ node {} did not restart: {detail}", self.node);
+        }
+    }
+
     /// Runs `rabbitmqctl -n NODE ARGS…` against this node and returns its standard output
     /// (e.g. `ctl(&["list_queues", "name", "messages"])`).
     ///
     /// # Panics
     /// When the command fails or takes more than 60 s.
     pub async fn ctl(&self, args: &[&str]) -> String {
-        let mut command = tokio::process::Command::new(rabbitmq_bin("rabbitmqctl"));
+        self.tool("rabbitmqctl", args).await
+    }
+
+    /// Runs RabbitMQ's command-line tool `tool` (`rabbitmqctl`, `rabbitmq-queues`, …) with
+    /// `-n NODE ARGS…` against this node and returns its standard output.
+    ///
+    /// # Panics
+    /// When the command fails or takes more than 60 s.
+    pub async fn tool(&self, tool: &str, args: &[&str]) -> String {
+        let mut command = tokio::process::Command::new(rabbitmq_bin(tool));
         command
             .arg("-n")
             .arg(&self.node)
@@ -182,16 +243,13 @@ impl PrivateBroker {
             .kill_on_drop(true);
         let output = match tokio::time::timeout(CTL_TIMEOUT, command.output()).await {
             Ok(Ok(output)) => output,
-            Ok(Err(err)) => panic!("cannot run rabbitmqctl {args:?}: {err}"),
-            Err(_) => panic!(
-                "rabbitmqctl {args:?} on {} took over {CTL_TIMEOUT:?}",
-                self.node
-            ),
+            Ok(Err(err)) => panic!("cannot run {tool} {args:?}: {err}"),
+            Err(_) => panic!("{tool} {args:?} on {} took over {CTL_TIMEOUT:?}", self.node),
         };
         let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
         assert!(
             output.status.success(),
-            "rabbitmqctl {args:?} on {} failed ({}):\n{stdout}\n{}",
+            "{tool} {args:?} on {} failed ({}):\n{stdout}\n{}",
             self.node,
             output.status,
             String::from_utf8_lossy(&output.stderr)
@@ -200,7 +258,7 @@ impl PrivateBroker {
     }
 
     /// Creates the node's directory and files and spawns it; does not wait.
-    fn spawn() -> PrivateBroker {
+    fn spawn(config: &NodeConfig) -> PrivateBroker {
         let unique = format!(
             "{}-{}-{:04x}",
             std::process::id(),
@@ -210,26 +268,8 @@ impl PrivateBroker {
         let node = format!("relaytest-{unique}@localhost");
         let dir = std::env::temp_dir().join(format!("relaytest-{unique}"));
         let (port, dist_port) = free_port_pair();
-        let env = node_files(&dir, &node, port, dist_port);
-
-        let stdout = fs::File::create(dir.join("stdout.log")).expect("create stdout.log");
-        let stderr = stdout.try_clone().expect("clone stdout.log handle");
-        let child = Command::new(rabbitmq_bin("rabbitmq-server"))
-            .envs(env.iter().map(|(k, v)| (*k, v)))
-            .current_dir(&dir)
-            // Held open for the node's life; see the module docs.
-            .stdin(Stdio::piped())
-            .stdout(stdout)
-            .stderr(stderr)
-            .spawn()
-            .unwrap_or_else(|err| {
-                let _ = fs::remove_dir_all(&dir);
-                panic!(
-                    "cannot run {}: {err}. Install RabbitMQ (apt-get install rabbitmq-server, or \
-                     ./deploy/local/broker.sh does it) or set {BIN_DIR_ENV}",
-                    rabbitmq_bin("rabbitmq-server").display()
-                )
-            });
+        let env = node_files(&dir, &node, port, dist_port, config);
+        let child = spawn_vm(&dir, &env);
         PrivateBroker {
             node,
             port,
@@ -323,8 +363,40 @@ impl Drop for PrivateBroker {
     }
 }
 
+/// Spawns the node's VM in `dir` with its environment; does not wait.
+fn spawn_vm(dir: &Path, env: &[(&'static str, String)]) -> Child {
+    let stdout = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("stdout.log"))
+        .expect("open stdout.log");
+    let stderr = stdout.try_clone().expect("clone stdout.log handle");
+    Command::new(rabbitmq_bin("rabbitmq-server"))
+        .envs(env.iter().map(|(k, v)| (*k, v)))
+        .current_dir(dir)
+        // Held open for the node's life; see the module docs.
+        .stdin(Stdio::piped())
+        .stdout(stdout)
+        .stderr(stderr)
+        .spawn()
+        .unwrap_or_else(|err| {
+            let _ = fs::remove_dir_all(dir);
+            panic!(
+                "cannot run {}: {err}. Install RabbitMQ (apt-get install rabbitmq-server, or \
+                 ./deploy/local/broker.sh does it) or set {BIN_DIR_ENV}",
+                rabbitmq_bin("rabbitmq-server").display()
+            )
+        })
+}
+
 /// Writes the node's directories, configuration and cookie; returns its environment.
-fn node_files(dir: &Path, node: &str, port: u16, dist_port: u16) -> Vec<(&'static str, String)> {
+fn node_files(
+    dir: &Path,
+    node: &str,
+    port: u16,
+    dist_port: u16,
+    config: &NodeConfig,
+) -> Vec<(&'static str, String)> {
     let home = dir.join("home");
     for sub in ["home", "mnesia", "log"] {
         fs::create_dir_all(dir.join(sub)).expect("create the node's directories");
@@ -336,23 +408,26 @@ fn node_files(dir: &Path, node: &str, port: u16, dist_port: u16) -> Vec<(&'stati
     write("enabled_plugins", "[].\n");
     write(
         "rabbitmq.conf",
-        "# Written by tests/src/broker.rs for a throwaway test node.\n\
-         listeners.tcp.default = 127.0.0.1:PORT\n\
-         loopback_users.guest = true\n\
-         log.console = false\n\
-         log.file.level = info\n\
-         disk_free_limit.absolute = 10MB\n"
-            .replace("PORT", &port.to_string())
-            .as_str(),
+        &format!(
+            "# Written by tests/src/broker.rs for a throwaway test node.\n\
+             listeners.tcp.default = 127.0.0.1:{port}\n\
+             loopback_users.guest = true\n\
+             log.console = false\n\
+             log.file.level = info\n\
+             disk_free_limit.absolute = 10MB\n{}",
+            config.extra_conf
+        ),
     );
-    write("advanced.config", "[].\n");
+    if config.advanced_config.trim().is_empty() {
+        write("advanced.config", "[].\n");
+    } else {
+        write("advanced.config", &config.advanced_config);
+    }
     // Replaces /etc/rabbitmq/rabbitmq-env.conf, which must not leak into test nodes.
     write("rabbitmq-env.conf", "");
 
     // A cookie of the node's own, found through HOME by the node and by rabbitmqctl alike.
-    let cookie: String = (0..20)
-        .map(|_| char::from(b'A' + (random_u16() % 26) as u8))
-        .collect();
+    let cookie = config.cookie.clone().unwrap_or_else(random_cookie);
     let mut file = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -398,6 +473,13 @@ fn node_files(dir: &Path, node: &str, port: u16, dist_port: u16) -> Vec<(&'stati
         ("ERL_EPMD_ADDRESS", "127.0.0.1".to_owned()),
         ("ERL_CRASH_DUMP", path(dir.join("erl_crash.dump"))),
     ]
+}
+
+/// A random Erlang cookie.
+pub(crate) fn random_cookie() -> String {
+    (0..20)
+        .map(|_| char::from(b'A' + (random_u16() % 26) as u8))
+        .collect()
 }
 
 /// Two distinct free ports on 127.0.0.1 (AMQP and Erlang distribution).

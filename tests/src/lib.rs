@@ -8,6 +8,7 @@ pub mod amqp;
 pub mod api;
 pub mod bench;
 pub mod broker;
+pub mod cluster;
 pub mod ed25519_check;
 pub mod postgres;
 pub mod process;

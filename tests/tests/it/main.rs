@@ -7,6 +7,7 @@ mod amqp_ingest;
 mod api_surface;
 mod backpressure;
 mod broker_outage;
+mod cluster;
 mod consumer_api;
 mod delivery;
 mod event_types;

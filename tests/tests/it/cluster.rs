@@ -1,0 +1,228 @@
+//! Relay on a private three-node RabbitMQ cluster (`tests::cluster`), with nodes killed
+//! (`kill -9` of the Erlang VM) and restarted. Each test prints `FIGURE` lines (run with
+//! `--no-capture`) that docs/RELIABILITY.md records. These tests form the nextest group
+//! `cluster` (`.config/nextest.toml`): one at a time, as each boots three nodes.
+
+use std::{
+    collections::HashSet,
+    time::{Duration, Instant},
+};
+
+use lapin::{Connection, ConnectionProperties};
+use relay_shared::topology::Topology;
+use serde_json::{Value, json};
+use tests::{
+    cluster::PrivateCluster,
+    receiver::{Behaviour, Receiver},
+    system::{Options, PUBLISHER_KEY, System},
+};
+
+/// A topology prefix of the test's own.
+fn prefix(name: &str) -> String {
+    format!(
+        "{name}{}.",
+        relay_shared::ids::new_id("")
+            .to_lowercase()
+            .replace('_', "")
+    )
+}
+
+/// Declares Relay's topology (with the retry tier of `tier`) through node `url`, with the
+/// same code Relay runs, so the test can place and inspect the queues before Relay starts.
+async fn declare(url: &str, topology: &Topology, tier: Duration) {
+    let connection = Connection::connect(url, ConnectionProperties::default())
+        .await
+        .expect("connect to the cluster");
+    let channel = connection.create_channel().await.expect("channel");
+    topology.declare(&channel).await.expect("declare topology");
+    topology
+        .declare_retry_tier(&channel, tier)
+        .await
+        .expect("declare the retry tier");
+    let _ = connection.close(200, "declared".into()).await;
+}
+
+/// Publishes `n` events of `event_type` in batches of 100; returns the accepted ids.
+async fn publish(relay: &System, n: usize, event_type: &str) -> Vec<String> {
+    let mut ids = Vec::with_capacity(n);
+    for start in (0..n).step_by(100) {
+        let batch: Vec<Value> = (start..n.min(start + 100))
+            .map(|i| json!({"type": event_type, "data": {"i": i}}))
+            .collect();
+        let response = relay
+            .http
+            .post(format!("{}/v1/events/batch", relay.ingest_url))
+            .bearer_auth(PUBLISHER_KEY)
+            .json(&batch)
+            .send()
+            .await
+            .expect("ingest answers");
+        assert_eq!(response.status(), 202, "batch refused");
+        let body: Value = response.json().await.expect("JSON answer");
+        ids.extend(
+            body["ids"]
+                .as_array()
+                .expect("ids")
+                .iter()
+                .map(|id| id.as_str().expect("id").to_owned()),
+        );
+    }
+    ids
+}
+
+/// The retry-tier stranding after a node loss, produced by design. Deliveries wait in a retry
+/// tier; the node leading both the tier and `relay.redeliver` (the tier's dead-letter target)
+/// is killed. `redeliver` is placed on that node and one other only, so it cannot elect a new
+/// leader until the node is back, while the tier (three members) elects one at once: the
+/// election order "tier first", in which the tier's new dead-letter worker has its forwards to
+/// `redeliver` refused and RabbitMQ's default re-sends them only after 180 s. The node comes
+/// back after 20 s. Every delivery must arrive within 30 s of both its due time and
+/// `redeliver` having a leader again.
+async fn retry_tier_across_a_node_loss(survivor_urls: bool) {
+    const EVENTS: usize = 500;
+    const TIER: Duration = Duration::from_secs(10);
+    const OUTAGE: Duration = Duration::from_secs(20);
+    const BOUND: Duration = Duration::from_secs(30);
+
+    let cluster = PrivateCluster::start().await;
+    let prefix = prefix("tier");
+    let topology = Topology::new(&prefix);
+    let tier = topology.retry_tier(TIER);
+    declare(&cluster.urls()[0], &topology, TIER).await;
+    let doomed = cluster.leader(&tier).await;
+    let other = (doomed + 1) % 3;
+    cluster
+        .place(&topology.redeliver, doomed, &[doomed, other])
+        .await;
+
+    // Relay connects to the doomed node first; with survivor URLs it can move on.
+    let urls = cluster.urls();
+    let mut relay_urls = vec![urls[doomed].clone()];
+    if survivor_urls {
+        relay_urls.extend((0..3).filter(|&i| i != doomed).map(|i| urls[i].clone()));
+    }
+    let receiver = Receiver::start_with(Behaviour::Status(503)).await;
+    let relay = System::start_with(
+        Options::new(urls[doomed].clone())
+            .set("RELAY__AMQP__URLS", &relay_urls.join(","))
+            .set("RELAY__AMQP__PREFIX", &prefix)
+            .set("RELAY__DISPATCH__RETRY_SCHEDULE", "10s,10s")
+            // Every first attempt fails by design; the breaker must not turn them into
+            // deferrals with their own timing.
+            .set("RELAY__DISPATCH__BREAKER_FAILURES", "1000000")
+            .set("RELAY__LOG__LEVEL", "warn,relay::dispatch::worker=error"),
+    )
+    .await;
+    relay.subscribe(&receiver.url(), &["order.*"], None).await;
+    let accepted = publish(&relay, EVENTS, "order.created").await;
+
+    // Every event failed once (or was deferred) and waits in the tier.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let queued = cluster.queue(&tier).await.messages;
+        if queued as usize >= EVENTS {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {queued} of {EVENTS} reached {tier}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let all_in_tier = Instant::now();
+    let last_due = all_in_tier + TIER + TIER / 10;
+    receiver.set_behaviour(Behaviour::Status(200));
+    let healthy_from = Instant::now();
+
+    cluster.kill(doomed);
+    let killed = Instant::now();
+    let new_leader = cluster.wait_for_leader(&tier).await;
+    eprintln!(
+        "FIGURE tier {tier}: leader node {doomed} killed; new leader node {new_leader} after {:.1?}",
+        killed.elapsed()
+    );
+    // The construction must produce the stranding: expired retries held by the dead-letter
+    // worker (in `messages`, neither ready nor unacked) while `redeliver` has no quorum.
+    let mut stranded_max = 0;
+    while killed.elapsed() < OUTAGE || stranded_max == 0 {
+        let info = cluster.queue(&tier).await;
+        stranded_max = stranded_max.max(info.in_dead_letter_worker());
+        assert!(
+            killed.elapsed() < OUTAGE + Duration::from_secs(60),
+            "no retry was ever held by the tier's dead-letter worker: {info:?}"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let readiness_during_outage = relay
+        .http
+        .get(format!("{}/readyz", relay.ingest_url))
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0);
+    cluster.restart(doomed).await;
+    let down_for = killed.elapsed();
+    let redeliver_leader = cluster.wait_for_leader(&topology.redeliver).await;
+    let available = Instant::now();
+    eprintln!(
+        "FIGURE node {doomed} down {:.1?}; redeliver leader node {redeliver_leader} at +{:.1?}; \
+         up to {stranded_max} retries held by the dead-letter worker; ingest readyz during \
+         the outage {readiness_during_outage}",
+        down_for,
+        available.duration_since(killed)
+    );
+
+    let bound = last_due.max(available) + BOUND;
+    let expected: HashSet<&str> = accepted.iter().map(String::as_str).collect();
+    loop {
+        let delivered: HashSet<String> = receiver
+            .received()
+            .iter()
+            .filter(|r| r.at >= healthy_from)
+            .filter_map(|r| r.header("webhook-id").map(str::to_owned))
+            .collect();
+        let missing = expected
+            .iter()
+            .filter(|id| !delivered.contains(**id))
+            .count();
+        if missing == 0 {
+            let requests = receiver
+                .received()
+                .iter()
+                .filter(|r| r.at >= healthy_from)
+                .count();
+            eprintln!(
+                "FIGURE tier {tier} ({}): all {EVENTS} delivered {:.1?} after redeliver was back \
+                 ({:.1?} after the last due time), {} duplicates",
+                if survivor_urls {
+                    "clients hold survivor URLs"
+                } else {
+                    "clients hold the lost node's URL only"
+                },
+                Instant::now().duration_since(available),
+                Instant::now().saturating_duration_since(last_due),
+                requests - EVENTS
+            );
+            break;
+        }
+        if Instant::now() > bound {
+            let info = cluster.queues(&prefix).await;
+            panic!(
+                "{missing} of {EVENTS} retries not delivered within {BOUND:?} of their due time \
+                 and redeliver's return; queues: {info:#?}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cluster_retry_tier_across_a_node_loss_with_survivor_urls() {
+    retry_tier_across_a_node_loss(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cluster_retry_tier_across_a_node_loss_with_the_lost_node_url_only() {
+    retry_tier_across_a_node_loss(false).await;
+}
