@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Offline checks of the deploy files (no Docker engine, no cluster needed):
-#   - docker compose:  `docker-compose config` accepts deploy/docker/docker-compose.yml
+#   - docker compose:  `docker-compose config` accepts deploy/docker/docker-compose.yml, alone
+#                      and with the 3-node RabbitMQ override docker-compose.cluster.yml
 #   - Prometheus:      `promtool check config` on the scrape configs, `promtool check rules`
 #                      and the rule unit tests (`promtool test rules`)
 #   - Grafana:         the dashboard is valid JSON and every query parses as PromQL
-#   - Kubernetes:      every manifest validates (strict) against the Kubernetes schemas with
-#                      kubernetes-validate; the KEDA objects against deploy/kubernetes/keda.schema.json
-#   - RabbitMQ:        definitions.json is well formed; policies.sh parses
+#   - Kubernetes:      every manifest (Relay's, and the 3-node RabbitMQ in kubernetes/rabbitmq)
+#                      validates (strict) against the Kubernetes schemas with kubernetes-validate;
+#                      the KEDA objects against deploy/kubernetes/keda.schema.json
+#   - RabbitMQ:        definitions.json is well formed; policies.sh parses; the copies of
+#                      advanced.config and rabbitmq.conf in the Kubernetes ConfigMap match
 #   - shell:           every script under deploy/ parses (bash -n)
 #
 # Usage: deploy/check.sh        Needs promtool (Debian: prometheus), docker-compose (Debian:
@@ -44,6 +47,20 @@ services=$(cd "$deploy/docker" && docker-compose config --services)
 for service in rabbitmq postgres consumer-api ingest dispatch prometheus grafana; do
   grep -qx "$service" <<<"$services" || fail "docker-compose.yml has no service $service"
 done
+cluster_services=$(cd "$deploy/docker" &&
+  docker-compose -f docker-compose.yml -f docker-compose.cluster.yml config --services) ||
+  fail "docker-compose.cluster.yml"
+for service in rabbitmq rabbitmq-2 rabbitmq-3 ingest dispatch consumer-api; do
+  grep -qx "$service" <<<"$cluster_services" || fail "the cluster compose has no service $service"
+done
+(cd "$deploy/docker" && docker-compose -f docker-compose.yml -f docker-compose.cluster.yml config) |
+  python3 -c '
+import sys, yaml
+services = yaml.safe_load(sys.stdin)["services"]
+for name in ("ingest", "dispatch", "consumer-api"):
+    urls = services[name]["environment"]["RELAY__AMQP__URLS"].split(",")
+    assert len(urls) == 3, (name, urls)
+' || fail "the cluster compose must give Relay all three node URLs"
 grep -q 'container_name' "$deploy/docker/docker-compose.yml" &&
   fail "container_name prevents docker-compose --scale"
 grep -Eq '^USER 65532' "$deploy/docker/Dockerfile" || fail "the Dockerfile's runtime stage must run as non-root"
@@ -104,7 +121,7 @@ done
 
 step "kubernetes-validate (strict)"
 manifests=()
-for file in "$deploy"/kubernetes/*.yaml; do
+for file in "$deploy"/kubernetes/*.yaml "$deploy"/kubernetes/rabbitmq/*.yaml; do
   [[ $(basename "$file") == kustomization.yaml ]] && continue
   manifests+=("$file")
 done
@@ -121,9 +138,10 @@ for name in sorted(os.listdir(base)):
         if doc and doc.get("apiVersion", "").startswith("keda.sh/"):
             jsonschema.validate(doc, schemas[doc["kind"]])
             checked += 1
-kustomization = yaml.safe_load(open(os.path.join(base, "kustomization.yaml")))
-for resource in kustomization["resources"]:
-    assert os.path.exists(os.path.join(base, resource)), f"kustomization lists missing {resource}"
+for root in (base, os.path.join(base, "rabbitmq")):
+    kustomization = yaml.safe_load(open(os.path.join(root, "kustomization.yaml")))
+    for resource in kustomization["resources"]:
+        assert os.path.exists(os.path.join(root, resource)), f"{root}: kustomization lists missing {resource}"
 assert checked >= 2, "no KEDA ScaledObject/TriggerAuthentication found"
 print(f"{checked} KEDA objects valid; kustomization resources exist")
 PY
@@ -135,6 +153,19 @@ d = json.load(open(sys.argv[1]))
 assert {p["name"] for p in d["policies"]} >= {"relay-parked", "relay-records"}
 assert not d.get("queues"), "queues are declared by Relay itself, with their arguments"
 print(f"{len(d['policies'])} policies, {len(d['users'])} users")
+PY
+python3 - "$deploy" <<'PY' || fail "kubernetes/rabbitmq/configmap.yaml differs from deploy/rabbitmq"
+import os, sys, yaml
+deploy = sys.argv[1]
+data = yaml.safe_load(open(os.path.join(deploy, "kubernetes/rabbitmq/configmap.yaml")))["data"]
+shipped = open(os.path.join(deploy, "rabbitmq/advanced.config")).read()
+assert data["advanced.config"] == shipped, "advanced.config is not a copy of deploy/rabbitmq/advanced.config"
+settings = [l for l in open(os.path.join(deploy, "rabbitmq/rabbitmq.conf")).read().splitlines()
+            if l.strip() and not l.startswith("#") and not l.startswith("definitions.")]
+copied = data["rabbitmq.conf"].splitlines()
+missing = [l for l in settings if l not in copied]
+assert not missing, f"rabbitmq.conf settings missing from the ConfigMap: {missing}"
+print(f"ConfigMap matches deploy/rabbitmq ({len(settings)} settings)")
 PY
 for script in "$deploy"/*.sh "$deploy"/*/*.sh; do
   bash -n "$script" || fail "$script does not parse"

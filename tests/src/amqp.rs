@@ -85,3 +85,84 @@ pub async fn get_one(url: &str, queue: &str, timeout: Duration) -> Option<Messag
     let _ = connection.close(200, "done".into()).await;
     found
 }
+
+/// Publishes every `(id, body)` to `exchange` with publisher confirms, `window` at a time, as
+/// a careful producer on a cluster would: through the first node of `urls` that answers, and,
+/// when a connection fails or a window is not wholly confirmed in time, through the next node,
+/// publishing the unconfirmed window again (with the same ids: duplicates, never losses).
+/// `confirmed` counts the messages confirmed so far. Returns how many windows were re-sent.
+///
+/// # Panics
+/// When `urls` is empty.
+pub async fn publish_with_failover(
+    urls: &[String],
+    exchange: &str,
+    messages: Vec<(String, Vec<u8>)>,
+    window: usize,
+    confirmed: &std::sync::atomic::AtomicUsize,
+) -> usize {
+    use std::sync::atomic::Ordering;
+    assert!(!urls.is_empty(), "no broker URL");
+    let mut pending: std::collections::VecDeque<(String, Vec<u8>)> = messages.into();
+    let mut node = 0;
+    let mut resent = 0;
+    while !pending.is_empty() {
+        let url = &urls[node % urls.len()];
+        let connect = async {
+            let connection = Connection::connect(url, ConnectionProperties::default()).await?;
+            let channel = connection.create_channel().await?;
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
+            Ok::<_, lapin::Error>((connection, channel))
+        };
+        let Ok(Ok((connection, channel))) =
+            tokio::time::timeout(Duration::from_secs(5), connect).await
+        else {
+            node += 1;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        while !pending.is_empty() {
+            let batch: Vec<(String, Vec<u8>)> = pending.iter().take(window).cloned().collect();
+            let mut confirms = Vec::with_capacity(batch.len());
+            for (id, body) in &batch {
+                let properties = BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_content_type("application/json".into())
+                    .with_message_id(id.as_str().into());
+                match channel
+                    .basic_publish(
+                        exchange.into(),
+                        "".into(),
+                        BasicPublishOptions::default(),
+                        body,
+                        properties,
+                    )
+                    .await
+                {
+                    Ok(confirm) => confirms.push(confirm),
+                    Err(_) => break,
+                }
+            }
+            let sent = confirms.len();
+            let all = futures_util::future::join_all(confirms);
+            let acked = match tokio::time::timeout(Duration::from_secs(10), all).await {
+                Ok(results) => results
+                    .into_iter()
+                    .all(|r| r.is_ok_and(|c| c.is_ack() && c.take_message().is_none())),
+                Err(_) => false,
+            };
+            if acked && sent == batch.len() {
+                pending.drain(..sent);
+                confirmed.fetch_add(sent, Ordering::SeqCst);
+            } else {
+                resent += 1;
+                node += 1;
+                break;
+            }
+        }
+        let _ = connection.close(200, "done".into()).await;
+    }
+    resent
+}

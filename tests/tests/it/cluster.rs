@@ -226,3 +226,237 @@ async fn cluster_retry_tier_across_a_node_loss_with_survivor_urls() {
 async fn cluster_retry_tier_across_a_node_loss_with_the_lost_node_url_only() {
     retry_tier_across_a_node_loss(false).await;
 }
+
+/// Polls `/readyz` of each URL every 200 ms until stopped; returns, per URL, the total and
+/// the longest continuous time it answered anything but 200 (to within one poll: a stretch
+/// counts from the poll before the first refusal).
+struct ReadinessWatch {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Vec<(Duration, Duration)>>,
+}
+
+impl ReadinessWatch {
+    fn start(http: reqwest::Client, urls: Vec<String>) -> Self {
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            let mut spans = vec![(Duration::ZERO, Duration::ZERO); urls.len()];
+            let mut down_since: Vec<Option<Instant>> = vec![None; urls.len()];
+            let mut last = Instant::now();
+            loop {
+                let now = Instant::now();
+                let step = now - last;
+                let previous = last;
+                last = now;
+                for (i, url) in urls.iter().enumerate() {
+                    let ready = http
+                        .get(format!("{url}/readyz"))
+                        .timeout(Duration::from_secs(1))
+                        .send()
+                        .await
+                        .is_ok_and(|r| r.status() == 200);
+                    if ready {
+                        down_since[i] = None;
+                    } else {
+                        spans[i].0 += step;
+                        let since = *down_since[i].get_or_insert(previous);
+                        spans[i].1 = spans[i].1.max(now - since);
+                    }
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    _ = stopped.changed() => return spans,
+                }
+            }
+        });
+        Self { stop, task }
+    }
+
+    async fn finish(self) -> Vec<(Duration, Duration)> {
+        let _ = self.stop.send(true);
+        self.task.await.expect("readiness watch")
+    }
+}
+
+/// Posts `events` (each with its own `id`) in batches of 100, each batch again until it is
+/// answered 202 (a producer retrying a 503 with the same ids); `accepted` counts them.
+async fn http_producer(
+    http: reqwest::Client,
+    ingest_url: String,
+    events: Vec<Value>,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> usize {
+    let mut refused = 0;
+    for batch in events.chunks(100) {
+        loop {
+            let answer = http
+                .post(format!("{ingest_url}/v1/events/batch"))
+                .bearer_auth(PUBLISHER_KEY)
+                .json(&batch)
+                .timeout(Duration::from_secs(30))
+                .send()
+                .await;
+            if answer.is_ok_and(|r| r.status() == 202) {
+                accepted.fetch_add(batch.len(), std::sync::atomic::Ordering::SeqCst);
+                break;
+            }
+            refused += 1;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    refused
+}
+
+/// Node loss: 10,000 events, half over HTTP and half straight over AMQP, both with publisher
+/// confirms, while the node leading `relay.ingress` — the node Relay's processes are connected
+/// to — is killed mid-stream (`kill -9` of its Erlang VM, after 3,000 events were accepted)
+/// and restarted 15 s later. Every accepted event is delivered; none is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cluster_node_loss_mid_stream_loses_no_accepted_event() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    };
+    const PER_SOURCE: usize = 5_000;
+    const KILL_AFTER: usize = 3_000;
+    const DOWN_FOR: Duration = Duration::from_secs(15);
+
+    let cluster = PrivateCluster::start().await;
+    let prefix = prefix("loss");
+    let topology = Topology::new(&prefix);
+    declare(&cluster.urls()[0], &topology, Duration::from_secs(5)).await;
+    let doomed = cluster.leader(&topology.ingress).await;
+    let urls = cluster.urls();
+    // Relay's processes start on the doomed node and must fail over to a survivor.
+    let relay_urls: Vec<String> = (0..3).map(|k| urls[(doomed + k) % 3].clone()).collect();
+    let receiver = Receiver::start().await;
+    let relay = System::start_with(
+        Options {
+            dispatchers: 2,
+            ..Options::new(urls[doomed].clone())
+        }
+        .set("RELAY__AMQP__URLS", &relay_urls.join(","))
+        .set("RELAY__AMQP__PREFIX", &prefix)
+        .set("RELAY__DISPATCH__RETRY_SCHEDULE", "1s,1s,1s")
+        .set("RELAY__LOG__LEVEL", "error"),
+    )
+    .await;
+    relay.subscribe(&receiver.url(), &["order.*"], None).await;
+
+    let http_events: Vec<Value> = (0..PER_SOURCE)
+        .map(|i| json!({"id": format!("http-{i}"), "type": "order.created", "data": {"i": i}}))
+        .collect();
+    let amqp_events: Vec<(String, Vec<u8>)> = (0..PER_SOURCE)
+        .map(|i| {
+            let id = format!("amqp-{i}");
+            let body = json!({"id": id, "type": "order.created", "data": {"i": i}});
+            (id, body.to_string().into_bytes())
+        })
+        .collect();
+    let mut expected: HashSet<String> = HashSet::new();
+    expected.extend((0..PER_SOURCE).map(|i| format!("http-{i}")));
+    expected.extend((0..PER_SOURCE).map(|i| format!("amqp-{i}")));
+
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let http_task = tokio::spawn(http_producer(
+        relay.http.clone(),
+        relay.ingest_url.clone(),
+        http_events,
+        accepted.clone(),
+    ));
+    // The AMQP producer holds every node's URL, starting with a survivor.
+    let producer_urls: Vec<String> = (1..=3).map(|k| urls[(doomed + k) % 3].clone()).collect();
+    let exchange = topology.events.clone();
+    let amqp_accepted = accepted.clone();
+    let amqp_task = tokio::spawn(async move {
+        tests::amqp::publish_with_failover(
+            &producer_urls,
+            &exchange,
+            amqp_events,
+            100,
+            &amqp_accepted,
+        )
+        .await
+    });
+
+    while accepted.load(Ordering::SeqCst) < KILL_AFTER {
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "only {} events accepted in 300 s",
+            accepted.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut ready_urls = vec![relay.ingest_url.clone()];
+    ready_urls.extend(relay.dispatcher_urls.iter().cloned());
+    let watch = ReadinessWatch::start(relay.http.clone(), ready_urls);
+    cluster.kill(doomed);
+    let killed = Instant::now();
+    let at_kill = accepted.load(Ordering::SeqCst);
+    tokio::time::sleep(DOWN_FOR).await;
+    cluster.restart(doomed).await;
+    let restarted = killed.elapsed();
+
+    let http_refused = http_task.await.expect("HTTP producer");
+    let amqp_resent = amqp_task.await.expect("AMQP producer");
+    let published = started.elapsed();
+
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let delivered = loop {
+        let received = receiver.received();
+        let distinct: HashSet<String> = received
+            .iter()
+            .filter_map(|r| r.header("webhook-id").map(str::to_owned))
+            .collect();
+        if expected.iter().all(|id| distinct.contains(id)) {
+            break received;
+        }
+        if Instant::now() > deadline {
+            let missing: Vec<&String> = expected
+                .iter()
+                .filter(|id| !distinct.contains(*id))
+                .take(10)
+                .collect();
+            panic!(
+                "{} of {} accepted events not delivered after 300 s, e.g. {missing:?}; queues: {:#?}",
+                expected.len() - distinct.len().min(expected.len()),
+                expected.len(),
+                cluster.queues(&prefix).await
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let readiness = watch.finish().await;
+
+    // The longest stretch without a delivery after the kill: the time to resume.
+    let mut times: Vec<Instant> = delivered
+        .iter()
+        .map(|r| r.at)
+        .filter(|at| *at >= killed)
+        .collect();
+    times.sort();
+    let resume = times
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .chain(times.first().map(|first| *first - killed))
+        .max()
+        .unwrap_or_default();
+    eprintln!(
+        "FIGURE node loss: {} events accepted ({at_kill} before the kill of node {doomed}, the \
+         ingress leader), node back after {restarted:.1?}, published in {published:.1?} \
+         (HTTP batches refused and retried: {http_refused}; AMQP windows re-sent: {amqp_resent}); \
+         delivered {} distinct, {} duplicates, lost 0; longest pause in deliveries after the \
+         kill {resume:.1?}",
+        expected.len(),
+        expected.len(),
+        delivered.len() - expected.len(),
+    );
+    let names = ["ingest", "dispatcher 1", "dispatcher 2"];
+    for (name, (total, longest)) in names.iter().zip(&readiness) {
+        eprintln!(
+            "FIGURE node loss: {name} not ready for {total:.1?} in total, {longest:.1?} at most \
+             at once"
+        );
+    }
+    relay.stop().await;
+}
