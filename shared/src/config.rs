@@ -147,6 +147,12 @@ pub struct AmqpSettings {
     /// Longest wait between reconnection attempts (the backoff doubles up to it).
     #[serde(with = "humantime_serde")]
     pub reconnect_max_backoff: Duration,
+    /// After creating Relay's queues (the first start on a broker), how long a process waits
+    /// before it reports ready and takes traffic: a quorum queue whose node is killed within
+    /// about 2 s of its creation can come back empty, confirmed messages lost (RabbitMQ 3.10;
+    /// docs/RELIABILITY.md). `0s` turns the wait off.
+    #[serde(with = "humantime_serde")]
+    pub new_topology_settle: Duration,
 }
 
 impl AmqpSettings {

@@ -153,12 +153,48 @@ async fn open(
     topology: &Topology,
 ) -> Result<Connection, AmqpError> {
     let connection = amqp::connect(settings, url, name).await?;
+    let created = is_new(&connection, topology).await;
     let channel = connection.create_channel().await?;
     tokio::time::timeout(settings.connect_timeout, topology.declare(&channel))
         .await
         .map_err(|_| AmqpError::Timeout(settings.connect_timeout))??;
     let _ = channel.close(200, "topology declared".into()).await;
+    if created && !settings.new_topology_settle.is_zero() {
+        // A quorum queue killed within about 2 s of its creation can lose what it confirmed:
+        // take no traffic until the new queues are durable.
+        tracing::info!(
+            connection = name,
+            settle = ?settings.new_topology_settle,
+            "created the topology; waiting before taking traffic"
+        );
+        tokio::time::sleep(settings.new_topology_settle).await;
+    }
     Ok(connection)
+}
+
+/// Whether the topology has yet to be created: the ingress queue does not exist (a passive
+/// declaration fails, which closes that throwaway channel). Any failure counts as new, which
+/// only costs a wait.
+async fn is_new(connection: &Connection, topology: &Topology) -> bool {
+    let Ok(channel) = connection.create_channel().await else {
+        return true;
+    };
+    let passive = lapin::options::QueueDeclareOptions {
+        passive: true,
+        ..lapin::options::QueueDeclareOptions::default()
+    };
+    let found = channel
+        .queue_declare(
+            topology.ingress.as_str().into(),
+            passive,
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .is_ok();
+    if found {
+        let _ = channel.close(200, "checked".into()).await;
+    }
+    !found
 }
 
 /// Resolves when the connection reports an error or stops being connected.

@@ -138,6 +138,8 @@ impl System {
             ("RELAY__AMQP__URL".into(), options.amqp_url.clone()),
             ("RELAY__AMQP__PREFIX".into(), format!("{}.", unique("t"))),
             ("RELAY__AMQP__RECONNECT_MAX_BACKOFF".into(), "1s".into()),
+            // Every test creates its own topology and kills no node in its first seconds.
+            ("RELAY__AMQP__NEW_TOPOLOGY_SETTLE".into(), "0s".into()),
             ("RELAY__INGEST__PUBLISHER_KEYS".into(), PUBLISHER_KEY.into()),
             ("RELAY__INGEST__PUBLISH_TIMEOUT".into(), "3s".into()),
             ("RELAY__API__ADMIN_KEY".into(), ADMIN_KEY.into()),

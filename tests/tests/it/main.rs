@@ -20,6 +20,7 @@ mod reliability;
 mod replay;
 mod signing;
 mod subscriptions;
+mod topology;
 
 use tests::{broker::shared_amqp_url, system::System};
 
