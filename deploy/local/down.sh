@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Stops what deploy/local/up.sh started: ingest first, then the dispatchers, then consumer-api
 # (each gets SIGTERM and time to drain), then the RabbitMQ node if deploy/local/broker.sh
-# started it. Data (relay.db, the broker's queues, keys, logs) stays in $RELAY_HOME.
+# started it (or the 3-node cluster after `up.sh --cluster`). Data (relay.db, the broker's
+# queues, keys, logs) stays in $RELAY_HOME.
 #
 # Usage: deploy/local/down.sh [--keep-broker]
 #
@@ -62,5 +63,9 @@ fi
 stop consumer-api
 
 if [[ $keep_broker == false ]]; then
-  "$root/deploy/local/broker.sh" stop
+  if [[ -f $RELAY_HOME/cluster.mode ]]; then
+    "$root/deploy/local/cluster.sh" down
+  else
+    "$root/deploy/local/broker.sh" stop
+  fi
 fi

@@ -2,7 +2,9 @@
 # Starts Relay locally: a RabbitMQ broker, consumer-api, N dispatchers and ingest, each a
 # background process on loopback with its log in $RELAY_HOME/logs and pid in $RELAY_HOME/pids.
 #
-# Usage: deploy/local/up.sh [--dispatchers N]      (stop everything with deploy/local/down.sh)
+# Usage: deploy/local/up.sh [--dispatchers N] [--cluster]   (stop everything with down.sh)
+#   --cluster   run on a local 3-node RabbitMQ cluster (deploy/local/cluster.sh) instead of one
+#               node; every process gets the three node URLs (RELAY__AMQP__URLS)
 #
 # State lives in $RELAY_HOME (default: ./.relay): keys.env (generated once, reused), relay.toml
 # (generated when missing; edit freely, delete to regenerate), relay.db, logs/, pids/, rabbitmq/.
@@ -17,8 +19,13 @@ cd "$root"
 usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; }
 
 dispatchers=1
+cluster=false
 while (($# > 0)); do
   case $1 in
+    --cluster)
+      cluster=true
+      shift
+      ;;
     --dispatchers)
       [[ ${2:-} =~ ^[1-9][0-9]*$ ]] || {
         echo "up.sh: --dispatchers needs a positive number" >&2
@@ -58,7 +65,17 @@ mkdir -p "$logs" "$pids"
 step() { printf '==> %s\n' "$*" >&2; }
 
 step "broker"
-amqp_url=$("$root/deploy/local/broker.sh" start)
+if [[ $cluster == true ]]; then
+  "$root/deploy/local/cluster.sh" up >/dev/null
+  # The environment overrides relay.toml's [amqp] url for every process started below.
+  RELAY__AMQP__URLS=$("$root/deploy/local/cluster.sh" urls)
+  export RELAY__AMQP__URLS
+  amqp_url=${RELAY__AMQP__URLS%%,*}
+  : >"$RELAY_HOME/cluster.mode"
+else
+  amqp_url=$("$root/deploy/local/broker.sh" start)
+  rm -f "$RELAY_HOME/cluster.mode"
+fi
 
 step "building release binaries"
 cargo build --release --bins
@@ -207,7 +224,7 @@ Relay is up (state in $RELAY_HOME, logs in $logs).
   ingest        http://127.0.0.1:8080    publisher key: $publisher_key
   consumer-api  http://127.0.0.1:8090    admin key:     $RELAY__API__ADMIN_KEY
   dispatchers   $dispatchers, metrics and health on 127.0.0.1:$dispatch_ports
-  RabbitMQ      $amqp_url
+  RabbitMQ      ${RELAY__AMQP__URLS:-$amqp_url}
 
 Send an event:
   curl -sS -X POST http://127.0.0.1:8080/v1/events \\
