@@ -17,6 +17,10 @@
 #   RELAY_AMQP_DIST_PORT    Erlang distribution port on 127.0.0.1 (default: AMQP port + 20000)
 #   RELAY_RABBITMQ_NODE     Erlang node name (default: relay-<AMQP port>@localhost)
 #   RELAY_BROKER_TIMEOUT    seconds to wait for the node to accept connections (default: 90)
+#   RELAY_BROKER_ADVANCED_CONFIG  advanced.config for the node (default: none, `[].`)
+#   RELAY_BROKER_EXTRA_CONF text appended to the node's rabbitmq.conf (default: none)
+# A cookie already in $RELAY_HOME/rabbitmq/home/.erlang.cookie is kept (cluster.sh gives every
+# node of its cluster the same one this way).
 set -euo pipefail
 
 relay_home=${RELAY_HOME:-$PWD/.relay}
@@ -111,7 +115,11 @@ load_started() {
 write_node_files() {
   mkdir -p "$base/home" "$base/mnesia" "$base/log"
   printf '[].\n' >"$base/enabled_plugins"
-  printf '[].\n' >"$base/advanced.config"
+  if [[ -n ${RELAY_BROKER_ADVANCED_CONFIG:-} ]]; then
+    cp "$RELAY_BROKER_ADVANCED_CONFIG" "$base/advanced.config"
+  else
+    printf '[].\n' >"$base/advanced.config"
+  fi
   # Replaces /etc/rabbitmq/rabbitmq-env.conf for this node.
   : >"$base/rabbitmq-env.conf"
   cat >"$base/rabbitmq.conf" <<EOF
@@ -120,6 +128,7 @@ listeners.tcp.default = 127.0.0.1:${port}
 loopback_users.guest = true
 log.console = false
 log.file.level = info
+${RELAY_BROKER_EXTRA_CONF:-}
 EOF
   if [[ ! -s $base/home/.erlang.cookie ]]; then
     (

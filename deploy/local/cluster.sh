@@ -17,7 +17,7 @@
 #   ctl NODE ARGS...  rabbitmqctl against node NODE, e.g. `ctl 1 list_queues name leader`.
 #
 # Every node uses Relay's broker configuration from deploy/rabbitmq: advanced.config as is,
-# and the cluster settings of rabbitmq.conf (leader placement, heartbeat, consumer timeout).
+# and the cluster section of rabbitmq.conf (leader placement).
 # The nodes share one Erlang cookie and listen on loopback only.
 #
 # Environment:
@@ -25,8 +25,9 @@
 #   RELAY_CLUSTER_PORT        AMQP port of node 1 (default 5681); node i listens on PORT + i - 1
 #                             and on PORT + 20000 + i - 1 for Erlang distribution
 #   RELAY_CLUSTER_ADVANCED_CONFIG  advanced.config to use instead of deploy/rabbitmq/advanced.config
-#                             (e.g. /dev/null-like `[].` to see the broker's defaults)
+#                             (e.g. a file holding `[].` for the broker defaults)
 #   RELAY_BROKER_TIMEOUT      seconds to wait for a node to accept connections (default: 90)
+# Each node is a deploy/local/broker.sh node with its state in $RELAY_HOME/cluster/nodeN.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -34,9 +35,10 @@ relay_home=${RELAY_HOME:-$PWD/.relay}
 [[ $relay_home == /* ]] || relay_home=$PWD/$relay_home
 base_port=${RELAY_CLUSTER_PORT:-5681}
 advanced=${RELAY_CLUSTER_ADVANCED_CONFIG:-$root/deploy/rabbitmq/advanced.config}
-wait_secs=${RELAY_BROKER_TIMEOUT:-90}
 state=$relay_home/cluster
 nodes=(1 2 3)
+# The cluster settings of deploy/rabbitmq/rabbitmq.conf, added to every node's configuration.
+cluster_conf=$(sed -n '/^# --- cluster ---/,/^# --- end cluster ---/p' "$root/deploy/rabbitmq/rabbitmq.conf")
 
 log() { printf 'cluster: %s\n' "$*" >&2; }
 die() {
@@ -49,186 +51,67 @@ die() {
 [[ -f $advanced ]] || die "advanced.config not found: $advanced"
 
 port_of() { printf '%s\n' "$((base_port + $1 - 1))"; }
-dist_port_of() { printf '%s\n' "$((base_port + 20000 + $1 - 1))"; }
-name_of() { printf 'relay%s-%s@localhost\n' "$1" "$base_port"; }
 dir_of() { printf '%s/node%s\n' "$state" "$1"; }
 url_of() { printf 'amqp://guest:guest@127.0.0.1:%s/%%2f\n' "$(port_of "$1")"; }
-
-port_open() {
-  (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
-}
-
-alive() {
-  [[ -n ${1:-} ]] && kill -0 "$1" 2>/dev/null
-}
-
-# The Erlang VM's pid of node $1, if it is running.
-vm_pid() {
-  local pid file
-  file=$(dir_of "$1")/rabbitmq.pid
-  [[ -f $file ]] || return 1
-  pid=$(<"$file")
-  alive "$pid" && printf '%s\n' "$pid"
-}
-
-# The pid of the launcher script of node $1, if it is running.
-launcher_pid() {
-  local pid file
-  file=$(dir_of "$1")/launcher.pid
-  [[ -f $file ]] || return 1
-  pid=$(<"$file")
-  alive "$pid" && printf '%s\n' "$pid"
-}
+name_of() { printf 'relay%s-%s@localhost\n' "$1" "$base_port"; }
 
 valid_node() {
   [[ ${1:-} =~ ^[123]$ ]] || die "NODE must be 1, 2 or 3 (got '${1:-}')"
 }
 
-# Same lookup as broker.sh: Debian's /usr/sbin wrappers switch to the rabbitmq user when run
-# as root (and then use that user's cookie), so the scripts behind them are used directly.
-find_bin_dir() {
-  if [[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ]]; then
-    printf '%s\n' /usr/lib/rabbitmq/bin
-  elif command -v rabbitmq-server >/dev/null 2>&1; then
-    dirname "$(command -v rabbitmq-server)"
-  else
-    return 1
-  fi
-}
-
-bin_dir() {
-  local dir
-  if ! dir=$(find_bin_dir); then
-    command -v apt-get >/dev/null 2>&1 || die "rabbitmq-server is not installed (RabbitMQ 3.10+)"
-    log "installing rabbitmq-server with apt-get"
-    local sudo=()
-    [[ $(id -u) -eq 0 ]] || sudo=(sudo)
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q >&2
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
-      --no-install-recommends rabbitmq-server >&2 || die "apt-get install rabbitmq-server failed"
-    dir=$(find_bin_dir) || die "rabbitmq-server still not found after installing it"
-  fi
-  printf '%s\n' "$dir"
-}
-
-# Exports what rabbitmq-server and rabbitmqctl need for node $1.
-node_env() {
-  local dir
-  dir=$(dir_of "$1")
-  export HOME=$dir/home
-  export RABBITMQ_NODENAME
-  RABBITMQ_NODENAME=$(name_of "$1")
-  export RABBITMQ_NODE_IP_ADDRESS=127.0.0.1
-  export RABBITMQ_NODE_PORT
-  RABBITMQ_NODE_PORT=$(port_of "$1")
-  export RABBITMQ_DIST_PORT
-  RABBITMQ_DIST_PORT=$(dist_port_of "$1")
-  export RABBITMQ_MNESIA_BASE=$dir/mnesia
-  export RABBITMQ_LOG_BASE=$dir/log
-  export RABBITMQ_PID_FILE=$dir/rabbitmq.pid
-  export RABBITMQ_ENABLED_PLUGINS_FILE=$dir/enabled_plugins
-  export RABBITMQ_CONFIG_FILE=$dir/rabbitmq.conf
-  export RABBITMQ_ADVANCED_CONFIG_FILE=$dir/advanced.config
-  export RABBITMQ_CONF_ENV_FILE=$dir/rabbitmq-env.conf
-  export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS='-kernel inet_dist_use_interface {127,0,0,1}'
-  export RABBITMQ_CTL_ERL_ARGS='-kernel inet_dist_use_interface {127,0,0,1}'
-  export RABBITMQ_CTL_DIST_PORT_MIN=0 RABBITMQ_CTL_DIST_PORT_MAX=0
-  export ERL_EPMD_ADDRESS=127.0.0.1
-  export ERL_CRASH_DUMP=$dir/log/erl_crash.dump
+# broker.sh for node $1 (its own state directory, ports and name; the cluster's configuration).
+broker() {
+  local node=$1
+  shift
+  RELAY_HOME=$(dir_of "$node") \
+    RELAY_AMQP_PORT=$(port_of "$node") \
+    RELAY_AMQP_DIST_PORT=$((base_port + 20000 + node - 1)) \
+    RELAY_RABBITMQ_NODE=$(name_of "$node") \
+    RELAY_BROKER_ADVANCED_CONFIG=$advanced \
+    RELAY_BROKER_EXTRA_CONF=$cluster_conf \
+    "$root/deploy/local/broker.sh" "$@"
 }
 
 ctl() {
   local node=$1
   shift
-  (
-    node_env "$node"
-    timeout 120 "$(bin_dir)/rabbitmqctl" -n "$(name_of "$node")" "$@"
-  )
+  broker "$node" ctl "$@"
 }
 
-# Writes node $1's files; the cookie is the cluster's, shared by every node.
-write_node_files() {
-  local node=$1 dir
-  dir=$(dir_of "$node")
-  mkdir -p "$dir/home" "$dir/mnesia" "$dir/log"
-  # Relay needs no plugin: its sharded ingress routes with a plain exchange (docs/SCALING.md).
-  printf '[].\n' >"$dir/enabled_plugins"
-  cp "$advanced" "$dir/advanced.config"
-  : >"$dir/rabbitmq-env.conf"
-  cat >"$dir/rabbitmq.conf" <<EOF
-# Written by deploy/local/cluster.sh for node $node of a local 3-node cluster.
-listeners.tcp.default = 127.0.0.1:$(port_of "$node")
-loopback_users.guest = true
-log.console = false
-log.file.level = info
-# The cluster settings of deploy/rabbitmq/rabbitmq.conf:
-$(sed -n '/^# --- cluster ---/,/^# --- end cluster ---/p' "$root/deploy/rabbitmq/rabbitmq.conf")
-EOF
+# The Erlang VM's pid of node $1, if it is running.
+vm_pid() {
+  local pid file
+  file=$(dir_of "$1")/rabbitmq/rabbitmq.pid
+  [[ -f $file ]] || return 1
+  pid=$(<"$file")
+  [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null && printf '%s\n' "$pid"
+}
+
+# Gives node $1 the cluster's cookie (broker.sh keeps a cookie it finds).
+share_cookie() {
+  local home
+  home=$(dir_of "$1")/rabbitmq/home
   if [[ ! -s $state/cookie ]]; then
+    mkdir -p "$state"
     (
       umask 077
-      mkdir -p "$state"
       od -An -tx1 -N20 /dev/urandom | tr -d ' \n' | tr 'a-f' 'A-F' >"$state/cookie"
     )
   fi
-  install -m 0400 "$state/cookie" "$dir/home/.erlang.cookie.new"
-  mv -f "$dir/home/.erlang.cookie.new" "$dir/home/.erlang.cookie"
-}
-
-log_tail() {
-  local dir file
-  dir=$(dir_of "$1")
-  for file in "$dir/log/$(name_of "$1").log" "$dir/log/stdout.log"; do
-    [[ -f $file ]] || continue
-    log "--- last lines of $file ---"
-    tail -n 30 "$file" >&2
-  done
-}
-
-# Starts node $1 in the background (no wait).
-spawn_node() {
-  local node=$1 dir bin
-  dir=$(dir_of "$node")
-  if launcher_pid "$node" >/dev/null || vm_pid "$node" >/dev/null; then
-    return
-  fi
-  port_open "$(port_of "$node")" &&
-    die "port $(port_of "$node") is taken by something else (set RELAY_CLUSTER_PORT)"
-  bin=$(bin_dir)
-  write_node_files "$node"
-  rm -f "$dir/rabbitmq.pid"
-  log "starting node $(name_of "$node") on 127.0.0.1:$(port_of "$node")"
-  (
-    node_env "$node"
-    # A session of its own: Ctrl-C in the calling terminal does not reach the node.
-    setsid "$bin/rabbitmq-server" >>"$dir/log/stdout.log" 2>&1 </dev/null &
-    printf '%s\n' "$!" >"$dir/launcher.pid"
-  )
-}
-
-# Waits until node $1 accepts connections and its application runs.
-wait_node() {
-  local node=$1 deadline=$((SECONDS + wait_secs))
-  until port_open "$(port_of "$node")"; do
-    if ! launcher_pid "$node" >/dev/null && ! vm_pid "$node" >/dev/null; then
-      log "node $node exited while starting"
-      log_tail "$node"
-      exit 1
-    fi
-    if ((SECONDS >= deadline)); then
-      log "node $node did not accept connections within ${wait_secs}s"
-      log_tail "$node"
-      exit 1
-    fi
-    sleep 0.3
-  done
+  mkdir -p "$home"
+  [[ -s $home/.erlang.cookie ]] || install -m 0400 "$state/cookie" "$home/.erlang.cookie"
 }
 
 cmd_up() {
-  local node
+  local node pids=() failed=0
   # All at once: a node restarted after `down` waits for the peers it last saw running.
-  for node in "${nodes[@]}"; do spawn_node "$node"; done
-  for node in "${nodes[@]}"; do wait_node "$node"; done
+  for node in "${nodes[@]}"; do
+    share_cookie "$node"
+    broker "$node" start >/dev/null &
+    pids+=("$!")
+  done
+  for node in "${!pids[@]}"; do wait "${pids[$node]}" || failed=1; done
+  ((failed == 0)) || die "a node did not start (logs in $state/node*/rabbitmq/log)"
   for node in 2 3; do
     [[ -f $(dir_of "$node")/joined ]] && continue
     log "joining node $node to node 1"
@@ -238,10 +121,8 @@ cmd_up() {
     : >"$(dir_of "$node")/joined"
   done
   ctl 1 await_online_nodes 3 >&2
-  (
-    node_env 1
-    RABBITMQCTL="$(bin_dir)/rabbitmqctl -n $(name_of 1)" "$root/deploy/rabbitmq/policies.sh" >&2
-  )
+  RABBITMQCTL="env RELAY_HOME=$(dir_of 1) $root/deploy/local/broker.sh ctl" \
+    "$root/deploy/rabbitmq/policies.sh" >&2
   log "3 nodes up; Relay settings: RELAY__AMQP__URLS=$(cmd_urls)"
   for node in "${nodes[@]}"; do url_of "$node"; done
 }
@@ -255,30 +136,10 @@ cmd_urls() {
   )
 }
 
-# Stops node $1 cleanly, waiting for its processes.
-stop_node() {
-  local node=$1 vm launcher deadline
-  vm=$(vm_pid "$node" || true)
-  launcher=$(launcher_pid "$node" || true)
-  [[ -n $vm || -n $launcher ]] || return 0
-  log "stopping node $node"
-  ctl "$node" stop >&2 || kill -TERM $launcher $vm 2>/dev/null || true
-  deadline=$((SECONDS + 60))
-  while alive "$vm" || alive "$launcher"; do
-    if ((SECONDS >= deadline)); then
-      log "node $node still running after 60s; killing it"
-      kill -KILL $vm $launcher 2>/dev/null || true
-      break
-    fi
-    sleep 0.2
-  done
-  rm -f "$(dir_of "$node")/launcher.pid"
-}
-
 cmd_down() {
   local node
-  # In reverse, so node 1 (the one others joined) is stopped last and may start first.
-  for node in 3 2 1; do stop_node "$node"; done
+  # In reverse, so node 1 (the one the others joined) stops last and may start first.
+  for node in 3 2 1; do broker "$node" stop; done
   log "stopped; data kept in $state"
 }
 
@@ -288,29 +149,23 @@ cmd_kill() {
   vm=$(vm_pid "$node") || die "node $node is not running"
   log "kill -9 of node $node's Erlang VM (pid $vm)"
   kill -KILL "$vm"
-  while alive "$vm"; do sleep 0.05; done
-  rm -f "$(dir_of "$node")/launcher.pid"
+  while kill -0 "$vm" 2>/dev/null; do sleep 0.05; done
 }
 
 cmd_start() {
   local node=$1
   valid_node "$node"
-  [[ -d $(dir_of "$node")/mnesia ]] || die "node $node was never started; run: $0 up"
-  spawn_node "$node"
-  wait_node "$node"
+  [[ -f $(dir_of "$node")/joined || $node == 1 ]] || die "node $node never joined; run: $0 up"
+  broker "$node" start >/dev/null
   log "node $node is up: $(url_of "$node")"
 }
 
 cmd_status() {
-  local node running=0 vm
+  local node running=0
   for node in "${nodes[@]}"; do
-    if vm=$(vm_pid "$node"); then
-      if port_open "$(port_of "$node")"; then
-        log "node $node $(name_of "$node") (pid $vm) accepts connections: $(url_of "$node")"
-        running=$node
-      else
-        log "node $node $(name_of "$node") (pid $vm) running, not accepting connections"
-      fi
+    if broker "$node" status 2>/dev/null; then
+      log "node $node $(name_of "$node") accepts connections: $(url_of "$node")"
+      running=$node
     else
       log "node $node $(name_of "$node") is down"
     fi
@@ -334,7 +189,7 @@ case ${1:-} in
   start) cmd_start "${2:-}" ;;
   stop)
     valid_node "${2:-}"
-    stop_node "$2"
+    broker "$2" stop
     ;;
   ctl)
     valid_node "${2:-}"
