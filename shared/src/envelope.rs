@@ -2,7 +2,8 @@
 //! normalised, and what subscribers receive.
 //!
 //! ```json
-//! {"id": "evt_…", "type": "order.created", "data": {…}, "consumer": "acme", "occurred_at": "2026-01-01T00:00:00Z"}
+//! {"id": "evt_…", "type": "order.created", "data": {…}, "consumer": "acme", "occurred_at": "2026-01-01T00:00:00Z",
+//!  "ordering_key": "order-1042"}
 //! ```
 
 use serde::{Deserialize, Serialize};
@@ -37,6 +38,10 @@ pub struct IncomingEvent {
     /// RFC 3339 time the event happened; the acceptance time when absent.
     #[serde(default)]
     pub occurred_at: Option<String>,
+    /// Events with the same key go to the same ingress shard, and subscriptions with
+    /// `"ordering": "key"` receive them in publish order; the event id when absent.
+    #[serde(default)]
+    pub ordering_key: Option<String>,
 }
 
 /// A validated, normalised event: every field present, `occurred_at` in UTC.
@@ -55,6 +60,9 @@ pub struct Envelope {
     pub consumer: Option<String>,
     /// The producer's payload.
     pub data: Box<RawValue>,
+    /// The producer's ordering key, if it gave one (see [`Envelope::ordering_key`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ordering_key: Option<String>,
 }
 
 /// Why an event was refused; `field` is the JSON path at fault (empty for the whole body).
@@ -217,6 +225,16 @@ impl IncomingEvent {
                 ),
             ));
         }
+        if let Some(key) = &self.ordering_key
+            && !valid_token(key, MAX_ID_LEN)
+        {
+            return Err(EnvelopeError::field(
+                "ordering_key",
+                format!(
+                    "ordering_key must be 1 to {MAX_ID_LEN} characters of A-Z, a-z, 0-9, '_', '-', '.', ':'"
+                ),
+            ));
+        }
         let occurred_at = match self.occurred_at {
             None => rfc3339(now),
             Some(s) => match OffsetDateTime::parse(&s, &Rfc3339) {
@@ -242,11 +260,18 @@ impl IncomingEvent {
             occurred_at,
             consumer: self.consumer,
             data,
+            ordering_key: self.ordering_key,
         })
     }
 }
 
 impl Envelope {
+    /// The key that places the event on an ingress shard and orders it: the producer's
+    /// `ordering_key`, else the event id (so events without one spread evenly).
+    pub fn ordering_key(&self) -> &str {
+        self.ordering_key.as_deref().unwrap_or(&self.id)
+    }
+
     /// The JSON body delivered to subscribers and stored on the broker.
     pub fn to_json(&self) -> Vec<u8> {
         // Serialising a struct of strings and a RawValue cannot fail.
@@ -343,6 +368,21 @@ mod tests {
                 "consumer",
             ),
             (
+                r#"{"type":"a","ordering_key":"has space"}"#,
+                EnvelopeErrorKind::InvalidField,
+                "ordering_key",
+            ),
+            (
+                r#"{"type":"a","ordering_key":""}"#,
+                EnvelopeErrorKind::InvalidField,
+                "ordering_key",
+            ),
+            (
+                &format!(r#"{{"type":"a","ordering_key":"{}"}}"#, "k".repeat(129)),
+                EnvelopeErrorKind::InvalidField,
+                "ordering_key",
+            ),
+            (
                 r#"{"type":"a","occurred_at":"yesterday"}"#,
                 EnvelopeErrorKind::InvalidField,
                 "occurred_at",
@@ -366,6 +406,21 @@ mod tests {
                 "{body}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn the_ordering_key_defaults_to_the_id_and_is_delivered_when_given() {
+        let plain = normalise(r#"{"type":"a","id":"e1"}"#).unwrap();
+        assert_eq!(plain.ordering_key(), "e1");
+        assert!(!String::from_utf8(plain.to_json()).unwrap().contains("ordering_key"));
+        let keyed = normalise(&format!(
+            r#"{{"type":"a","id":"e2","ordering_key":"{}"}}"#,
+            "k".repeat(128)
+        ))
+        .unwrap();
+        assert_eq!(keyed.ordering_key(), "k".repeat(128));
+        let json = String::from_utf8(keyed.to_json()).unwrap();
+        assert!(json.contains(r#""ordering_key":"kkk"#), "{json}");
     }
 
     #[test]

@@ -33,17 +33,20 @@ pub const SHARED_URL_ENV: &str = "RELAY_TEST_AMQP_URL";
 /// Optional override of the directory holding `rabbitmq-server` and `rabbitmqctl`.
 pub const BIN_DIR_ENV: &str = "RELAY_TEST_RABBITMQ_BIN_DIR";
 
-/// How long a node may take to accept AMQP connections after a start or `start_app`.
-const START_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a node may take to accept AMQP connections after a start or `start_app`; a start
+/// that takes longer is abandoned and tried again (see [`START_ATTEMPTS`]).
+const START_TIMEOUT: Duration = Duration::from_secs(90);
 
-/// How long a killed cluster node may take to come back: it boots while its peers carry the
-/// test's load and syncs its queues from them (40-60 s seen on a loaded 2-core machine).
-const RESTART_TIMEOUT: Duration = Duration::from_secs(180);
+/// How long a killed cluster node may take to come back before it is killed and started
+/// again: it boots while its peers carry the test's load and syncs its queues from them
+/// (15-45 s seen on a loaded 2-core machine; now and then a boot stalls for minutes).
+const RESTART_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// How long `rabbitmqctl` may take for one command.
 const CTL_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// How many times a start is retried when a port picked as free was taken meanwhile.
+/// How many times a start (or a restart) is tried: a port picked as free can be taken
+/// meanwhile, and on a loaded machine a boot now and then stalls before it logs anything.
 const START_ATTEMPTS: u32 = 3;
 
 /// Ports `rabbitmqctl` uses by default for its own distribution listener; never picked.
@@ -101,8 +104,8 @@ impl PrivateBroker {
     /// Starts a fresh node on free loopback ports and waits until it accepts AMQP connections.
     ///
     /// # Panics
-    /// When RabbitMQ is not installed, or the node does not come up within about 60 s; the
-    /// message carries the tail of the node's log.
+    /// When RabbitMQ is not installed, or the node does not come up in three tries of 90 s;
+    /// the message carries the tail of the node's log.
     pub async fn start() -> PrivateBroker {
         Self::start_with(&NodeConfig::default()).await
     }
@@ -120,6 +123,13 @@ impl PrivateBroker {
                     port_taken: true, ..
                 }) if attempt < START_ATTEMPTS => {
                     // A port we saw free was taken before the node bound it: new ports.
+                    drop(broker);
+                }
+                Err(StartFailure::TimedOut { .. }) if attempt < START_ATTEMPTS => {
+                    eprintln!(
+                        "private RabbitMQ node {} stalled while booting; starting another",
+                        broker.node
+                    );
                     drop(broker);
                 }
                 Err(StartFailure::Exited { detail, .. } | StartFailure::TimedOut { detail }) => {
@@ -175,7 +185,7 @@ impl PrivateBroker {
     /// accepts AMQP connections. Durable queues and their persistent messages are back.
     ///
     /// # Panics
-    /// When `rabbitmqctl` fails or the node does not accept connections within about 60 s.
+    /// When `rabbitmqctl` fails or the node does not accept connections within 90 s.
     pub async fn start_app(&self) {
         self.ctl(&["start_app"]).await;
         if let Err(StartFailure::Exited { detail, .. } | StartFailure::TimedOut { detail }) =
@@ -205,19 +215,32 @@ impl PrivateBroker {
     /// until it accepts AMQP connections.
     ///
     /// # Panics
-    /// When the node is still running, or does not come back within 180 s.
+    /// When the node is still running, or does not come back in three tries of 90 s.
     pub async fn restart(&self) {
         assert!(
             !self.is_running(),
             "restart of node {} while it runs",
             self.node
         );
-        let child = spawn_vm(&self.dir, &self.env);
-        *self.child.lock().unwrap_or_else(PoisonError::into_inner) = child;
-        if let Err(StartFailure::Exited { detail, .. } | StartFailure::TimedOut { detail }) =
-            self.wait_ready(RESTART_TIMEOUT).await
-        {
-            panic!("RabbitMQ node {} did not restart: {detail}", self.node);
+        for attempt in 1..=START_ATTEMPTS {
+            let child = spawn_vm(&self.dir, &self.env);
+            *self.child.lock().unwrap_or_else(PoisonError::into_inner) = child;
+            match self.wait_ready(RESTART_TIMEOUT).await {
+                Ok(()) => return,
+                Err(StartFailure::Exited { detail, .. } | StartFailure::TimedOut { detail })
+                    if attempt == START_ATTEMPTS =>
+                {
+                    panic!("RabbitMQ node {} did not restart: {detail}", self.node);
+                }
+                Err(_) => {
+                    eprintln!(
+                        "RabbitMQ node {} did not come back within {RESTART_TIMEOUT:?} \
+                         (try {attempt}); killing and starting it again",
+                        self.node
+                    );
+                    self.kill();
+                }
+            }
         }
     }
 

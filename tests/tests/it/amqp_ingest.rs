@@ -78,6 +78,13 @@ async fn a_malformed_amqp_message_is_parked_with_its_reason_and_does_not_block_t
     amqp::publish(
         &url,
         &exchange,
+        br#"{"type":"a.b","ordering_key":"not/a key"}"#,
+        lapin::BasicProperties::default(),
+    )
+    .await;
+    amqp::publish(
+        &url,
+        &exchange,
         br#"{"type":"still.flowing","data":1}"#,
         lapin::BasicProperties::default(),
     )
@@ -105,6 +112,11 @@ async fn a_malformed_amqp_message_is_parked_with_its_reason_and_does_not_block_t
         .expect("second invalid message parked");
     let reason = second.header("x-relay-invalid-reason").unwrap();
     assert!(reason.contains("type"), "{reason}");
+    let third = amqp::get_one(&url, &invalid, WAIT)
+        .await
+        .expect("third invalid message parked");
+    let reason = third.header("x-relay-invalid-reason").unwrap();
+    assert!(reason.contains("ordering_key"), "{reason}");
     assert!(
         amqp::get_one(&url, &invalid, Duration::from_millis(300))
             .await
