@@ -412,7 +412,11 @@ mod tests {
     fn the_ordering_key_defaults_to_the_id_and_is_delivered_when_given() {
         let plain = normalise(r#"{"type":"a","id":"e1"}"#).unwrap();
         assert_eq!(plain.ordering_key(), "e1");
-        assert!(!String::from_utf8(plain.to_json()).unwrap().contains("ordering_key"));
+        assert!(
+            !String::from_utf8(plain.to_json())
+                .unwrap()
+                .contains("ordering_key")
+        );
         let keyed = normalise(&format!(
             r#"{{"type":"a","id":"e2","ordering_key":"{}"}}"#,
             "k".repeat(128)

@@ -106,6 +106,7 @@ impl Service {
             occurred_at: now(),
             consumer: subscription.consumer.clone(),
             data: RawValue::from_string(data).map_err(|e| ApiError::Broker(e.to_string()))?,
+            ordering_key: None,
         };
         self.publisher
             .redeliver(&envelope.to_json(), &subscription.id, &envelope.id)

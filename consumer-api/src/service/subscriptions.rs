@@ -381,6 +381,7 @@ impl Service {
                 consumer: subscription.consumer.clone(),
                 data: RawValue::from_string(data.clone())
                     .map_err(|e| ApiError::Broker(e.to_string()))?,
+                ordering_key: None,
             };
             if let Err(e) = self.publisher.publish_event(&envelope).await {
                 tracing::error!(subscription_id = %id, event_type, error = %e, "could not announce the disabled subscription");

@@ -84,7 +84,10 @@ async fn each_bad_request_gets_its_status_type_and_field() {
         (json!({"type": 7}), "type"),
         (json!({"type": "Order Created"}), "type"),
         (json!({"type": "a.b", "id": "has spaces"}), "id"),
-        (json!({"type": "a.b", "ordering_key": "has spaces"}), "ordering_key"),
+        (
+            json!({"type": "a.b", "ordering_key": "has spaces"}),
+            "ordering_key",
+        ),
         (
             json!({"type": "a.b", "ordering_key": "k".repeat(129)}),
             "ordering_key",
