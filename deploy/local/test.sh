@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs the whole test suite against a private RabbitMQ node.
+# Runs the whole test suite against a private RabbitMQ node (the tests on a private 3-node
+# cluster, tests/tests/it/cluster.rs, last: they start their own nodes).
 #
 # Usage: deploy/local/test.sh [extra arguments for cargo nextest run (or cargo test)]
 #   e.g. deploy/local/test.sh -p tests        deploy/local/test.sh -E 'test(retry)'
@@ -122,7 +123,16 @@ command -v prometheus >/dev/null 2>&1 || {
 log "building the binaries the end-to-end tests start"
 cargo build --workspace --bins
 
-log "running: ${runner[*]} $*"
 status=0
-"${runner[@]}" "$@" || status=$?
+if (($# == 0)) && [[ ${runner[1]} == nextest ]]; then
+  # The whole suite: the 3-node cluster tests (nextest group `cluster`) after the rest, so
+  # their three Erlang VMs per test and their node kills do not slow the other tests' brokers.
+  log "running: ${runner[*]} -E 'not (binary(it) and test(/^cluster::/))'"
+  "${runner[@]}" -E 'not (binary(it) and test(/^cluster::/))' || status=$?
+  log "running the cluster tests: ${runner[*]} -p tests -E 'binary(it) and test(/^cluster::/)'"
+  "${runner[@]}" -p tests -E 'binary(it) and test(/^cluster::/)' || status=$?
+else
+  log "running: ${runner[*]} $*"
+  "${runner[@]}" "$@" || status=$?
+fi
 exit "$status"

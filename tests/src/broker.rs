@@ -42,8 +42,9 @@ const START_TIMEOUT: Duration = Duration::from_secs(90);
 /// (15-45 s seen on a loaded 2-core machine; now and then a boot stalls for minutes).
 const RESTART_TIMEOUT: Duration = Duration::from_secs(90);
 
-/// How long `rabbitmqctl` may take for one command.
-const CTL_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long `rabbitmqctl` may take for one command (`stop_app` was seen taking over a
+/// minute on the loaded machine).
+const CTL_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// How many times a start (or a restart) is tried: a port picked as free can be taken
 /// meanwhile, and on a loaded machine a boot now and then stalls before it logs anything.
@@ -248,7 +249,7 @@ impl PrivateBroker {
     /// (e.g. `ctl(&["list_queues", "name", "messages"])`).
     ///
     /// # Panics
-    /// When the command fails or takes more than 60 s.
+    /// When the command fails or takes more than 180 s.
     pub async fn ctl(&self, args: &[&str]) -> String {
         self.tool("rabbitmqctl", args).await
     }
@@ -257,7 +258,7 @@ impl PrivateBroker {
     /// `-n NODE ARGS…` against this node and returns its standard output.
     ///
     /// # Panics
-    /// When the command fails or takes more than 60 s.
+    /// When the command fails or takes more than 180 s.
     pub async fn tool(&self, tool: &str, args: &[&str]) -> String {
         let mut command = tokio::process::Command::new(rabbitmq_bin(tool));
         command
