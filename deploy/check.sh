@@ -143,7 +143,18 @@ for root in (base, os.path.join(base, "rabbitmq")):
     for resource in kustomization["resources"]:
         assert os.path.exists(os.path.join(root, resource)), f"{root}: kustomization lists missing {resource}"
 assert checked >= 2, "no KEDA ScaledObject/TriggerAuthentication found"
-print(f"{checked} KEDA objects valid; kustomization resources exist")
+# Least privilege: the dispatchers' pods see only their own Secret, which holds the scoped
+# directory key and never the admin key.
+secrets = {d["metadata"]["name"]: d["stringData"]
+           for d in yaml.safe_load_all(open(os.path.join(base, "secret.template.yaml"))) if d}
+assert "RELAY__DISPATCH__DIRECTORY_KEY" in secrets["relay-dispatch"], "no dispatcher directory key"
+assert not any("ADMIN" in key for key in secrets["relay-dispatch"]), "the dispatcher Secret holds the admin key"
+for doc in yaml.safe_load_all(open(os.path.join(base, "dispatch.yaml"))):
+    if doc and doc["kind"] == "Deployment":
+        refs = [e["secretRef"]["name"] for c in doc["spec"]["template"]["spec"]["containers"]
+                for e in c.get("envFrom", []) if "secretRef" in e]
+        assert refs == ["relay-dispatch"], f"dispatcher pods read the Secrets {refs}"
+print(f"{checked} KEDA objects valid; kustomization resources exist; dispatchers hold no admin key")
 PY
 
 step "rabbitmq definitions and scripts"
