@@ -1,6 +1,7 @@
 //! Relay components as real OS processes, for the tests that kill or signal them.
 
 use std::{
+    path::Path,
     process::{Child, Command, ExitStatus, Stdio},
     time::Duration,
 };
@@ -26,6 +27,19 @@ impl DispatcherProcess {
     /// Starts `relay dispatch` with `system`'s settings (plus `extra` overrides) and waits
     /// until it is ready (directory loaded, consuming).
     pub async fn start(system: &System, extra: &[(&str, &str)]) -> Self {
+        Self::spawn(system, extra, Stdio::inherit()).await
+    }
+
+    /// Like [`DispatcherProcess::start`], with the process's log (its stderr) written to `log`.
+    ///
+    /// # Panics
+    /// When `log` cannot be created.
+    pub async fn start_logged(system: &System, extra: &[(&str, &str)], log: &Path) -> Self {
+        let file = std::fs::File::create(log).expect("create the dispatcher's log file");
+        Self::spawn(system, extra, Stdio::from(file)).await
+    }
+
+    async fn spawn(system: &System, extra: &[(&str, &str)], stderr: Stdio) -> Self {
         let port = free_port();
         let mut command = Command::new(crate::bin_path("relay"));
         command
@@ -36,7 +50,7 @@ impl DispatcherProcess {
             .envs(extra.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+            .stderr(stderr);
         let child = command.spawn().expect("start relay dispatch");
         let process = Self {
             child,

@@ -261,6 +261,27 @@ impl System {
         body["id"].as_str().expect("id in the answer").to_owned()
     }
 
+    /// `POST /v1/events/batch` of `events`, asserting 202; returns the ids in order.
+    pub async fn publish_batch_ok(&self, events: &[Value]) -> Vec<String> {
+        let response = self
+            .http
+            .post(format!("{}/v1/events/batch", self.ingest_url))
+            .bearer_auth(PUBLISHER_KEY)
+            .json(events)
+            .send()
+            .await
+            .expect("ingest answers");
+        let status = response.status();
+        let body: Value = response.json().await.expect("JSON answer");
+        assert_eq!(status, 202, "batch publish answered {status}: {body}");
+        body["ids"]
+            .as_array()
+            .expect("ids in the answer")
+            .iter()
+            .map(|id| id.as_str().expect("string ids").to_owned())
+            .collect()
+    }
+
     /// A request to consumer-api with the admin key.
     pub fn api(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         self.http

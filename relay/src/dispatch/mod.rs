@@ -5,6 +5,7 @@ mod admission;
 mod attempt_log;
 mod client;
 pub mod config;
+mod delivery;
 mod directory;
 mod metrics;
 mod outcome;

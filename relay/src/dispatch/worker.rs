@@ -1,14 +1,11 @@
 //! The consumers of `ingress` (new events, delivered to every matching subscription at once)
 //! and `redeliver` (retries, replays and redrives, each for one subscription), as
-//! consume → decode → decide → execute → settle:
+//! consume → decode → decide → execute → settle. This file is the broker side:
 //!
 //! - **consume**: one channel per queue, prefetch as the bound; every message is a task on the
 //!   dispatcher's [`TaskTracker`].
-//! - **decode**: [`relay_shared::wire`]; a message that is not one is parked in `invalid`.
-//! - **decide**: admission ([`super::admission`]), the request ([`super::client`]), then the
-//!   pure [`step::decide`].
-//! - **execute**: the step's hand-off (retry tier, `dead`) or 410 disable, then its
-//!   [`Outcome`] (metric, log line, attempt record, once).
+//! - **decode → decide → execute**: [`super::delivery`] (one message's deliveries, each ending
+//!   in one [`super::outcome::Outcome`]).
 //! - **settle**: ack once every subscription of the event has its outcome; nack (after a
 //!   pause) when a hand-off failed or the handling panicked, so nothing is lost.
 //!
@@ -16,13 +13,9 @@
 //! session at once, and the old tasks finish on their own, record their outcomes and fail
 //! to ack (the broker redelivers those messages).
 
-use std::{
-    panic::AssertUnwindSafe,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{panic::AssertUnwindSafe, sync::Arc, time::Duration};
 
-use futures_util::{FutureExt, StreamExt, future::join_all};
+use futures_util::{FutureExt, StreamExt};
 use lapin::{
     Channel, Consumer,
     message::Delivery,
@@ -37,24 +30,13 @@ use relay_shared::{
     session::{self as broker, Session},
     shutdown::Shutdown,
     topology::Topology,
-    trace::TraceParent,
-    wire::{Event, Handoff},
 };
-use time::OffsetDateTime;
 use tokio::sync::{Semaphore, watch};
 use tokio_util::task::TaskTracker;
-use tracing::Instrument as _;
 
 use super::{
-    admission::{Admission, AdmissionControl},
-    attempt_log::AttemptLog,
-    client::{AttemptError, WebhookClient},
-    directory::{Directory, Route},
-    metrics::DispatchMetrics,
-    outcome::{Ending, Outcome},
-    parking::Parking,
-    retry::RetryPolicy,
-    step::{self, Failure, Refusal, Step, Tried},
+    admission::AdmissionControl, attempt_log::AttemptLog, client::WebhookClient,
+    directory::Directory, metrics::DispatchMetrics, parking::Parking, retry::RetryPolicy,
     sync::DirectoryClient,
 };
 
@@ -92,7 +74,7 @@ pub struct Worker {
 
 /// Which queue a message came from.
 #[derive(Debug, Clone, Copy)]
-enum Kind {
+pub(super) enum Kind {
     Event,
     Redelivery,
 }
@@ -222,241 +204,5 @@ impl Worker {
             // Its channel is gone: the broker hands the message out again.
             tracing::debug!(error = %e, "could not settle a message; it will be redelivered");
         }
-    }
-
-    /// Decodes a message and delivers it to each subscription it is for; `Ok` once every
-    /// one succeeded or is durably handed off.
-    async fn handle(
-        &self,
-        delivery: &Delivery,
-        parking: &Parking,
-        kind: Kind,
-    ) -> Result<(), AmqpError> {
-        let (body, properties) = (&delivery.data, &delivery.properties);
-        let (event, routes, attempt) = match kind {
-            Kind::Event => match Event::decode(body, properties) {
-                Ok(event) => {
-                    if event.accepted_ms.is_none() && !delivery.redelivered {
-                        self.metrics.ingested.with_label_values(&["amqp"]).inc();
-                    }
-                    let routes = self.directory.matching(
-                        &event.envelope.event_type,
-                        event.envelope.consumer.as_deref(),
-                    );
-                    (Arc::new(event), routes, 1)
-                }
-                Err(e) => return self.park_invalid(delivery, parking, &e.to_string()).await,
-            },
-            Kind::Redelivery => match Handoff::decode(body, properties) {
-                Ok(handoff) => match self.directory.get(&handoff.subscription_id) {
-                    Some(route) if route.enabled => {
-                        (handoff.event, vec![route], handoff.attempts + 1)
-                    }
-                    gone => {
-                        let why = if gone.is_some() {
-                            "subscription disabled"
-                        } else {
-                            "subscription deleted"
-                        };
-                        let started = (OffsetDateTime::now_utc(), Instant::now());
-                        self.outcome(
-                            &handoff.event,
-                            &handoff.subscription_id,
-                            handoff.attempts + 1,
-                            started,
-                            None,
-                            Ending::Disabled(why),
-                        )
-                        .report(&self.metrics, &self.attempts);
-                        return Ok(());
-                    }
-                },
-                Err(e) => return self.park_invalid(delivery, parking, &e.to_string()).await,
-            },
-        };
-        // Every subscription either succeeded or has its hand-off confirmed; otherwise the
-        // whole event comes back (the successful ones then see it twice, with the same id).
-        join_all(
-            routes
-                .iter()
-                .map(|route| self.deliver(route, &event, attempt, parking)),
-        )
-        .await
-        .into_iter()
-        .collect()
-    }
-
-    async fn park_invalid(
-        &self,
-        delivery: &Delivery,
-        parking: &Parking,
-        reason: &str,
-    ) -> Result<(), AmqpError> {
-        tracing::warn!(reason, "invalid message parked");
-        self.metrics
-            .rejected
-            .with_label_values(&["invalid_amqp"])
-            .inc();
-        parking
-            .invalid(&delivery.data, &delivery.properties, reason)
-            .await
-    }
-
-    /// Delivers `event` to one subscription as attempt number `attempt`: admit, send, decide,
-    /// execute, report. `Ok` once it succeeded or is durably handed off.
-    async fn deliver(
-        &self,
-        route: &Route,
-        event: &Arc<Event>,
-        attempt: u32,
-        parking: &Parking,
-    ) -> Result<(), AmqpError> {
-        let trace_id = event.trace.as_ref().map(TraceParent::trace_id_hex);
-        let span = tracing::info_span!("delivery", event_id = %event.envelope.id, subscription_id = %route.id, attempt, trace_id);
-        async {
-            let started = (OffsetDateTime::now_utc(), Instant::now());
-            let refused = match self.admission.admit(&route.id).await {
-                Admission::Go(permit) => Err(permit),
-                Admission::CircuitOpen => Ok(Refusal::CircuitOpen),
-                Admission::Failing => Ok(Refusal::Failing),
-                Admission::Stalled => Ok(Refusal::Stalled),
-                Admission::QueueFull => Ok(Refusal::QueueFull),
-            };
-            let deferral = refused
-                .as_ref()
-                .ok()
-                .map(|reason| step::decide(Tried::Refused(*reason), attempt, &self.retry))
-                .filter(|step| *step != Step::SendAnyway);
-            let (step, result) = match deferral {
-                Some(step) => (step, None),
-                None => {
-                    let (result, took) = self.send(route, event).await;
-                    drop(refused);
-                    self.admission.record(&route.id, result.is_ok(), took);
-                    (
-                        step::decide(Tried::Sent(&result), attempt, &self.retry),
-                        Some(result),
-                    )
-                }
-            };
-            let error = result.as_ref().and_then(|r| r.as_ref().err());
-            let ending = self
-                .execute(step, route, event, attempt, error, parking)
-                .await?;
-            let mut outcome =
-                self.outcome(event, &route.id, attempt, started, error.cloned(), ending);
-            outcome.status = result.and_then(Result::ok);
-            outcome.report(&self.metrics, &self.attempts);
-            Ok(())
-        }
-        .instrument(span)
-        .await
-    }
-
-    /// One HTTP request, within the global in-flight cap; its result and its own duration.
-    async fn send(&self, route: &Route, event: &Event) -> (Result<u16, AttemptError>, Duration) {
-        let _slot = self.inflight.acquire().await;
-        self.metrics.inflight.inc();
-        let started = Instant::now();
-        let result = self
-            .client
-            .deliver(
-                route,
-                &event.envelope.id,
-                event.body.clone(),
-                event.trace.as_ref(),
-            )
-            .await;
-        self.metrics.inflight.dec();
-        let took = started.elapsed();
-        self.metrics.attempt_seconds.observe(took.as_secs_f64());
-        (result, took)
-    }
-
-    /// Carries out `step`: the hand-off it needs, or the 410 disable.
-    async fn execute(
-        &self,
-        step: Step,
-        route: &Route,
-        event: &Arc<Event>,
-        attempt: u32,
-        error: Option<&AttemptError>,
-        parking: &Parking,
-    ) -> Result<Ending, AmqpError> {
-        let failure = match step {
-            Step::Done | Step::SendAnyway => return Ok(Ending::Delivered),
-            Step::Defer { tier, reason } => {
-                // Not an attempt: the number of the next try stays the same.
-                let handoff = handoff(event, &route.id, attempt - 1, None);
-                parking
-                    .retry(&handoff, tier, self.retry.ttl_with_jitter(tier))
-                    .await?;
-                return Ok(Ending::Deferred(reason));
-            }
-            Step::Disable { otherwise } => {
-                let reason = format!("endpoint answered 410 Gone to event {}", event.envelope.id);
-                match self.directory_client.disable(&route.id, &reason).await {
-                    Ok(()) => return Ok(Ending::Disabled("endpoint answered 410 Gone")),
-                    Err(e) => {
-                        tracing::error!(subscription_id = %route.id, error = %e, "cannot disable a subscription that answered 410");
-                        otherwise
-                    }
-                }
-            }
-            Step::Failed(failure) => failure,
-        };
-        let handoff = handoff(event, &route.id, attempt, error);
-        match failure {
-            Failure::Retry { tier } => {
-                let ttl = self.retry.ttl_with_jitter(tier);
-                parking.retry(&handoff, tier, ttl).await?;
-                Ok(Ending::RetryScheduled {
-                    tier,
-                    due: OffsetDateTime::now_utc() + ttl,
-                })
-            }
-            Failure::Dead(reason) => {
-                parking.dead(&handoff).await?;
-                Ok(Ending::Dead(reason))
-            }
-        }
-    }
-
-    fn outcome(
-        &self,
-        event: &Event,
-        subscription_id: &str,
-        attempt: u32,
-        (started_at, started): (OffsetDateTime, Instant),
-        error: Option<AttemptError>,
-        ending: Ending,
-    ) -> Outcome {
-        Outcome {
-            event_id: event.envelope.id.clone(),
-            subscription_id: subscription_id.to_owned(),
-            attempt,
-            started_at,
-            took: started.elapsed(),
-            accepted_ms: event.accepted_ms,
-            error,
-            status: None,
-            ending,
-        }
-    }
-}
-
-/// This event's delivery to one subscription, `attempts` made so far, after `error`.
-fn handoff(
-    event: &Arc<Event>,
-    subscription_id: &str,
-    attempts: u32,
-    error: Option<&AttemptError>,
-) -> Handoff {
-    Handoff {
-        event: event.clone(),
-        subscription_id: subscription_id.to_owned(),
-        attempts,
-        last_error: error.map(ToString::to_string),
-        last_status: error.and_then(AttemptError::status),
     }
 }
