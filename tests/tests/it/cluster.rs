@@ -106,7 +106,9 @@ async fn retry_tier_across_a_node_loss(survivor_urls: bool) {
         Options::new(urls[doomed].clone())
             .set("RELAY__AMQP__URLS", &relay_urls.join(","))
             .set("RELAY__AMQP__PREFIX", &prefix)
-            .set("RELAY__DISPATCH__RETRY_SCHEDULE", "10s,10s")
+            // Retries keep cycling through the tier (never exhausted) however long the first
+            // attempts of all events take on a loaded machine.
+            .set("RELAY__DISPATCH__RETRY_SCHEDULE", &["10s"; 30].join(","))
             // Every first attempt fails by design; the breaker must not turn them into
             // deferrals with their own timing.
             .set("RELAY__DISPATCH__BREAKER_FAILURES", "1000000")
@@ -116,16 +118,25 @@ async fn retry_tier_across_a_node_loss(survivor_urls: bool) {
     relay.subscribe(&receiver.url(), &["order.*"], None).await;
     let accepted = publish(&relay, EVENTS, "order.created").await;
 
-    // Every event failed once (or was deferred) and waits in the tier.
-    let deadline = Instant::now() + Duration::from_secs(120);
+    // Every event failed once (or was deferred) and its retries cycle through the tier. Not all
+    // at once: their first attempts can spread over more than the tier's 10 s when the machine
+    // is loaded (23 s seen), so the wait is for every event attempted and the tier holding
+    // retries, not for all of them in the tier together.
+    let deadline = Instant::now() + Duration::from_secs(300);
     loop {
+        let attempted: HashSet<String> = receiver
+            .received()
+            .iter()
+            .filter_map(|r| r.header("webhook-id").map(str::to_owned))
+            .collect();
         let queued = cluster.queue(&tier).await.messages;
-        if queued as usize >= EVENTS {
+        if attempted.len() >= EVENTS && queued > 0 {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "only {queued} of {EVENTS} reached {tier}"
+            "{} of {EVENTS} attempted, {queued} in {tier}",
+            attempted.len()
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
