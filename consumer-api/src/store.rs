@@ -14,7 +14,7 @@ pub(crate) mod testing;
 
 use std::{borrow::Cow, future::Future, pin::Pin, time::Duration};
 
-use relay_shared::subscription::DirectoryEntry;
+use relay_shared::subscription::{DirectoryEntry, Limits};
 
 use crate::clock::now_ms;
 use sqlx::{
@@ -24,7 +24,7 @@ use sqlx::{
 };
 
 /// Columns of a subscription, in the order [`Subscription::from_row`] reads them.
-const COLUMNS: &str = "id, url, event_types, consumer, description, enabled, secret, revision, created_at, updated_at, disabled_reason, previous_secret, previous_secret_expires_ms";
+const COLUMNS: &str = "id, url, event_types, consumer, description, enabled, secret, revision, created_at, updated_at, disabled_reason, previous_secret, previous_secret_expires_ms, rate_limit, max_in_flight";
 
 /// How long a request waits for a pooled connection before the store counts as unavailable.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -111,7 +111,7 @@ impl StoreError {
 }
 
 /// A stored subscription, secret included.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Subscription {
     /// `sub_<ULID>`.
     pub id: String,
@@ -140,7 +140,14 @@ pub struct Subscription {
     pub previous_secret: Option<String>,
     /// End of the rotation's grace period, Unix milliseconds.
     pub previous_secret_expires_ms: Option<i64>,
+    /// Requests per second to the endpoint, all dispatchers together; `None`: unlimited.
+    pub rate_limit: Option<f64>,
+    /// Requests in flight to the endpoint, all dispatchers together.
+    pub max_in_flight: u32,
 }
+
+// Rates are finite (validated before they are stored), so equality is reflexive.
+impl Eq for Subscription {}
 
 impl Subscription {
     /// The entry dispatchers hold for this subscription: during a rotation's grace period
@@ -154,6 +161,10 @@ impl Subscription {
             enabled: self.enabled,
             secrets: self.secrets(now_ms()),
             revision: self.revision,
+            limits: Limits {
+                rate_limit: self.rate_limit,
+                max_in_flight: Some(self.max_in_flight),
+            },
         }
     }
 
@@ -189,6 +200,13 @@ impl Subscription {
             disabled_reason: row.try_get("disabled_reason")?,
             previous_secret: row.try_get("previous_secret")?,
             previous_secret_expires_ms: row.try_get("previous_secret_expires_ms")?,
+            rate_limit: row.try_get("rate_limit")?,
+            max_in_flight: u32::try_from(row.try_get::<i64, _>("max_in_flight")?).map_err(|e| {
+                StoreError::Corrupt {
+                    id: id.clone(),
+                    reason: format!("max_in_flight: {e}"),
+                }
+            })?,
             id,
         })
     }
@@ -196,7 +214,7 @@ impl Subscription {
 
 /// A change to some fields of a subscription; `None` leaves a field as it is.
 /// For the optional fields, `Some(None)` clears them.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct SubscriptionPatch {
     /// New endpoint.
     pub url: Option<String>,
@@ -208,6 +226,10 @@ pub struct SubscriptionPatch {
     pub description: Option<Option<String>>,
     /// Enable or disable.
     pub enabled: Option<bool>,
+    /// New rate limit, or `Some(None)` to remove it.
+    pub rate_limit: Option<Option<f64>>,
+    /// New in-flight cap.
+    pub max_in_flight: Option<u32>,
 }
 
 impl SubscriptionPatch {
@@ -325,7 +347,7 @@ impl Store {
     /// [`StoreError::Database`].
     pub async fn create(&self, subscription: &Subscription) -> Result<(), StoreError> {
         sqlx::query(&format!(
-            "INSERT INTO subscriptions ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+            "INSERT INTO subscriptions ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
         ))
         .bind(&subscription.id)
         .bind(&subscription.url)
@@ -340,6 +362,8 @@ impl Store {
         .bind(&subscription.disabled_reason)
         .bind(&subscription.previous_secret)
         .bind(subscription.previous_secret_expires_ms)
+        .bind(subscription.rate_limit)
+        .bind(i64::from(subscription.max_in_flight))
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -411,6 +435,8 @@ impl Store {
                 description = CASE WHEN $6 = 1 THEN $7 ELSE description END, \
                 enabled = COALESCE($8, enabled), \
                 disabled_reason = CASE WHEN $8 = 1 THEN NULL ELSE disabled_reason END, \
+                rate_limit = CASE WHEN $10 = 1 THEN $11 ELSE rate_limit END, \
+                max_in_flight = COALESCE($12, max_in_flight), \
                 revision = revision + 1, \
                 updated_at = $9 \
              WHERE id = $1 RETURNING {COLUMNS}"
@@ -424,6 +450,9 @@ impl Store {
         .bind(patch.description.clone().flatten())
         .bind(patch.enabled.map(i64::from))
         .bind(now)
+        .bind(i64::from(patch.rate_limit.is_some()))
+        .bind(patch.rate_limit.flatten())
+        .bind(patch.max_in_flight.map(i64::from))
         .fetch_optional(&self.pool)
         .await?
         .ok_or(StoreError::NotFound)?;
@@ -562,6 +591,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "event contract",
         include_str!("../migrations/sqlite/0003_event_contract.sql"),
     ),
+    (
+        4,
+        "limits",
+        include_str!("../migrations/sqlite/0004_limits.sql"),
+    ),
 ];
 
 /// PostgreSQL migrations: the same versions, with PostgreSQL's DDL.
@@ -580,6 +614,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         3,
         "event contract",
         include_str!("../migrations/postgres/0003_event_contract.sql"),
+    ),
+    (
+        4,
+        "limits",
+        include_str!("../migrations/postgres/0004_limits.sql"),
     ),
 ];
 
@@ -662,6 +701,8 @@ mod tests {
             disabled_reason: None,
             previous_secret: None,
             previous_secret_expires_ms: None,
+            rate_limit: None,
+            max_in_flight: 64,
         }
     }
 
@@ -792,6 +833,8 @@ mod tests {
             description: Some(Some("new".into())),
             consumer: Some(Some("beta".into())),
             enabled: Some(true),
+            rate_limit: Some(Some(12.5)),
+            max_in_flight: Some(7),
         };
         let updated = store
             .update(&s.id, &patch, "2026-02-03T00:00:00Z")
@@ -803,8 +846,18 @@ mod tests {
         assert_eq!(updated.description.as_deref(), Some("new"));
         assert_eq!(updated.consumer.as_deref(), Some("beta"));
         assert!(updated.enabled);
+        assert_eq!(updated.rate_limit, Some(12.5));
+        assert_eq!(updated.max_in_flight, 7);
         assert_eq!(store.get(&s.id).await.unwrap(), updated);
         assert_eq!(updated.directory_entry().secrets, [s.secret.as_str()]);
+        assert_eq!(updated.directory_entry().limits.rate_limit, Some(12.5));
+
+        let cleared = SubscriptionPatch {
+            rate_limit: Some(None),
+            ..SubscriptionPatch::default()
+        };
+        let updated = store.update(&s.id, &cleared, "x").await.unwrap();
+        assert_eq!((updated.rate_limit, updated.max_in_flight), (None, 7));
 
         assert!(matches!(
             store.update("sub_missing", &patch, "x").await,

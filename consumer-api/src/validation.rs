@@ -37,6 +37,14 @@ pub const MAX_EVENT_TYPES: usize = 50;
 pub const MAX_DESCRIPTION_LEN: usize = 500;
 /// The longest reason for disabling, in characters.
 pub const MAX_REASON_LEN: usize = 500;
+/// The lowest rate limit, requests per second (one request every 10 s).
+pub const MIN_RATE_LIMIT: f64 = 0.1;
+/// The highest rate limit, requests per second.
+pub const MAX_RATE_LIMIT: f64 = 10_000.0;
+/// The highest in-flight cap of one subscription.
+pub const MAX_IN_FLIGHT: u32 = 1_000;
+/// The in-flight cap of a subscription that does not set one (the former fixed cap).
+pub const DEFAULT_MAX_IN_FLIGHT: u32 = 64;
 
 /// A field of a PATCH body: absent (leave as is), `null`, or a value.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -429,6 +437,61 @@ pub fn parse_grace(grace: &str) -> Result<Duration, FieldError> {
     Ok(Duration::from_secs(number * seconds))
 }
 
+/// The schema of a rate limit, or `null` (for `#[schema(schema_with = …)]`).
+pub fn rate_limit_or_null_field() -> Schema {
+    ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::Number, Type::Null]))
+        .minimum(Some(MIN_RATE_LIMIT))
+        .maximum(Some(MAX_RATE_LIMIT))
+        .description(Some(
+            "Requests per second to the endpoint, all dispatchers together (0.1 to 10000); `null`: unlimited.",
+        ))
+        .examples([50])
+        .into()
+}
+
+/// A rate limit: 0.1 to 10,000 requests per second.
+///
+/// # Errors
+/// A [`FieldError`] on `rate_limit`.
+pub fn validate_rate_limit(rate: f64) -> Result<(), FieldError> {
+    if (MIN_RATE_LIMIT..=MAX_RATE_LIMIT).contains(&rate) {
+        Ok(())
+    } else {
+        Err(FieldError::new(
+            "rate_limit",
+            format!("rate_limit must be {MIN_RATE_LIMIT} to {MAX_RATE_LIMIT} requests per second"),
+        ))
+    }
+}
+
+/// The schema of an in-flight cap (for `#[schema(schema_with = …)]`).
+pub fn max_in_flight_field() -> Schema {
+    ObjectBuilder::new()
+        .schema_type(Type::Integer)
+        .minimum(Some(1))
+        .maximum(Some(MAX_IN_FLIGHT))
+        .description(Some(
+            "Requests in flight to the endpoint, all dispatchers together (1 to 1000; 64 when not set).",
+        ))
+        .into()
+}
+
+/// An in-flight cap: 1 to 1,000.
+///
+/// # Errors
+/// A [`FieldError`] on `max_in_flight`.
+pub fn validate_max_in_flight(cap: u32) -> Result<(), FieldError> {
+    if (1..=MAX_IN_FLIGHT).contains(&cap) {
+        Ok(())
+    } else {
+        Err(FieldError::new(
+            "max_in_flight",
+            format!("max_in_flight must be 1 to {MAX_IN_FLIGHT}"),
+        ))
+    }
+}
+
 /// The schema of an RFC 3339 time.
 pub fn time_schema() -> Schema {
     string(false)
@@ -563,6 +626,24 @@ mod tests {
                 pattern.is_match(filter),
                 TopicFilter::parse(filter).is_ok(),
                 "{filter:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn limits_are_bounded() {
+        for ok in [0.1, 1.0, 50.0, 10_000.0] {
+            assert!(validate_rate_limit(ok).is_ok(), "{ok}");
+        }
+        for bad in [-1.0, 0.0, 0.09, 10_000.5, 1e9, f64::NAN, f64::INFINITY] {
+            assert_eq!(validate_rate_limit(bad).unwrap_err().field, "rate_limit");
+        }
+        assert!(validate_max_in_flight(1).is_ok());
+        assert!(validate_max_in_flight(MAX_IN_FLIGHT).is_ok());
+        for bad in [0, MAX_IN_FLIGHT + 1] {
+            assert_eq!(
+                validate_max_in_flight(bad).unwrap_err().field,
+                "max_in_flight"
             );
         }
     }

@@ -21,7 +21,25 @@ pub struct DirectoryEntry {
     pub secrets: Vec<String>,
     /// Increases with every change, so a stale notification never overwrites a newer state.
     pub revision: i64,
+    /// What the endpoint may be sent: rate and concurrency, enforced across all dispatchers.
+    #[serde(default)]
+    pub limits: Limits,
 }
+
+/// A subscription's delivery limits, enforced by the dispatchers together.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Requests per second to the endpoint, all dispatchers together; `None`: unlimited.
+    #[serde(default)]
+    pub rate_limit: Option<f64>,
+    /// Requests in flight to the endpoint, all dispatchers together; `None`: each
+    /// dispatcher's `dispatch.max_inflight_per_subscription`.
+    #[serde(default)]
+    pub max_in_flight: Option<u32>,
+}
+
+// consumer-api admits only finite rates (0.1 to 10,000), so equality is reflexive.
+impl Eq for Limits {}
 
 /// One page of `GET /v1/directory`.
 #[derive(Debug, Clone, Serialize, Deserialize)]

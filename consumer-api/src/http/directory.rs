@@ -39,6 +39,9 @@ pub struct DirectoryEntryView {
     pub secrets: Vec<String>,
     /// Increases with every change.
     pub revision: i64,
+    /// Rate and in-flight limits.
+    #[schema(value_type = Object)]
+    pub limits: relay_shared::subscription::Limits,
 }
 
 impl From<DirectoryEntry> for DirectoryEntryView {
@@ -51,6 +54,7 @@ impl From<DirectoryEntry> for DirectoryEntryView {
             enabled: e.enabled,
             secrets: e.secrets,
             revision: e.revision,
+            limits: e.limits,
         }
     }
 }

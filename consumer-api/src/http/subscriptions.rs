@@ -53,6 +53,10 @@ pub struct SubscriptionView {
     pub enabled: bool,
     /// Why it was disabled, while it is.
     pub disabled_reason: Option<String>,
+    /// Requests per second to the endpoint, all dispatchers together; `null`: unlimited.
+    pub rate_limit: Option<f64>,
+    /// Requests in flight to the endpoint, all dispatchers together.
+    pub max_in_flight: u32,
     /// RFC 3339.
     pub created_at: String,
     /// RFC 3339.
@@ -72,6 +76,8 @@ impl From<Subscription> for SubscriptionView {
             description: s.description,
             enabled: s.enabled,
             disabled_reason: s.disabled_reason,
+            rate_limit: s.rate_limit,
+            max_in_flight: s.max_in_flight,
             created_at: s.created_at,
             updated_at: s.updated_at,
             secret: None,

@@ -77,6 +77,16 @@ pub struct NewSubscription {
     /// Whether deliveries are made; `true` when absent.
     #[serde(default)]
     pub enabled: Option<bool>,
+    /// Requests per second to the endpoint, all dispatchers together (0.1 to 10,000);
+    /// unlimited when absent or `null`.
+    #[serde(default)]
+    #[schema(schema_with = validation::rate_limit_or_null_field)]
+    pub rate_limit: Option<f64>,
+    /// Requests in flight to the endpoint, all dispatchers together (1 to 1,000); 64 when
+    /// absent.
+    #[serde(default)]
+    #[schema(schema_with = validation::max_in_flight_field)]
+    pub max_in_flight: Option<u32>,
 }
 
 /// A change to a subscription (`PATCH /v1/subscriptions/{id}`): absent fields stay as they are.
@@ -103,6 +113,14 @@ pub struct SubscriptionChanges {
     #[serde(default)]
     #[schema(value_type = bool)]
     pub enabled: Nullable<bool>,
+    /// New rate limit (0.1 to 10,000 requests per second); `null` removes it.
+    #[serde(default)]
+    #[schema(schema_with = validation::rate_limit_or_null_field)]
+    pub rate_limit: Nullable<f64>,
+    /// New in-flight cap (1 to 1,000); `null` is refused.
+    #[serde(default)]
+    #[schema(schema_with = validation::max_in_flight_field)]
+    pub max_in_flight: Nullable<u32>,
 }
 
 impl SubscriptionChanges {
@@ -128,12 +146,22 @@ impl SubscriptionChanges {
         if let Some(Some(description)) = &description {
             validation::validate_description(description)?;
         }
+        let rate_limit = self.rate_limit.clearable();
+        if let Some(Some(rate)) = rate_limit {
+            validation::validate_rate_limit(rate)?;
+        }
+        let max_in_flight = self.max_in_flight.required("max_in_flight")?;
+        if let Some(cap) = max_in_flight {
+            validation::validate_max_in_flight(cap)?;
+        }
         Ok(SubscriptionPatch {
             url,
             event_types,
             consumer,
             description,
             enabled: self.enabled.required("enabled")?,
+            rate_limit,
+            max_in_flight,
         })
     }
 }
@@ -173,6 +201,12 @@ impl Service {
         if let Some(description) = &new.description {
             validation::validate_description(description)?;
         }
+        if let Some(rate) = new.rate_limit {
+            validation::validate_rate_limit(rate)?;
+        }
+        if let Some(cap) = new.max_in_flight {
+            validation::validate_max_in_flight(cap)?;
+        }
         caller.check_names_itself(new.consumer.as_deref(), "consumer")?;
         self.check_destination(&url).await?;
         let created_at = now();
@@ -190,6 +224,10 @@ impl Service {
             disabled_reason: None,
             previous_secret: None,
             previous_secret_expires_ms: None,
+            rate_limit: new.rate_limit,
+            max_in_flight: new
+                .max_in_flight
+                .unwrap_or(validation::DEFAULT_MAX_IN_FLIGHT),
         };
         self.store.create(&subscription).await?;
         tracing::info!(subscription_id = %subscription.id, "subscription created");
@@ -474,5 +512,19 @@ mod tests {
         assert_eq!(patch(r#"{"url":"gopher://x"}"#).unwrap_err(), "url");
         assert_eq!(patch(r#"{"secret":"whsec_x"}"#).unwrap_err(), "secret");
         assert_eq!(patch(r#"{"consumer":"bad/name"}"#).unwrap_err(), "consumer");
+        let p = patch(r#"{"rate_limit":null,"max_in_flight":3}"#).unwrap();
+        assert_eq!((p.rate_limit, p.max_in_flight), (Some(None), Some(3)));
+        assert_eq!(
+            patch(r#"{"rate_limit":2.5}"#).unwrap().rate_limit,
+            Some(Some(2.5))
+        );
+        for bad in ["-1", "0", "1e9", "\"5\""] {
+            let body = format!(r#"{{"rate_limit":{bad}}}"#);
+            assert_eq!(patch(&body).unwrap_err(), "rate_limit", "{bad}");
+        }
+        for bad in ["0", "1001", "null", "-3", "\"5\""] {
+            let body = format!(r#"{{"max_in_flight":{bad}}}"#);
+            assert_eq!(patch(&body).unwrap_err(), "max_in_flight", "{bad}");
+        }
     }
 }

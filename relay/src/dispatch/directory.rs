@@ -10,7 +10,10 @@ use std::{
 };
 
 use relay_shared::{
-    control::ControlMessage, filter::TopicFilter, signing::SigningKey, subscription::DirectoryEntry,
+    control::ControlMessage,
+    filter::TopicFilter,
+    signing::SigningKey,
+    subscription::{DirectoryEntry, Limits},
 };
 
 /// One subscription, ready to match and sign with.
@@ -30,6 +33,8 @@ pub struct Route {
     pub enabled: bool,
     /// Revision of the entry this was built from.
     pub revision: i64,
+    /// Rate and in-flight limits, all dispatchers together.
+    pub limits: Limits,
 }
 
 impl Route {
@@ -60,6 +65,7 @@ impl Route {
             keys,
             enabled: entry.enabled,
             revision: entry.revision,
+            limits: entry.limits,
         })
     }
 
@@ -414,6 +420,7 @@ mod tests {
             enabled: true,
             secrets: vec![SECRET.into()],
             revision,
+            limits: Limits::default(),
         }
     }
 

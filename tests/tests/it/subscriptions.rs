@@ -121,6 +121,76 @@ async fn subscriptions_can_be_created_read_listed_updated_and_deleted() {
 }
 
 #[tokio::test]
+async fn limits_are_set_shown_changed_and_given_to_dispatchers() {
+    let relay = system().await;
+    let created = relay
+        .api(Method::POST, "/v1/subscriptions")
+        .json(&json!({"url": "https://example.com/limited", "event_types": ["a"], "rate_limit": 12.5}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let created: Value = created.json().await.unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+    assert_eq!(created["rate_limit"], 12.5);
+    assert_eq!(created["max_in_flight"], 64, "the default cap");
+
+    let path = format!("/v1/subscriptions/{id}");
+    let patched = relay
+        .api(Method::PATCH, &path)
+        .json(&json!({"rate_limit": 100, "max_in_flight": 5}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(patched.status(), 200);
+    let got: Value = relay
+        .api(Method::GET, &path)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (&got["rate_limit"], &got["max_in_flight"]),
+        (&json!(100.0), &json!(5))
+    );
+    let directory: Value = relay
+        .api(Method::GET, "/v1/directory")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let entry = directory["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["id"] == id.as_str())
+        .unwrap();
+    assert_eq!(
+        entry["limits"],
+        json!({"rate_limit": 100.0, "max_in_flight": 5})
+    );
+
+    let cleared: Value = relay
+        .api(Method::PATCH, &path)
+        .json(&json!({"rate_limit": null}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (&cleared["rate_limit"], &cleared["max_in_flight"]),
+        (&Value::Null, &json!(5))
+    );
+    relay.stop().await;
+}
+
+#[tokio::test]
 async fn invalid_subscriptions_are_refused_naming_the_field() {
     let relay = system().await;
     let cases = [
@@ -147,6 +217,21 @@ async fn invalid_subscriptions_are_refused_naming_the_field() {
             "event_types",
         ),
     ];
+    let limits = [
+        (json!({"rate_limit": -1}), "rate_limit"),
+        (json!({"rate_limit": 0}), "rate_limit"),
+        (json!({"rate_limit": 1e9}), "rate_limit"),
+        (json!({"rate_limit": "50"}), "rate_limit"),
+        (json!({"max_in_flight": 0}), "max_in_flight"),
+        (json!({"max_in_flight": 1001}), "max_in_flight"),
+        (json!({"max_in_flight": "8"}), "max_in_flight"),
+    ]
+    .map(|(mut body, field)| {
+        body["url"] = json!("https://example.com");
+        body["event_types"] = json!(["a"]);
+        (body, field)
+    });
+    let cases = cases.into_iter().chain(limits);
     for (body, field) in cases {
         let response = relay
             .api(Method::POST, "/v1/subscriptions")
