@@ -24,7 +24,7 @@ use sqlx::{
 };
 
 /// Columns of a subscription, in the order [`Subscription::from_row`] reads them.
-const COLUMNS: &str = "id, url, event_types, consumer, description, enabled, secret, revision, created_at, updated_at, disabled_reason, previous_secret, previous_secret_expires_ms, rate_limit, max_in_flight";
+const COLUMNS: &str = "id, url, event_types, consumer, description, enabled, secret, revision, created_at, updated_at, disabled_reason, previous_secret, previous_secret_expires_ms, rate_limit_millis, max_in_flight";
 
 /// How long a request waits for a pooled connection before the store counts as unavailable.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -200,7 +200,9 @@ impl Subscription {
             disabled_reason: row.try_get("disabled_reason")?,
             previous_secret: row.try_get("previous_secret")?,
             previous_secret_expires_ms: row.try_get("previous_secret_expires_ms")?,
-            rate_limit: row.try_get("rate_limit")?,
+            rate_limit: row
+                .try_get::<Option<i64>, _>("rate_limit_millis")?
+                .map(rate_from_millis),
             max_in_flight: u32::try_from(row.try_get::<i64, _>("max_in_flight")?).map_err(|e| {
                 StoreError::Corrupt {
                     id: id.clone(),
@@ -362,7 +364,7 @@ impl Store {
         .bind(&subscription.disabled_reason)
         .bind(&subscription.previous_secret)
         .bind(subscription.previous_secret_expires_ms)
-        .bind(subscription.rate_limit)
+        .bind(subscription.rate_limit.map(rate_millis))
         .bind(i64::from(subscription.max_in_flight))
         .execute(&self.pool)
         .await?;
@@ -435,7 +437,7 @@ impl Store {
                 description = CASE WHEN $6 = 1 THEN $7 ELSE description END, \
                 enabled = COALESCE($8, enabled), \
                 disabled_reason = CASE WHEN $8 = 1 THEN NULL ELSE disabled_reason END, \
-                rate_limit = CASE WHEN $10 = 1 THEN $11 ELSE rate_limit END, \
+                rate_limit_millis = CASE WHEN $10 = 1 THEN $11 ELSE rate_limit_millis END, \
                 max_in_flight = COALESCE($12, max_in_flight), \
                 revision = revision + 1, \
                 updated_at = $9 \
@@ -451,7 +453,7 @@ impl Store {
         .bind(patch.enabled.map(i64::from))
         .bind(now)
         .bind(i64::from(patch.rate_limit.is_some()))
-        .bind(patch.rate_limit.flatten())
+        .bind(patch.rate_limit.flatten().map(rate_millis))
         .bind(patch.max_in_flight.map(i64::from))
         .fetch_optional(&self.pool)
         .await?
@@ -549,6 +551,22 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// A rate as stored: thousandths of a request per second (integers read back exactly on
+/// both backends, and through the Any driver).
+fn rate_millis(rate: f64) -> i64 {
+    // Validated rates are 0.1 to 10,000.
+    #[allow(clippy::cast_possible_truncation)]
+    let millis = (rate * 1000.0).round() as i64;
+    millis
+}
+
+fn rate_from_millis(millis: i64) -> f64 {
+    // At most 10,000,000: exact in an f64.
+    #[allow(clippy::cast_precision_loss)]
+    let rate = millis as f64 / 1000.0;
+    rate
 }
 
 fn encode_event_types(event_types: &[String]) -> String {
@@ -859,10 +877,8 @@ mod tests {
         let updated = store.update(&s.id, &cleared, "x").await.unwrap();
         assert_eq!((updated.rate_limit, updated.max_in_flight), (None, 7));
 
-        assert!(matches!(
-            store.update("sub_missing", &patch, "x").await,
-            Err(StoreError::NotFound)
-        ));
+        let missing = store.update("sub_missing", &patch, "x").await;
+        assert!(matches!(missing, Err(StoreError::NotFound)), "{missing:?}");
     }
 
     on_each_backend!(delete_removes_once, delete_removes_once_on);
