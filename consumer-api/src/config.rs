@@ -38,12 +38,39 @@ pub struct ApiSettings {
     /// subscriptions, pruning past the retention.
     #[serde(with = "humantime_serde")]
     pub maintenance_interval: Duration,
+    /// `[api.portal]`: the consumer portal.
+    pub portal: PortalSettings,
+}
+
+/// `[api.portal]`: the web portal where a consumer manages its endpoints, reached through
+/// one-time links minted with `POST /v1/consumers/{id}/portal-sessions`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortalSettings {
+    /// Serve the portal (and let links be minted).
+    pub enabled: bool,
+    /// The path the portal is served under, e.g. `/portal`.
+    pub path: String,
+    /// consumer-api's base URL as browsers reach it, e.g. `https://hooks.example.com`: minted
+    /// links start with it, and with `https` the session cookie is `Secure`. Empty: `http://`
+    /// and the `Host` of the request that mints the link.
+    pub public_url: String,
+    /// How long a minted link can be opened.
+    #[serde(with = "humantime_serde")]
+    pub link_ttl: Duration,
+    /// How long a browser session lasts after its link is opened (a link may ask for less or
+    /// more, up to 7 days).
+    #[serde(with = "humantime_serde")]
+    pub session_ttl: Duration,
+    /// Who may show the portal in a frame: CSP `frame-ancestors` sources, e.g.
+    /// `https://app.example.com` (`'none'`: nobody; `'self'`: consumer-api's own origin).
+    pub frame_ancestors: Vec<String>,
 }
 
 impl Section for ApiSettings {
     const NAME: &'static str = "api";
     const DEFAULTS: &'static str = include_str!("defaults.toml");
-    const LIST_KEYS: &'static [&'static str] = &["directory_keys"];
+    const LIST_KEYS: &'static [&'static str] = &["directory_keys", "portal.frame_ancestors"];
 
     fn validate(&self) -> Result<(), ConfigError> {
         if self.admin_key.len() < 16 {
@@ -74,6 +101,60 @@ impl Section for ApiSettings {
         }
         if self.maintenance_interval.is_zero() {
             return ConfigError::invalid("api.maintenance_interval", "must be more than zero");
+        }
+        self.portal.validate()
+    }
+}
+
+impl PortalSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let path = &self.path;
+        if !path.starts_with('/')
+            || path.len() < 2
+            || path.ends_with('/')
+            || !path[1..].split('/').all(|s| {
+                !s.is_empty()
+                    && s.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            })
+            || path.starts_with("/v1")
+        {
+            return ConfigError::invalid(
+                "api.portal.path",
+                "must be like /portal: segments of letters, digits, - and _, not under /v1",
+            );
+        }
+        if !self.public_url.is_empty()
+            && !url::Url::parse(&self.public_url).is_ok_and(|u| {
+                matches!(u.scheme(), "http" | "https")
+                    && u.host().is_some()
+                    && u.query().is_none()
+                    && !self.public_url.ends_with('/')
+            })
+        {
+            return ConfigError::invalid(
+                "api.portal.public_url",
+                "must be an http(s) URL without a trailing slash, e.g. https://hooks.example.com",
+            );
+        }
+        if self.link_ttl.is_zero() || self.session_ttl.is_zero() {
+            return ConfigError::invalid(
+                "api.portal.link_ttl",
+                "link_ttl and session_ttl must be more than zero",
+            );
+        }
+        // Sources are copied into a header: nothing that could end the directive.
+        if self.frame_ancestors.is_empty()
+            || self.frame_ancestors.iter().any(|s| {
+                s.is_empty()
+                    || s.bytes()
+                        .any(|b| b == b';' || b == b',' || !b.is_ascii_graphic())
+            })
+        {
+            return ConfigError::invalid(
+                "api.portal.frame_ancestors",
+                "must list CSP sources ('none', 'self', https://app.example.com), without ; or ,",
+            );
         }
         Ok(())
     }

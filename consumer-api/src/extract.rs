@@ -144,6 +144,14 @@ path_id!(
     &ulid_pattern("key"),
     "The key id (`key_…`)."
 );
+path_id!(
+    /// `{session_id}` of `/v1/consumers/{id}/portal-sessions/{session_id}`.
+    PortalSessionId,
+    "session_id",
+    "portal session",
+    &ulid_pattern("ps"),
+    "The portal session id (`ps_…`)."
+);
 
 path_id!(
     /// `{name}` of `/v1/event-types/{name}`.

@@ -12,6 +12,7 @@ pub mod directory;
 pub mod event_types;
 pub mod events;
 pub mod page;
+pub mod portal_sessions;
 pub mod replays;
 pub mod subscriptions;
 pub mod tenants;
@@ -44,7 +45,8 @@ fn table() -> OpenApiRouter<AppState> {
         .merge(replays::routes())
         .merge(events::routes())
         .merge(dead_letters::routes())
-        .merge(event_types::routes());
+        .merge(event_types::routes())
+        .merge(portal_sessions::routes());
     OpenApiRouter::with_openapi(openapi::frame())
         .merge(admin)
         .merge(tenant)
@@ -228,6 +230,6 @@ mod tests {
                 }
             }
         }
-        assert_eq!(ids.len(), 28);
+        assert_eq!(ids.len(), 30);
     }
 }

@@ -13,6 +13,7 @@
 //! lib (run: wiring)
 //! server (connections), http (route table, the problem fallback)
 //! http::* (handlers, views) → extract, auth → state
+//! portal (the consumer portal: pages, sessions, assets) → service
 //! maintenance (background upkeep)
 //! service (ownership, validation, store access, announcements; service::* by resource)
 //! validation, control, publisher, recorder, metrics
@@ -32,6 +33,7 @@ mod layering;
 pub mod maintenance;
 pub mod metrics;
 pub mod openapi;
+pub mod portal;
 pub mod publisher;
 pub mod recorder;
 pub mod server;
@@ -123,6 +125,7 @@ pub async fn run(
         policy,
         settings.process.rotation_grace,
     );
+    let portal = portal::router(service.clone(), &settings.process.portal);
     maintenance::spawn(
         service.clone(),
         Upkeep {
@@ -133,10 +136,12 @@ pub async fn run(
         shutdown.clone(),
     );
     let http_metrics = relay_shared::http_metrics::HttpMetrics::register(&registry)?;
+    // The portal answers its errors with pages, so it stays outside the API's problem layer.
     let app = http::router(
         AppState::new(service, &settings.process),
         relay_shared::ops::router(registry, readiness),
-    );
+    )
+    .merge(portal);
     let app = http_metrics.instrument(app);
 
     match listener.local_addr() {

@@ -57,4 +57,7 @@ async fn run_once(service: &Service, upkeep: &Upkeep) {
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "cannot prune past the retention"),
     }
+    if let Err(e) = service.prune_portal_sessions().await {
+        tracing::warn!(error = %e, "cannot prune ended portal sessions");
+    }
 }

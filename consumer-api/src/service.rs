@@ -14,6 +14,7 @@
 pub mod deliveries;
 pub mod event_types;
 pub mod events;
+pub mod portal;
 pub mod replay;
 pub mod subscriptions;
 pub mod tenants;

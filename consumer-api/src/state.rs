@@ -5,7 +5,10 @@ use std::sync::Arc;
 
 use axum::extract::FromRef;
 
-use crate::{config::ApiSettings, service::Service};
+use crate::{
+    config::{ApiSettings, PortalSettings},
+    service::Service,
+};
 
 /// The state of the HTTP application. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -16,6 +19,8 @@ pub struct AppState {
     admin_key: Arc<str>,
     /// The dispatchers' directory keys.
     directory_keys: Arc<[String]>,
+    /// The portal's settings (links are minted through the API).
+    portal: Arc<PortalSettings>,
 }
 
 impl AppState {
@@ -25,7 +30,13 @@ impl AppState {
             service,
             admin_key: api.admin_key.as_str().into(),
             directory_keys: api.directory_keys.clone().into(),
+            portal: Arc::new(api.portal.clone()),
         }
+    }
+
+    /// The portal's settings.
+    pub fn portal(&self) -> &PortalSettings {
+        &self.portal
     }
 
     /// The admin bearer key.

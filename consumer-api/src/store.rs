@@ -7,6 +7,7 @@
 //! transaction open across an await point; the recorder writes its batches in one transaction.
 
 pub mod event_types;
+pub mod portal;
 pub mod records;
 pub mod tenants;
 #[cfg(test)]
@@ -614,6 +615,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "limits",
         include_str!("../migrations/sqlite/0004_limits.sql"),
     ),
+        (
+            5,
+            "portal sessions",
+            include_str!("../migrations/sqlite/0005_portal_sessions.sql"),
+        ),
 ];
 
 /// PostgreSQL migrations: the same versions, with PostgreSQL's DDL.
@@ -638,6 +644,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         "limits",
         include_str!("../migrations/postgres/0004_limits.sql"),
     ),
+        (
+            5,
+            "portal sessions",
+            include_str!("../migrations/postgres/0005_portal_sessions.sql"),
+        ),
 ];
 
 impl EmbeddedMigrations {

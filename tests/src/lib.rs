@@ -1,5 +1,5 @@
 //! Test support for Relay's end-to-end tests: a private RabbitMQ node, a recording HTTP
-//! receiver, direct AMQP access, and a whole Relay started in-process.
+//! receiver, direct AMQP access, a whole Relay started in-process, and a headless browser.
 #![forbid(unsafe_code)]
 // A test harness that cannot set up has nothing better to do than fail the test, saying why.
 #![allow(clippy::expect_used)]
@@ -8,6 +8,7 @@ pub mod amqp;
 pub mod api;
 pub mod bench;
 pub mod broker;
+pub mod browser;
 pub mod cluster;
 pub mod ed25519_check;
 pub mod postgres;

@@ -61,6 +61,9 @@ pub enum Behaviour {
     Delay(Duration),
     /// Never answer; the connection stays open until the receiver is dropped.
     Hang,
+    /// Answer this status with this body, as `text/html` (the worst case for a page that
+    /// shows it).
+    Body(u16, String),
 }
 
 impl Default for Behaviour {
@@ -232,6 +235,15 @@ async fn record(
             StatusCode::OK.into_response()
         }
         (Behaviour::Hang, _) => std::future::pending().await,
+        (Behaviour::Body(code, body), _) => (
+            status(code),
+            [(
+                http::header::CONTENT_TYPE,
+                "text/html; charset=utf-8".to_owned(),
+            )],
+            body,
+        )
+            .into_response(),
     }
 }
 

@@ -97,11 +97,11 @@ pub struct Pruned {
     pub dead_letters: u64,
 }
 
-const EVENT_COLUMNS: &str = "seq, id, event_type, consumer, accepted_ms, body";
-const ATTEMPT_COLUMNS: &str = "seq, event_id, subscription_id, attempt, at, outcome, status, latency_ms, error, response_excerpt, next_attempt_at";
+pub(super) const EVENT_COLUMNS: &str = "seq, id, event_type, consumer, accepted_ms, body";
+pub(super) const ATTEMPT_COLUMNS: &str = "seq, event_id, subscription_id, attempt, at, outcome, status, latency_ms, error, response_excerpt, next_attempt_at";
 const DEAD_COLUMNS: &str = "seq, id, event_id, subscription_id, attempts, last_error, last_status, body, dead_ms, dead_at, redriven_at";
 
-fn event_from_row(row: &AnyRow) -> Result<StoredEvent, StoreError> {
+pub(super) fn event_from_row(row: &AnyRow) -> Result<StoredEvent, StoreError> {
     Ok(StoredEvent {
         seq: row.try_get("seq")?,
         event: NewEvent {
@@ -122,7 +122,7 @@ pub fn outcome_name(outcome: AttemptOutcome) -> String {
         .unwrap_or_default()
 }
 
-fn attempt_from_row(row: &AnyRow) -> Result<StoredAttempt, StoreError> {
+pub(super) fn attempt_from_row(row: &AnyRow) -> Result<StoredAttempt, StoreError> {
     let seq: i64 = row.try_get("seq")?;
     let outcome: String = row.try_get("outcome")?;
     let outcome =

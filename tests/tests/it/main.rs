@@ -14,6 +14,7 @@ mod event_types;
 mod ingest_errors;
 mod lifecycle;
 mod observability;
+mod portal;
 mod postgres;
 mod pull;
 mod reliability;
