@@ -8,7 +8,12 @@
 
 use std::{path::PathBuf, process::Stdio, time::Duration};
 
-use fantoccini::{Client, ClientBuilder, Locator, elements::Element};
+use fantoccini::{
+    Client, ClientBuilder, Locator,
+    actions::{InputSource, KeyAction, KeyActions},
+    elements::Element,
+    key::Key,
+};
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
@@ -189,6 +194,60 @@ impl Browser {
             .expect("script runs")
     }
 
+    /// What a keyboard user or a reader with low vision would meet on the current page:
+    /// inputs without a label, links and buttons without a name, images without `alt`, a
+    /// positive `tabindex`, text below WCAG AA contrast (4.5:1, 3:1 when large) against the
+    /// background it is drawn on, and visible controls that Tab never reaches. Empty when
+    /// the page passes.
+    pub async fn accessibility_problems(&self) -> Vec<String> {
+        let mut problems: Vec<String> = serde_json::from_value(self.eval(AUDIT).await)
+            .expect("the audit returns a list of strings");
+        let controls = self
+            .eval(MARK_CONTROLS)
+            .await
+            .as_u64()
+            .expect("the number of controls");
+        // Tab from the top of the page (a focused marker before everything) until every
+        // control was focused, noting which were. A date-time input takes a Tab per part
+        // (day, month, year, hour, …), hence the generous number of presses.
+        let mut reached = std::collections::BTreeSet::new();
+        for _ in 0..controls * 12 + 10 {
+            if reached.len() as u64 == controls {
+                break;
+            }
+            let tab = KeyActions::new("keyboard".into())
+                .then(KeyAction::Down {
+                    value: Key::Tab.into(),
+                })
+                .then(KeyAction::Up {
+                    value: Key::Tab.into(),
+                });
+            self.client.perform_actions(tab).await.expect("press Tab");
+            if let Some(i) = self
+                .eval("const a = document.activeElement; return a && a.dataset.audit ? Number(a.dataset.audit) : null;")
+                .await
+                .as_u64()
+            {
+                reached.insert(i);
+            }
+        }
+        let _ = self.client.release_actions().await;
+        let missed: Vec<String> = serde_json::from_value(
+            self.eval(&format!(
+                "document.getElementById('audit-start')?.remove(); document.activeElement?.blur(); \
+                 window.scrollTo(0, 0); const reached = {}; \
+                 return [...document.querySelectorAll('[data-audit]')] \
+                   .filter(e => !reached.includes(Number(e.dataset.audit))) \
+                   .map(e => 'not reachable by Tab: ' + e.outerHTML.slice(0, 120));",
+                json!(reached)
+            ))
+            .await,
+        )
+        .expect("a list of strings");
+        problems.extend(missed);
+        problems
+    }
+
     /// Saves a PNG of the viewport to `dir/name.png` (the whole page height, up to 2400 px).
     pub async fn screenshot(&self, dir: &std::path::Path, name: &str) {
         let height = self
@@ -198,8 +257,21 @@ impl Browser {
             .unwrap_or(900)
             .clamp(600, 2400);
         let height = u32::try_from(height).unwrap_or(900);
-        // The window size includes the browser's frame, which headless Chromium does not draw.
+        // The window size includes the browser's frame: grow the window by what the frame
+        // takes so the viewport shows the whole page.
         let _ = self.client.set_window_size(1280, height).await;
+        let inner = self
+            .eval("return window.innerHeight;")
+            .await
+            .as_u64()
+            .and_then(|h| u32::try_from(h).ok())
+            .unwrap_or(height);
+        if inner < height {
+            let _ = self
+                .client
+                .set_window_size(1280, height + (height - inner))
+                .await;
+        }
         let png = self.client.screenshot().await.expect("screenshot");
         let _ = self.client.set_window_size(1280, 900).await;
         std::fs::create_dir_all(dir).expect("create the screenshot directory");
@@ -220,3 +292,73 @@ impl Drop for Browser {
         let _ = std::fs::remove_dir_all(&self.profile);
     }
 }
+
+/// The static part of [`Browser::accessibility_problems`], in the page.
+const AUDIT: &str = r#"
+const problems = [];
+// Rendered: not display:none, not visibility:hidden, not inside a closed <details>.
+const visible = e => e.checkVisibility({ visibilityProperty: true });
+const snippet = e => e.outerHTML.slice(0, 120);
+if (!document.documentElement.lang) problems.push('no lang on <html>');
+if (!document.title.trim()) problems.push('no <title>');
+for (const e of document.querySelectorAll('input:not([type=hidden]), select, textarea')) {
+  if (visible(e) && !(e.labels && e.labels.length) && !e.getAttribute('aria-label')
+      && !e.getAttribute('aria-labelledby')) problems.push('no label: ' + snippet(e));
+}
+for (const e of document.querySelectorAll('a[href], button, summary')) {
+  if (visible(e) && !e.textContent.trim() && !e.getAttribute('aria-label'))
+    problems.push('no name: ' + snippet(e));
+}
+for (const e of document.querySelectorAll('img:not([alt])')) problems.push('no alt: ' + snippet(e));
+for (const e of document.querySelectorAll('[tabindex]'))
+  if (e.tabIndex > 0) problems.push('positive tabindex: ' + snippet(e));
+const rgba = s => { const m = s.match(/[\d.]+/g).map(Number); return [m[0], m[1], m[2], m.length > 3 ? m[3] : 1]; };
+const luminance = c => {
+  const f = v => { v /= 255; return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); };
+  return 0.2126 * f(c[0]) + 0.7152 * f(c[1]) + 0.0722 * f(c[2]);
+};
+// The colour an element's text is drawn on: its and its ancestors' backgrounds composited
+// from the nearest opaque one (white at the bottom).
+const backdrop = e => {
+  const layers = [];
+  for (let n = e; n; n = n.parentElement) {
+    const c = rgba(getComputedStyle(n).backgroundColor);
+    if (c[3] > 0) { layers.push(c); if (c[3] >= 1) break; }
+  }
+  let out = [255, 255, 255];
+  for (const c of layers.reverse()) out = out.map((v, i) => c[i] * c[3] + v * (1 - c[3]));
+  return out;
+};
+for (const e of document.querySelectorAll('body *')) {
+  if (!visible(e) || e.closest(':disabled')) continue;
+  if (![...e.childNodes].some(n => n.nodeType === 3 && n.textContent.trim())) continue;
+  const style = getComputedStyle(e);
+  const bg = backdrop(e);
+  const fg = rgba(style.color);
+  const text = [0, 1, 2].map(i => fg[i] * fg[3] + bg[i] * (1 - fg[3]));
+  const [a, b] = [luminance(text), luminance(bg)];
+  const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+  const size = parseFloat(style.fontSize);
+  const large = size >= 24 || (parseInt(style.fontWeight, 10) >= 700 && size >= 18.66);
+  const need = large ? 3 : 4.5;
+  if (ratio < need) problems.push(`contrast ${ratio.toFixed(2)} < ${need}: <${e.tagName.toLowerCase()}> "${e.textContent.trim().slice(0, 40)}"`);
+}
+return problems;
+"#;
+
+/// Numbers the visible, enabled controls (`data-audit`) and puts a focused marker before
+/// everything, so that the next Tab goes to the page's first control; returns their count.
+const MARK_CONTROLS: &str = r#"
+// Rendered: not display:none, not visibility:hidden, not inside a closed <details>.
+const visible = e => e.checkVisibility({ visibilityProperty: true });
+const controls = [...document.querySelectorAll(
+  'a[href], button, input:not([type=hidden]), select, textarea, summary, [tabindex]'
+)].filter(e => !e.disabled && e.tabIndex >= 0 && visible(e));
+controls.forEach((e, i) => { e.dataset.audit = i; });
+const start = document.createElement('span');
+start.id = 'audit-start';
+start.tabIndex = -1;
+document.body.prepend(start);
+start.focus();
+return controls.length;
+"#;

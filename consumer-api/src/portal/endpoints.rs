@@ -1,8 +1,8 @@
 //! Endpoints (the API's subscriptions): the list with each one's state and success rate over
 //! the last 24 hours; create and edit (the URL under the API's SSRF rules, the event-type
-//! filter chosen from the types recorded for the consumer or typed as patterns); enable,
-//! disable, delete; the signing secret (revealed on request, rotated with a grace period);
-//! and a test event with its result.
+//! filter chosen from the catalogue and the types recorded for the consumer, or typed as
+//! patterns); enable, disable, delete; the signing secret (revealed on request, rotated with a
+//! grace period); and a test event with its result.
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -307,7 +307,7 @@ fn endpoint_form(
             fieldset #types aria-describedby=[layout::described_by("types", true, error("types").is_some())] {
                 legend { "Events to receive" }
                 @if known.is_empty() {
-                    p.hint { "No events have been recorded for you yet: type the types or patterns below." }
+                    p.hint { "No event types are registered or recorded for you yet: type the types or patterns below." }
                 } @else {
                     div.checks {
                         @for (i, t) in known.iter().enumerate() {
@@ -342,10 +342,7 @@ fn endpoint_form(
 }
 
 async fn known_types(state: &PortalState, session: &Session) -> Result<Vec<String>, ApiError> {
-    state
-        .service
-        .event_type_names(&session.context.caller)
-        .await
+    super::event_types::names(state, &session.context.caller).await
 }
 
 fn form_page(

@@ -264,18 +264,28 @@ pub fn expired_page(state: &PortalState, status: StatusCode) -> Response {
 
 /// The page of a link that does not open.
 pub fn refused_link_page(state: &PortalState, refusal: LinkRefusal) -> Response {
-    let text = match refusal {
-        LinkRefusal::Used => "This link was already used. Links open once; ask for a new one.",
-        LinkRefusal::Revoked => "This link was revoked. Ask for a new one.",
-        LinkRefusal::Expired => "This link is too old to open. Ask for a new one.",
-        LinkRefusal::Unknown => {
-            "This link is not valid. Check that it was copied whole, or ask for a new one."
-        }
+    let (title, text) = match refusal {
+        LinkRefusal::Used => (
+            "This link was already used",
+            "Links open once: ask the product you came from for a new one.",
+        ),
+        LinkRefusal::Revoked => (
+            "This link was revoked",
+            "Ask the product you came from for a new one.",
+        ),
+        LinkRefusal::Expired => (
+            "This link has expired",
+            "Links open only for a short while: ask the product you came from for a new one.",
+        ),
+        LinkRefusal::Unknown => (
+            "This link is not valid",
+            "Check that it was copied whole, or ask the product you came from for a new one.",
+        ),
     };
     let body = html! {
         section.card.narrow {
             p.eyebrow { "Link refused" }
-            h1 { "This link has expired" }
+            h1 { (title) }
             p { (text) }
         }
     };

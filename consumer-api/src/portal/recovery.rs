@@ -155,7 +155,7 @@ pub async fn dead_letters(
                     div.card-head {
                         p.muted { (page.items.len()) " shown, " (pending) " waiting for a redrive" }
                         div.actions {
-                            label.check for="select-all" hidden { input #select-all type="checkbox" data-select-all hidden; "Select all" }
+                            label.check.plain for="select-all" hidden { input #select-all type="checkbox" data-select-all hidden; "Select all" }
                             button.btn type="submit" name="action" value="selected" { "Redrive selected" }
                             button.btn.btn-primary type="submit" name="action" value="all" {
                                 @if endpoint.is_some() { "Redrive all of this endpoint" } @else { "Redrive all" }
@@ -188,8 +188,13 @@ pub async fn dead_letters(
                                             a href=(state.href(&format!("/endpoints/{}", l.subscription_id))) { (url_of(&l.subscription_id)) }
                                         }
                                         td.break {
-                                            @if let Some(s) = l.last_status { span.mono { (s) } " " }
-                                            (l.last_error.as_deref().unwrap_or("—"))
+                                            @if let Some(e) = &l.last_error {
+                                                (e)
+                                            } @else if let Some(s) = l.last_status {
+                                                "HTTP " (s)
+                                            } @else {
+                                                "—"
+                                            }
                                         }
                                         td.num { (l.attempts) }
                                         td {

@@ -52,7 +52,7 @@ pub struct EventDetail {
 #[derive(Debug)]
 pub(crate) struct Visibility {
     consumer: Option<String>,
-    filters: Vec<TopicFilter>,
+    pub(crate) filters: Vec<TopicFilter>,
 }
 
 impl Visibility {

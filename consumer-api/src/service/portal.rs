@@ -10,10 +10,7 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use base64::Engine as _;
-use relay_shared::{
-    filter::TopicFilter,
-    ids::{new_id, random_bytes},
-};
+use relay_shared::ids::{new_id, random_bytes};
 use serde::{Deserialize, Serialize};
 
 use super::{Caller, Service, events::matches_any, subscriptions::OwnedSubscription};
@@ -21,7 +18,7 @@ use crate::{
     clock::{duration_ms, now, now_ms},
     error::{ApiError, FieldError},
     store::{
-        ListRequest, StoreError,
+        StoreError,
         portal::{AttemptSearch, DeliveryStats, LoggedAttempt, NewPortalSession, PortalSession},
         tenants::key_hash,
     },
@@ -503,7 +500,7 @@ impl Service {
     /// [`ApiError::Forbidden`] for a caller that is not a consumer, or a store failure.
     pub async fn event_types_seen(&self, caller: &Caller) -> Result<Vec<EventTypeSeen>, ApiError> {
         let consumer = caller.consumer().ok_or(ApiError::Forbidden)?;
-        let filters = self.filters_of(consumer).await?;
+        let filters = self.visibility(caller).await?.filters;
         let mut out = Vec::new();
         for seen in self.store.seen_types(consumer, TYPES_EXAMINED).await? {
             // An unnamed event is visible when one of the consumer's filters matches its
@@ -539,32 +536,6 @@ impl Service {
             .into_iter()
             .map(|t| t.event_type)
             .collect())
-    }
-
-    async fn filters_of(&self, consumer: &str) -> Result<Vec<TopicFilter>, StoreError> {
-        let mut filters = Vec::new();
-        let mut after = String::new();
-        loop {
-            let rows = self
-                .store
-                .list(&ListRequest {
-                    after: after.clone(),
-                    consumer: Some(consumer.to_owned()),
-                    limit: 1000,
-                })
-                .await?;
-            for s in &rows {
-                filters.extend(
-                    s.event_types
-                        .iter()
-                        .filter_map(|f| TopicFilter::parse(f).ok()),
-                );
-            }
-            match rows.last() {
-                Some(last) if rows.len() == 1000 => after = last.id.clone(),
-                _ => return Ok(filters),
-            }
-        }
     }
 }
 

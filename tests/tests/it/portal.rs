@@ -24,6 +24,13 @@ fn shots() -> PathBuf {
     )
 }
 
+/// Checks the current page's accessibility basics, then saves its screenshot as `name`.
+async fn shot(browser: &Browser, name: &str) {
+    let problems = browser.accessibility_problems().await;
+    assert!(problems.is_empty(), "page {name}: {problems:#?}");
+    browser.screenshot(&shots(), name).await;
+}
+
 fn portal(system: &System, path: &str) -> String {
     format!("{}/portal{path}", system.api_url)
 }
@@ -153,7 +160,7 @@ async fn portal_links_open_once_sessions_end_and_only_own_data_is_reachable() {
     browser.wait_page("endpoints").await;
     assert!(browser.text("main").await.contains("No endpoints yet"));
     assert_eq!(browser.text(".who strong").await, "acme");
-    browser.screenshot(&shots(), "endpoints-empty").await;
+    shot(&browser, "endpoints-empty").await;
 
     // Another consumer's ids typed into the URL → the 404 page.
     for path in [
@@ -164,7 +171,7 @@ async fn portal_links_open_once_sessions_end_and_only_own_data_is_reachable() {
         browser.goto(&portal(&system, &path)).await;
         browser.wait_page("error-404").await;
     }
-    browser.screenshot(&shots(), "not-found").await;
+    shot(&browser, "not-found").await;
 
     // A POST without the CSRF token → 403, nothing created.
     browser.goto(&portal(&system, "/endpoints/new")).await;
@@ -202,7 +209,7 @@ async fn portal_links_open_once_sessions_end_and_only_own_data_is_reachable() {
     browser.goto(url).await;
     browser.wait_page("link-expired").await;
     assert!(browser.text("main").await.contains("already used"));
-    browser.screenshot(&shots(), "link-expired").await;
+    shot(&browser, "link-expired").await;
 
     // The session still works; revoked (by the product's backend) → the expired page.
     let (_, link) = mint(&system, "acme", None, json!({})).await;
@@ -294,7 +301,7 @@ async fn portal_creates_an_endpoint_sends_a_test_event_and_rotates_the_secret() 
         .await;
     browser.fill("#patterns", "invoice.#").await;
     browser.fill("#description", "Order service").await;
-    browser.screenshot(&shots(), "endpoint-form").await;
+    shot(&browser, "endpoint-form").await;
     browser.click("form.card button[type=submit]").await;
     browser.wait_page("endpoint").await;
     assert!(browser.text(".notice").await.contains("Endpoint created"));
@@ -331,7 +338,7 @@ async fn portal_creates_an_endpoint_sends_a_test_event_and_rotates_the_secret() 
             .await
             .contains("answered 200")
     );
-    browser.screenshot(&shots(), "test-result").await;
+    shot(&browser, "test-result").await;
     let pings = receiver.wait_for(1, Duration::from_secs(10)).await;
     assert_eq!(pings[0].json()["type"], "relay.ping");
     browser
@@ -363,7 +370,7 @@ async fn portal_creates_an_endpoint_sends_a_test_event_and_rotates_the_secret() 
             .await
             .contains("previous secret also signs")
     );
-    browser.screenshot(&shots(), "endpoint").await;
+    shot(&browser, "endpoint").await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let delivery = loop {
         let before = receiver.count();
@@ -409,7 +416,7 @@ async fn portal_creates_an_endpoint_sends_a_test_event_and_rotates_the_secret() 
     browser.goto(&portal(&system, "/endpoints")).await;
     browser.wait_page("endpoints").await;
     assert!(browser.text("tbody tr").await.contains("Healthy"));
-    browser.screenshot(&shots(), "endpoints").await;
+    shot(&browser, "endpoints").await;
 
     browser.close().await;
     system.stop().await;
@@ -481,7 +488,7 @@ async fn portal_shows_hostile_payloads_responses_and_urls_as_text() {
         ))
         .await;
     browser.wait_page("deliveries").await;
-    browser.screenshot(&shots(), "deliveries").await;
+    shot(&browser, "deliveries").await;
     browser.click("td a[href*='/deliveries/']").await;
     browser.wait_page("attempt").await;
     assert_eq!(browser.eval(checks).await, json!(true), "attempt");
@@ -493,7 +500,7 @@ async fn portal_shows_hostile_payloads_responses_and_urls_as_text() {
     assert!(response.contains(&hostile(HOSTILE_IMG)), "{response}");
     assert!(response.contains("javascript:"), "{response}");
     assert_eq!(browser.text("#response-status").await, "500");
-    browser.screenshot(&shots(), "attempt").await;
+    shot(&browser, "attempt").await;
 
     // The event types page shows the payload as its example, as text.
     browser.goto(&portal(&system, "/event-types")).await;
@@ -505,7 +512,7 @@ async fn portal_shows_hostile_payloads_responses_and_urls_as_text() {
             .contains(&hostile(HOSTILE_PAYLOAD))
     );
     assert_eq!(browser.eval(checks).await, json!(true), "event types");
-    browser.screenshot(&shots(), "event-types").await;
+    shot(&browser, "event-types").await;
 
     // A javascript: URL is refused as an endpoint.
     browser.goto(&portal(&system, "/endpoints/new")).await;
@@ -547,7 +554,7 @@ async fn portal_replays_a_window_and_redrives_a_dead_letter() {
     // Redrive the dead letter from the UI → it is delivered.
     browser.click("nav a[href$='/dead-letters']").await;
     browser.wait_page("dead-letters").await;
-    browser.screenshot(&shots(), "dead-letters").await;
+    shot(&browser, "dead-letters").await;
     browser.click("tr[data-dead-letter] button[name=one]").await;
     browser.wait_page("dead-letters").await;
     assert!(browser.text(".notice").await.starts_with("1 dead letter"));
