@@ -134,15 +134,17 @@ async fn problems(request: Request, next: Next) -> Response {
     }
     let response = next.run(request).await;
     let status = response.status();
-    // JSON answers are already structured (problems, and `/readyz`'s reasons); what is left
-    // is axum's empty 404 and 405 and the plain-text rejections of layers and extractors.
-    let is_json = response
+    // JSON answers are already structured (problems, and `/readyz`'s reasons), and HTML
+    // ones are the portal's error pages; what is left is axum's empty 404 and 405 and the
+    // plain-text rejections of layers and extractors.
+    let is_document = response
         .headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| {
-            v.as_bytes().starts_with(b"application/") && v.as_bytes().ends_with(b"json")
+            let v = v.as_bytes();
+            (v.starts_with(b"application/") && v.ends_with(b"json")) || v.starts_with(b"text/html")
         });
-    if status.as_u16() < 400 || is_json {
+    if status.as_u16() < 400 || is_document {
         return response;
     }
     let (parts, body) = response.into_parts();

@@ -136,12 +136,12 @@ pub async fn run(
         shutdown.clone(),
     );
     let http_metrics = relay_shared::http_metrics::HttpMetrics::register(&registry)?;
-    // The portal answers its errors with pages, so it stays outside the API's problem layer.
+    // The portal sits under the problem fallback like the rest; its error pages are HTML,
+    // which the fallback leaves as they are.
     let app = http::router(
         AppState::new(service, &settings.process),
-        relay_shared::ops::router(registry, readiness),
-    )
-    .merge(portal);
+        relay_shared::ops::router(registry, readiness).merge(portal),
+    );
     let app = http_metrics.instrument(app);
 
     match listener.local_addr() {

@@ -19,6 +19,7 @@ pub mod form;
 pub mod layout;
 pub mod recovery;
 pub mod session;
+pub mod state;
 
 use std::sync::Arc;
 
@@ -27,29 +28,12 @@ use axum::{
     extract::{Request, State},
     http::{HeaderName, HeaderValue, StatusCode, header},
     middleware::{self, Next},
-    response::{IntoResponse, Redirect, Response},
+    response::{Redirect, Response},
     routing::{get, post},
 };
 
-use crate::{config::PortalSettings, error::ApiError, service::Service, store::StoreError};
-
-/// What every portal handler can reach.
-#[derive(Debug, Clone)]
-pub struct PortalState {
-    /// The operations, shared with the JSON API.
-    pub service: Service,
-    /// `[api.portal]`.
-    pub settings: Arc<PortalSettings>,
-    /// The session cookie is `Secure` (the public URL is `https`).
-    pub secure_cookie: bool,
-}
-
-impl PortalState {
-    /// The path of a portal page, e.g. `href("/endpoints")` → `/portal/endpoints`.
-    pub fn href(&self, rest: &str) -> String {
-        format!("{}{rest}", self.settings.path)
-    }
-}
+use self::state::PortalState;
+use crate::{config::PortalSettings, service::Service};
 
 /// The portal's routes under `settings.path`, with their security headers; an empty router
 /// when the portal is turned off.
@@ -148,41 +132,4 @@ async fn home(State(state): State<PortalState>) -> Redirect {
 
 async fn not_found(State(state): State<PortalState>) -> Response {
     layout::error_page(&state, StatusCode::NOT_FOUND)
-}
-
-/// The page for an operation's failure: not found (also another consumer's ids), a refused
-/// value, or a temporary or internal failure.
-pub fn failure(state: &PortalState, error: &ApiError) -> Response {
-    let status = match error {
-        ApiError::Store(StoreError::NotFound | StoreError::Missing(_)) => StatusCode::NOT_FOUND,
-        ApiError::Forbidden | ApiError::Unauthorized | ApiError::NotYours(_) => {
-            StatusCode::FORBIDDEN
-        }
-        ApiError::Invalid(_) | ApiError::Destination(_) | ApiError::Body(_) => {
-            StatusCode::BAD_REQUEST
-        }
-        ApiError::Broker(_) => StatusCode::SERVICE_UNAVAILABLE,
-        ApiError::Store(e) if e.is_transient() => StatusCode::SERVICE_UNAVAILABLE,
-        ApiError::Store(StoreError::Conflict(_)) => StatusCode::CONFLICT,
-        ApiError::Rejected(p) => StatusCode::from_u16(p.status).unwrap_or(StatusCode::BAD_REQUEST),
-        ApiError::Store(_) => {
-            tracing::error!(error = %error, "portal request failed");
-            StatusCode::INTERNAL_SERVER_ERROR
-        }
-    };
-    layout::error_page(state, status)
-}
-
-/// The stored name of an attempt's outcome (`success`, `retry_scheduled`, …).
-pub fn outcome(attempt: &crate::store::portal::LoggedAttempt) -> String {
-    crate::store::records::outcome_name(attempt.attempt.record.outcome)
-}
-
-/// A redirect after a POST (303: the browser follows with a GET).
-pub fn see_other(location: &str) -> Response {
-    (
-        StatusCode::SEE_OTHER,
-        [(header::LOCATION, location.to_owned())],
-    )
-        .into_response()
 }

@@ -11,10 +11,8 @@ use maud::{Markup, html};
 use serde::Deserialize;
 
 use super::{
-    PortalState, failure,
-    layout::{self, Nav, badge, code_block, datetime},
-    outcome,
-    session::Session,
+    layout::{self, Nav, badge, code_block, datetime, failure},
+    state::{PortalState, Session},
 };
 use crate::{
     clock::rfc3339_ms,
@@ -377,6 +375,11 @@ pub async fn attempt(
 
 fn urlencoded(text: &str) -> String {
     url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
+}
+
+/// The stored name of an attempt's outcome (`success`, `retry_scheduled`, …).
+pub fn outcome(attempt: &crate::store::portal::LoggedAttempt) -> String {
+    crate::store::records::outcome_name(attempt.attempt.record.outcome)
 }
 
 #[cfg(test)]

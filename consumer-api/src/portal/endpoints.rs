@@ -15,11 +15,11 @@ use maud::{Markup, html};
 use serde::Deserialize;
 
 use super::{
-    PortalState, deliveries, failure,
+    deliveries,
     form::Form,
-    layout::{self, Nav, badge, csrf, datetime, datetime_ms, field},
-    see_other,
-    session::{Posted, Session},
+    layout::{self, Nav, badge, csrf, datetime, datetime_ms, failure, field, see_other},
+    session::Posted,
+    state::{PortalState, Session},
 };
 use crate::{
     error::{ApiError, FieldError},
@@ -870,7 +870,7 @@ pub async fn test_result(
                 }
             }
             Some(a) => {
-                @let status = DeliveryStatus::of_outcome(&super::outcome(a));
+                @let status = DeliveryStatus::of_outcome(&deliveries::outcome(a));
                 section.card #test-result data-state=(status.name()) {
                     @if status == DeliveryStatus::Delivered {
                         (layout::notice("ok", html! { "Delivered: the endpoint answered " (a.attempt.record.status.unwrap_or(0)) " in " (a.attempt.record.latency_ms) " ms." }))

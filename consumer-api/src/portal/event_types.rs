@@ -9,9 +9,8 @@ use axum::{extract::State, response::Response};
 use maud::html;
 
 use super::{
-    PortalState, failure,
-    layout::{self, Nav, badge, json_block},
-    session::Session,
+    layout::{self, Nav, badge, failure, json_block},
+    state::{PortalState, Session},
 };
 use crate::{
     error::ApiError,

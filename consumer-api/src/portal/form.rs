@@ -8,7 +8,7 @@ use axum::{
     response::Response,
 };
 
-use super::{PortalState, layout};
+use super::{layout, state::PortalState};
 use crate::extract::MAX_BODY_BYTES;
 
 /// The fields of a posted form, in order.

@@ -4,13 +4,16 @@
 //! interpolated value: nothing from a payload, a response or a URL can become markup.
 
 use axum::{
-    http::StatusCode,
+    http::{StatusCode, header},
     response::{Html, IntoResponse, Response},
 };
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 
-use super::{PortalState, assets, session::Session};
-use crate::service::portal::LinkRefusal;
+use super::{
+    assets,
+    state::{CSRF_FIELD, PortalState, Session},
+};
+use crate::{error::ApiError, service::portal::LinkRefusal, store::StoreError};
 
 /// Brand shown when a link has no theme name.
 pub const DEFAULT_BRAND: &str = "Relay";
@@ -49,7 +52,7 @@ pub fn with_status(status: StatusCode, markup: Markup) -> Response {
 
 /// The hidden CSRF field every form of a session carries.
 pub fn csrf(session: &Session) -> Markup {
-    html! { input type="hidden" name=(super::session::CSRF_FIELD) value=(session.csrf); }
+    html! { input type="hidden" name=(CSRF_FIELD) value=(session.csrf); }
 }
 
 /// A whole page: `id` names it for tests and styles (`data-page`).
@@ -379,4 +382,36 @@ pub fn empty(title: &str, text: Markup) -> Markup {
 /// Marks trusted, constant markup (an entity), never data.
 pub fn entity(text: &'static str) -> PreEscaped<&'static str> {
     PreEscaped(text)
+}
+
+/// The page for an operation's failure: not found (also another consumer's ids), a refused
+/// value, or a temporary or internal failure.
+pub fn failure(state: &PortalState, error: &ApiError) -> Response {
+    let status = match error {
+        ApiError::Store(StoreError::NotFound | StoreError::Missing(_)) => StatusCode::NOT_FOUND,
+        ApiError::Forbidden | ApiError::Unauthorized | ApiError::NotYours(_) => {
+            StatusCode::FORBIDDEN
+        }
+        ApiError::Invalid(_) | ApiError::Destination(_) | ApiError::Body(_) => {
+            StatusCode::BAD_REQUEST
+        }
+        ApiError::Broker(_) => StatusCode::SERVICE_UNAVAILABLE,
+        ApiError::Store(e) if e.is_transient() => StatusCode::SERVICE_UNAVAILABLE,
+        ApiError::Store(StoreError::Conflict(_)) => StatusCode::CONFLICT,
+        ApiError::Rejected(p) => StatusCode::from_u16(p.status).unwrap_or(StatusCode::BAD_REQUEST),
+        ApiError::Store(_) => {
+            tracing::error!(error = %error, "portal request failed");
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+    };
+    error_page(state, status)
+}
+
+/// A redirect after a POST (303: the browser follows with a GET).
+pub fn see_other(location: &str) -> Response {
+    (
+        StatusCode::SEE_OTHER,
+        [(header::LOCATION, location.to_owned())],
+    )
+        .into_response()
 }

@@ -10,12 +10,10 @@ use maud::html;
 use serde::Deserialize;
 
 use super::{
-    PortalState,
     deliveries::parse_local_utc,
-    failure,
-    layout::{self, Nav, badge, csrf, datetime},
-    see_other,
-    session::{Posted, Session},
+    layout::{self, Nav, badge, csrf, datetime, failure, see_other},
+    session::Posted,
+    state::{PortalState, Session},
 };
 use crate::{
     clock::ms_rfc3339,

@@ -17,26 +17,15 @@ use axum::{
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::{PortalState, form::Form, layout, see_other};
-use crate::{
-    clock::now_ms,
-    service::portal::{LinkRefusal, PortalContext},
+use super::{
+    form::Form,
+    layout::{self, see_other},
+    state::{CSRF_FIELD, PortalState, Session},
 };
+use crate::{clock::now_ms, service::portal::LinkRefusal};
 
 /// The session cookie's name.
 pub const COOKIE: &str = "relay_portal";
-/// The name of the CSRF field of every form.
-pub const CSRF_FIELD: &str = "csrf";
-
-/// An open session, with its CSRF token.
-#[derive(Debug, Clone)]
-pub struct Session {
-    /// Whom it shows, and how.
-    pub context: PortalContext,
-    /// The CSRF token forms must carry.
-    pub csrf: String,
-}
-
 /// The CSRF token of a session: a hash of its cookie token (which the page's own script cannot
 /// read: the cookie is `HttpOnly`).
 fn csrf_token(session_token: &str) -> String {
@@ -72,7 +61,7 @@ impl FromRequestParts<PortalState> for Session {
                 csrf: csrf_token(&token),
             }),
             Ok(None) => Err(layout::expired_page(state, StatusCode::UNAUTHORIZED)),
-            Err(e) => Err(super::failure(state, &e)),
+            Err(e) => Err(layout::failure(state, &e)),
         }
     }
 }
@@ -128,14 +117,14 @@ pub async fn login(State(state): State<PortalState>, form: Form) -> Response {
             response
         }
         Ok(Err(refusal)) => layout::refused_link_page(&state, refusal),
-        Err(e) => super::failure(&state, &e),
+        Err(e) => layout::failure(&state, &e),
     }
 }
 
 /// `POST {path}/logout`: ends the session and clears the cookie.
 pub async fn logout(State(state): State<PortalState>, posted: Posted) -> Response {
     if let Err(e) = state.service.sign_out(&posted.session.context).await {
-        return super::failure(&state, &e);
+        return layout::failure(&state, &e);
     }
     let mut response = layout::signed_out_page(&state).into_response();
     let cookie = format!(
