@@ -14,12 +14,16 @@
 pub mod deliveries;
 pub mod event_types;
 pub mod events;
+pub mod key_uses;
 pub mod portal;
 pub mod replay;
 pub mod subscriptions;
 pub mod tenants;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use relay_shared::{control::ControlMessage, ssrf::NetworkPolicy};
 
@@ -149,6 +153,8 @@ pub struct Service {
     publisher: Publisher,
     policy: Arc<NetworkPolicy>,
     rotation_grace: Duration,
+    /// When each key's `last_used_at` was last written by this instance.
+    key_uses: Arc<Mutex<key_uses::KeyUses>>,
 }
 
 impl Service {
@@ -167,6 +173,7 @@ impl Service {
             publisher,
             policy: Arc::new(policy),
             rotation_grace,
+            key_uses: Arc::default(),
         }
     }
 

@@ -615,11 +615,16 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "limits",
         include_str!("../migrations/sqlite/0004_limits.sql"),
     ),
-        (
-            5,
-            "portal sessions",
-            include_str!("../migrations/sqlite/0005_portal_sessions.sql"),
-        ),
+    (
+        5,
+        "portal sessions",
+        include_str!("../migrations/sqlite/0005_portal_sessions.sql"),
+    ),
+    (
+        6,
+        "key last used",
+        include_str!("../migrations/sqlite/0006_key_last_used.sql"),
+    ),
 ];
 
 /// PostgreSQL migrations: the same versions, with PostgreSQL's DDL.
@@ -644,11 +649,16 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         "limits",
         include_str!("../migrations/postgres/0004_limits.sql"),
     ),
-        (
-            5,
-            "portal sessions",
-            include_str!("../migrations/postgres/0005_portal_sessions.sql"),
-        ),
+    (
+        5,
+        "portal sessions",
+        include_str!("../migrations/postgres/0005_portal_sessions.sql"),
+    ),
+    (
+        6,
+        "key last used",
+        include_str!("../migrations/postgres/0006_key_last_used.sql"),
+    ),
 ];
 
 impl EmbeddedMigrations {

@@ -60,6 +60,9 @@ pub struct KeyView {
     pub prefix: String,
     /// RFC 3339.
     pub created_at: String,
+    /// When it was last used (RFC 3339), written at most once a minute; null before its
+    /// first use.
+    pub last_used_at: Option<String>,
     /// The key itself (`rk_…`), shown once.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
@@ -72,6 +75,7 @@ impl From<ApiKey> for KeyView {
             consumer_id: k.consumer_id,
             prefix: k.prefix,
             created_at: k.created_at,
+            last_used_at: k.last_used_at,
             key: None,
         }
     }

@@ -1,5 +1,7 @@
 //! Consumers (tenants) and their API keys, admin only. A key is shown once, when it is
-//! created; the store keeps its hash.
+//! created; the store keeps its hash, and when it was last used.
+
+use std::{sync::PoisonError, time::Instant};
 
 use base64::Engine as _;
 use relay_shared::ids::{new_id, random_bytes};
@@ -65,11 +67,32 @@ impl Service {
         if !key.starts_with(KEY_PREFIX) {
             return Ok(None);
         }
-        Ok(self
-            .store
-            .consumer_for_key(&key_hash(key))
-            .await?
-            .map(Caller::Consumer))
+        let Some((key_id, consumer)) = self.store.consumer_for_key(&key_hash(key)).await? else {
+            return Ok(None);
+        };
+        self.note_key_use(key_id);
+        Ok(Some(Caller::Consumer(consumer)))
+    }
+
+    /// Records the use of key `key_id` as its `last_used_at`, at most once per
+    /// [`super::key_uses::KEY_USE_RESOLUTION`] per key: a request pays one map lookup, and the write runs in a
+    /// task of its own.
+    fn note_key_use(&self, key_id: String) {
+        let due = self
+            .key_uses
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .due(&key_id, Instant::now());
+        if !due {
+            return;
+        }
+        let store = self.store.clone();
+        let now = now();
+        tokio::spawn(async move {
+            if let Err(e) = store.touch_key(&key_id, &now).await {
+                tracing::warn!(key_id, error = %e, "could not record the key's last use");
+            }
+        });
     }
 
     /// Creates a consumer.
@@ -162,6 +185,7 @@ impl Service {
             consumer_id: consumer_id.to_owned(),
             prefix: secret.chars().take(KEY_PREFIX_LEN).collect(),
             created_at: now(),
+            last_used_at: None,
         };
         self.store.create_key(&key, &key_hash(&secret)).await?;
         tracing::info!(consumer = %key.consumer_id, key_id = %key.id, "API key created");

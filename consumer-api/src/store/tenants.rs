@@ -28,6 +28,8 @@ pub struct ApiKey {
     pub prefix: String,
     /// RFC 3339.
     pub created_at: String,
+    /// When it was last used (RFC 3339, to the minute at best); `None` before its first use.
+    pub last_used_at: Option<String>,
 }
 
 /// Hex SHA-256 of a presented key: what the store compares.
@@ -52,6 +54,7 @@ fn key_from_row(row: &AnyRow) -> Result<ApiKey, StoreError> {
         consumer_id: row.try_get("consumer_id")?,
         prefix: row.try_get("prefix")?,
         created_at: row.try_get("created_at")?,
+        last_used_at: row.try_get("last_used_at")?,
     })
 }
 
@@ -161,7 +164,7 @@ impl Store {
     ) -> Result<Vec<ApiKey>, StoreError> {
         self.get_consumer(consumer_id).await?;
         let rows = sqlx::query(
-            "SELECT id, consumer_id, prefix, created_at FROM api_keys \
+            "SELECT id, consumer_id, prefix, created_at, last_used_at FROM api_keys \
              WHERE consumer_id = $1 AND id > $2 ORDER BY id LIMIT $3",
         )
         .bind(consumer_id)
@@ -188,16 +191,34 @@ impl Store {
         Ok(())
     }
 
-    /// The consumer owning the key whose hash is `hash`, if any.
+    /// The key whose hash is `hash` and its consumer (`(key id, consumer id)`), if any.
     ///
     /// # Errors
     /// [`StoreError::Database`].
-    pub async fn consumer_for_key(&self, hash: &str) -> Result<Option<String>, StoreError> {
-        let row = sqlx::query("SELECT consumer_id FROM api_keys WHERE key_hash = $1")
+    pub async fn consumer_for_key(
+        &self,
+        hash: &str,
+    ) -> Result<Option<(String, String)>, StoreError> {
+        let row = sqlx::query("SELECT id, consumer_id FROM api_keys WHERE key_hash = $1")
             .bind(hash)
             .fetch_optional(&self.pool)
             .await?;
-        Ok(row.map(|r| r.try_get("consumer_id")).transpose()?)
+        Ok(row
+            .map(|r| Ok::<_, sqlx::Error>((r.try_get("id")?, r.try_get("consumer_id")?)))
+            .transpose()?)
+    }
+
+    /// Records that key `id` was used at `at` (RFC 3339); a deleted key is left alone.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`].
+    pub async fn touch_key(&self, id: &str, at: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE api_keys SET last_used_at = $2 WHERE id = $1")
+            .bind(id)
+            .bind(at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 }
 
@@ -237,6 +258,7 @@ mod tests {
                 consumer_id: "acme".into(),
                 prefix: "rk_abcdefg".into(),
                 created_at: "2026-01-01T00:00:00Z".into(),
+                last_used_at: None,
             };
             store
                 .create_key(&key, &key_hash("rk_secret"))
@@ -260,7 +282,7 @@ mod tests {
                     .consumer_for_key(&key_hash("rk_secret"))
                     .await
                     .unwrap(),
-                Some("acme".into())
+                Some(("key_1".into(), "acme".into()))
             );
             assert_eq!(
                 store.consumer_for_key(&key_hash("rk_other")).await.unwrap(),
@@ -269,6 +291,17 @@ mod tests {
             assert_eq!(
                 store.list_keys("acme", "", 10).await.unwrap(),
                 std::slice::from_ref(&key)
+            );
+            store
+                .touch_key("key_1", "2026-01-02T00:00:00Z")
+                .await
+                .unwrap();
+            assert_eq!(
+                store.list_keys("acme", "", 10).await.unwrap()[0]
+                    .last_used_at
+                    .as_deref(),
+                Some("2026-01-02T00:00:00Z"),
+                "{backend}"
             );
             store.delete_key("acme", "key_1").await.unwrap();
             assert!(matches!(

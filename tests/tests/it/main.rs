@@ -9,6 +9,7 @@ mod backpressure;
 mod broker_outage;
 mod cluster;
 mod consumer_api;
+mod consumers;
 mod delivery;
 mod event_types;
 mod ingest_errors;
