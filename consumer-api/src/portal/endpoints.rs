@@ -403,6 +403,9 @@ pub async fn create(State(state): State<PortalState>, posted: Posted) -> Respons
         consumer: None,
         description: (!values.description.is_empty()).then(|| values.description.clone()),
         enabled: Some(true),
+        // Limits are the operator's and the API's to set; the portal leaves the defaults.
+        rate_limit: None,
+        max_in_flight: None,
     };
     match state
         .service

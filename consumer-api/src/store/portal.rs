@@ -492,6 +492,8 @@ mod tests {
             disabled_reason: None,
             previous_secret: None,
             previous_secret_expires_ms: None,
+            rate_limit: None,
+            max_in_flight: 64,
         }
     }
 
