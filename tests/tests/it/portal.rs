@@ -46,19 +46,6 @@ async fn consumer(system: &System, id: &str) {
     assert_eq!(answer.status(), 201);
 }
 
-/// A consumer key of `id`.
-async fn consumer_key(system: &System, id: &str) -> String {
-    let answer: Value = system
-        .api(Method::POST, &format!("/v1/consumers/{id}/keys"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    answer["key"].as_str().unwrap().to_owned()
-}
-
 /// Mints a link for `consumer` with `key` (admin when `None`); returns the answer.
 async fn mint(system: &System, consumer: &str, key: Option<&str>, body: Value) -> (u16, Value) {
     let mut request = system
@@ -137,9 +124,8 @@ async fn dead_letters(system: &System, sub: &str, n: usize) -> Vec<Value> {
 #[tokio::test]
 async fn portal_links_open_once_sessions_end_and_only_own_data_is_reachable() {
     let system = system().await;
-    consumer(&system, "acme").await;
+    let acme_key = crate::consumer_api::tenant(&system, "acme").await;
     consumer(&system, "globex").await;
-    let acme_key = consumer_key(&system, "acme").await;
     let globex_receiver = Receiver::start().await;
     let theirs = system
         .create_subscription(&globex_receiver.url(), &["order.*"], Some("globex"))
