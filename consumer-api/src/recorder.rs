@@ -23,7 +23,7 @@ use relay_shared::{
     session::{Session, next_session},
     shutdown::Shutdown,
     topology::Topology,
-    wire::{Event, Handoff, WireError},
+    wire::{Archived, Handoff, WireError},
 };
 use tokio::sync::watch;
 
@@ -111,6 +111,27 @@ enum Parsed {
     Dead(NewDeadLetter),
 }
 
+/// A batch's rows by table, sorted once so that a retried write copies nothing.
+#[derive(Default)]
+struct Rows {
+    events: Vec<NewEvent>,
+    attempts: Vec<AttemptRecord>,
+    dead: Vec<NewDeadLetter>,
+    /// Messages they came from.
+    messages: u64,
+}
+
+impl Rows {
+    fn add(&mut self, parsed: Parsed) {
+        self.messages += 1;
+        match parsed {
+            Parsed::Event(e) => self.events.push(e),
+            Parsed::Attempts(a) => self.attempts.extend(a),
+            Parsed::Dead(d) => self.dead.push(d),
+        }
+    }
+}
+
 impl Recorder {
     async fn run(self, mut sessions: watch::Receiver<Option<Session>>, mut shutdown: Shutdown) {
         while let Some(session) = next_session(&mut sessions, &mut shutdown).await {
@@ -173,10 +194,10 @@ impl Recorder {
 
     /// Writes a batch, retrying while the store fails; `false` when shutdown came first.
     async fn write(&self, batch: &[Delivery], shutdown: &mut Shutdown) -> bool {
-        let mut parsed = Vec::with_capacity(batch.len());
+        let mut rows = Rows::default();
         for delivery in batch {
             match self.parse(delivery) {
-                Ok(p) => parsed.push(p),
+                Ok(p) => rows.add(p),
                 Err(e) => {
                     self.recorded
                         .with_label_values(&[self.feed.label(), "unreadable"])
@@ -192,16 +213,16 @@ impl Recorder {
         let mut backoff = Backoff::new(Duration::from_secs(5));
         loop {
             let started = std::time::Instant::now();
-            match self.store_batch(&parsed).await {
+            match self.store_batch(&rows).await {
                 Ok(()) => {
                     self.batch_seconds.observe(started.elapsed().as_secs_f64());
                     self.recorded
                         .with_label_values(&[self.feed.label(), "recorded"])
-                        .inc_by(parsed.len() as u64);
+                        .inc_by(rows.messages);
                     return true;
                 }
                 Err(e) => {
-                    tracing::error!(feed = self.feed.label(), error = %e, batch = parsed.len(), "cannot record a batch; retrying");
+                    tracing::error!(feed = self.feed.label(), error = %e, batch = rows.messages, "cannot record a batch; retrying");
                     tokio::select! {
                         () = tokio::time::sleep(backoff.next_delay()) => {}
                         () = shutdown.wait() => return false,
@@ -211,25 +232,15 @@ impl Recorder {
         }
     }
 
-    async fn store_batch(&self, parsed: &[Parsed]) -> Result<(), StoreError> {
-        let mut events = Vec::new();
-        let mut attempts = Vec::new();
-        let mut dead = Vec::new();
-        for p in parsed {
-            match p {
-                Parsed::Event(e) => events.push(e.clone()),
-                Parsed::Attempts(a) => attempts.extend(a.iter().cloned()),
-                Parsed::Dead(d) => dead.push(d.clone()),
-            }
+    async fn store_batch(&self, rows: &Rows) -> Result<(), StoreError> {
+        if !rows.events.is_empty() {
+            self.store.insert_events(&rows.events).await?;
         }
-        if !events.is_empty() {
-            self.store.insert_events(&events).await?;
+        if !rows.attempts.is_empty() {
+            self.store.insert_attempts(&rows.attempts).await?;
         }
-        if !attempts.is_empty() {
-            self.store.insert_attempts(&attempts).await?;
-        }
-        if !dead.is_empty() {
-            self.store.insert_dead_letters(&dead).await?;
+        if !rows.dead.is_empty() {
+            self.store.insert_dead_letters(&rows.dead).await?;
         }
         Ok(())
     }
@@ -238,13 +249,13 @@ impl Recorder {
         let (body, properties) = (&delivery.data, &delivery.properties);
         Ok(match self.feed {
             Feed::Archive => {
-                let event = Event::decode(body, properties)?;
+                let event = Archived::decode(body, properties)?;
                 Parsed::Event(NewEvent {
-                    body: String::from_utf8_lossy(&event.body).into_owned(),
+                    body: event.body,
                     accepted_ms: event.accepted_ms.unwrap_or_else(now_ms),
-                    id: event.envelope.id,
-                    event_type: event.envelope.event_type,
-                    consumer: event.envelope.consumer,
+                    id: event.id,
+                    event_type: event.event_type,
+                    consumer: event.consumer,
                 })
             }
             Feed::Attempts => Parsed::Attempts(AttemptRecord::decode_batch(body, properties)?),

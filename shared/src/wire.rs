@@ -4,6 +4,7 @@
 //! | message | type | from → to |
 //! | --- | --- | --- |
 //! | an event | [`Event`] | ingest, producers, consumer-api → `events` → `ingress`, `archive` |
+//! | an event, as the recorder stores it | [`Archived`] | `archive` → recorder |
 //! | a delivery handed off | [`Handoff`] | dispatcher → retry tier / `dead`; consumer-api → `retry-ready` |
 //! | an unreadable message | [`Invalid`] | dispatcher → `invalid` |
 //! | a directory change | [`ControlMessage`] | consumer-api → `control` → every dispatcher |
@@ -12,13 +13,14 @@
 //! The `x-relay-*` header names are private to this module: nothing else reads or writes them,
 //! so a producer, a dispatcher and the recorder cannot drift apart on what a message carries.
 
-use std::{sync::Arc, time::Duration};
+use std::{borrow::Cow, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use lapin::{
     BasicProperties,
     types::{AMQPValue, FieldTable, ShortString},
 };
+use serde::Deserialize;
 use time::OffsetDateTime;
 
 use crate::{
@@ -150,6 +152,74 @@ impl Event {
         if let Some(trace) = &self.trace {
             amqp::header(headers, trace::HEADER, trace.to_string());
         }
+    }
+}
+
+/// An event as the recorder stores it: the fields the store indexes, and the body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Archived {
+    /// The event id.
+    pub id: String,
+    /// The event type.
+    pub event_type: String,
+    /// The consumer it is for, if any.
+    pub consumer: Option<String>,
+    /// When Relay accepted it (Unix ms); `None` for an event a producer published straight
+    /// over AMQP.
+    pub accepted_ms: Option<i64>,
+    /// The normalised envelope as JSON.
+    pub body: String,
+}
+
+/// The fields of a body the store indexes, borrowed where the JSON has no escapes.
+#[derive(Deserialize)]
+struct Indexed<'a> {
+    #[serde(borrow)]
+    id: Cow<'a, str>,
+    #[serde(rename = "type", borrow)]
+    event_type: Cow<'a, str>,
+    #[serde(default, borrow)]
+    consumer: Option<Cow<'a, str>>,
+}
+
+impl Archived {
+    /// Reads an `archive` message. One that Relay published (ingest or consumer-api: the
+    /// acceptance time in its headers, `message_id` and `type` set) carries Relay's own
+    /// normalised envelope, so it is stored as it came: only the indexed fields are read from
+    /// the body, and they must agree with the properties. Anything else (a producer's own
+    /// AMQP message) is read as dispatchers read it, with [`Event::decode`], so both agree on
+    /// every event's id and body. Validating and re-serialising every envelope was most of
+    /// the recorder's parsing cost.
+    ///
+    /// # Errors
+    /// [`WireError::Envelope`] when a producer's body is not a valid envelope.
+    pub fn decode(body: &[u8], properties: &BasicProperties) -> Result<Self, WireError> {
+        if let Some(archived) = Self::from_relay(body, properties) {
+            return Ok(archived);
+        }
+        let event = Event::decode(body, properties)?;
+        Ok(Self {
+            body: String::from_utf8_lossy(&event.body).into_owned(),
+            accepted_ms: event.accepted_ms,
+            id: event.envelope.id,
+            event_type: event.envelope.event_type,
+            consumer: event.envelope.consumer,
+        })
+    }
+
+    fn from_relay(body: &[u8], properties: &BasicProperties) -> Option<Self> {
+        let accepted_ms = amqp::header_i64(properties.headers().as_ref(), ACCEPTED_MS)?;
+        let message_id = properties.message_id().as_ref()?.as_str();
+        let event_type = properties.kind().as_ref()?.as_str();
+        let text = std::str::from_utf8(body).ok()?;
+        let indexed: Indexed<'_> = serde_json::from_str(text).ok()?;
+        (indexed.id == message_id && indexed.event_type == event_type).then(|| Self {
+            id: indexed.id.into_owned(),
+            event_type: indexed.event_type.into_owned(),
+            consumer: indexed.consumer.map(Cow::into_owned),
+            accepted_ms: Some(accepted_ms),
+            body: text.to_owned(),
+        })
     }
 }
 
@@ -373,6 +443,50 @@ mod tests {
         );
         let err = Event::decode(b"not json", &bare).unwrap_err();
         assert!(err.to_string().contains("malformed JSON"), "{err}");
+    }
+
+    #[test]
+    fn an_event_relay_published_is_archived_as_it_came() {
+        let mut sent = event();
+        sent.envelope.consumer = Some("acme".into());
+        sent.body = Bytes::from(sent.envelope.to_json());
+        let out = sent.encode();
+        let got = Archived::decode(&out.body, &out.properties).unwrap();
+        assert_eq!(
+            got,
+            Archived {
+                id: "evt_1".into(),
+                event_type: "order.created".into(),
+                consumer: Some("acme".into()),
+                accepted_ms: sent.accepted_ms,
+                body: String::from_utf8(sent.body.to_vec()).unwrap(),
+            }
+        );
+    }
+
+    #[test]
+    fn anything_else_is_archived_as_dispatchers_read_it() {
+        // A producer's own message: no acceptance time, so the envelope is normalised.
+        let raw =
+            br#"{"type":"order.created","occurred_at":"2026-01-01T01:00:00+01:00","data":{"n":1}}"#;
+        let named = BasicProperties::default().with_message_id("evt_given".into());
+        let decoded = Event::decode(raw, &named).unwrap();
+        let got = Archived::decode(raw, &named).unwrap();
+        assert_eq!(got.id, "evt_given");
+        assert_eq!(got.body.as_bytes(), &decoded.body[..]);
+        assert_eq!(got.accepted_ms, None);
+        // Relay's headers on a body whose id disagrees with them: the body's id wins, as in
+        // a dispatcher.
+        let out = event().encode();
+        let props = out.properties.clone().with_message_id("evt_other".into());
+        let got = Archived::decode(&out.body, &props).unwrap();
+        assert_eq!(got.id, "evt_1");
+        assert_eq!(
+            got.body.as_bytes(),
+            &Event::decode(&out.body, &props).unwrap().body[..]
+        );
+        // Not an envelope at all.
+        assert!(Archived::decode(b"[1]", &out.properties).is_err());
     }
 
     #[test]
