@@ -33,19 +33,23 @@ pub async fn follow(
 ) {
     readiness.not_ready(READY_CONTROL, "waiting for the broker");
     while let Some(session) = broker::next_session(&mut sessions, &mut shutdown).await {
-        let followed = follow_session(
-            &session,
-            &topology,
-            consumer_tag,
-            &on_bound,
-            &on_message,
-            &readiness,
-            &mut shutdown,
-        )
-        .await;
+        let mut stopping = shutdown.clone();
+        let followed = stopping
+            .unless_stopped(follow_session(
+                &session,
+                &topology,
+                consumer_tag,
+                &on_bound,
+                &on_message,
+                &readiness,
+                &mut shutdown,
+            ))
+            .await;
         readiness.not_ready(READY_CONTROL, "consumer stopped");
-        if let Err(e) = followed {
-            tracing::warn!(error = %e, "control notifications interrupted");
+        match followed {
+            None => return,
+            Some(Err(e)) => tracing::warn!(error = %e, "control notifications interrupted"),
+            Some(Ok(())) => {}
         }
         if !broker::await_replacement(&mut sessions, &mut shutdown).await {
             return;

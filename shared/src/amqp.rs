@@ -56,6 +56,21 @@ pub async fn connect(
         .map_err(AmqpError::from)
 }
 
+/// How long a close or a consumer cancel may wait for the broker's answer: it is the last
+/// word to a node that may have gone away, and lapin would wait for it forever.
+pub const CLOSE_BOUND: Duration = Duration::from_secs(2);
+
+/// Closes `channel`, waiting at most [`CLOSE_BOUND`] for the broker (an error or no answer
+/// leaves nothing to do: the channel is gone with its connection either way).
+pub async fn close_channel(channel: &Channel, reason: &str) {
+    let _ = tokio::time::timeout(CLOSE_BOUND, channel.close(200, reason.into())).await;
+}
+
+/// Closes `connection`, waiting at most [`CLOSE_BOUND`] for the broker.
+pub async fn close_connection(connection: &Connection, reason: &str) {
+    let _ = tokio::time::timeout(CLOSE_BOUND, connection.close(200, reason.into())).await;
+}
+
 /// A channel in publisher-confirm mode.
 ///
 /// # Errors

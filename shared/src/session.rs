@@ -43,7 +43,13 @@ pub fn keep_connected(
         let mut backoff = Backoff::new(settings.reconnect_max_backoff);
         let mut nodes = Nodes::new(&settings);
         while !shutdown.is_triggered() {
-            match open_any(&settings, &mut nodes, name, &topology).await {
+            let Some(opened) = shutdown
+                .unless_stopped(open_any(&settings, &mut nodes, name, &topology))
+                .await
+            else {
+                break;
+            };
+            match opened {
                 Ok((connection, node)) => {
                     backoff.reset();
                     let connection = Arc::new(connection);
@@ -59,7 +65,7 @@ pub fn keep_connected(
                     connected.set(0);
                     readiness.not_ready(READY_BROKER, format!("reconnecting: {reason}"));
                     if shutdown.is_triggered() {
-                        let _ = connection.close(200, "shutting down".into()).await;
+                        amqp::close_connection(&connection, "shutting down").await;
                         break;
                     }
                     tracing::warn!(connection = name, node, reason, "broker connection lost");
@@ -158,7 +164,7 @@ async fn open(
     tokio::time::timeout(settings.connect_timeout, topology.declare(&channel))
         .await
         .map_err(|_| AmqpError::Timeout(settings.connect_timeout))??;
-    let _ = channel.close(200, "topology declared".into()).await;
+    amqp::close_channel(&channel, "topology declared").await;
     if created && !settings.new_topology_settle.is_zero() {
         // A quorum queue killed within about 2 s of its creation can lose what it confirmed:
         // take no traffic until the new queues are durable.
@@ -192,7 +198,7 @@ async fn is_new(connection: &Connection, topology: &Topology) -> bool {
         .await
         .is_ok();
     if found {
-        let _ = channel.close(200, "checked".into()).await;
+        amqp::close_channel(&channel, "checked").await;
     }
     !found
 }
@@ -279,7 +285,13 @@ pub fn confirm_channels(
     let (tx, rx) = watch::channel(None);
     tokio::spawn(async move {
         while let Some(session) = next_session(&mut sessions, &mut shutdown).await {
-            match amqp::confirm_channel(&session).await {
+            let Some(opened) = shutdown
+                .unless_stopped(amqp::confirm_channel(&session))
+                .await
+            else {
+                break;
+            };
+            match opened {
                 Ok(channel) => {
                     tx.send_replace(Some(channel.clone()));
                     let mut tick = tokio::time::interval(Duration::from_millis(250));

@@ -34,6 +34,16 @@ impl Shutdown {
     pub fn is_triggered(&self) -> bool {
         *self.0.borrow()
     }
+
+    /// Runs `work` until it finishes (`Some`) or shutdown starts (`None`, `work` dropped).
+    /// For setup that waits on the broker: lapin waits for an answer as long as the
+    /// connection looks open, and a node that went away mid-conversation never sends one.
+    pub async fn unless_stopped<F: Future>(&mut self, work: F) -> Option<F::Output> {
+        tokio::select! {
+            done = work => Some(done),
+            () = self.wait() => None,
+        }
+    }
 }
 
 /// Resolves on the first SIGTERM or SIGINT.

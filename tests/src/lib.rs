@@ -11,6 +11,7 @@ pub mod broker;
 pub mod browser;
 pub mod cluster;
 pub mod ed25519_check;
+pub mod freeze;
 pub mod postgres;
 pub mod process;
 pub mod receiver;

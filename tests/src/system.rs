@@ -101,7 +101,8 @@ pub struct System {
     pub http: reqwest::Client,
     created: AtomicUsize,
     trigger: ShutdownTrigger,
-    tasks: Vec<JoinHandle<anyhow::Result<()>>>,
+    /// Each component's name (as [`System::stop`] reports it) and task.
+    tasks: Vec<(String, JoinHandle<anyhow::Result<()>>)>,
     dir: PathBuf,
 }
 
@@ -176,29 +177,38 @@ impl System {
 
         let (trigger, shutdown) = shutdown::channel();
         let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(consumer_api::run(
-            settings.api.clone(),
-            api_listener,
-            prometheus::Registry::new(),
-            shutdown.clone(),
-        )));
-        let mut dispatcher_urls = Vec::new();
-        for _ in 0..options.dispatchers {
-            let (ops_listener, ops_url) = listener().await;
-            dispatcher_urls.push(ops_url);
-            tasks.push(tokio::spawn(relay::dispatch::run(
-                settings.dispatch.clone(),
-                ops_listener,
+        tasks.push((
+            String::from("consumer-api"),
+            tokio::spawn(consumer_api::run(
+                settings.api.clone(),
+                api_listener,
                 prometheus::Registry::new(),
                 shutdown.clone(),
-            )));
+            )),
+        ));
+        let mut dispatcher_urls = Vec::new();
+        for n in 0..options.dispatchers {
+            let (ops_listener, ops_url) = listener().await;
+            dispatcher_urls.push(ops_url);
+            tasks.push((
+                format!("dispatcher {n}"),
+                tokio::spawn(relay::dispatch::run(
+                    settings.dispatch.clone(),
+                    ops_listener,
+                    prometheus::Registry::new(),
+                    shutdown.clone(),
+                )),
+            ));
         }
-        tasks.push(tokio::spawn(relay::ingest::run(
-            settings.ingest.clone(),
-            ingest_listener,
-            prometheus::Registry::new(),
-            shutdown.clone(),
-        )));
+        tasks.push((
+            String::from("ingest"),
+            tokio::spawn(relay::ingest::run(
+                settings.ingest.clone(),
+                ingest_listener,
+                prometheus::Registry::new(),
+                shutdown.clone(),
+            )),
+        ));
         let system = Self {
             settings,
             env,
@@ -375,12 +385,12 @@ impl System {
     /// Stops every component and waits for them (bounded).
     pub async fn stop(mut self) {
         self.trigger.trigger();
-        for task in self.tasks.drain(..) {
+        for (name, task) in self.tasks.drain(..) {
             match tokio::time::timeout(Duration::from_secs(30), task).await {
                 Ok(Ok(Ok(()))) => {}
-                Ok(Ok(Err(e))) => panic!("a component failed: {e:#}"),
-                Ok(Err(e)) => panic!("a component panicked: {e}"),
-                Err(_) => panic!("a component did not stop within 30 s"),
+                Ok(Ok(Err(e))) => panic!("{name} failed: {e:#}"),
+                Ok(Err(e)) => panic!("{name} panicked: {e}"),
+                Err(_) => panic!("{name} did not stop within 30 s"),
             }
         }
     }

@@ -32,7 +32,8 @@ pub use metrics::DispatchMetrics;
 
 use relay_shared::session as broker;
 
-/// How long the attempt log may take to publish what it holds at shutdown.
+/// How long the attempt log may take to publish what it holds at shutdown, and the
+/// background tasks (directory, control feed, queue sampler) to stop.
 const FLUSH_BOUND: Duration = Duration::from_secs(5);
 
 /// Runs a dispatcher, serving `/metrics`, `/healthz` and `/readyz` on `listener`, until
@@ -171,7 +172,12 @@ pub async fn run(
     flusher.finish(FLUSH_BOUND).await;
     close_broker.trigger();
     background.close();
-    background.wait().await;
+    if tokio::time::timeout(FLUSH_BOUND, background.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("background tasks still busy at shutdown; stopping without them");
+    }
     server
         .await
         .context("ops server task")?

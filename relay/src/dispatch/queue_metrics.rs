@@ -19,6 +19,7 @@ use prometheus::{IntGaugeVec, Registry};
 use tokio::sync::watch;
 
 use relay_shared::{
+    amqp,
     metrics::gauge_vec,
     session::{Session, next_session},
     shutdown::Shutdown,
@@ -101,10 +102,16 @@ impl QueueSampler {
                 if !session.status().connected() {
                     break;
                 }
-                self.sample(&session, &mut channel).await;
+                if shutdown
+                    .unless_stopped(self.sample(&session, &mut channel))
+                    .await
+                    .is_none()
+                {
+                    return;
+                }
             }
             if let Some(channel) = channel.take() {
-                let _ = channel.close(200, "sampler done".into()).await;
+                amqp::close_channel(&channel, "sampler done").await;
             }
             self.forget_all();
         }
@@ -157,7 +164,7 @@ impl QueueSampler {
                 Err(_) => {
                     tracing::debug!(queue = %name, "queue sample timed out");
                     self.forget(label);
-                    let _ = open.close(200, "sample timed out".into()).await;
+                    amqp::close_channel(&open, "sample timed out").await;
                 }
             }
         }

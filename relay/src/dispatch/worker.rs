@@ -110,16 +110,10 @@ impl Worker {
         session: &Session,
         shutdown: &mut Shutdown,
     ) -> Result<(), AmqpError> {
-        let setup = session.create_channel().await?;
-        for tier in self.retry.tiers() {
-            self.topology.declare_retry_tier(&setup, tier).await?;
-        }
-        let _ = setup.close(200, "tiers declared".into()).await;
-        let parking = Parking::new(amqp::confirm_channel(session).await?, &self.topology);
-        let (ingress_channel, mut ingress) =
-            self.subscribe(session, &self.topology.ingress).await?;
-        let (redeliver_channel, mut redeliver) =
-            self.subscribe(session, &self.topology.redeliver).await?;
+        let Some(opened) = shutdown.unless_stopped(self.open(session)).await else {
+            return Ok(());
+        };
+        let (parking, (ingress_channel, mut ingress), (redeliver_channel, mut redeliver)) = opened?;
         self.readiness.ready(READY_CONSUMERS);
         tracing::info!(prefetch = self.prefetch, "consuming ingress and redeliver");
         let result = loop {
@@ -153,11 +147,26 @@ impl Worker {
             (&ingress_channel, &ingress),
             (&redeliver_channel, &redeliver),
         ] {
-            let _ = channel
-                .basic_cancel(consumer.tag(), BasicCancelOptions::default())
-                .await;
+            let cancel = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default());
+            let _ = tokio::time::timeout(amqp::CLOSE_BOUND, cancel).await;
         }
         result
+    }
+
+    /// Declares the retry tiers, opens the parking channel and subscribes to both queues.
+    async fn open(
+        &self,
+        session: &Session,
+    ) -> Result<(Parking, (Channel, Consumer), (Channel, Consumer)), AmqpError> {
+        let setup = session.create_channel().await?;
+        for tier in self.retry.tiers() {
+            self.topology.declare_retry_tier(&setup, tier).await?;
+        }
+        amqp::close_channel(&setup, "tiers declared").await;
+        let parking = Parking::new(amqp::confirm_channel(session).await?, &self.topology);
+        let ingress = self.subscribe(session, &self.topology.ingress).await?;
+        let redeliver = self.subscribe(session, &self.topology.redeliver).await?;
+        Ok((parking, ingress, redeliver))
     }
 
     async fn subscribe(

@@ -1,6 +1,7 @@
 //! Fault tests of the dispatcher's lifecycle on a real broker: a connection blip does not
 //! wait for slow requests in flight, readiness tells the truth meanwhile, and every webhook
-//! request has its attempt record across a blip and a SIGTERM.
+//! request has its attempt record across a blip and a SIGTERM, and a broker that stops
+//! answering does not hold a shutdown.
 
 use std::{
     sync::Arc,
@@ -11,6 +12,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use tests::{
     broker::PrivateBroker,
+    freeze::FreezingProxy,
     process::DispatcherProcess,
     receiver::{Behaviour, Receiver},
     system::{Options, System},
@@ -248,6 +250,36 @@ async fn every_webhook_request_has_its_attempt_record_across_a_blip_and_a_sigter
         "attempt records differ from webhook requests"
     );
     relay.stop().await;
+}
+
+/// A node that hangs (or a network that drops packets) leaves connections that look open and
+/// never answer; lapin waits for the answers to a consumer cancel or a channel close as long
+/// as that. Every process must still stop within its documented bounds.
+#[tokio::test]
+async fn every_process_stops_when_the_broker_stops_answering() {
+    let broker = PrivateBroker::start().await;
+    let proxy = FreezingProxy::start(&broker.amqp_url()).await;
+    let relay = System::start(proxy.url()).await;
+    let receiver = Receiver::start().await;
+    relay.subscribe(&receiver.url(), &["frozen.*"], None).await;
+    relay.publish_ok(&json!({"type": "frozen.event"})).await;
+    assert_eq!(
+        receiver.wait_for(1, Duration::from_secs(10)).await.len(),
+        1,
+        "delivery works through the relay before it freezes"
+    );
+
+    proxy.freeze();
+    // The broker no longer answers: a publish gets no confirm.
+    let response = relay.publish(&json!({"type": "frozen.event"})).await;
+    assert_eq!(response.status(), 503, "no confirm, no 202");
+    let started = Instant::now();
+    // Panics naming the component that does not stop within 30 s.
+    relay.stop().await;
+    println!(
+        "stopped {:?} after the broker went silent",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
