@@ -61,6 +61,13 @@ for name in ("ingest", "dispatch", "consumer-api"):
     urls = services[name]["environment"]["RELAY__AMQP__URLS"].split(",")
     assert len(urls) == 3, (name, urls)
 ' || fail "the cluster compose must give Relay all three node URLs"
+(cd "$deploy/docker" && docker-compose config) | python3 -c '
+import sys, yaml
+env = yaml.safe_load(sys.stdin)["services"]["dispatch"]["environment"]
+assert "RELAY__DISPATCH__DIRECTORY_KEY" in env, "no dispatcher directory key"
+leaked = [k for k in env if "ADMIN" in k or "DATABASE" in k or "PUBLISHER" in k]
+assert not leaked, f"dispatchers are given {leaked}"
+' || fail "compose dispatchers must hold the scoped directory key only"
 grep -q 'container_name' "$deploy/docker/docker-compose.yml" &&
   fail "container_name prevents docker-compose --scale"
 grep -Eq '^USER 65532' "$deploy/docker/Dockerfile" || fail "the Dockerfile's runtime stage must run as non-root"
