@@ -11,6 +11,7 @@ pub mod dead_letters;
 pub mod directory;
 pub mod event_types;
 pub mod events;
+pub mod jwks;
 pub mod page;
 pub mod portal_sessions;
 pub mod replays;
@@ -52,9 +53,15 @@ fn table() -> OpenApiRouter<AppState> {
         .merge(tenant)
 }
 
+/// Operations that need no key (a consumer's public signing keys), mounted outside the
+/// authentication layer but listed in the same document.
+fn public() -> OpenApiRouter<AppState> {
+    jwks::routes()
+}
+
 /// The OpenAPI document, as `/openapi.json` serves it.
 pub fn document() -> utoipa::openapi::OpenApi {
-    openapi::finish(table().into_openapi())
+    openapi::finish(table().merge(public()).into_openapi())
 }
 
 /// The whole application: the operations, `/openapi.json` (no key needed), `ops`
@@ -65,6 +72,7 @@ pub fn router(state: AppState, ops: Router) -> Router {
             state.clone(),
             auth::authenticate,
         ))
+        .merge(public())
         .with_state(state)
         .split_for_parts();
     let document = openapi::finish(document);
@@ -224,14 +232,20 @@ mod tests {
                 );
                 assert!(operation["security"].is_array(), "{method} {path}");
                 let responses = operation["responses"].as_object().unwrap();
-                for status in ["401", "500", "503"] {
+                for status in ["500", "503"] {
                     assert!(responses.contains_key(status), "{method} {path}: {status}");
                 }
-                if path.contains('{') {
+                let public = operation["security"] == serde_json::json!([{}]);
+                assert_eq!(
+                    responses.contains_key("401"),
+                    !public,
+                    "{method} {path}: a 401 exactly when a key is needed"
+                );
+                if path.contains('{') && !public {
                     assert!(responses.contains_key("404"), "{method} {path}");
                 }
             }
         }
-        assert_eq!(ids.len(), 30);
+        assert_eq!(ids.len(), 32);
     }
 }

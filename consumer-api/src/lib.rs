@@ -16,11 +16,13 @@
 //! portal (the consumer portal: pages, sessions, assets) → service
 //! maintenance (background upkeep)
 //! service (ownership, validation, store access, announcements; service::* by resource)
-//! validation, control, publisher, recorder, metrics
+//! validation, control, recorder, metrics
+//! announce (Relay's own events), publisher
 //! store (store::*), error, clock
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod announce;
 pub mod auth;
 pub mod clock;
 pub mod config;
@@ -47,8 +49,8 @@ use relay_shared::{config::Settings, ops::Readiness, shutdown::Shutdown, topolog
 
 pub use crate::config::ApiSettings;
 use crate::{
-    control::ControlPublisher, maintenance::Upkeep, metrics::ApiMetrics, publisher::Publisher,
-    service::Service, state::AppState, store::Store,
+    announce::Announcer, control::ControlPublisher, maintenance::Upkeep, metrics::ApiMetrics,
+    publisher::Publisher, service::Service, state::AppState, store::Store,
 };
 
 /// Readiness condition name for the store.
@@ -96,9 +98,15 @@ pub async fn run(
         broker_open.clone(),
     );
     let topology = Topology::new(&settings.amqp.prefix);
+    // The recorder announces what it records (relay.message.exhausted, …) on this channel.
+    let channel = relay_shared::session::confirm_channels(sessions.clone(), broker_open);
     let recorders = recorder::spawn(
         store.clone(),
-        sessions.clone(),
+        Announcer::new(
+            Publisher::new(channel.clone(), topology.clone()),
+            store.clone(),
+        ),
+        sessions,
         &topology,
         settings.process.recorder_prefetch,
         metrics.recorded.clone(),
@@ -106,7 +114,6 @@ pub async fn run(
         shutdown.clone(),
     );
     sample_store_rows(store.clone(), metrics.store_rows.clone(), shutdown.clone());
-    let channel = relay_shared::session::confirm_channels(sessions, broker_open);
     tokio::spawn(relay_shared::session::follow_channel(
         channel.clone(),
         readiness.clone(),

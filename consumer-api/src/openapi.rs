@@ -98,7 +98,8 @@ fn add(operation: &mut Operation, status: &str, description: &str) {
 
 /// Adds the problem responses every operation can give, by what it takes: any operation
 /// 401/414/431/500/503; one with query parameters or a body 400; one with path parameters 404; one
-/// with a body 413/415; one only the admin key may call 403.
+/// with a body 413/415; one only the admin key may call 403. A public operation (security
+/// `[{}]`: no key) gets no 401, 403 or 404.
 pub fn finish(mut doc: Doc) -> Doc {
     for item in doc.paths.paths.values_mut() {
         let operations = [
@@ -117,18 +118,26 @@ pub fn finish(mut doc: Doc) -> Doc {
             };
             let has_path_params = has(openapi::path::ParameterIn::Path);
             let has_query_params = has(openapi::path::ParameterIn::Query);
-            let admin_only = operation.security.as_ref().is_some_and(|s| {
-                let text = serde_json::to_string(s).unwrap_or_default();
-                !text.contains(CONSUMER_KEY)
-            });
-            if has_query_params || operation.request_body.is_some() {
+            let security = operation
+                .security
+                .as_ref()
+                .map(|s| serde_json::to_string(s).unwrap_or_default());
+            let public = security.as_deref() == Some("[{}]");
+            let admin_only = !public && security.is_some_and(|text| !text.contains(CONSUMER_KEY));
+            // A public operation checks its path itself: a malformed id is a 400, an unknown
+            // one is not told apart.
+            let checks_path = has_path_params && public;
+            let has_path_params = has_path_params && !public;
+            if has_query_params || checks_path || operation.request_body.is_some() {
                 add(
                     operation,
                     "400",
                     "Invalid parameter or body (`invalid-field`, `malformed-json`)",
                 );
             }
-            add(operation, "401", "Missing or unknown key (`unauthorized`)");
+            if !public {
+                add(operation, "401", "Missing or unknown key (`unauthorized`)");
+            }
             if admin_only {
                 add(
                     operation,

@@ -6,6 +6,10 @@
 //! While the store fails, the batch is retried with backoff and the broker keeps the rest:
 //! nothing is lost and nothing piles up here. Messages that cannot be recorded at all (not a
 //! valid envelope or record) are acknowledged and counted, never retried forever.
+//!
+//! What a committed batch means is announced before it is acknowledged ([`Announcer`]): a
+//! dead letter as `relay.message.exhausted`, an open circuit closed by a success as
+//! `relay.endpoint.recovered`.
 
 use std::time::Duration;
 
@@ -28,6 +32,7 @@ use relay_shared::{
 use tokio::sync::watch;
 
 use crate::{
+    announce::Announcer,
     clock::now_ms,
     store::{
         Store, StoreError,
@@ -69,8 +74,10 @@ impl Feed {
 
 /// Starts one recorder task per feed; each stops at `shutdown` once its current batch is
 /// written (or left unacked for redelivery).
+#[allow(clippy::too_many_arguments)] // The wiring of one component, each part named.
 pub fn spawn(
     store: Store,
+    announcer: Announcer,
     sessions: watch::Receiver<Option<Session>>,
     topology: &Topology,
     prefetch: u16,
@@ -82,6 +89,7 @@ pub fn spawn(
     for feed in [Feed::Archive, Feed::Attempts, Feed::Dead] {
         let recorder = Recorder {
             store: store.clone(),
+            announcer: announcer.clone(),
             feed,
             queue: feed.queue(topology),
             prefetch,
@@ -97,6 +105,7 @@ pub fn spawn(
 
 struct Recorder {
     store: Store,
+    announcer: Announcer,
     feed: Feed,
     queue: String,
     prefetch: u16,
@@ -237,10 +246,12 @@ impl Recorder {
             self.store.insert_events(&rows.events).await?;
         }
         if !rows.attempts.is_empty() {
-            self.store.insert_attempts(&rows.attempts).await?;
+            let recoveries = self.store.insert_attempts(&rows.attempts).await?;
+            self.announcer.recovered(&recoveries).await;
         }
         if !rows.dead.is_empty() {
             self.store.insert_dead_letters(&rows.dead).await?;
+            self.announcer.exhausted(&rows.dead).await;
         }
         Ok(())
     }

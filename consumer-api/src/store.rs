@@ -13,9 +13,14 @@ pub mod tenants;
 #[cfg(test)]
 pub(crate) mod testing;
 
-use std::{borrow::Cow, future::Future, pin::Pin, time::Duration};
+use std::{borrow::Cow, collections::BTreeMap, future::Future, pin::Pin, time::Duration};
 
-use relay_shared::subscription::{DirectoryEntry, Limits};
+use relay_shared::{
+    endpoint::Credentials,
+    signing::SignatureScheme,
+    subscription::{DirectoryEntry, Limits},
+};
+use serde_json::Value;
 
 use crate::clock::now_ms;
 use sqlx::{
@@ -25,7 +30,7 @@ use sqlx::{
 };
 
 /// Columns of a subscription, in the order [`Subscription::from_row`] reads them.
-const COLUMNS: &str = "id, url, event_types, consumer, description, enabled, secret, revision, created_at, updated_at, disabled_reason, previous_secret, previous_secret_expires_ms, rate_limit_millis, max_in_flight";
+const COLUMNS: &str = "id, url, event_types, consumer, description, enabled, secret, revision, created_at, updated_at, disabled_reason, previous_secret, previous_secret_expires_ms, rate_limit_millis, max_in_flight, signature_scheme, signing_key, previous_signing_key, previous_signing_key_expires_ms, filter, headers, credentials";
 
 /// How long a request waits for a pooled connection before the store counts as unavailable.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -112,7 +117,7 @@ impl StoreError {
 }
 
 /// A stored subscription, secret included.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Subscription {
     /// `sub_<ULID>`.
     pub id: String,
@@ -145,6 +150,22 @@ pub struct Subscription {
     pub rate_limit: Option<f64>,
     /// Requests in flight to the endpoint, all dispatchers together.
     pub max_in_flight: u32,
+    /// Which signatures deliveries carry.
+    pub signature_scheme: SignatureScheme,
+    /// The ed25519 signing key (`whsk_…`), made when the scheme first needs one; kept when
+    /// the scheme goes back to `v1`, so the published key stays the same.
+    pub signing_key: Option<String>,
+    /// The signing key before the last rotation, still signing until
+    /// `previous_signing_key_expires_ms`.
+    pub previous_signing_key: Option<String>,
+    /// End of the signing key rotation's grace period, Unix milliseconds.
+    pub previous_signing_key_expires_ms: Option<i64>,
+    /// Payload filter, checked when saved.
+    pub filter: Option<Value>,
+    /// Static headers added to every request, checked when saved.
+    pub headers: BTreeMap<String, String>,
+    /// Credentials sent to the endpoint; never shown in full.
+    pub credentials: Option<Credentials>,
 }
 
 // Rates are finite (validated before they are stored), so equality is reflexive.
@@ -152,21 +173,43 @@ impl Eq for Subscription {}
 
 impl Subscription {
     /// The entry dispatchers hold for this subscription: during a rotation's grace period
-    /// both secrets, newest first.
+    /// both secrets (or signing keys), newest first.
     pub fn directory_entry(&self) -> DirectoryEntry {
+        let now = now_ms();
         DirectoryEntry {
             id: self.id.clone(),
             url: self.url.clone(),
             event_types: self.event_types.clone(),
             consumer: self.consumer.clone(),
             enabled: self.enabled,
-            secrets: self.secrets(now_ms()),
+            secrets: self.secrets(now),
             revision: self.revision,
             limits: Limits {
                 rate_limit: self.rate_limit,
                 max_in_flight: Some(self.max_in_flight),
             },
+            signature_scheme: self.signature_scheme,
+            signing_keys: self.signing_keys(now),
+            filter: self.filter.clone(),
+            headers: self.headers.clone(),
+            credentials: self.credentials.clone(),
         }
+    }
+
+    /// The ed25519 keys that sign at `now_ms`, newest first (none under the `v1` scheme).
+    pub fn signing_keys(&self, now_ms: i64) -> Vec<String> {
+        if !self.signature_scheme.signs_v1a() {
+            return Vec::new();
+        }
+        let mut keys: Vec<String> = self.signing_key.iter().cloned().collect();
+        if let (Some(previous), Some(expires)) = (
+            &self.previous_signing_key,
+            self.previous_signing_key_expires_ms,
+        ) && expires > now_ms
+        {
+            keys.push(previous.clone());
+        }
+        keys
     }
 
     /// The secrets that sign at `now_ms`, newest first.
@@ -183,12 +226,28 @@ impl Subscription {
 
     fn from_row(row: &AnyRow) -> Result<Self, StoreError> {
         let id: String = row.try_get("id")?;
-        let event_types: String = row.try_get("event_types")?;
-        let event_types = serde_json::from_str(&event_types).map_err(|e| StoreError::Corrupt {
+        let corrupt = |column: &str, reason: String| StoreError::Corrupt {
             id: id.clone(),
-            reason: format!("event_types: {e}"),
-        })?;
+            reason: format!("{column}: {reason}"),
+        };
+        let event_types: String = row.try_get("event_types")?;
+        let event_types = serde_json::from_str(&event_types)
+            .map_err(|e| corrupt("event_types", e.to_string()))?;
+        let scheme: String = row.try_get("signature_scheme")?;
+        let signature_scheme = scheme.parse().map_err(|e| corrupt("signature_scheme", e))?;
+        let filter = json_column(row, "filter").map_err(|e| corrupt("filter", e))?;
+        let headers = json_column(row, "headers")
+            .map_err(|e| corrupt("headers", e))?
+            .unwrap_or_default();
+        let credentials = json_column(row, "credentials").map_err(|e| corrupt("credentials", e))?;
         Ok(Self {
+            signature_scheme,
+            signing_key: row.try_get("signing_key")?,
+            previous_signing_key: row.try_get("previous_signing_key")?,
+            previous_signing_key_expires_ms: row.try_get("previous_signing_key_expires_ms")?,
+            filter,
+            headers,
+            credentials,
             url: row.try_get("url")?,
             event_types,
             consumer: row.try_get("consumer")?,
@@ -215,6 +274,21 @@ impl Subscription {
     }
 }
 
+/// A nullable JSON column: `NULL` is `None`.
+fn json_column<T: serde::de::DeserializeOwned>(
+    row: &AnyRow,
+    column: &str,
+) -> Result<Option<T>, String> {
+    let text: Option<String> = row.try_get(column).map_err(|e| e.to_string())?;
+    text.map(|t| serde_json::from_str(&t).map_err(|e| e.to_string()))
+        .transpose()
+}
+
+/// A value as a JSON column (what serialises always does: maps, values and enums of strings).
+fn to_json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_default()
+}
+
 /// A change to some fields of a subscription; `None` leaves a field as it is.
 /// For the optional fields, `Some(None)` clears them.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -233,6 +307,17 @@ pub struct SubscriptionPatch {
     pub rate_limit: Option<Option<f64>>,
     /// New in-flight cap.
     pub max_in_flight: Option<u32>,
+    /// New signature scheme.
+    pub signature_scheme: Option<SignatureScheme>,
+    /// A fresh ed25519 signing key, stored only if the subscription has none yet (set when
+    /// the new scheme signs `v1a`).
+    pub signing_key: Option<String>,
+    /// New payload filter, or `Some(None)` to remove it.
+    pub filter: Option<Option<Value>>,
+    /// New static headers (replacing them all), or `Some(None)` to remove them.
+    pub headers: Option<Option<BTreeMap<String, String>>>,
+    /// New credentials, or `Some(None)` to remove them.
+    pub credentials: Option<Option<Credentials>>,
 }
 
 impl SubscriptionPatch {
@@ -350,7 +435,8 @@ impl Store {
     /// [`StoreError::Database`].
     pub async fn create(&self, subscription: &Subscription) -> Result<(), StoreError> {
         sqlx::query(&format!(
-            "INSERT INTO subscriptions ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+            "INSERT INTO subscriptions ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, \
+             $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)"
         ))
         .bind(&subscription.id)
         .bind(&subscription.url)
@@ -367,6 +453,13 @@ impl Store {
         .bind(subscription.previous_secret_expires_ms)
         .bind(subscription.rate_limit.map(rate_millis))
         .bind(i64::from(subscription.max_in_flight))
+        .bind(subscription.signature_scheme.as_str())
+        .bind(&subscription.signing_key)
+        .bind(&subscription.previous_signing_key)
+        .bind(subscription.previous_signing_key_expires_ms)
+        .bind(subscription.filter.as_ref().map(to_json))
+        .bind(headers_column(Some(&subscription.headers)))
+        .bind(subscription.credentials.as_ref().map(to_json))
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -441,7 +534,12 @@ impl Store {
                 rate_limit_millis = CASE WHEN $10 = 1 THEN $11 ELSE rate_limit_millis END, \
                 max_in_flight = COALESCE($12, max_in_flight), \
                 revision = revision + 1, \
-                updated_at = $9 \
+                updated_at = $9, \
+                signature_scheme = COALESCE($13, signature_scheme), \
+                signing_key = COALESCE(signing_key, $14), \
+                filter = CASE WHEN $15 = 1 THEN $16 ELSE filter END, \
+                headers = CASE WHEN $17 = 1 THEN $18 ELSE headers END, \
+                credentials = CASE WHEN $19 = 1 THEN $20 ELSE credentials END \
              WHERE id = $1 RETURNING {COLUMNS}"
         ))
         .bind(id)
@@ -456,6 +554,16 @@ impl Store {
         .bind(i64::from(patch.rate_limit.is_some()))
         .bind(patch.rate_limit.flatten().map(rate_millis))
         .bind(patch.max_in_flight.map(i64::from))
+        .bind(patch.signature_scheme.map(SignatureScheme::as_str))
+        .bind(patch.signing_key.as_deref())
+        .bind(i64::from(patch.filter.is_some()))
+        .bind(patch.filter.clone().flatten().as_ref().map(to_json))
+        .bind(i64::from(patch.headers.is_some()))
+        .bind(headers_column(
+            patch.headers.as_ref().and_then(Option::as_ref),
+        ))
+        .bind(i64::from(patch.credentials.is_some()))
+        .bind(patch.credentials.clone().flatten().as_ref().map(to_json))
         .fetch_optional(&self.pool)
         .await?
         .ok_or(StoreError::NotFound)?;
@@ -515,8 +623,66 @@ impl Store {
         Subscription::from_row(&row)
     }
 
-    /// Ends every rotation grace period that is over at `now_ms`: the previous secret is
-    /// dropped and the revision bumped. Returns the subscriptions changed.
+    /// Replaces the ed25519 signing key with `key`; the old one keeps signing until
+    /// `expires_ms`. A subscription without a signing key is left as it is (`None`).
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`], [`StoreError::Database`] or [`StoreError::Corrupt`].
+    pub async fn rotate_signing_key(
+        &self,
+        id: &str,
+        key: &str,
+        expires_ms: i64,
+        now: &str,
+    ) -> Result<Option<Subscription>, StoreError> {
+        let row = sqlx::query(&format!(
+            "UPDATE subscriptions SET previous_signing_key = signing_key, signing_key = $2, \
+                previous_signing_key_expires_ms = $3, revision = revision + 1, updated_at = $4 \
+             WHERE id = $1 AND signing_key IS NOT NULL RETURNING {COLUMNS}"
+        ))
+        .bind(id)
+        .bind(key)
+        .bind(expires_ms)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            Some(row) => Ok(Some(Subscription::from_row(&row)?)),
+            None => self.get(id).await.map(|_| None),
+        }
+    }
+
+    /// The signing keys of `consumer`'s subscriptions whose scheme signs `v1a`, with the
+    /// previous key of a rotation and the end of its grace period, in subscription order.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`].
+    pub async fn signing_keys_of(
+        &self,
+        consumer: &str,
+    ) -> Result<Vec<(String, Option<String>, Option<i64>)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT signing_key, previous_signing_key, previous_signing_key_expires_ms \
+             FROM subscriptions WHERE consumer = $1 AND signature_scheme <> 'v1' \
+             AND signing_key IS NOT NULL ORDER BY id",
+        )
+        .bind(consumer)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    row.try_get("signing_key")?,
+                    row.try_get("previous_signing_key")?,
+                    row.try_get("previous_signing_key_expires_ms")?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Ends every rotation grace period (of a secret or a signing key) that is over at
+    /// `now_ms`: the previous secret or key is dropped and the revision bumped. Returns the
+    /// subscriptions changed.
     ///
     /// # Errors
     /// [`StoreError::Database`] or [`StoreError::Corrupt`].
@@ -525,10 +691,19 @@ impl Store {
         now_ms: i64,
         now: &str,
     ) -> Result<Vec<Subscription>, StoreError> {
+        // Every SET expression sees the row as it was, so each CASE tests the old expiry.
         let rows = sqlx::query(&format!(
-            "UPDATE subscriptions SET previous_secret = NULL, previous_secret_expires_ms = NULL, \
+            "UPDATE subscriptions SET \
+                previous_secret = CASE WHEN previous_secret_expires_ms <= $1 \
+                    THEN NULL ELSE previous_secret END, \
+                previous_secret_expires_ms = CASE WHEN previous_secret_expires_ms <= $1 \
+                    THEN NULL ELSE previous_secret_expires_ms END, \
+                previous_signing_key = CASE WHEN previous_signing_key_expires_ms <= $1 \
+                    THEN NULL ELSE previous_signing_key END, \
+                previous_signing_key_expires_ms = CASE WHEN previous_signing_key_expires_ms <= $1 \
+                    THEN NULL ELSE previous_signing_key_expires_ms END, \
                 revision = revision + 1, updated_at = $2 \
-             WHERE previous_secret_expires_ms IS NOT NULL AND previous_secret_expires_ms <= $1 \
+             WHERE previous_secret_expires_ms <= $1 OR previous_signing_key_expires_ms <= $1 \
              RETURNING {COLUMNS}"
         ))
         .bind(now_ms)
@@ -568,6 +743,11 @@ fn rate_from_millis(millis: i64) -> f64 {
     #[allow(clippy::cast_precision_loss)]
     let rate = millis as f64 / 1000.0;
     rate
+}
+
+/// Headers as stored: `NULL` when there are none.
+fn headers_column(headers: Option<&BTreeMap<String, String>>) -> Option<String> {
+    headers.filter(|h| !h.is_empty()).map(to_json)
 }
 
 fn encode_event_types(event_types: &[String]) -> String {
@@ -737,11 +917,9 @@ mod tests {
             revision: 1,
             created_at: "2026-01-01T00:00:00Z".into(),
             updated_at: "2026-01-01T00:00:00Z".into(),
-            disabled_reason: None,
-            previous_secret: None,
-            previous_secret_expires_ms: None,
             rate_limit: None,
             max_in_flight: 64,
+            ..Subscription::default()
         }
     }
 
@@ -874,6 +1052,7 @@ mod tests {
             enabled: Some(true),
             rate_limit: Some(Some(12.5)),
             max_in_flight: Some(7),
+            ..SubscriptionPatch::default()
         };
         let updated = store
             .update(&s.id, &patch, "2026-02-03T00:00:00Z")
@@ -900,6 +1079,94 @@ mod tests {
 
         let missing = store.update("sub_missing", &patch, "x").await;
         assert!(matches!(missing, Err(StoreError::NotFound)), "{missing:?}");
+    }
+
+    on_each_backend!(
+        contract_fields_round_trip_and_clear,
+        contract_fields_round_trip_and_clear_on
+    );
+
+    async fn contract_fields_round_trip_and_clear_on(store: &Store) {
+        let first_key = relay_shared::signing::generate_asymmetric_key();
+        let s = Subscription {
+            signature_scheme: SignatureScheme::Both,
+            signing_key: Some(first_key.clone()),
+            filter: Some(serde_json::json!({"data.total": {"$gt": 100}})),
+            headers: BTreeMap::from([("X-Tenant".to_owned(), "acme".to_owned())]),
+            credentials: Some(Credentials::Bearer {
+                token: "t0k".into(),
+            }),
+            ..subscription(Some("acme"))
+        };
+        store.create(&s).await.unwrap();
+        assert_eq!(store.get(&s.id).await.unwrap(), s);
+        let entry = s.directory_entry();
+        assert_eq!(entry.signing_keys, [first_key.as_str()]);
+        assert_eq!(entry.credentials, s.credentials);
+
+        // A scheme change keeps the key held; clearing removes filter, headers, credentials.
+        let patch = SubscriptionPatch {
+            signature_scheme: Some(SignatureScheme::V1),
+            signing_key: Some(relay_shared::signing::generate_asymmetric_key()),
+            filter: Some(None),
+            headers: Some(None),
+            credentials: Some(None),
+            ..SubscriptionPatch::default()
+        };
+        let updated = store.update(&s.id, &patch, "t1").await.unwrap();
+        assert_eq!(updated.signature_scheme, SignatureScheme::V1);
+        assert_eq!(updated.signing_key.as_deref(), Some(first_key.as_str()));
+        assert!(
+            updated.signing_keys(0).is_empty(),
+            "v1 signs with no ed25519 key"
+        );
+        assert_eq!(
+            (updated.filter, updated.headers.len(), updated.credentials),
+            (None, 0, None)
+        );
+        assert!(store.signing_keys_of("acme").await.unwrap().is_empty());
+
+        // A subscription without a key gets the one offered; rotation keeps the old one signing.
+        let plain = subscription(Some("acme"));
+        store.create(&plain).await.unwrap();
+        assert_eq!(
+            store
+                .rotate_signing_key(&plain.id, "whsk_x", 5, "t2")
+                .await
+                .unwrap(),
+            None,
+            "no key, nothing to rotate"
+        );
+        let offered = relay_shared::signing::generate_asymmetric_key();
+        let patch = SubscriptionPatch {
+            signature_scheme: Some(SignatureScheme::V1a),
+            signing_key: Some(offered.clone()),
+            ..SubscriptionPatch::default()
+        };
+        let keyed = store.update(&plain.id, &patch, "t3").await.unwrap();
+        assert_eq!(keyed.signing_key.as_deref(), Some(offered.as_str()));
+        let next = relay_shared::signing::generate_asymmetric_key();
+        let rotated = store
+            .rotate_signing_key(&plain.id, &next, 10_000, "t4")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(rotated.signing_keys(9_999), [next.clone(), offered.clone()]);
+        assert_eq!(rotated.signing_keys(10_000), [next.as_str()]);
+        assert_eq!(
+            store.signing_keys_of("acme").await.unwrap(),
+            [(next.clone(), Some(offered), Some(10_000))]
+        );
+        let ended = store.expire_rotations(10_000, "t5").await.unwrap();
+        assert_eq!(ended.len(), 1);
+        assert_eq!(
+            (
+                ended[0].previous_signing_key.as_ref(),
+                ended[0].signing_key.as_ref()
+            ),
+            (None, Some(&next))
+        );
+        assert_eq!(ended[0].secret, plain.secret, "the secret is untouched");
     }
 
     on_each_backend!(delete_removes_once, delete_removes_once_on);

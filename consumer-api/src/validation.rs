@@ -10,15 +10,22 @@
 //! the URL parser normalises it (lower-case host, default port dropped, `/` path), which is
 //! exactly the URL dispatchers call.
 
-use std::{collections::HashMap, sync::LazyLock, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::LazyLock,
+    time::Duration,
+};
 
 use regex::Regex;
 use relay_shared::{
+    endpoint::{Credentials, CustomHeaders},
     envelope::MAX_CONSUMER_LEN,
     filter::{MAX_TYPE_LEN, TopicFilter},
+    payload_filter::PayloadFilter,
     ssrf::NetworkPolicy,
 };
 use serde::{Deserialize, Deserializer};
+use serde_json::Value;
 use utoipa::openapi::{
     ArrayBuilder, ObjectBuilder, Schema, SchemaFormat, Type,
     schema::{KnownFormat, SchemaType},
@@ -497,6 +504,43 @@ pub fn time_schema() -> Schema {
     string(false)
         .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime)))
         .into()
+}
+
+/// A payload filter within its bounds ([`relay_shared::payload_filter`]).
+///
+/// # Errors
+/// A [`FieldError`] on `filter`, or on the path or operator at fault inside it
+/// (`filter.$or[1].data.total.$gt`).
+pub fn validate_filter(filter: &Value) -> Result<(), FieldError> {
+    PayloadFilter::parse(filter).map(drop).map_err(|e| {
+        let field = if e.at == "filter" {
+            e.at
+        } else {
+            format!("filter.{}", e.at)
+        };
+        FieldError::new(field, e.reason)
+    })
+}
+
+/// Static headers: no hop-by-hop, `webhook-*`, `content-type`, `host` or `authorization`;
+/// count and size capped ([`relay_shared::endpoint`]).
+///
+/// # Errors
+/// A [`FieldError`] on `headers` or on the header at fault (`headers.Host`).
+pub fn validate_headers(headers: &BTreeMap<String, String>) -> Result<(), FieldError> {
+    CustomHeaders::parse(headers)
+        .map(drop)
+        .map_err(|e| FieldError::new(e.field, e.reason))
+}
+
+/// Basic or bearer credentials; the refusal never repeats the value.
+///
+/// # Errors
+/// A [`FieldError`] on the part at fault (`credentials.token`).
+pub fn validate_credentials(credentials: &Credentials) -> Result<(), FieldError> {
+    credentials
+        .validate()
+        .map_err(|e| FieldError::new(e.field, e.reason))
 }
 
 #[cfg(test)]

@@ -19,6 +19,8 @@ use relay_shared::{
 use serde::Deserialize;
 use tokio::sync::Notify;
 
+use crate::event_data::EventData;
+
 /// Readiness condition name for the catalogue.
 pub const READY_CATALOGUE: &str = "catalogue";
 
@@ -60,15 +62,19 @@ pub enum Checked {
 /// Checks an event's `data` against its type's schema, if the catalogue has one. A type the
 /// catalogue does not know is accepted as it is.
 pub fn check(cache: &SchemaCache, envelope: &Envelope) -> Checked {
-    let Some(rules) = cache.get(&envelope.event_type) else {
+    check_data(cache, &envelope.event_type, &EventData::new(envelope))
+}
+
+/// [`check`], with `data` parsed (only when the type has a schema) into `data`, where the
+/// caller's payload filters find it again.
+pub fn check_data(cache: &SchemaCache, event_type: &str, data: &EventData<'_>) -> Checked {
+    let Some(rules) = cache.get(event_type) else {
         return Checked::Valid { deprecated: false };
     };
-    if let Some(schema) = &rules.schema {
-        // The envelope was parsed already, so `data` is JSON; parsed again only for a schema.
-        let data = serde_json::from_str(envelope.data.get()).unwrap_or_default();
-        if let Err(violation) = schema.check(&data) {
-            return Checked::Invalid(violation);
-        }
+    if let Some(schema) = &rules.schema
+        && let Err(violation) = schema.check(data.value())
+    {
+        return Checked::Invalid(violation);
     }
     Checked::Valid {
         deprecated: rules.deprecated,

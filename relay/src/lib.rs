@@ -8,4 +8,5 @@
 pub mod catalogue;
 pub mod control_feed;
 pub mod dispatch;
+pub mod event_data;
 pub mod ingest;

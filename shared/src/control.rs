@@ -6,6 +6,9 @@ use serde::{Deserialize, Serialize};
 use crate::{event_schema::TypeDefinition, subscription::DirectoryEntry};
 
 /// A change to the subscription directory or the event-type catalogue.
+// One message per subscription or type change, decoded and applied at once: the size of the
+// largest variant costs nothing, and boxing it would burden every constructor.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum ControlMessage {

@@ -3,13 +3,16 @@
 //! payload is documented here once, with its JSON Schema, and listed in the event-type
 //! catalogue as a built-in type.
 //!
-//! Addressing: an operational event names the consumer it is about (`consumer` in the
-//! envelope), so a tenant's subscriptions receive only their own; a subscription without a
-//! consumer (an operator's) receives them for every consumer.
+//! Addressing ([`reaches`]): an operational event names the consumer it is about (`consumer`
+//! in the envelope), so a tenant's subscriptions receive only their own; a subscription
+//! without a consumer (an operator's) receives them for every consumer, and the events about
+//! an operator's own subscriptions (no consumer) reach operator subscriptions only.
 
 use serde::Serialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+
+use crate::envelope::{EnvelopeError, EnvelopeErrorKind};
 
 /// The prefix producers may not use: these types are Relay's.
 pub const RESERVED_PREFIX: &str = "relay.";
@@ -19,7 +22,7 @@ pub const ENDPOINT_DISABLED: &str = "relay.endpoint.disabled";
 pub const SUBSCRIPTION_DISABLED: &str = "relay.subscription.disabled";
 /// An endpoint whose circuit breaker had opened answered 2xx again.
 pub const ENDPOINT_RECOVERED: &str = "relay.endpoint.recovered";
-/// A delivery used up its retry schedule and was dead-lettered.
+/// A delivery was dead-lettered: its retry schedule was used up, or its destination is refused.
 pub const MESSAGE_EXHAUSTED: &str = "relay.message.exhausted";
 /// A test event sent to one subscription (`POST /v1/subscriptions/{id}/test`).
 pub const PING: &str = "relay.ping";
@@ -27,6 +30,42 @@ pub const PING: &str = "relay.ping";
 /// Whether `event_type` is in Relay's reserved namespace.
 pub fn is_reserved(event_type: &str) -> bool {
     event_type.starts_with(RESERVED_PREFIX)
+}
+
+/// Refuses a producer's event of one of Relay's own types: ingest answers it with a 400, a
+/// dispatcher parks it in `relay.invalid` with this error as the reason (same wording).
+///
+/// # Errors
+/// An [`EnvelopeError`] on `type` when `event_type` is reserved.
+pub fn check_publishable(event_type: &str) -> Result<(), EnvelopeError> {
+    if is_reserved(event_type) {
+        return Err(EnvelopeError {
+            kind: EnvelopeErrorKind::InvalidField,
+            field: String::from("type"),
+            reason: format!("types starting with {RESERVED_PREFIX:?} are Relay's own events"),
+        });
+    }
+    Ok(())
+}
+
+/// Whether an operational event about consumer `about` (the envelope's `consumer`) goes to a
+/// subscription owned by `owner`: an operator's subscription (no owner) receives every one, a
+/// tenant's only those about itself. (Ordinary events follow the ordinary rule instead: an
+/// event naming a consumer reaches only that consumer's subscriptions.)
+pub fn reaches(about: Option<&str>, owner: Option<&str>) -> bool {
+    owner.is_none() || owner == about
+}
+
+/// Whether an event of `event_type` naming `consumer` (if any) is addressed to a subscription
+/// owned by `owner`, topic filters aside: [`reaches`] for Relay's own types; otherwise an
+/// event naming a consumer goes to that consumer's subscriptions only, and an event naming
+/// none to every subscription.
+pub fn addressed(event_type: &str, consumer: Option<&str>, owner: Option<&str>) -> bool {
+    if is_reserved(event_type) {
+        reaches(consumer, owner)
+    } else {
+        consumer.is_none_or(|c| owner == Some(c))
+    }
 }
 
 /// `data` of [`ENDPOINT_DISABLED`] (and of [`SUBSCRIPTION_DISABLED`]).
@@ -60,6 +99,8 @@ pub struct EndpointRecovered {
 /// `data` of [`MESSAGE_EXHAUSTED`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct MessageExhausted {
+    /// The dead letter (`dl_…`): `POST /v1/dead-letters/redrive` takes it.
+    pub dead_letter_id: String,
     /// The event that was not delivered (its `webhook-id`).
     pub event_id: String,
     /// Its type.
@@ -170,15 +211,17 @@ pub fn builtin_types() -> Vec<BuiltinType> {
         },
         BuiltinType {
             name: MESSAGE_EXHAUSTED,
-            description: "A delivery used up its retry schedule and was dead-lettered (listed \
-                          under /v1/dead-letters, redrivable). Not sent for events of relay.* \
-                          types, so a failing operator endpoint cannot feed itself.",
+            description: "A delivery was dead-lettered: it used up its retry schedule, or its \
+                          destination is refused (listed under /v1/dead-letters, redrivable). \
+                          Not sent for events of relay.* types, so a failing operator endpoint \
+                          cannot feed itself.",
             schema: json!({
                 "$schema": crate::event_schema::DRAFT_2020_12,
                 "type": "object",
-                "required": ["event_id", "event_type", "subscription_id", "consumer", "url",
-                             "attempts", "last_error", "dead_at"],
+                "required": ["dead_letter_id", "event_id", "event_type", "subscription_id",
+                             "consumer", "url", "attempts", "last_error", "dead_at"],
                 "properties": {
+                    "dead_letter_id": {"type": "string"},
                     "event_id": {"type": "string"},
                     "event_type": {"type": "string"},
                     "subscription_id": {"type": "string"},
@@ -189,7 +232,8 @@ pub fn builtin_types() -> Vec<BuiltinType> {
                     "dead_at": {"type": "string", "format": "date-time"}
                 }
             }),
-            example: json!({"event_id": "evt_01JD5X2Q8M4T6V1C3B9N7K5R2P", "event_type": "order.created",
+            example: json!({"dead_letter_id": "dl_01JD6A1B2C3D4E5F6G7H8J9K0M",
+                            "event_id": "evt_01JD5X2Q8M4T6V1C3B9N7K5R2P", "event_type": "order.created",
                             "subscription_id": "sub_01JD5X0M5V7C2Q9W8Y4B6N3R1T", "consumer": "acme",
                             "url": "https://hooks.acme.example/relay", "attempts": 8,
                             "last_error": "endpoint answered HTTP 503", "dead_at": "2026-11-30T21:35:05Z"}),
@@ -243,6 +287,7 @@ mod tests {
         by_name(ENDPOINT_DISABLED).check(&disabled).unwrap();
         by_name(SUBSCRIPTION_DISABLED).check(&disabled).unwrap();
         let exhausted = serde_json::to_value(MessageExhausted {
+            dead_letter_id: "dl_1".into(),
             event_id: "evt_1".into(),
             event_type: "order.created".into(),
             subscription_id: "sub_1".into(),
@@ -268,6 +313,24 @@ mod tests {
                 .iter()
                 .any(|t| t.name == SUBSCRIPTION_DISABLED && t.deprecated)
         );
+    }
+
+    #[test]
+    fn operators_receive_every_consumers_events_and_tenants_their_own() {
+        assert!(reaches(Some("acme"), None));
+        assert!(reaches(None, None));
+        assert!(reaches(Some("acme"), Some("acme")));
+        assert!(!reaches(Some("acme"), Some("globex")));
+        assert!(
+            !reaches(None, Some("acme")),
+            "an operator's events stay with operators"
+        );
+        let disabled = ENDPOINT_DISABLED;
+        assert!(addressed(disabled, Some("acme"), None));
+        assert!(!addressed(disabled, None, Some("acme")));
+        assert!(!addressed("order.created", Some("acme"), None));
+        assert!(addressed("order.created", None, Some("acme")));
+        assert!(addressed("order.created", Some("acme"), Some("acme")));
     }
 
     #[test]

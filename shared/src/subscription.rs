@@ -1,10 +1,16 @@
-//! A subscription as dispatchers see it: where to deliver, what to select, how to sign.
+//! A subscription as dispatchers see it: where to deliver, what to select, how to sign, and
+//! what to add to each request.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::{endpoint::Credentials, signing::SignatureScheme};
 
 /// One subscription in the dispatchers' directory (loaded from consumer-api, kept current
 /// through `relay.control`). It carries its secrets, so it never leaves the trust boundary.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DirectoryEntry {
     /// `sub_…`
     pub id: String,
@@ -19,6 +25,21 @@ pub struct DirectoryEntry {
     pub enabled: bool,
     /// Current signing secrets, newest first; more than one during a rotation.
     pub secrets: Vec<String>,
+    /// Which signatures deliveries carry (`v1` when absent: entries from an older consumer-api).
+    #[serde(default)]
+    pub signature_scheme: SignatureScheme,
+    /// Current ed25519 signing keys (`whsk_…`), newest first; more than one during a rotation.
+    #[serde(default)]
+    pub signing_keys: Vec<String>,
+    /// Payload filter ([`crate::payload_filter`]), checked when saved.
+    #[serde(default)]
+    pub filter: Option<Value>,
+    /// Static headers added to every request, checked when saved.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Credentials sent in `Authorization`.
+    #[serde(default)]
+    pub credentials: Option<Credentials>,
     /// Increases with every change, so a stale notification never overwrites a newer state.
     pub revision: i64,
     /// What the endpoint may be sent: rate and concurrency, enforced across all dispatchers.

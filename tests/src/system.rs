@@ -123,6 +123,15 @@ fn unique(prefix: &str) -> String {
     )
 }
 
+/// The body of `POST /v1/subscriptions` for `url`, `event_types` and `consumer`.
+fn subscription_body(url: &str, event_types: &[&str], consumer: Option<&str>) -> Value {
+    let mut body = json!({ "url": url, "event_types": event_types });
+    if let Some(consumer) = consumer {
+        body["consumer"] = json!(consumer);
+    }
+    body
+}
+
 impl System {
     /// consumer-api, one dispatcher and ingest on `amqp_url`, all ready.
     pub async fn start(amqp_url: &str) -> Self {
@@ -307,7 +316,14 @@ impl System {
         event_types: &[&str],
         consumer: Option<&str>,
     ) -> Value {
-        let created = self.create_subscription(url, event_types, consumer).await;
+        self.subscribe_with(subscription_body(url, event_types, consumer))
+            .await
+    }
+
+    /// Creates the subscription `body` describes (any field of `POST /v1/subscriptions`) and
+    /// waits until every dispatcher has it in its directory; returns the created body.
+    pub async fn subscribe_with(&self, body: Value) -> Value {
+        let created = self.create_subscription_with(body).await;
         let expected = self.created.fetch_add(1, Ordering::SeqCst) + 1;
         for dispatcher in &self.dispatcher_urls {
             self.wait_for_metric(dispatcher, "relay_subscriptions_loaded", |v| {
@@ -366,10 +382,15 @@ impl System {
         event_types: &[&str],
         consumer: Option<&str>,
     ) -> Value {
-        let mut body = json!({ "url": url, "event_types": event_types });
-        if let Some(consumer) = consumer {
-            body["consumer"] = json!(consumer);
-        }
+        self.create_subscription_with(subscription_body(url, event_types, consumer))
+            .await
+    }
+
+    /// Creates the subscription `body` describes without waiting for the dispatchers.
+    ///
+    /// # Panics
+    /// When consumer-api does not answer 201.
+    pub async fn create_subscription_with(&self, body: Value) -> Value {
         let response = self
             .api(reqwest::Method::POST, "/v1/subscriptions")
             .json(&body)

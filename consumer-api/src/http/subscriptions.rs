@@ -1,6 +1,8 @@
 //! `/v1/subscriptions`: create, list, read, change and delete subscriptions, read their
-//! signing secret, rotate it, and disable them. A consumer key reaches only its own
-//! consumer's subscriptions.
+//! signing secret, rotate it or the ed25519 signing key, and disable them. A consumer key
+//! reaches only its own consumer's subscriptions.
+
+use std::collections::BTreeMap;
 
 use axum::{
     Json,
@@ -8,7 +10,9 @@ use axum::{
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
+use relay_shared::{endpoint::RedactedCredentials, signing::SignatureScheme};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::page::List;
@@ -22,7 +26,10 @@ use crate::{
     openapi::ProblemDoc,
     service::{
         Caller, PageRequest, Service,
-        subscriptions::{NewSubscription, OwnedSubscription, Secret, SubscriptionChanges},
+        subscriptions::{
+            NewSubscription, OwnedSubscription, PublishedKey, SchemeDoc, Secret,
+            SubscriptionChanges, published_keys,
+        },
     },
     state::AppState,
     store::Subscription,
@@ -64,11 +71,77 @@ pub struct SubscriptionView {
     /// `whsec_…`, only when just created.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
+    /// Which signatures deliveries carry.
+    #[schema(value_type = SchemeDoc)]
+    pub signature_scheme: SignatureScheme,
+    /// The public keys `v1a` signatures verify with, newest first (two during a rotation;
+    /// none under `v1`); the same keys are in the consumer's JWKS.
+    pub signing_keys: Vec<PublicKeyView>,
+    /// Payload filter, or `null`.
+    #[schema(value_type = Option<Object>)]
+    pub filter: Option<Value>,
+    /// Static headers added to every delivery.
+    pub headers: BTreeMap<String, String>,
+    /// What kind of credentials are sent (and a basic username), never the password or
+    /// token; `null` when none.
+    #[schema(value_type = Option<CredentialsView>)]
+    pub credentials: Option<RedactedCredentials>,
+}
+
+/// Credentials as the API shows them (documentation of [`RedactedCredentials`]).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum CredentialsView {
+    /// Basic credentials; the password is never shown.
+    Basic {
+        /// The username.
+        username: String,
+    },
+    /// A bearer token, never shown.
+    Bearer,
+}
+
+/// A public key that verifies a subscription's `v1a` signatures.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PublicKeyView {
+    /// RFC 7638 thumbprint: the key's `kid` in the JWKS and in `webhook-key-id`.
+    pub kid: String,
+    /// `whpk_…` (base64 of the 32-byte ed25519 public key).
+    pub public_key: String,
+    /// For the previous key of a rotation: when it stops signing (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+}
+
+impl From<PublishedKey> for PublicKeyView {
+    fn from(k: PublishedKey) -> Self {
+        Self {
+            kid: k.key.kid().to_owned(),
+            public_key: k.key.to_whpk(),
+            expires_at: k.expires_ms.map(ms_rfc3339),
+        }
+    }
+}
+
+/// Body of `POST /v1/subscriptions/{id}/rotate-signing-key`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SigningKeysView {
+    /// The keys signing now, the new one first.
+    pub signing_keys: Vec<PublicKeyView>,
 }
 
 impl From<Subscription> for SubscriptionView {
     fn from(s: Subscription) -> Self {
+        let signing_keys = published_keys(&s)
+            .into_iter()
+            .map(PublicKeyView::from)
+            .collect();
         Self {
+            signing_keys,
+            signature_scheme: s.signature_scheme,
+            filter: s.filter,
+            headers: s.headers,
+            credentials: s.credentials.as_ref().map(|c| c.redacted()),
             id: s.id,
             url: s.url,
             event_types: s.event_types,
@@ -113,12 +186,12 @@ pub struct DisableRequest {
     pub reason: String,
 }
 
-/// Body of `POST /v1/subscriptions/{id}/rotate-secret` (optional).
+/// Body of `POST /v1/subscriptions/{id}/rotate-secret` and `…/rotate-signing-key` (optional).
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RotateRequest {
-    /// How long the previous secret keeps signing, e.g. `24h`, at most 30 days (default
-    /// `api.rotation_grace`).
+    /// How long the previous secret (or signing key) keeps signing, e.g. `24h`, at most 30
+    /// days (default `api.rotation_grace`).
     #[serde(default)]
     #[schema(schema_with = validation::grace_schema)]
     pub grace: Option<String>,
@@ -307,6 +380,36 @@ async fn rotate_secret(
     ))
 }
 
+/// Rotate the ed25519 signing key
+///
+/// For a subscription whose `signature_scheme` is `v1a` or `both`. The previous key keeps
+/// signing (deliveries carry both `v1a` signatures, and `webhook-key-id` names both) and stays
+/// in the consumer's JWKS until the grace period ends; then only the new one signs.
+#[utoipa::path(
+    post,
+    path = "/v1/subscriptions/{id}/rotate-signing-key",
+    tag = "subscriptions",
+    params(OwnedSubscription),
+    request_body(content = Option<RotateRequest>, description = "Optional", content_type = "application/json"),
+    responses((status = 200, description = "The keys signing now", body = SigningKeysView)),
+    security(("admin_key" = []), ("consumer_key" = [])),
+)]
+async fn rotate_signing_key(
+    State(service): State<Service>,
+    subscription: OwnedSubscription,
+    OptionalJsonBody(request): OptionalJsonBody<RotateRequest>,
+) -> Result<Json<SigningKeysView>, ApiError> {
+    let rotated = service
+        .rotate_signing_key(&subscription, request.grace.as_deref())
+        .await?;
+    Ok(Json(SigningKeysView {
+        signing_keys: published_keys(&rotated)
+            .into_iter()
+            .map(PublicKeyView::from)
+            .collect(),
+    }))
+}
+
 /// Disable a subscription
 ///
 /// Dispatchers call it when an endpoint answers `410 Gone`.
@@ -343,5 +446,6 @@ pub fn routes() -> OpenApiRouter<AppState> {
         ))
         .routes(routes!(get_secret))
         .routes(routes!(rotate_secret))
+        .routes(routes!(rotate_signing_key))
         .routes(routes!(disable_subscription))
 }

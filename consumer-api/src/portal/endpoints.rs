@@ -406,6 +406,12 @@ pub async fn create(State(state): State<PortalState>, posted: Posted) -> Respons
         // Limits are the operator's and the API's to set; the portal leaves the defaults.
         rate_limit: None,
         max_in_flight: None,
+        // Signing `v1` (the receiver's secret is on the endpoint page); the event contract's
+        // options (v1a, filter, headers, credentials) are set through the API.
+        signature_scheme: None,
+        filter: None,
+        headers: None,
+        credentials: None,
     };
     match state
         .service

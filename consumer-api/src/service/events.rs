@@ -4,7 +4,8 @@
 //! **Who sees an event.** The admin sees every event. A consumer sees an event when the event
 //! names that consumer (`"consumer": "acme"`), or when it names no consumer and its type
 //! matches a filter of one of that consumer's subscriptions (enabled or not) — exactly the
-//! events Relay would push to that consumer. A consumer that relies on pulling alone can keep
+//! events Relay would push to that consumer. Relay's own events (`relay.*`) that name no
+//! consumer are about an operator's subscriptions and stay with the admin. A consumer that relies on pulling alone can keep
 //! a subscription disabled as its filter, or have producers name it in `consumer`.
 //!
 //! **Cursor.** The store's sequence number of the last event examined (events the caller may
@@ -13,7 +14,7 @@
 
 use std::collections::BTreeMap;
 
-use relay_shared::filter::TopicFilter;
+use relay_shared::{filter::TopicFilter, operational};
 
 use super::{Caller, Page, PageRequest, Service, seq_cursor};
 use crate::{
@@ -63,11 +64,13 @@ impl Visibility {
     }
 
     pub(crate) fn sees(&self, event: &StoredEvent) -> bool {
+        let (event_type, named) = (&event.event.event_type, event.event.consumer.as_deref());
         match &self.consumer {
             None => true,
-            Some(c) if event.event.consumer.as_deref() == Some(c) => true,
-            Some(_) if event.event.consumer.is_some() => false,
-            Some(_) => matches_any(&self.filters, &event.event.event_type),
+            Some(c) => {
+                operational::addressed(event_type, named, Some(c))
+                    && (named.is_some() || matches_any(&self.filters, event_type))
+            }
         }
     }
 }

@@ -1,11 +1,17 @@
 //! Targeted deliveries to one subscription: a replay re-sends the recorded events of a time
-//! window that the subscription matches (its filters and the consumer rule), and a test
-//! sends it a `relay.ping`. Both go through the `retry-ready` exchange, so dispatchers deliver
+//! window that the subscription matches (its topic filters, the consumer rule and its payload
+//! filter), and a test sends it a `relay.ping`. Both go through the `retry-ready` exchange, so dispatchers deliver
 //! them to that subscription only, signed and with the full retry schedule.
 
-use relay_shared::{envelope::Envelope, filter::TopicFilter, ids::new_id};
+use relay_shared::{
+    envelope::Envelope,
+    filter::TopicFilter,
+    ids::new_id,
+    operational,
+    payload_filter::{PayloadFilter, Subject},
+};
 use serde::Deserialize;
-use serde_json::value::RawValue;
+use serde_json::{Value, value::RawValue};
 
 use super::{Service, events::matches_any, subscriptions::OwnedSubscription};
 use crate::{
@@ -48,6 +54,16 @@ impl ReplayRequest {
     }
 }
 
+/// Whether a recorded event (its envelope as `body`) passes a payload filter.
+fn passes(filter: &PayloadFilter, event_type: &str, consumer: Option<&str>, body: &str) -> bool {
+    let envelope: Value = serde_json::from_str(body).unwrap_or_default();
+    filter.matches(&Subject {
+        event_type,
+        consumer,
+        data: envelope.get("data").unwrap_or(&Value::Null),
+    })
+}
+
 impl Service {
     /// Re-sends the recorded events of the window that `subscription` matches; returns how
     /// many.
@@ -66,10 +82,18 @@ impl Service {
             .iter()
             .filter_map(|f| TopicFilter::parse(f).ok())
             .collect();
-        let scope = subscription
-            .consumer
-            .as_deref()
-            .map_or(EventScope::Unnamed, EventScope::ConsumerOrUnnamed);
+        // Checked when saved; a stored filter that no longer parses replays nothing.
+        let payload = match subscription.filter.as_ref().map(PayloadFilter::parse) {
+            None => None,
+            Some(Ok(filter)) => Some(filter),
+            Some(Err(e)) => {
+                tracing::error!(subscription_id = %subscription.id, error = %e, "stored payload filter unusable; nothing replayed");
+                return Ok(0);
+            }
+        };
+        let owner = subscription.consumer.as_deref();
+        // An operator's subscription also receives Relay's events about every consumer.
+        let scope = owner.map_or(EventScope::All, EventScope::ConsumerOrUnnamed);
         let mut cursor = 0;
         let mut replayed = 0;
         loop {
@@ -79,7 +103,13 @@ impl Service {
                 .await?;
             for row in &rows {
                 cursor = row.seq;
-                if matches_any(&filters, &row.event.event_type) {
+                let event = &row.event;
+                let wanted = matches_any(&filters, &event.event_type)
+                    && operational::addressed(&event.event_type, event.consumer.as_deref(), owner)
+                    && payload.as_ref().is_none_or(|p| {
+                        passes(p, &event.event_type, event.consumer.as_deref(), &event.body)
+                    });
+                if wanted {
                     self.publisher
                         .redeliver(row.event.body.as_bytes(), &subscription.id, &row.event.id)
                         .await?;

@@ -1,6 +1,7 @@
-//! Subscriptions: create, list, change, delete, rotate the signing secret and disable. Every
-//! committed change is announced to the dispatchers; a disabling is also announced through
-//! Relay as a `relay.endpoint.disabled` event (and, for one release, under its former name
+//! Subscriptions: create, list, change, delete, rotate the signing secret or the ed25519
+//! signing key, and disable; the public keys of a consumer as a JWKS. Every committed change
+//! is announced to the dispatchers; a disabling is also announced through Relay as a
+//! `relay.endpoint.disabled` event (and, for one release, under its former name
 //! `relay.subscription.disabled`) to the subscription's consumer.
 //!
 //! The request bodies are defined here, with their checks, so every front end creates and
@@ -8,16 +9,22 @@
 //! [`Subscription`]), the field in [`NewSubscription`] and [`SubscriptionChanges`] with its
 //! rule from [`crate::validation`], and the field in the view.
 
-use std::{ops::Deref, time::Duration};
+use std::{collections::BTreeMap, ops::Deref, time::Duration};
 
 use relay_shared::{
-    control::ControlMessage, envelope::Envelope, ids::new_id, operational, signing::generate_secret,
+    control::ControlMessage,
+    endpoint::Credentials,
+    ids::new_id,
+    signing::{
+        AsymmetricKey, Jwks, PublicKey, SignatureScheme, generate_asymmetric_key, generate_secret,
+    },
 };
-use serde::Deserialize;
-use serde_json::value::RawValue;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use super::{Caller, Page, PageRequest, Service};
 use crate::{
+    announce::Announcer,
     clock::{duration_ms, now, now_ms},
     error::{ApiError, FieldError},
     store::{self, StoreError, Subscription, SubscriptionPatch},
@@ -87,6 +94,54 @@ pub struct NewSubscription {
     #[serde(default)]
     #[schema(schema_with = validation::max_in_flight_field)]
     pub max_in_flight: Option<u32>,
+    /// Which signatures deliveries carry: `v1` (HMAC with the secret; the default), `v1a`
+    /// (ed25519; receivers verify with the consumer's JWKS) or `both`.
+    #[serde(default)]
+    #[schema(value_type = Option<SchemeDoc>)]
+    pub signature_scheme: Option<SignatureScheme>,
+    /// Payload filter: only events that pass it are delivered (see the README's filter
+    /// language), e.g. `{"data.total": {"$gte": 100}}`.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub filter: Option<Value>,
+    /// Static headers added to every delivery (no hop-by-hop, `webhook-*`, `content-type`,
+    /// `host` or `authorization`; at most 16, 4 KiB in all).
+    #[serde(default)]
+    pub headers: Option<BTreeMap<String, String>>,
+    /// Credentials sent in `Authorization`; stored like a secret and never shown again.
+    #[serde(default)]
+    #[schema(value_type = Option<CredentialsDoc>)]
+    pub credentials: Option<Credentials>,
+}
+
+/// A signature scheme (documentation of [`SignatureScheme`]).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SchemeDoc {
+    /// HMAC-SHA256 with the `whsec_` secret.
+    V1,
+    /// ed25519; the public key is in the consumer's JWKS.
+    V1a,
+    /// Both signatures.
+    Both,
+}
+
+/// Endpoint credentials as a request gives them (documentation of [`Credentials`]).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum CredentialsDoc {
+    /// HTTP basic authentication.
+    Basic {
+        /// No `:`.
+        username: String,
+        /// Never shown again.
+        password: String,
+    },
+    /// A bearer token (`A-Z a-z 0-9 - . _ ~ + /`, trailing `=`), never shown again.
+    Bearer {
+        /// The token.
+        token: String,
+    },
 }
 
 /// A change to a subscription (`PATCH /v1/subscriptions/{id}`): absent fields stay as they are.
@@ -121,6 +176,23 @@ pub struct SubscriptionChanges {
     #[serde(default)]
     #[schema(schema_with = validation::max_in_flight_field)]
     pub max_in_flight: Nullable<u32>,
+    /// New signature scheme; `null` is refused. The first move to `v1a` or `both` makes the
+    /// subscription's signing key.
+    #[serde(default)]
+    #[schema(value_type = Option<SchemeDoc>)]
+    pub signature_scheme: Nullable<SignatureScheme>,
+    /// New payload filter; `null` removes it.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub filter: Nullable<Value>,
+    /// New static headers, replacing them all; `null` removes them.
+    #[serde(default)]
+    #[schema(value_type = Option<BTreeMap<String, String>>)]
+    pub headers: Nullable<BTreeMap<String, String>>,
+    /// New credentials; `null` removes them.
+    #[serde(default)]
+    #[schema(value_type = Option<CredentialsDoc>)]
+    pub credentials: Nullable<Credentials>,
 }
 
 impl SubscriptionChanges {
@@ -154,6 +226,19 @@ impl SubscriptionChanges {
         if let Some(cap) = max_in_flight {
             validation::validate_max_in_flight(cap)?;
         }
+        let signature_scheme = self.signature_scheme.required("signature_scheme")?;
+        let filter = self.filter.clearable();
+        if let Some(Some(filter)) = &filter {
+            validation::validate_filter(filter)?;
+        }
+        let headers = self.headers.clearable();
+        if let Some(Some(headers)) = &headers {
+            validation::validate_headers(headers)?;
+        }
+        let credentials = self.credentials.clearable();
+        if let Some(Some(credentials)) = &credentials {
+            validation::validate_credentials(credentials)?;
+        }
         Ok(SubscriptionPatch {
             url,
             event_types,
@@ -162,8 +247,47 @@ impl SubscriptionChanges {
             enabled: self.enabled.required("enabled")?,
             rate_limit,
             max_in_flight,
+            // Stored only if the subscription has no key yet.
+            signing_key: signature_scheme
+                .filter(|s| s.signs_v1a())
+                .map(|_| generate_asymmetric_key()),
+            signature_scheme,
+            filter,
+            headers,
+            credentials,
         })
     }
+}
+
+/// A public key a subscription signs `v1a` deliveries with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishedKey {
+    /// The key (its `kid` is the RFC 7638 thumbprint, as in the JWKS and `webhook-key-id`).
+    pub key: PublicKey,
+    /// For the previous key of a rotation: when it stops signing (Unix milliseconds).
+    pub expires_ms: Option<i64>,
+}
+
+/// The public keys `subscription` signs with now, newest first (none under `v1`).
+pub fn published_keys(subscription: &Subscription) -> Vec<PublishedKey> {
+    let now = now_ms();
+    let current = subscription.signing_keys(now);
+    current
+        .iter()
+        .enumerate()
+        .filter_map(|(i, key)| match AsymmetricKey::parse(key) {
+            Ok(key) => Some(PublishedKey {
+                key: key.public_key().clone(),
+                expires_ms: (i > 0)
+                    .then_some(subscription.previous_signing_key_expires_ms)
+                    .flatten(),
+            }),
+            Err(e) => {
+                tracing::error!(subscription_id = %subscription.id, error = %e, "unusable signing key not published");
+                None
+            }
+        })
+        .collect()
 }
 
 /// The signing secret, and during a rotation until when the previous one also signs.
@@ -207,8 +331,18 @@ impl Service {
         if let Some(cap) = new.max_in_flight {
             validation::validate_max_in_flight(cap)?;
         }
+        if let Some(filter) = &new.filter {
+            validation::validate_filter(filter)?;
+        }
+        if let Some(headers) = &new.headers {
+            validation::validate_headers(headers)?;
+        }
+        if let Some(credentials) = &new.credentials {
+            validation::validate_credentials(credentials)?;
+        }
         caller.check_names_itself(new.consumer.as_deref(), "consumer")?;
         self.check_destination(&url).await?;
+        let signature_scheme = new.signature_scheme.unwrap_or_default();
         let created_at = now();
         let subscription = Subscription {
             id: new_id("sub"),
@@ -228,6 +362,12 @@ impl Service {
             max_in_flight: new
                 .max_in_flight
                 .unwrap_or(validation::DEFAULT_MAX_IN_FLIGHT),
+            signing_key: signature_scheme.signs_v1a().then(generate_asymmetric_key),
+            signature_scheme,
+            filter: new.filter,
+            headers: new.headers.unwrap_or_default(),
+            credentials: new.credentials,
+            ..Subscription::default()
         };
         self.store.create(&subscription).await?;
         tracing::info!(subscription_id = %subscription.id, "subscription created");
@@ -353,21 +493,88 @@ impl Service {
         subscription: &OwnedSubscription,
         grace: Option<&str>,
     ) -> Result<Secret, ApiError> {
-        let grace = match grace {
-            Some(grace) => validation::parse_grace(grace)?,
-            None => self.rotation_grace.min(MAX_GRACE),
-        };
-        let expires_ms = now_ms().saturating_add(duration_ms(grace));
+        let expires_ms = self.grace_ends(grace)?;
         let rotated = self
             .store
             .rotate_secret(&subscription.id, &generate_secret(), expires_ms, &now())
             .await?;
-        tracing::info!(subscription_id = %rotated.id, grace_s = grace.as_secs(), "secret rotated");
+        tracing::info!(subscription_id = %rotated.id, grace_ends_ms = expires_ms, "secret rotated");
         self.announce(&rotated).await;
         Ok(Secret {
             secret: rotated.secret,
             previous_expires_ms: Some(expires_ms),
         })
+    }
+
+    /// When a rotation's grace period of `grace` (default `api.rotation_grace`) started now
+    /// ends, in Unix milliseconds.
+    fn grace_ends(&self, grace: Option<&str>) -> Result<i64, FieldError> {
+        let grace = match grace {
+            Some(grace) => validation::parse_grace(grace)?,
+            None => self.rotation_grace.min(MAX_GRACE),
+        };
+        Ok(now_ms().saturating_add(duration_ms(grace)))
+    }
+
+    /// Replaces the ed25519 signing key; the previous one keeps signing (deliveries carry
+    /// both `v1a` signatures, `webhook-key-id` names both) and stays in the consumer's JWKS
+    /// for `grace`, under the same rule as a secret's rotation.
+    ///
+    /// # Errors
+    /// A [`FieldError`] on `grace`, or on `signature_scheme` when the subscription does not
+    /// sign `v1a`; [`StoreError::NotFound`] if it was deleted meanwhile, or a store failure.
+    pub async fn rotate_signing_key(
+        &self,
+        subscription: &OwnedSubscription,
+        grace: Option<&str>,
+    ) -> Result<Subscription, ApiError> {
+        let no_key = || {
+            FieldError::new(
+                "signature_scheme",
+                "this subscription signs with v1 only: set signature_scheme to v1a or both first",
+            )
+        };
+        if !subscription.signature_scheme.signs_v1a() {
+            return Err(no_key().into());
+        }
+        let expires_ms = self.grace_ends(grace)?;
+        let rotated = self
+            .store
+            .rotate_signing_key(
+                &subscription.id,
+                &generate_asymmetric_key(),
+                expires_ms,
+                &now(),
+            )
+            .await?
+            .ok_or_else(no_key)?;
+        tracing::info!(subscription_id = %rotated.id, grace_ends_ms = expires_ms, "signing key rotated");
+        self.announce(&rotated).await;
+        Ok(rotated)
+    }
+
+    /// The public keys of `consumer`'s subscriptions that sign `v1a` (previous keys of a
+    /// rotation included until their grace ends), as a JWKS. Public: it needs no key, and an
+    /// unknown consumer has an empty set (the answer does not tell which consumers exist).
+    ///
+    /// # Errors
+    /// A [`FieldError`] on `id` for a malformed consumer id, or a store failure.
+    pub async fn jwks(&self, consumer: &str) -> Result<Jwks, ApiError> {
+        validation::validate_consumer(consumer, "id")?;
+        let now = now_ms();
+        let mut keys = Vec::new();
+        for (current, previous, expires_ms) in self.store.signing_keys_of(consumer).await? {
+            let previous = previous.filter(|_| expires_ms.is_some_and(|e| e > now));
+            for key in std::iter::once(current).chain(previous) {
+                match AsymmetricKey::parse(&key) {
+                    Ok(key) => keys.push(key.public_key().to_jwk()),
+                    Err(e) => {
+                        tracing::error!(consumer, error = %e, "unusable signing key not published");
+                    }
+                }
+            }
+        }
+        Ok(Jwks { keys })
     }
 
     /// Disables a subscription at a client's request (dispatchers call it on `410 Gone`).
@@ -400,31 +607,9 @@ impl Service {
         self.store.reset_health(id).await?;
         tracing::warn!(subscription_id = %id, reason, "subscription disabled");
         self.announce(&subscription).await;
-        let data = serde_json::to_string(&operational::EndpointDisabled {
-            subscription_id: subscription.id.clone(),
-            consumer: subscription.consumer.clone(),
-            url: subscription.url.clone(),
-            reason: reason.to_owned(),
-        })
-        .map_err(|e| ApiError::Broker(e.to_string()))?;
-        // The new name, and the old one beside it for one release.
-        for event_type in [
-            operational::ENDPOINT_DISABLED,
-            operational::SUBSCRIPTION_DISABLED,
-        ] {
-            let envelope = Envelope {
-                id: new_id("evt"),
-                event_type: event_type.to_owned(),
-                occurred_at: now(),
-                consumer: subscription.consumer.clone(),
-                data: RawValue::from_string(data.clone())
-                    .map_err(|e| ApiError::Broker(e.to_string()))?,
-                ordering_key: None,
-            };
-            if let Err(e) = self.publisher.publish_event(&envelope).await {
-                tracing::error!(subscription_id = %id, event_type, error = %e, "could not announce the disabled subscription");
-            }
-        }
+        Announcer::new(self.publisher.clone(), self.store.clone())
+            .disabled(&subscription, reason)
+            .await;
         Ok(subscription)
     }
 
@@ -526,5 +711,44 @@ mod tests {
             let body = format!(r#"{{"max_in_flight":{bad}}}"#);
             assert_eq!(patch(&body).unwrap_err(), "max_in_flight", "{bad}");
         }
+    }
+
+    #[test]
+    fn contract_fields_are_checked_naming_the_spot() {
+        assert_eq!(
+            patch(r#"{"signature_scheme":null}"#).unwrap_err(),
+            "signature_scheme"
+        );
+        assert_eq!(
+            patch(r#"{"signature_scheme":"v2"}"#).unwrap_err(),
+            "signature_scheme"
+        );
+        assert_eq!(
+            patch(r#"{"filter":{"$or":[{"data.a":1},{"data.b":{"$regex":"x"}}]}}"#).unwrap_err(),
+            "filter.$or[1].data.b.$regex"
+        );
+        assert_eq!(patch(r#"{"filter":[]}"#).unwrap_err(), "filter");
+        assert_eq!(
+            patch(r#"{"headers":{"Webhook-Id":"x"}}"#).unwrap_err(),
+            "headers.Webhook-Id"
+        );
+        assert_eq!(
+            patch(r#"{"credentials":{"type":"basic","username":"a:b","password":"p"}}"#)
+                .unwrap_err(),
+            "credentials.username"
+        );
+        let p = patch(r#"{"signature_scheme":"both","filter":null,"headers":null}"#).unwrap();
+        assert_eq!(p.signature_scheme, Some(SignatureScheme::Both));
+        assert!(
+            p.signing_key
+                .as_deref()
+                .is_some_and(|k| k.starts_with("whsk_"))
+        );
+        assert_eq!(
+            (p.filter, p.headers, p.credentials),
+            (Some(None), Some(None), None)
+        );
+        let p = patch(r#"{"signature_scheme":"v1"}"#).unwrap();
+        assert_eq!(p.signing_key, None, "v1 needs no key");
     }
 }

@@ -489,11 +489,8 @@ mod tests {
             revision: 1,
             created_at: "2026-01-01T00:00:00Z".into(),
             updated_at: "2026-01-01T00:00:00Z".into(),
-            disabled_reason: None,
-            previous_secret: None,
-            previous_secret_expires_ms: None,
-            rate_limit: None,
             max_in_flight: 64,
+            ..Subscription::default()
         }
     }
 

@@ -1,6 +1,7 @@
 //! What the recorder keeps: every event in order of recording (the pull cursor is the
-//! store's own sequence, never the id), every delivery attempt, every dead letter, and since
-//! when each subscription has been failing without a success.
+//! store's own sequence, never the id), every delivery attempt, every dead letter, since
+//! when each subscription has been failing without a success, and since when its circuit
+//! breaker has been seen open (deliveries deferred as `circuit_open`) without a success.
 
 use relay_shared::attempt::{AttemptOutcome, AttemptRecord};
 use sqlx::{Row, any::AnyRow};
@@ -84,6 +85,19 @@ pub struct DeadLetter {
     pub letter: NewDeadLetter,
     /// When it was last redriven, RFC 3339.
     pub redriven_at: Option<String>,
+}
+
+/// A subscription whose circuit breaker had been seen open and which then had a success:
+/// what `relay.endpoint.recovered` announces. Claimed by one row update, so each recovery
+/// is reported once however many recorders run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovery {
+    /// The subscription.
+    pub subscription_id: String,
+    /// When its circuit was first seen open (the first `circuit_open` deferral), Unix ms.
+    pub circuit_opened_ms: i64,
+    /// The first success after that, Unix ms.
+    pub recovered_ms: i64,
 }
 
 /// Rows removed by one pruning.
@@ -208,12 +222,17 @@ impl Store {
         Ok(inserted)
     }
 
-    /// Records attempts in one transaction and keeps each subscription's failure streak:
-    /// a success ends it, a failed request starts it if none is running.
+    /// Records attempts in one transaction and keeps each subscription's failure streak (a
+    /// success ends it, a failed request starts it if none is running) and circuit state (a
+    /// `circuit_open` deferral marks it open if it is not, a success closes it). Returns the
+    /// recoveries: subscriptions whose open circuit a success of this batch closed.
     ///
     /// # Errors
     /// [`StoreError::Database`]; nothing of the batch is then recorded.
-    pub async fn insert_attempts(&self, attempts: &[AttemptRecord]) -> Result<(), StoreError> {
+    pub async fn insert_attempts(
+        &self,
+        attempts: &[AttemptRecord],
+    ) -> Result<Vec<Recovery>, StoreError> {
         let mut tx = self.pool.begin().await?;
         let at_ms: Vec<i64> = attempts
             .iter()
@@ -270,8 +289,58 @@ impl Store {
             };
             query.execute(&mut *tx).await?;
         }
+        let mut recoveries = Vec::new();
+        for (subscription_id, circuit) in circuits(&rows) {
+            if let Some(recovered_ms) = circuit.success_ms {
+                // RETURNING gives the new value, so read the open time first and clear it
+                // only if it is still that: of concurrent recorders, one changes the row and
+                // announces the recovery.
+                let held: Option<i64> = sqlx::query_scalar::<_, Option<i64>>(
+                    "SELECT circuit_opened_ms FROM subscription_health WHERE subscription_id = $1",
+                )
+                .bind(subscription_id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .flatten();
+                let claimed = match held {
+                    Some(opened_ms) => {
+                        let cleared = sqlx::query(
+                            "UPDATE subscription_health SET circuit_opened_ms = NULL \
+                             WHERE subscription_id = $1 AND circuit_opened_ms = $2",
+                        )
+                        .bind(subscription_id)
+                        .bind(opened_ms)
+                        .execute(&mut *tx)
+                        .await?;
+                        (cleared.rows_affected() == 1).then_some(opened_ms)
+                    }
+                    // Seen open and closed within this batch: never stored.
+                    None => circuit.opened_before_success,
+                };
+                if let Some(circuit_opened_ms) = claimed {
+                    recoveries.push(Recovery {
+                        subscription_id: subscription_id.to_owned(),
+                        circuit_opened_ms,
+                        recovered_ms,
+                    });
+                }
+            }
+            if let Some(opened_ms) = circuit.open_at_end() {
+                sqlx::query(
+                    "INSERT INTO subscription_health \
+                        (subscription_id, failing_since_ms, circuit_opened_ms) \
+                     VALUES ($1, NULL, $2) ON CONFLICT (subscription_id) DO UPDATE SET \
+                     circuit_opened_ms = COALESCE(subscription_health.circuit_opened_ms, \
+                                                  excluded.circuit_opened_ms)",
+                )
+                .bind(subscription_id)
+                .bind(opened_ms)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
         tx.commit().await?;
-        Ok(())
+        Ok(recoveries)
     }
 
     /// Records dead letters in one transaction.
@@ -648,11 +717,62 @@ fn streaks<'a>(rows: &[(&'a AttemptRecord, i64)]) -> Vec<(&'a str, Streak)> {
     changes
 }
 
+/// What a batch of attempts says of one subscription's circuit breaker.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Circuit {
+    /// The first `circuit_open` before the batch's first success.
+    opened_before_success: Option<i64>,
+    /// The batch's first success.
+    success_ms: Option<i64>,
+    /// The first `circuit_open` after the batch's last success.
+    opened_after_success: Option<i64>,
+}
+
+impl Circuit {
+    /// When the circuit is (first) seen open at the end of the batch, if it is.
+    fn open_at_end(&self) -> Option<i64> {
+        if self.success_ms.is_some() {
+            self.opened_after_success
+        } else {
+            self.opened_before_success
+        }
+    }
+}
+
+/// The circuit evidence per subscription, in first-seen order; subscriptions with neither a
+/// `circuit_open` deferral nor a success are left out.
+fn circuits<'a>(rows: &[(&'a AttemptRecord, i64)]) -> Vec<(&'a str, Circuit)> {
+    let mut seen: Vec<(&'a str, Circuit)> = Vec::new();
+    for (a, at_ms) in rows {
+        if !matches!(
+            a.outcome,
+            AttemptOutcome::CircuitOpen | AttemptOutcome::Success
+        ) {
+            continue;
+        }
+        let id = a.subscription_id.as_str();
+        let i = seen.iter().position(|(s, _)| *s == id).unwrap_or_else(|| {
+            seen.push((id, Circuit::default()));
+            seen.len() - 1
+        });
+        let circuit = &mut seen[i].1;
+        if a.outcome == AttemptOutcome::Success {
+            circuit.success_ms.get_or_insert(*at_ms);
+            circuit.opened_after_success = None;
+        } else if circuit.success_ms.is_none() {
+            circuit.opened_before_success.get_or_insert(*at_ms);
+        } else {
+            circuit.opened_after_success.get_or_insert(*at_ms);
+        }
+    }
+    seen
+}
+
 #[cfg(test)]
 mod streak_tests {
     use relay_shared::attempt::{AttemptOutcome, AttemptRecord};
 
-    use super::{Streak, placeholders, streaks};
+    use super::{Circuit, Streak, circuits, placeholders, streaks};
 
     fn attempt(subscription: &str, outcome: AttemptOutcome) -> AttemptRecord {
         AttemptRecord {
@@ -693,6 +813,39 @@ mod streak_tests {
             ]
         );
         assert_eq!(placeholders(2, 3), "($1, $2, $3), ($4, $5, $6)");
+    }
+
+    #[test]
+    fn circuit_evidence_is_what_applying_the_batch_in_order_would_show() {
+        use AttemptOutcome::{CircuitOpen, RetryScheduled, Success};
+        let records = [
+            attempt("a", CircuitOpen),
+            attempt("a", CircuitOpen),
+            attempt("a", Success),
+            attempt("b", Success),
+            attempt("b", CircuitOpen),
+            attempt("b", Success),
+            attempt("b", CircuitOpen),
+            attempt("c", CircuitOpen),
+            attempt("d", RetryScheduled),
+        ];
+        let rows: Vec<(&AttemptRecord, i64)> = records.iter().zip(1..).collect();
+        let found = circuits(&rows);
+        let circuit = |o, s, a| Circuit {
+            opened_before_success: o,
+            success_ms: s,
+            opened_after_success: a,
+        };
+        assert_eq!(
+            found,
+            [
+                ("a", circuit(Some(1), Some(3), None)),
+                ("b", circuit(None, Some(4), Some(7))),
+                ("c", circuit(Some(8), None, None)),
+            ]
+        );
+        let open: Vec<Option<i64>> = found.iter().map(|(_, c)| c.open_at_end()).collect();
+        assert_eq!(open, [None, Some(7), Some(8)]);
     }
 }
 
@@ -738,11 +891,8 @@ mod tests {
             revision: 1,
             created_at: "2026-01-01T00:00:00Z".into(),
             updated_at: "2026-01-01T00:00:00Z".into(),
-            disabled_reason: None,
-            previous_secret: None,
-            previous_secret_expires_ms: None,
-            rate_limit: None,
             max_in_flight: 64,
+            ..Subscription::default()
         }
     }
 
@@ -870,6 +1020,45 @@ mod tests {
             assert!(store.failing_since(jan_1 - 1).await.unwrap().is_empty());
             store.reset_health("sub_a").await.unwrap();
             assert!(store.failing_since(i64::MAX).await.unwrap().is_empty());
+
+            // A circuit seen open, then a success: one recovery, reported once.
+            let open_at = "2026-01-04T00:00:00Z";
+            let none = store
+                .insert_attempts(&[attempt("sub_a", AttemptOutcome::CircuitOpen, open_at)])
+                .await
+                .unwrap();
+            assert!(none.is_empty(), "{backend}");
+            let later = attempt("sub_a", AttemptOutcome::CircuitOpen, "2026-01-04T00:01:00Z");
+            assert!(store.insert_attempts(&[later]).await.unwrap().is_empty());
+            let ok_at = "2026-01-04T00:02:00Z";
+            let recovered = store
+                .insert_attempts(&[attempt("sub_a", AttemptOutcome::Success, ok_at)])
+                .await
+                .unwrap();
+            assert_eq!(
+                recovered,
+                [Recovery {
+                    subscription_id: "sub_a".into(),
+                    circuit_opened_ms: rfc3339_ms(open_at).unwrap(),
+                    recovered_ms: rfc3339_ms(ok_at).unwrap(),
+                }],
+                "{backend}: the first time it was seen open"
+            );
+            let again = attempt("sub_a", AttemptOutcome::Success, "2026-01-04T00:03:00Z");
+            assert!(
+                store.insert_attempts(&[again]).await.unwrap().is_empty(),
+                "{backend}: a closed circuit does not recover twice"
+            );
+            // Open and recovered within one batch.
+            let recovered = store
+                .insert_attempts(&[
+                    attempt("sub_b", AttemptOutcome::CircuitOpen, open_at),
+                    attempt("sub_b", AttemptOutcome::Success, ok_at),
+                ])
+                .await
+                .unwrap();
+            assert_eq!(recovered.len(), 1, "{backend}");
+            assert_eq!(recovered[0].subscription_id, "sub_b");
             store.close().await;
         }
     }

@@ -1,11 +1,12 @@
-//! The webhook HTTP client: one signed POST per delivery attempt, classified into success or
-//! a typed failure the worker decides on (retry, dead-letter, disable).
+//! The webhook HTTP client: one signed POST per delivery attempt (with the subscription's
+//! static headers and credentials), classified into success or a typed failure the worker
+//! decides on (retry, dead-letter, disable).
 
 use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use relay_shared::{
-    signing::signature_header,
+    signing::KEY_ID_HEADER,
     ssrf::{NetworkPolicy, SsrfError},
     trace::{self, TraceParent},
 };
@@ -103,8 +104,9 @@ impl WebhookClient {
         })
     }
 
-    /// POSTs `body` to the route, signed for message `msg_id`, continuing the producer's
-    /// trace `parent` (W3C `traceparent`). Returns the 2xx status.
+    /// POSTs `body` to the route, signed for message `msg_id` with every key of its scheme
+    /// (`webhook-key-id` names the `v1a` keys), with its static headers and credentials,
+    /// continuing the producer's trace `parent` (W3C `traceparent`). Returns the 2xx status.
     ///
     /// # Errors
     /// An [`AttemptError`] for anything but a 2xx answer.
@@ -120,14 +122,23 @@ impl WebhookClient {
             .check_url(&route.url)
             .map_err(AttemptError::Refused)?;
         let timestamp = time::OffsetDateTime::now_utc().unix_timestamp();
-        let signature = signature_header(&route.keys, msg_id, timestamp, &body);
-        let response = self
-            .http
-            .post(route.url.clone())
+        let signed = route.signer.sign(msg_id, timestamp, &body);
+        let mut request = self.http.post(route.url.clone());
+        // Checked at save: none of these names is one Relay sets below.
+        for (name, value) in route.headers.iter() {
+            request = request.header(name, value);
+        }
+        if let Some(authorization) = &route.authorization {
+            request = request.header(header::AUTHORIZATION, authorization);
+        }
+        if let Some(key_ids) = signed.key_ids {
+            request = request.header(KEY_ID_HEADER, key_ids);
+        }
+        let response = request
             .header(header::CONTENT_TYPE, "application/json")
             .header("webhook-id", msg_id)
             .header("webhook-timestamp", timestamp)
-            .header("webhook-signature", signature)
+            .header("webhook-signature", signed.signature)
             // The producer's trace continues at the endpoint (a new one when it sent none).
             .header(
                 trace::HEADER,

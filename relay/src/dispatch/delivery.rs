@@ -1,6 +1,8 @@
 //! One message's deliveries, the decode → decide → execute part of the worker: decode it
-//! ([`relay_shared::wire`]; what is not a message is parked in `invalid`), route it, and for
-//! each subscription admit ([`super::admission`]) → send ([`super::client`]) → decide
+//! ([`relay_shared::wire`]; what is not a message is parked in `invalid`, and so is an event a
+//! producer published straight over AMQP whose type is Relay's own (`relay.*`) or whose `data`
+//! fails its type's schema: ingest checked HTTP events), route it ([`super::select`]: the
+//! directory's type match, then payload filters), and for each subscription admit ([`super::admission`]) → send ([`super::client`]) → decide
 //! ([`step::decide`]) → execute the step (hand-off or 410 disable) → report its [`Outcome`].
 //! Consuming and settling are in [`super::worker`].
 
@@ -13,6 +15,8 @@ use futures_util::future::join_all;
 use lapin::message::Delivery;
 use relay_shared::{
     amqp::AmqpError,
+    operational,
+    problem::Problem,
     trace::TraceParent,
     wire::{Event, Handoff},
 };
@@ -25,8 +29,13 @@ use super::{
     directory::Route,
     outcome::{Ending, Outcome},
     parking::Parking,
+    select,
     step::{self, Failure, Refusal, Step, Tried},
     worker::{Kind, Worker},
+};
+use crate::{
+    catalogue::{self, Checked},
+    event_data::EventData,
 };
 
 impl Worker {
@@ -42,13 +51,18 @@ impl Worker {
         let (event, routes, attempt) = match kind {
             Kind::Event => match Event::decode(body, properties) {
                 Ok(event) => {
-                    if event.accepted_ms.is_none() && !delivery.redelivered {
-                        self.metrics.ingested.with_label_values(&["amqp"]).inc();
+                    let data = EventData::new(&event.envelope);
+                    // Not stamped by ingest: published straight over AMQP by a producer.
+                    if event.accepted_ms.is_none() {
+                        if let Some(reason) = self.refuse_from_producer(&event, &data) {
+                            return self.park_invalid(delivery, parking, &reason).await;
+                        }
+                        if !delivery.redelivered {
+                            self.metrics.ingested.with_label_values(&["amqp"]).inc();
+                        }
                     }
-                    let routes = self.directory.matching(
-                        &event.envelope.event_type,
-                        event.envelope.consumer.as_deref(),
-                    );
+                    let routes = select::routes(&self.directory, &event.envelope, &data);
+                    drop(data);
                     (Arc::new(event), routes, 1)
                 }
                 Err(e) => return self.park_invalid(delivery, parking, &e.to_string()).await,
@@ -90,6 +104,23 @@ impl Worker {
         .await
         .into_iter()
         .collect()
+    }
+
+    /// Why an event a producer published over AMQP cannot be accepted, as ingest would have
+    /// refused it over HTTP (same wording): a type of Relay's own, or `data` failing its type's
+    /// schema.
+    fn refuse_from_producer(&self, event: &Event, data: &EventData<'_>) -> Option<String> {
+        let event_type = &event.envelope.event_type;
+        if let Err(e) = operational::check_publishable(event_type) {
+            return Some(e.to_string());
+        }
+        match catalogue::check_data(&self.schemas, event_type, data) {
+            Checked::Valid { .. } => None,
+            // The detail ingest's 422 gives for the same event.
+            Checked::Invalid(violation) => {
+                Some(Problem::schema_violation(event_type, &violation).detail)
+            }
+        }
     }
 
     async fn park_invalid(

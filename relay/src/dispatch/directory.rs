@@ -11,10 +11,13 @@ use std::{
 
 use relay_shared::{
     control::ControlMessage,
+    endpoint::{Credentials, CustomHeaders},
     filter::TopicFilter,
-    signing::SigningKey,
+    payload_filter::PayloadFilter,
+    signing::Signer,
     subscription::{DirectoryEntry, Limits},
 };
+use reqwest::header::HeaderValue;
 
 /// One subscription, ready to match and sign with.
 #[derive(Debug)]
@@ -27,8 +30,14 @@ pub struct Route {
     pub consumer: Option<String>,
     /// Compiled topic filters.
     pub filters: Vec<TopicFilter>,
-    /// Signing keys, one per current secret.
-    pub keys: Vec<SigningKey>,
+    /// Signs with every current key its scheme uses.
+    pub signer: Signer,
+    /// Payload filter, evaluated after the type match; `None` takes every event of the types.
+    pub payload_filter: Option<PayloadFilter>,
+    /// Static headers added to every request.
+    pub headers: CustomHeaders,
+    /// `Authorization` made from its credentials (marked sensitive: never logged).
+    pub authorization: Option<HeaderValue>,
     /// Whether it receives events.
     pub enabled: bool,
     /// Revision of the entry this was built from.
@@ -41,7 +50,8 @@ impl Route {
     /// Compiles an entry.
     ///
     /// # Errors
-    /// A reason when its URL, a filter or a secret is unusable (it is then skipped and logged).
+    /// A reason when its URL, a filter, a key, a header or its credentials are unusable (it
+    /// is then skipped and logged). consumer-api checked them all when they were saved.
     pub fn compile(entry: DirectoryEntry) -> Result<Self, String> {
         let url = reqwest::Url::parse(&entry.url).map_err(|e| format!("url: {e}"))?;
         let filters = entry
@@ -49,20 +59,30 @@ impl Route {
             .iter()
             .map(|f| TopicFilter::parse(f).map_err(|e| format!("filter {f:?}: {e}")))
             .collect::<Result<_, _>>()?;
-        let keys = entry
-            .secrets
-            .iter()
-            .map(|s| SigningKey::parse(s).map_err(|e| format!("secret: {e}")))
-            .collect::<Result<Vec<_>, _>>()?;
-        if keys.is_empty() {
-            return Err(String::from("no signing secret"));
-        }
+        let signer = Signer::new(entry.signature_scheme, &entry.secrets, &entry.signing_keys)
+            .map_err(|e| format!("signing: {e}"))?;
+        let payload_filter = entry
+            .filter
+            .as_ref()
+            .map(PayloadFilter::parse)
+            .transpose()
+            .map_err(|e| format!("payload filter: {e}"))?;
+        let headers = CustomHeaders::parse(&entry.headers).map_err(|e| e.to_string())?;
+        let authorization = entry
+            .credentials
+            .as_ref()
+            .map(Credentials::authorization)
+            .transpose()
+            .map_err(|e| e.to_string())?;
         Ok(Self {
             id: entry.id,
             url,
             consumer: entry.consumer,
             filters,
-            keys,
+            signer,
+            payload_filter,
+            headers,
+            authorization,
             enabled: entry.enabled,
             revision: entry.revision,
             limits: entry.limits,
@@ -420,7 +440,7 @@ mod tests {
             enabled: true,
             secrets: vec![SECRET.into()],
             revision,
-            limits: Limits::default(),
+            ..DirectoryEntry::default()
         }
     }
 
@@ -473,12 +493,47 @@ mod tests {
     }
 
     #[test]
-    fn an_entry_with_a_bad_secret_is_skipped() {
+    fn an_entry_with_a_bad_key_filter_header_or_credential_is_skipped() {
         let d = Directory::default();
-        let mut bad = entry("a", &["x"], None, 1);
-        bad.secrets = vec!["nope".into()];
-        d.apply(ControlMessage::Upsert { subscription: bad });
+        let mut bad_secret = entry("a", &["x"], None, 1);
+        bad_secret.secrets = vec!["nope".into()];
+        let mut no_signing_key = entry("b", &["x"], None, 1);
+        no_signing_key.signature_scheme = relay_shared::signing::SignatureScheme::Both;
+        let mut bad_filter = entry("c", &["x"], None, 1);
+        bad_filter.filter = Some(serde_json::json!({"data.total": {"$regex": "x"}}));
+        let mut bad_header = entry("d", &["x"], None, 1);
+        bad_header.headers.insert("Host".into(), "x".into());
+        let mut bad_credentials = entry("e", &["x"], None, 1);
+        bad_credentials.credentials = Some(Credentials::Bearer {
+            token: "has space".into(),
+        });
+        for bad in [
+            bad_secret,
+            no_signing_key,
+            bad_filter,
+            bad_header,
+            bad_credentials,
+        ] {
+            d.apply(ControlMessage::Upsert { subscription: bad });
+        }
         assert!(d.is_empty());
+        let mut good = entry("f", &["x"], None, 1);
+        good.signature_scheme = relay_shared::signing::SignatureScheme::Both;
+        good.signing_keys = vec![relay_shared::signing::generate_asymmetric_key()];
+        good.filter = Some(serde_json::json!({"data.total": {"$gt": 1}}));
+        good.headers.insert("X-Tenant".into(), "acme".into());
+        good.credentials = Some(Credentials::Bearer {
+            token: "t0k".into(),
+        });
+        d.apply(ControlMessage::Upsert { subscription: good });
+        let route = d.get("f").unwrap();
+        assert!(route.payload_filter.is_some() && !route.headers.is_empty());
+        assert!(
+            route
+                .authorization
+                .as_ref()
+                .is_some_and(HeaderValue::is_sensitive)
+        );
     }
 
     /// The scan the index replaced: every route, every filter.

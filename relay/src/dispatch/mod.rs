@@ -1,5 +1,8 @@
 //! `relay dispatch`: consumes `ingress` as one of any number of competing consumers and
-//! delivers each event, signed, to every matching subscription.
+//! delivers each event, signed, to every matching subscription. It holds the subscription
+//! directory and the event-type catalogue (to check the events producers publish straight
+//! over AMQP), both loaded from consumer-api (`dispatch.directory_url`, with the directory
+//! key) and kept current through `relay.control`.
 
 mod admission;
 mod attempt_log;
@@ -13,6 +16,7 @@ mod parking;
 mod queue_metrics;
 mod resolver;
 mod retry;
+mod select;
 mod step;
 mod sync;
 mod worker;
@@ -21,7 +25,10 @@ use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
 use prometheus::Registry;
-use relay_shared::{config::Settings, ops::Readiness, shutdown::Shutdown, topology::Topology};
+use relay_shared::{
+    config::Settings, event_schema::SchemaCache, ops::Readiness, shutdown::Shutdown,
+    topology::Topology,
+};
 use tokio::sync::Notify;
 use tokio_util::task::TaskTracker;
 
@@ -53,7 +60,9 @@ pub async fn run(
     let readiness = Readiness::default();
     let topology = Topology::new(&settings.amqp.prefix);
     let directory = Arc::new(Directory::default());
+    let schemas = Arc::new(SchemaCache::default());
     let reload = Arc::new(Notify::new());
+    let reload_catalogue = Arc::new(Notify::new());
     let dispatch = &settings.process;
     let policy = settings
         .security
@@ -83,14 +92,29 @@ pub async fn run(
         metrics.clone(),
         shutdown.clone(),
     ));
+    // The directory key reads the catalogue too; it refreshes with the directory.
+    background.spawn(crate::catalogue::refresh_loop(
+        crate::catalogue::CatalogueClient::new(&dispatch.directory_url, &dispatch.directory_key)
+            .context("building the catalogue client")?,
+        schemas.clone(),
+        dispatch.directory_refresh,
+        reload_catalogue.clone(),
+        readiness.clone(),
+        shutdown.clone(),
+    ));
     let applied = directory.clone();
+    let compiled = schemas.clone();
     let loaded = metrics.subscriptions_loaded.clone();
     background.spawn(crate::control_feed::follow(
         sessions.clone(),
         topology.clone(),
         "relay-dispatch-control",
-        move || reload.notify_one(),
+        move || {
+            reload.notify_one();
+            reload_catalogue.notify_one();
+        },
         move |message| {
+            crate::catalogue::apply(&compiled, &message);
             applied.apply(message);
             loaded.set(i64::try_from(applied.len()).unwrap_or(i64::MAX));
         },
@@ -116,13 +140,15 @@ pub async fn run(
             .await
     });
 
-    // Deliver only with a directory: an event matched against an empty one would be acked
-    // without reaching its subscribers.
+    // Deliver only with a directory and a catalogue: an event matched against an empty
+    // directory would be acked without reaching its subscribers, and one checked against an
+    // empty catalogue would skip its schema.
     let mut waiting = shutdown.clone();
-    while readiness
-        .check()
-        .is_err_and(|reasons| reasons.iter().any(|r| r.starts_with(sync::READY_DIRECTORY)))
-    {
+    while readiness.check().is_err_and(|reasons| {
+        reasons.iter().any(|r| {
+            r.starts_with(sync::READY_DIRECTORY) || r.starts_with(crate::catalogue::READY_CATALOGUE)
+        })
+    }) {
         tokio::select! {
             () = tokio::time::sleep(Duration::from_millis(50)) => {}
             () = waiting.wait() => break,
@@ -136,6 +162,7 @@ pub async fn run(
     let deliveries = TaskTracker::new();
     let worker = Arc::new(worker::Worker {
         directory,
+        schemas,
         directory_client,
         client,
         admission: admission::AdmissionControl::new(

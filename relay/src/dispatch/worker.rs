@@ -26,6 +26,7 @@ use lapin::{
 };
 use relay_shared::{
     amqp::{self, AmqpError},
+    event_schema::SchemaCache,
     ops::Readiness,
     session::{self as broker, Session},
     shutdown::Shutdown,
@@ -48,6 +49,8 @@ pub const READY_CONSUMERS: &str = "consumers";
 pub struct Worker {
     /// The subscription directory.
     pub directory: Arc<Directory>,
+    /// The event-type catalogue, for events producers published straight over AMQP.
+    pub schemas: Arc<SchemaCache>,
     /// consumer-api, to disable a subscription that answered 410.
     pub directory_client: DirectoryClient,
     /// The webhook client.

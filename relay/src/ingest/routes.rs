@@ -17,7 +17,7 @@ use axum::{
 };
 use futures_util::future::join_all;
 use relay_shared::{
-    envelope::{Envelope, EnvelopeError, EnvelopeErrorKind, IncomingEvent, parse_json},
+    envelope::{Envelope, EnvelopeError, IncomingEvent, parse_json},
     event_schema::SchemaCache,
     ids::new_id,
     operational,
@@ -171,16 +171,7 @@ fn incoming_trace(headers: &HeaderMap) -> TraceParent {
 /// Parses and normalises one event; the `relay.` types are Relay's own and refused.
 fn normalise(raw: &[u8], now: OffsetDateTime) -> Result<Envelope, EnvelopeError> {
     let envelope = parse_json::<IncomingEvent>(raw)?.normalise(now, || new_id("evt"))?;
-    if operational::is_reserved(&envelope.event_type) {
-        return Err(EnvelopeError {
-            kind: EnvelopeErrorKind::InvalidField,
-            field: String::from("type"),
-            reason: format!(
-                "types starting with {:?} are Relay's own events",
-                operational::RESERVED_PREFIX
-            ),
-        });
-    }
+    operational::check_publishable(&envelope.event_type)?;
     Ok(envelope)
 }
 

@@ -576,7 +576,20 @@ async fn disabling_announces_it_through_relay_and_a_test_ping_reaches_one_subscr
     .await;
     assert_eq!(status, 200);
     tokio::time::sleep(Duration::from_millis(700)).await;
-    assert_eq!((b.count(), watcher.count(), operator.count()), (0, 1, 1));
+    assert_eq!((watcher.count(), operator.count()), (1, 1));
+    // b is an operator's subscription (no consumer) to `#`: it receives every consumer's
+    // operational events (both names of the disabling), never the ping.
+    b.wait_for(2, WAIT).await;
+    let mut seen: Vec<String> = b
+        .received()
+        .iter()
+        .map(|r| r.json()["type"].as_str().unwrap().to_owned())
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        ["relay.endpoint.disabled", "relay.subscription.disabled"]
+    );
 
     let (_, enabled) = call(
         &relay,

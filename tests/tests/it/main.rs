@@ -10,6 +10,7 @@ mod broker_outage;
 mod cluster;
 mod consumer_api;
 mod consumers;
+mod contract;
 mod delivery;
 mod event_types;
 mod ingest_errors;
