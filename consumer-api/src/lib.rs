@@ -97,7 +97,7 @@ pub async fn run(
         metrics.amqp_connected.clone(),
         broker_open.clone(),
     );
-    let topology = Topology::new(&settings.amqp.prefix);
+    let topology = Topology::from_settings(&settings.amqp);
     // The recorder announces what it records (relay.message.exhausted, …) on this channel.
     let channel = relay_shared::session::confirm_channels(sessions.clone(), broker_open);
     let recorders = recorder::spawn(

@@ -62,7 +62,7 @@ impl Publisher {
             last_error: None,
             last_status: None,
         };
-        self.publish(&self.topology.retry_ready, handoff.encode(None))
+        self.publish(&self.topology.retry_ready, "", handoff.encode(None))
             .await
     }
 
@@ -73,12 +73,20 @@ impl Publisher {
     /// [`ApiError::Broker`] when the broker did not confirm it.
     pub async fn publish_event(&self, envelope: &Envelope) -> Result<(), ApiError> {
         let event = Event::accepted(envelope.clone(), None);
-        self.publish(&self.topology.events, event.encode()).await
+        // The routing key places the event on its ingress shard, as ingest does.
+        let key = envelope.ordering_key();
+        self.publish(&self.topology.events, key, event.encode())
+            .await
     }
 
-    async fn publish(&self, exchange: &str, message: amqp::Outgoing) -> Result<(), ApiError> {
+    async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        message: amqp::Outgoing,
+    ) -> Result<(), ApiError> {
         let channel = self.channel()?;
-        amqp::publish_confirmed(&channel, exchange, "", message, PUBLISH_TIMEOUT)
+        amqp::publish_confirmed(&channel, exchange, routing_key, message, PUBLISH_TIMEOUT)
             .await
             .map_err(|e| ApiError::Broker(e.to_string()))
     }

@@ -114,7 +114,8 @@ load_started() {
 
 write_node_files() {
   mkdir -p "$base/home" "$base/mnesia" "$base/log"
-  printf '[].\n' >"$base/enabled_plugins"
+  # Sharded ingress (amqp.ingress_shards > 1) routes with the consistent-hash exchange.
+  printf '[rabbitmq_consistent_hash_exchange].\n' >"$base/enabled_plugins"
   if [[ -n ${RELAY_BROKER_ADVANCED_CONFIG:-} ]]; then
     cp "$RELAY_BROKER_ADVANCED_CONFIG" "$base/advanced.config"
   else

@@ -19,6 +19,10 @@ pub const DEFAULTS: &str = include_str!("defaults.toml");
 /// a file shared by every process passes each one's check while a misspelt section is refused.
 pub const SECTIONS: &[&str] = &["amqp", "log", "security", "ingest", "dispatch", "api"];
 
+/// Most ingress shards: far past what one cluster's cores use, small enough that a typo
+/// does not create thousands of queues.
+const MAX_INGRESS_SHARDS: u16 = 256;
+
 /// Shared keys whose environment value is a comma-separated list.
 const LIST_KEYS: &[&str] = &[
     "security.allowed_networks",
@@ -141,6 +145,12 @@ pub struct AmqpSettings {
     pub urls: Vec<String>,
     /// Prefix of every exchange and queue name, so several Relays can share a broker.
     pub prefix: String,
+    /// Number of ingress queues (`ingress.0` … `ingress.N-1`) events are spread over by a
+    /// hash of their ordering key, so more than one queue leader takes the load; 1 (the
+    /// default) is the single `ingress` queue. More than 1 needs the broker's
+    /// `rabbitmq_consistent_hash_exchange` plugin. Every process must have the same value;
+    /// changing it on a running system is a drain-and-switch (docs/SCALING.md).
+    pub ingress_shards: u16,
     /// Bound on one connection attempt (TCP, AMQP handshake and topology declaration).
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
@@ -305,6 +315,12 @@ impl<S: Section> Settings<S> {
                 return ConfigError::invalid(url_key, "is not a valid AMQP URI");
             }
         }
+        if !(1..=MAX_INGRESS_SHARDS).contains(&self.amqp.ingress_shards) {
+            return ConfigError::invalid(
+                "amqp.ingress_shards",
+                &format!("must be between 1 and {MAX_INGRESS_SHARDS}"),
+            );
+        }
         if self.amqp.connect_timeout.is_zero() {
             return ConfigError::invalid("amqp.connect_timeout", "must be more than zero");
         }
@@ -404,6 +420,11 @@ mod tests {
         assert!(err.to_string().contains("amqp.urls"), "{err}");
         let err = load(&[("RELAY__LOG__LEVEL", "[[")]).unwrap_err();
         assert!(err.to_string().contains("log.level"), "{err}");
+        for shards in ["0", "257"] {
+            let err = load(&[("RELAY__AMQP__INGRESS_SHARDS", shards)]).unwrap_err();
+            assert!(err.to_string().contains("amqp.ingress_shards"), "{err}");
+        }
+        assert_eq!(load(&[]).unwrap().amqp.ingress_shards, 1);
     }
 
     #[test]

@@ -38,7 +38,7 @@ pub fn keep_connected(
 ) -> watch::Receiver<Option<Session>> {
     let (tx, rx) = watch::channel(None);
     readiness.not_ready(READY_BROKER, "connecting");
-    let topology = Topology::new(&settings.prefix);
+    let topology = Topology::from_settings(&settings);
     tokio::spawn(async move {
         let mut backoff = Backoff::new(settings.reconnect_max_backoff);
         let mut nodes = Nodes::new(&settings);
@@ -178,7 +178,7 @@ async fn open(
     Ok(connection)
 }
 
-/// Whether the topology has yet to be created: the ingress queue does not exist (a passive
+/// Whether the topology has yet to be created: the (first) ingress queue does not exist (a passive
 /// declaration fails, which closes that throwaway channel). Any failure counts as new, which
 /// only costs a wait.
 async fn is_new(connection: &Connection, topology: &Topology) -> bool {
@@ -191,7 +191,7 @@ async fn is_new(connection: &Connection, topology: &Topology) -> bool {
     };
     let found = channel
         .queue_declare(
-            topology.ingress.as_str().into(),
+            topology.ingress_queues()[0].as_str().into(),
             passive,
             lapin::types::FieldTable::default(),
         )

@@ -3,6 +3,9 @@
 //! ```text
 //! exchange {p}events (fanout) ─┬► queue {p}ingress (quorum) ─► dispatchers
 //!                              └► queue {p}archive (quorum) ─► consumer-api recorder
+//!   or, with `amqp.ingress_shards` = N > 1, instead of {p}ingress:
+//!                              ─► exchange {p}ingress-shards (x-consistent-hash on the routing
+//!                                 key, i.e. the ordering key) ─► queues {p}ingress.0 … {p}ingress.N-1
 //! queue {p}retry.<delay> (quorum, x-message-ttl = delay) ─DLX─► exchange {p}retry-ready (fanout)
 //!                                                                ─► queue {p}redeliver ─► dispatchers
 //! queue {p}attempts  one record per delivery attempt ─► consumer-api recorder
@@ -15,12 +18,17 @@
 //! Quorum queues throughout: replicated, and their dead-lettering is at-least-once. Tier
 //! queues are named by their delay, so changing the schedule declares new queues instead of
 //! failing on a changed argument; old tiers drain on their own.
+//!
+//! Sharded ingress needs RabbitMQ's `rabbitmq_consistent_hash_exchange` plugin (shipped with
+//! RabbitMQ, enabled by deploy/); one shard, the default, needs no plugin. The hash ring keeps
+//! each routing key on one shard, so events with one ordering key stay in publish order.
+//! Changing N is a drain-and-switch (docs/SCALING.md): queues of another N are not touched.
 
 use std::time::Duration;
 
 use lapin::{
     Channel, ExchangeKind,
-    options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
+    options::{ExchangeBindOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
     types::{AMQPValue, FieldTable, ShortString},
 };
 
@@ -33,8 +41,10 @@ pub const INGRESS_DELIVERY_LIMIT: i64 = 20;
 pub struct Topology {
     /// Fanout exchange producers publish events to.
     pub events: String,
-    /// Quorum queue dispatchers consume.
+    /// Quorum queue dispatchers consume (with one shard; see [`Topology::ingress_queues`]).
     pub ingress: String,
+    /// Consistent-hash exchange from `events` to the shards, used with more than one shard.
+    pub ingress_shards: String,
     /// Where malformed AMQP messages are parked.
     pub invalid: String,
     /// Where deliveries end when they will not be attempted again.
@@ -50,6 +60,7 @@ pub struct Topology {
     /// Targeted deliveries (retries, replays, redrives) dispatchers consume.
     pub redeliver: String,
     prefix: String,
+    shards: u16,
 }
 
 impl Topology {
@@ -58,6 +69,7 @@ impl Topology {
         Self {
             events: format!("{prefix}events"),
             ingress: format!("{prefix}ingress"),
+            ingress_shards: format!("{prefix}ingress-shards"),
             invalid: format!("{prefix}invalid"),
             dead: format!("{prefix}dead"),
             control: format!("{prefix}control"),
@@ -66,6 +78,31 @@ impl Topology {
             retry_ready: format!("{prefix}retry-ready"),
             redeliver: format!("{prefix}redeliver"),
             prefix: prefix.to_owned(),
+            shards: 1,
+        }
+    }
+
+    /// The names under `amqp.prefix`, with `amqp.ingress_shards` ingress shards.
+    pub fn from_settings(settings: &crate::config::AmqpSettings) -> Self {
+        Self::new(&settings.prefix).with_ingress_shards(settings.ingress_shards)
+    }
+
+    /// The same names with `shards` ingress queues (1, or less, is the unsharded `ingress`).
+    #[must_use]
+    pub fn with_ingress_shards(mut self, shards: u16) -> Self {
+        self.shards = shards.max(1);
+        self
+    }
+
+    /// The queues dispatchers consume new events from: `ingress` alone, or `ingress.0` …
+    /// `ingress.N-1` with N shards.
+    pub fn ingress_queues(&self) -> Vec<String> {
+        if self.shards == 1 {
+            vec![self.ingress.clone()]
+        } else {
+            (0..self.shards)
+                .map(|k| format!("{}.{k}", self.ingress))
+                .collect()
         }
     }
 
@@ -130,22 +167,71 @@ impl Topology {
             AMQPValue::LongString(self.invalid.as_str().into()),
         );
         at_least_once_dead_lettering(&mut consumed_args);
-        // Both queues dispatchers consume park a message whose handling keeps failing.
-        declare_queue(channel, &self.ingress, consumed_args.clone()).await?;
+        // The queues dispatchers consume park a message whose handling keeps failing.
+        let ingress = self.ingress_queues();
+        for queue in &ingress {
+            declare_queue(channel, queue, consumed_args.clone()).await?;
+        }
         declare_queue(channel, &self.redeliver, consumed_args).await?;
         for queue in [&self.invalid, &self.dead, &self.archive, &self.attempts] {
             declare_queue(channel, queue, quorum_args()).await?;
         }
-        for (queue, exchange) in [
-            (&self.ingress, &self.events),
+        if self.shards > 1 {
+            self.declare_shard_routing(channel, &ingress).await?;
+        }
+        let unsharded = (self.shards == 1).then_some((&self.ingress, &self.events));
+        for (queue, exchange) in unsharded.into_iter().chain([
             (&self.archive, &self.events),
             (&self.redeliver, &self.retry_ready),
-        ] {
+        ]) {
             channel
                 .queue_bind(
                     queue.as_str().into(),
                     exchange.as_str().into(),
                     "".into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// `events` ─► `ingress-shards` (consistent hash of the routing key) ─► each shard, with
+    /// equal weights.
+    async fn declare_shard_routing(
+        &self,
+        channel: &Channel,
+        shards: &[String],
+    ) -> lapin::Result<()> {
+        channel
+            .exchange_declare(
+                self.ingress_shards.as_str().into(),
+                ExchangeKind::Custom("x-consistent-hash".into()),
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        // A fanout exchange passes the message's routing key on to the exchanges bound to it.
+        channel
+            .exchange_bind(
+                self.ingress_shards.as_str().into(),
+                self.events.as_str().into(),
+                "".into(),
+                ExchangeBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        for queue in shards {
+            // With this exchange type, the binding key is the queue's weight on the ring.
+            channel
+                .queue_bind(
+                    queue.as_str().into(),
+                    self.ingress_shards.as_str().into(),
+                    "1".into(),
                     QueueBindOptions::default(),
                     FieldTable::default(),
                 )
@@ -216,6 +302,20 @@ mod tests {
         assert_eq!(t.ingress, "acme.ingress");
         assert_eq!(t.control, "acme.control");
         assert_eq!(t.retry_tier(Duration::from_secs(300)), "acme.retry.5m");
+        assert_eq!(t.ingress_queues(), ["acme.ingress"]);
+    }
+
+    #[test]
+    fn shards_are_numbered_queues_and_one_shard_is_the_plain_queue() {
+        let t = Topology::new("acme.").with_ingress_shards(3);
+        assert_eq!(
+            t.ingress_queues(),
+            ["acme.ingress.0", "acme.ingress.1", "acme.ingress.2"]
+        );
+        assert_eq!(t.ingress_shards, "acme.ingress-shards");
+        let one = Topology::new("acme.").with_ingress_shards(1);
+        assert_eq!(one, Topology::new("acme."));
+        assert_eq!(Topology::new("acme.").with_ingress_shards(0), one);
     }
 
     #[test]

@@ -86,6 +86,25 @@ pub async fn get_one(url: &str, queue: &str, timeout: Duration) -> Option<Messag
     found
 }
 
+/// Takes (and acks) every message `queue` holds now, on one channel, until it answers empty.
+pub async fn drain(url: &str, queue: &str) -> Vec<Message> {
+    let connection = connect(url).await;
+    let channel = connection.create_channel().await.expect("channel");
+    let mut messages = Vec::new();
+    while let Some(got) = channel
+        .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+        .await
+        .expect("basic.get")
+    {
+        messages.push(Message {
+            body: got.delivery.data,
+            properties: got.delivery.properties,
+        });
+    }
+    let _ = connection.close(200, "done".into()).await;
+    messages
+}
+
 /// Publishes every `(id, body)` to `exchange` with publisher confirms, `window` at a time, as
 /// a careful producer on a cluster would: through the first node of `urls` that answers, and,
 /// when a connection fails or a window is not wholly confirmed in time, through the next node,

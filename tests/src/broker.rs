@@ -432,8 +432,8 @@ fn node_files(
     let write = |name: &str, text: &str| {
         fs::write(dir.join(name), text).unwrap_or_else(|e| panic!("write {name}: {e}"));
     };
-    // No plugins at all: no management listener, and a faster boot.
-    write("enabled_plugins", "[].\n");
+    // Only the consistent-hash exchange (sharded ingress): no management listener, a faster boot.
+    write("enabled_plugins", "[rabbitmq_consistent_hash_exchange].\n");
     write(
         "rabbitmq.conf",
         &format!(

@@ -58,7 +58,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let metrics = DispatchMetrics::register(&registry).context("registering dispatch metrics")?;
     let readiness = Readiness::default();
-    let topology = Topology::new(&settings.amqp.prefix);
+    let topology = Topology::from_settings(&settings.amqp);
     let directory = Arc::new(Directory::default());
     let schemas = Arc::new(SchemaCache::default());
     let reload = Arc::new(Notify::new());

@@ -3,7 +3,8 @@
 //! ready-message and consumer counts) sets `relay_queue_messages{queue}` and
 //! `relay_queue_consumers{queue}`.
 //!
-//! The `queue` label is the queue's role, without the configured prefix: `ingress`, `dead`,
+//! The `queue` label is the queue's role, without the configured prefix: `ingress` (or
+//! `ingress.<k>` per shard with `amqp.ingress_shards` > 1), `dead`,
 //! `invalid`, `redeliver`, `attempts`, `archive` and `retry.<delay>` per retry tier (e.g.
 //! `retry.5m`); a bounded set fixed by the configuration. Every dispatcher samples, so an
 //! aggregation over processes takes `max by (queue)`. Retry tier queues are sampled with the
@@ -184,17 +185,23 @@ impl QueueSampler {
 
 /// `(label, name)` of every queue a Relay with this topology and schedule uses.
 fn queues(topology: &Topology, retry_schedule: &[Duration]) -> Vec<(String, String)> {
-    let mut queues: Vec<(String, String)> = [
-        ("ingress", &topology.ingress),
-        ("redeliver", &topology.redeliver),
-        ("dead", &topology.dead),
-        ("invalid", &topology.invalid),
-        ("attempts", &topology.attempts),
-        ("archive", &topology.archive),
-    ]
-    .into_iter()
-    .map(|(label, name)| (label.to_owned(), name.clone()))
-    .collect();
+    let prefix_len = topology.ingress.len() - "ingress".len();
+    let mut queues: Vec<(String, String)> = topology
+        .ingress_queues()
+        .into_iter()
+        .map(|name| (name[prefix_len..].to_owned(), name))
+        .collect();
+    queues.extend(
+        [
+            ("redeliver", &topology.redeliver),
+            ("dead", &topology.dead),
+            ("invalid", &topology.invalid),
+            ("attempts", &topology.attempts),
+            ("archive", &topology.archive),
+        ]
+        .into_iter()
+        .map(|(label, name)| (label.to_owned(), name.clone())),
+    );
     for delay in retry_schedule {
         let entry = (
             format!("retry.{}", tier_label(*delay)),
@@ -238,5 +245,13 @@ mod tests {
         );
         assert_eq!(q[0].1, "acme.ingress");
         assert_eq!(q[7].1, "acme.retry.5m");
+    }
+
+    #[test]
+    fn each_shard_has_its_label() {
+        let q = queues(&Topology::new("acme.").with_ingress_shards(2), &[]);
+        assert_eq!(q[0], ("ingress.0".to_owned(), "acme.ingress.0".to_owned()));
+        assert_eq!(q[1], ("ingress.1".to_owned(), "acme.ingress.1".to_owned()));
+        assert_eq!(q[2].0, "redeliver");
     }
 }

@@ -1,5 +1,6 @@
-//! The consumers of `ingress` (new events, delivered to every matching subscription at once)
-//! and `redeliver` (retries, replays and redrives, each for one subscription), as
+//! The consumers of `ingress` or its shards (new events, delivered to every matching
+//! subscription at once) and `redeliver` (retries, replays and redrives, each for one
+//! subscription), as
 //! consume → decode → decide → execute → settle. This file is the broker side:
 //!
 //! - **consume**: one channel per queue, prefetch as the bound; every message is a task on the
@@ -15,7 +16,10 @@
 
 use std::{panic::AssertUnwindSafe, sync::Arc, time::Duration};
 
-use futures_util::{FutureExt, StreamExt};
+use futures_util::{
+    FutureExt, StreamExt,
+    stream::{self, select_all},
+};
 use lapin::{
     Channel, Consumer,
     message::Delivery,
@@ -41,7 +45,7 @@ use super::{
     sync::DirectoryClient,
 };
 
-/// Readiness condition: both consumers are consuming.
+/// Readiness condition: every consumer (each ingress shard and `redeliver`) is consuming.
 pub const READY_CONSUMERS: &str = "consumers";
 
 /// What every delivery task needs.
@@ -71,7 +75,7 @@ pub struct Worker {
     pub attempts: AttemptLog,
     /// Every delivery task, of this session and of lost ones.
     pub tasks: TaskTracker,
-    /// `consumers` is ready only while both consumers run.
+    /// `consumers` is ready only while every consumer runs.
     pub readiness: Readiness,
 }
 
@@ -116,19 +120,36 @@ impl Worker {
         let Some(opened) = shutdown.unless_stopped(self.open(session)).await else {
             return Ok(());
         };
-        let (parking, (ingress_channel, mut ingress), (redeliver_channel, mut redeliver)) = opened?;
+        let (parking, subscribed) = opened?;
+        let queues: Vec<String> = subscribed
+            .iter()
+            .map(|(_, c)| c.queue().to_string())
+            .collect();
+        let redelivery = subscribed.len() - 1;
+        // One stream of (which consumer, delivery); a consumer's end is a `None` of its own.
+        let mut deliveries = select_all(subscribed.iter().enumerate().map(|(i, (_, consumer))| {
+            consumer
+                .clone()
+                .map(move |delivery| (i, Some(delivery)))
+                .chain(stream::once(async move { (i, None) }))
+                .boxed()
+        }));
         self.readiness.ready(READY_CONSUMERS);
-        tracing::info!(prefetch = self.prefetch, "consuming ingress and redeliver");
+        tracing::info!(prefetch = self.prefetch, queues = ?queues, "consuming");
         let result = loop {
-            let (delivery, kind, channel) = tokio::select! {
-                delivery = ingress.next() => (delivery, Kind::Event, &ingress_channel),
-                delivery = redeliver.next() => (delivery, Kind::Redelivery, &redeliver_channel),
+            let (i, delivery) = tokio::select! {
+                next = deliveries.next() => next.unwrap_or((redelivery, None)),
                 () = shutdown.wait() => break Ok(()),
+            };
+            let kind = if i == redelivery {
+                Kind::Redelivery
+            } else {
+                Kind::Event
             };
             match delivery {
                 Some(Ok(delivery)) => {
                     let task = self.clone().settle(delivery, kind, parking.clone());
-                    let channel = channel.clone();
+                    let channel = subscribed[i].0.clone();
                     self.tasks.spawn(async move {
                         task.await;
                         // Closed (when the last clone goes) only once its message is settled.
@@ -146,30 +167,32 @@ impl Worker {
             "consumer lost"
         };
         self.readiness.not_ready(READY_CONSUMERS, why);
-        for (channel, consumer) in [
-            (&ingress_channel, &ingress),
-            (&redeliver_channel, &redeliver),
-        ] {
+        for (channel, consumer) in &subscribed {
             let cancel = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default());
             let _ = tokio::time::timeout(amqp::CLOSE_BOUND, cancel).await;
         }
         result
     }
 
-    /// Declares the retry tiers, opens the parking channel and subscribes to both queues.
+    /// Declares the retry tiers, opens the parking channel and subscribes to every ingress
+    /// shard (one queue unless sharded), then `redeliver`, each on its own channel.
     async fn open(
         &self,
         session: &Session,
-    ) -> Result<(Parking, (Channel, Consumer), (Channel, Consumer)), AmqpError> {
+    ) -> Result<(Parking, Vec<(Channel, Consumer)>), AmqpError> {
         let setup = session.create_channel().await?;
         for tier in self.retry.tiers() {
             self.topology.declare_retry_tier(&setup, tier).await?;
         }
         amqp::close_channel(&setup, "tiers declared").await;
         let parking = Parking::new(amqp::confirm_channel(session).await?, &self.topology);
-        let ingress = self.subscribe(session, &self.topology.ingress).await?;
-        let redeliver = self.subscribe(session, &self.topology.redeliver).await?;
-        Ok((parking, ingress, redeliver))
+        let mut queues = self.topology.ingress_queues();
+        queues.push(self.topology.redeliver.clone());
+        let mut subscribed = Vec::with_capacity(queues.len());
+        for queue in &queues {
+            subscribed.push(self.subscribe(session, queue).await?);
+        }
+        Ok((parking, subscribed))
     }
 
     async fn subscribe(

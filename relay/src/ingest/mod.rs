@@ -114,7 +114,7 @@ fn follow_catalogue(
     let applied = schemas.clone();
     tokio::spawn(control_feed::follow(
         publisher.sessions(),
-        Topology::new(&settings.amqp.prefix),
+        Topology::from_settings(&settings.amqp),
         "relay-ingest-control",
         move || reload.notify_one(),
         move |message| catalogue::apply(&applied, &message),

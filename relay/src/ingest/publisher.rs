@@ -66,7 +66,7 @@ impl Publisher {
         Self {
             sessions: sessions.clone(),
             channel: broker::confirm_channels(sessions, close),
-            exchange: Topology::new(&settings.amqp.prefix).events,
+            exchange: Topology::from_settings(&settings.amqp).events,
             timeout: settings.process.publish_timeout,
             metrics,
         }
@@ -99,7 +99,9 @@ impl Publisher {
             .ok_or(PublishError::Unavailable)?;
         let message = Event::accepted(envelope.clone(), Some(*trace)).encode();
         let started = Instant::now();
-        amqp::publish_confirmed(&channel, &self.exchange, "", message, self.timeout).await?;
+        // The routing key places the event on its ingress shard (consistent hash).
+        let key = envelope.ordering_key();
+        amqp::publish_confirmed(&channel, &self.exchange, key, message, self.timeout).await?;
         self.metrics
             .confirm_seconds
             .observe(started.elapsed().as_secs_f64());

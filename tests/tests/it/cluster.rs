@@ -471,3 +471,31 @@ async fn cluster_node_loss_mid_stream_loses_no_accepted_event() {
     }
     relay.stop().await;
 }
+
+/// Sharded ingress on the cluster: the four shards' leaders are on all three nodes, events
+/// spread within ±15 % and each key keeps its shard (the same check as on one node).
+#[tokio::test]
+async fn cluster_shards_spread_their_leaders_and_events_over_the_nodes() {
+    let cluster = PrivateCluster::start().await;
+    let prefix = prefix("shards");
+    let urls = cluster.urls();
+    let mut options = Options::new(urls[0].clone())
+        .set("RELAY__AMQP__URLS", &urls.join(","))
+        .set("RELAY__AMQP__PREFIX", &prefix)
+        .set("RELAY__AMQP__INGRESS_SHARDS", "4");
+    options.dispatchers = 0;
+    let relay = System::start_with(options).await;
+    let topology = Topology::from_settings(&relay.settings.amqp);
+    let mut leaders = HashSet::new();
+    for queue in topology.ingress_queues() {
+        leaders.insert(cluster.leader(&queue).await);
+    }
+    eprintln!("FIGURE cluster_shard_leaders={leaders:?}");
+    assert_eq!(
+        leaders.len(),
+        3,
+        "four shards led by nodes {leaders:?}, not all three"
+    );
+    crate::shards::check_spread_and_keys(&relay, &urls[0], 4).await;
+    relay.stop().await;
+}

@@ -21,6 +21,7 @@ mod postgres;
 mod pull;
 mod reliability;
 mod replay;
+mod shards;
 mod signing;
 mod subscriptions;
 mod topology;
