@@ -135,7 +135,7 @@ impl Worker {
                 .boxed()
         }));
         self.readiness.ready(READY_CONSUMERS);
-        tracing::info!(prefetch = self.prefetch, queues = ?queues, "consuming");
+        tracing::info!(prefetch = self.prefetch, queues = ?queues, "consuming ingress and redeliver");
         let result = loop {
             let (i, delivery) = tokio::select! {
                 next = deliveries.next() => next.unwrap_or((redelivery, None)),

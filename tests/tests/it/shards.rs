@@ -10,30 +10,15 @@ use serde_json::{Value, json};
 use tests::{
     amqp,
     receiver::Receiver,
-    system::{Options, PUBLISHER_KEY, System},
+    system::{Options, System},
 };
 
-use crate::shared_amqp_url;
+use crate::{pull::publish_all, shared_amqp_url};
 
 /// Events published per key-less round and keys × events per key in the keyed round.
 const UNKEYED: usize = 4000;
 const KEYS: usize = 100;
 const PER_KEY: usize = 10;
-
-/// Publishes `events` through ingest's batch route, 100 at a time, all accepted.
-async fn publish_all(relay: &System, events: Vec<Value>) {
-    for batch in events.chunks(100) {
-        let response = relay
-            .http
-            .post(format!("{}/v1/events/batch", relay.ingest_url))
-            .bearer_auth(PUBLISHER_KEY)
-            .json(&batch)
-            .send()
-            .await
-            .expect("ingest answers");
-        assert_eq!(response.status(), 202, "{}", response.text().await.unwrap());
-    }
-}
 
 /// Takes every message waiting in the ingress shards: (ordering key or id, shard index).
 async fn drain_shards(relay: &System, url: &str) -> Vec<(String, usize)> {
@@ -67,10 +52,10 @@ async fn events_spread_evenly_over_four_shards_and_each_key_keeps_its_shard() {
 /// dispatcher, `url` reaches the broker.
 pub(crate) async fn check_spread_and_keys(relay: &System, url: &str, shards: usize) {
     // Without an ordering key the event id is the key: spread evenly.
-    let unkeyed = (0..UNKEYED)
+    let unkeyed: Vec<Value> = (0..UNKEYED)
         .map(|i| json!({"type": "shard.test", "data": {"i": i}}))
         .collect();
-    publish_all(relay, unkeyed).await;
+    publish_all(relay, &unkeyed).await;
     let placed = drain_shards(relay, url).await;
     assert_eq!(placed.len(), UNKEYED, "every accepted event is in a shard");
     let mut per_shard = vec![0usize; shards];
@@ -89,14 +74,14 @@ pub(crate) async fn check_spread_and_keys(relay: &System, url: &str, shards: usi
 
     // With an ordering key, every event of a key lands on one shard, whatever the order of
     // publishing.
-    let keyed = (0..PER_KEY)
+    let keyed: Vec<Value> = (0..PER_KEY)
         .flat_map(|n| {
             (0..KEYS).map(move |k| {
                 json!({"type": "shard.test", "ordering_key": format!("key-{k}"), "data": {"n": n}})
             })
         })
         .collect();
-    publish_all(relay, keyed).await;
+    publish_all(relay, &keyed).await;
     let placed = drain_shards(relay, url).await;
     assert_eq!(placed.len(), KEYS * PER_KEY);
     let mut shards_of: BTreeMap<String, BTreeSet<usize>> = BTreeMap::new();
@@ -119,10 +104,10 @@ async fn dispatchers_consume_every_shard() {
     let receiver = Receiver::start().await;
     relay.subscribe(&receiver.url(), &["shard.*"], None).await;
     // 60 keys use all three shards (checked above for four); each event is delivered once.
-    let events = (0..60)
+    let events: Vec<Value> = (0..60)
         .map(|k| json!({"type": "shard.test", "ordering_key": format!("k{k}")}))
         .collect();
-    publish_all(&relay, events).await;
+    publish_all(&relay, &events).await;
     let got = receiver.wait_for(60, Duration::from_secs(60)).await;
     let keys: BTreeSet<String> = got
         .iter()
