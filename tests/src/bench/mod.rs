@@ -13,7 +13,13 @@
 //! - **e** 10 % of events go to an endpoint answering 500;
 //! - **k** 100,000 subscriptions (mixed exact, `*` and `#` filters, 1,000 consumers) of which
 //!   10 match each event, against the same load with only those 10 subscriptions;
-//! - **l** endpoints answering after 200 ms, 64 concurrent HTTP producers, fan-out 1 and 10.
+//! - **l** endpoints answering after 200 ms, 64 concurrent HTTP producers, fan-out 1 and 10;
+//! - **i** fan-out 1 over AMQP, the event type with a JSON Schema (checked by the dispatcher)
+//!   against the same load without one (events/s ratio);
+//! - **j** fan-out 10 over AMQP, each subscription with a payload filter every event passes,
+//!   against the same without filters (deliveries/s ratio);
+//! - **s** fan-out 1 over AMQP, subscriptions signing `both` (HMAC and ed25519) against `v1`
+//!   (ratio of the dispatcher's CPU µs per delivery).
 //!
 //! Every row has the CPU time per event of each process. Results go to stdout,
 //! `target/relay-bench/<date>.json` with an SVG per scenario beside it (deliveries per
@@ -58,13 +64,13 @@ use crate::broker::PrivateBroker;
              Build the binaries first: cargo build --release --bins"
 )]
 pub struct Options {
-    /// Scenarios to run: a, b, c, d, e, k, l (comma separated) or all.
+    /// Scenarios to run: a, b, c, d, e, i, j, k, l, s (comma separated) or all.
     #[arg(long, default_value = "all")]
     pub scenario: String,
     /// Small sizes: the whole run takes about two minutes.
     #[arg(long)]
     pub quick: bool,
-    /// Events per run in (a) [default 100000; --quick 15000].
+    /// Events per run in (a), (i), (j) and (s) [default 100000; --quick 15000].
     #[arg(long)]
     pub events: Option<u64>,
     /// Events in (b) [default 20000; --quick 3000].
@@ -180,6 +186,19 @@ impl Directory {
     }
 }
 
+/// The event-contract feature a run measures against a run without it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Contract {
+    /// None: the comparison's base.
+    Plain,
+    /// `bench.ok` has a JSON Schema every event satisfies.
+    Schema,
+    /// Every subscription has a payload filter every event passes.
+    Filter,
+    /// Every subscription signs with `both`.
+    SignBoth,
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Spec {
     scenario: &'static str,
@@ -195,6 +214,8 @@ struct Spec {
     slow: bool,
     /// Scenario (k)'s subscriptions instead of `fanout` identical ones.
     directory: Option<Directory>,
+    /// Scenarios (i), (j), (s).
+    contract: Contract,
 }
 
 impl Spec {
@@ -216,6 +237,7 @@ impl Spec {
             in_flight: None,
             slow: false,
             directory: None,
+            contract: Contract::Plain,
         }
     }
 
@@ -232,6 +254,18 @@ impl Spec {
         }
         if self.dispatchers > 1 {
             let _ = write!(label, " D={}", self.dispatchers);
+        }
+        match self.contract {
+            // The base of (i), (j) and (s) says what it lacks.
+            Contract::Plain => label.push_str(match self.scenario {
+                "i" => " no schema",
+                "j" => " no filters",
+                "s" => " signing v1",
+                _ => "",
+            }),
+            Contract::Schema => label.push_str(" schema"),
+            Contract::Filter => label.push_str(" payload filters"),
+            Contract::SignBoth => label.push_str(" signing both"),
         }
         label
     }
@@ -475,6 +509,9 @@ impl Bench {
                 self.rows.push(row);
             }
         }
+        if o.wants("i") || o.wants("j") || o.wants("s") {
+            self.contract_scenarios().await?;
+        }
         if o.wants("l") {
             let n = o.pick(o.slow_events, 20_000, 3_000);
             for (fanout, events) in [(1, n), (10, n / 5)] {
@@ -495,14 +532,80 @@ impl Bench {
         Ok(())
     }
 
+    /// Scenarios (i), (j) and (s): each feature against the same run without it, in turn, so
+    /// the ratio compares runs of one invocation.
+    async fn contract_scenarios(&mut self) -> anyhow::Result<()> {
+        let o = self.opts.clone();
+        let load = Load::Closed(o.pick(o.events, 100_000, 15_000));
+        let cases = [
+            ("i", 1, Contract::Schema),
+            ("j", 10, Contract::Filter),
+            ("s", 1, Contract::SignBoth),
+        ];
+        for (scenario, fanout, contract) in cases {
+            if !o.wants(scenario) {
+                continue;
+            }
+            let spec = |contract| {
+                let mut s = Spec::new(scenario, System::Relay, Driver::Amqp, fanout, load);
+                s.contract = contract;
+                s
+            };
+            let plain = self.run(spec(Contract::Plain)).await?;
+            let mut row = self.run(spec(contract)).await?;
+            row.ratio = Some(match contract {
+                Contract::Schema => ratio(row.events_per_s, plain.events_per_s),
+                Contract::SignBoth => {
+                    let dispatch = |r: &Row| r.cpu_us_per_event.get("dispatch").copied();
+                    ratio(
+                        dispatch(&row).unwrap_or(0.0),
+                        dispatch(&plain).unwrap_or(0.0),
+                    )
+                }
+                Contract::Filter | Contract::Plain => {
+                    ratio(row.deliveries_per_s, plain.deliveries_per_s)
+                }
+            });
+            self.rows.push(row);
+            self.rows.push(plain);
+        }
+        Ok(())
+    }
+
+    /// The event types a Relay run creates first: (i)'s schema, which every event satisfies.
+    fn event_types(spec: &Spec) -> Vec<serde_json::Value> {
+        if spec.contract != Contract::Schema {
+            return Vec::new();
+        }
+        vec![serde_json::json!({
+            "name": "bench.ok",
+            "schema": {
+                "type": "object",
+                "required": ["sent_us", "seq", "pad"],
+                "properties": {
+                    "sent_us": {"type": "integer", "minimum": 0},
+                    "seq": {"type": "integer", "minimum": 0},
+                    "pad": {"type": "string"}
+                }
+            }
+        })]
+    }
+
     /// The subscriptions of a Relay run, each with its sink path.
     fn subscriptions(&self, spec: &Spec) -> Vec<(String, Subscription)> {
         let sub = |path: String, filter: String, consumer: Option<String>| {
             let url = self.sink.url(&path);
+            let extra = match spec.contract {
+                Contract::Filter => Some(serde_json::json!({"filter": {
+                    "data.seq": {"$gte": 0}, "data.pad": {"$exists": true}}})),
+                Contract::SignBoth => Some(serde_json::json!({"signature_scheme": "both"})),
+                Contract::Plain | Contract::Schema => None,
+            };
             let s = Subscription {
                 url,
                 event_types: vec![filter],
                 consumer,
+                extra,
             };
             (path, s)
         };
@@ -544,7 +647,10 @@ impl Bench {
                     &self.amqp_url,
                     &format!("{tag}."),
                     spec.dispatchers,
-                    &only,
+                    relay::Setup {
+                        event_types: &Self::event_types(spec),
+                        subscriptions: &only,
+                    },
                     &extra,
                     relay::Wrappers {
                         dispatch: self.opts.dispatch_wrapper.as_deref(),
@@ -1013,7 +1119,9 @@ impl Bench {
             t,
             "\nSignatures verified on a 1-in-{} sample: {ok} valid, {bad} invalid. \
              Ratio: (a), (b) events/s and deliveries/s vs the baseline driven the same way; \
-             (c), (l) p99 vs the baseline; (k) events/s vs the 10-subscription run.",
+             (c), (l) p99 vs the baseline; (k) events/s vs the 10-subscription run; \
+             (i) events/s, (j) deliveries/s and (s) dispatcher CPU µs per delivery vs the \
+             same run without the feature.",
             self.opts.sample
         );
         t
@@ -1169,6 +1277,31 @@ impl Bench {
                 out,
                 "- (a) amqp recorder path (consumer-api CPU µs/event) ≤ half of 2026-11-29's {RECORDER_US_BEFORE} µs: {api:.1} µs — {}",
                 mark(api <= RECORDER_US_BEFORE / 2.0)
+            );
+        }
+        // The feature's row of (i), (j), (s) holds the ratio; its base row has none.
+        for r in relay("i").filter(|r| r.ratio.is_some()) {
+            let x = r.ratio.unwrap_or(0.0);
+            let _ = writeln!(
+                out,
+                "- (i) events/s with a schema ≥ 0.9× without: {x:.2}× — {}",
+                mark(x >= 0.9)
+            );
+        }
+        for r in relay("j").filter(|r| r.ratio.is_some()) {
+            let x = r.ratio.unwrap_or(0.0);
+            let _ = writeln!(
+                out,
+                "- (j) fan-out 10 deliveries/s with payload filters ≥ 0.9× without: {x:.2}× — {}",
+                mark(x >= 0.9)
+            );
+        }
+        for r in relay("s").filter(|r| r.ratio.is_some()) {
+            let us = r.cpu_us_per_event.get("dispatch").copied().unwrap_or(0.0);
+            let _ = writeln!(
+                out,
+                "- (s) dispatcher CPU per delivery signing both: {us:.0} µs, {:.2}× v1's (no target: recorded)",
+                r.ratio.unwrap_or(0.0)
             );
         }
         for r in relay("l") {

@@ -42,6 +42,8 @@ pub struct Subscription {
     pub event_types: Vec<String>,
     /// Owning consumer, if any.
     pub consumer: Option<String>,
+    /// More fields of the creation body (`filter`, `signature_scheme`), if any.
+    pub extra: Option<Value>,
 }
 
 /// A running Relay.
@@ -76,6 +78,11 @@ async fn create(
     let mut body = json!({ "url": sub.url, "event_types": sub.event_types });
     if let Some(consumer) = &sub.consumer {
         body["consumer"] = json!(consumer);
+    }
+    if let Some(Value::Object(extra)) = &sub.extra {
+        for (k, v) in extra {
+            body[k] = v.clone();
+        }
     }
     let response = http
         .post(format!("{api_url}/v1/subscriptions"))
@@ -123,9 +130,19 @@ fn has_security_section() -> bool {
         .any(|l| l.trim() == "[security]")
 }
 
+/// What a run creates in consumer-api before the dispatchers and ingest start.
+#[derive(Debug, Clone, Copy)]
+pub struct Setup<'a> {
+    /// Bodies of `POST /v1/event-types`, created first.
+    pub event_types: &'a [Value],
+    /// The subscriptions.
+    pub subscriptions: &'a [Subscription],
+}
+
 impl Relay {
-    /// Starts consumer-api, creates `subscriptions`, then starts `dispatchers` dispatchers and
-    /// ingest, and waits until all are ready and every dispatcher loaded the subscriptions.
+    /// Starts consumer-api, creates the `setup`'s event types and subscriptions, then starts
+    /// `dispatchers` dispatchers and ingest, and waits until all are ready and every dispatcher
+    /// loaded the subscriptions.
     ///
     /// # Errors
     /// A process did not start or become ready within 30 s.
@@ -134,7 +151,7 @@ impl Relay {
         amqp_url: &str,
         prefix: &str,
         dispatchers: usize,
-        subscriptions: &[Subscription],
+        setup: Setup<'_>,
         extra_env: &[(String, String)],
         wrappers: Wrappers<'_>,
     ) -> anyhow::Result<Relay> {
@@ -188,8 +205,24 @@ impl Relay {
             &api_url,
         )?;
         relay.wait_ready(&http).await?;
+        // Before the dispatchers and ingest start, so they load the catalogue with it.
+        for event_type in setup.event_types {
+            let response = http
+                .post(format!("{api_url}/v1/event-types"))
+                .bearer_auth(ADMIN_KEY)
+                .json(event_type)
+                .send()
+                .await?;
+            let status = response.status();
+            if status != 201 {
+                bail!(
+                    "creating an event type answered {status}: {}",
+                    response.text().await?
+                );
+            }
+        }
         let creating = Instant::now();
-        relay.secrets = stream::iter(subscriptions)
+        relay.secrets = stream::iter(setup.subscriptions)
             .map(|sub| create(&http, &api_url, sub))
             .buffered(16)
             .try_collect()
