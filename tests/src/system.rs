@@ -406,12 +406,15 @@ impl System {
     /// Stops every component and waits for them (bounded).
     pub async fn stop(mut self) {
         self.trigger.trigger();
+        // The documented drain: in-flight deliveries get the grace, then the attempt log and
+        // the background tasks 5 s each; 10 s more for the rest.
+        let bound = self.settings.dispatch.process.shutdown_grace + Duration::from_secs(20);
         for (name, task) in self.tasks.drain(..) {
-            match tokio::time::timeout(Duration::from_secs(30), task).await {
+            match tokio::time::timeout(bound, task).await {
                 Ok(Ok(Ok(()))) => {}
                 Ok(Ok(Err(e))) => panic!("{name} failed: {e:#}"),
                 Ok(Err(e)) => panic!("{name} panicked: {e}"),
-                Err(_) => panic!("{name} did not stop within 30 s"),
+                Err(_) => panic!("{name} did not stop within {bound:?}"),
             }
         }
     }

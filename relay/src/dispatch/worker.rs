@@ -48,6 +48,9 @@ use super::{
 /// Readiness condition: every consumer (each ingress shard and `redeliver`) is consuming.
 pub const READY_CONSUMERS: &str = "consumers";
 
+/// How long an ack or nack may take (a nack includes its 1 s pause).
+const SETTLE_BOUND: Duration = Duration::from_secs(5);
+
 /// What every delivery task needs.
 #[derive(Debug)]
 pub struct Worker {
@@ -221,23 +224,31 @@ impl Worker {
         let handled = AssertUnwindSafe(self.handle(&delivery, &parking, kind))
             .catch_unwind()
             .await;
-        let settled = match handled {
-            Ok(Ok(())) => delivery.acker.ack(BasicAckOptions::default()).await,
-            outcome => {
-                if outcome.is_err() {
-                    tracing::error!("handling a message panicked; it goes back to the queue");
+        let settle = async {
+            match handled {
+                Ok(Ok(())) => delivery.acker.ack(BasicAckOptions::default()).await,
+                outcome => {
+                    if outcome.is_err() {
+                        tracing::error!("handling a message panicked; it goes back to the queue");
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    let requeue = BasicNackOptions {
+                        requeue: true,
+                        ..BasicNackOptions::default()
+                    };
+                    delivery.acker.nack(requeue).await
                 }
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                let requeue = BasicNackOptions {
-                    requeue: true,
-                    ..BasicNackOptions::default()
-                };
-                delivery.acker.nack(requeue).await
             }
         };
-        if let Err(e) = settled {
-            // Its channel is gone: the broker hands the message out again.
-            tracing::debug!(error = %e, "could not settle a message; it will be redelivered");
+        // An ack on the channel of a connection that died may never complete (the frame waits
+        // for an I/O loop that has ended) and would hold the drain for its whole grace; that
+        // message is redelivered by the broker either way.
+        match tokio::time::timeout(SETTLE_BOUND, settle).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "could not settle a message; it will be redelivered");
+            }
+            Err(_) => tracing::debug!("settling a message timed out; it will be redelivered"),
         }
     }
 }
