@@ -61,6 +61,9 @@ pub enum ApiError {
     /// The store failed (or has no such subscription).
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The resource is still used by others and the request asked not to take them along.
+    #[error("in use: {0}")]
+    InUse(String),
 }
 
 impl From<Problem> for ApiError {
@@ -109,6 +112,12 @@ impl ApiError {
                 field: e.field.clone(),
                 reason: e.reason.clone(),
             }),
+            Self::InUse(detail) => Problem::new(
+                StatusCode::CONFLICT,
+                "in-use",
+                "Still in use",
+                detail.clone(),
+            ),
             Self::Store(StoreError::NotFound) => Problem::not_found("subscription"),
             Self::Store(StoreError::Missing(what)) => Problem::not_found(what),
             Self::Store(StoreError::Conflict(what)) => Problem::new(

@@ -3,12 +3,16 @@
 
 use axum::{Json, extract::State, http::StatusCode};
 use serde::Serialize;
+use utoipa::openapi::{ObjectBuilder, Type};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::page::List;
 use crate::{
-    error::ApiError,
-    extract::{ConsumerId, JsonBody, KeyId, Paging, Query, paged_query},
+    error::{ApiError, FieldError},
+    extract::{
+        ConsumerId, FromQuery, JsonBody, KeyId, Paging, Param, Query, QueryParams, paged_query,
+        query_doc,
+    },
     openapi::ProblemDoc,
     service::{Caller, Service, tenants::NewConsumer},
     state::AppState,
@@ -150,23 +154,61 @@ async fn get_consumer(
     Ok(Json(service.consumer(&caller, &id).await?.into()))
 }
 
+/// The query of `DELETE /v1/consumers/{id}`.
+#[derive(Debug)]
+pub struct DeleteConsumerQuery {
+    force: bool,
+}
+
+impl FromQuery for DeleteConsumerQuery {
+    fn params() -> Vec<Param> {
+        vec![Param {
+            name: "force",
+            description: "`true` (default): delete its subscriptions with it; `false`: refuse \
+                          (409 `in-use`) while it has subscriptions."
+                .into(),
+            schema: ObjectBuilder::new()
+                .schema_type(Type::Boolean)
+                .default(Some(true.into()))
+                .build()
+                .into(),
+        }]
+    }
+
+    fn from_query(query: &mut QueryParams) -> Result<Self, FieldError> {
+        let force = match query.take("force").as_deref() {
+            None | Some("true") => true,
+            Some("false") => false,
+            Some(_) => return Err(FieldError::new("force", "force must be true or false")),
+        };
+        Ok(Self { force })
+    }
+}
+query_doc!(DeleteConsumerQuery);
+
 /// Delete a consumer
 ///
-/// Its keys are revoked.
+/// With everything that is its: its keys (revoked), portal sessions, subscriptions (and
+/// their delivery logs, dead letters and health) and the events naming it. `force=false`
+/// refuses while it has subscriptions.
 #[utoipa::path(
     delete,
     path = "/v1/consumers/{id}",
     tag = "consumers",
-    params(ConsumerId),
-    responses((status = 204, description = "Deleted")),
+    params(ConsumerId, DeleteConsumerQuery),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 409, description = "`force=false` and it has subscriptions (`in-use`)", body = ProblemDoc, content_type = "application/problem+json"),
+    ),
     security(("admin_key" = [])),
 )]
 async fn delete_consumer(
     State(service): State<Service>,
     caller: Caller,
     ConsumerId(id): ConsumerId,
+    Query(query): Query<DeleteConsumerQuery>,
 ) -> Result<StatusCode, ApiError> {
-    service.delete_consumer(&caller, &id).await?;
+    service.delete_consumer(&caller, &id, query.force).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -397,7 +397,7 @@ pub fn failure(state: &PortalState, error: &ApiError) -> Response {
         }
         ApiError::Broker(_) => StatusCode::SERVICE_UNAVAILABLE,
         ApiError::Store(e) if e.is_transient() => StatusCode::SERVICE_UNAVAILABLE,
-        ApiError::Store(StoreError::Conflict(_)) => StatusCode::CONFLICT,
+        ApiError::Store(StoreError::Conflict(_)) | ApiError::InUse(_) => StatusCode::CONFLICT,
         ApiError::Rejected(p) => StatusCode::from_u16(p.status).unwrap_or(StatusCode::BAD_REQUEST),
         ApiError::Store(_) => {
             tracing::error!(error = %error, "portal request failed");

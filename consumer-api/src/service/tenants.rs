@@ -4,7 +4,10 @@
 use std::{sync::PoisonError, time::Instant};
 
 use base64::Engine as _;
-use relay_shared::ids::{new_id, random_bytes};
+use relay_shared::{
+    control::ControlMessage,
+    ids::{new_id, random_bytes},
+};
 use serde::Deserialize;
 
 use super::{Caller, Page, PageRequest, Service};
@@ -13,7 +16,7 @@ use crate::{
     error::{ApiError, FieldError},
     store::{
         StoreError,
-        tenants::{ApiKey, Consumer, key_hash},
+        tenants::{ApiKey, Consumer, ConsumerDeletion, key_hash},
     },
     validation,
 };
@@ -155,15 +158,37 @@ impl Service {
         Ok(self.store.get_consumer(id).await?)
     }
 
-    /// Deletes a consumer and revokes its keys.
+    /// Deletes a consumer with its keys, portal sessions, subscriptions (announced to the
+    /// dispatchers), their delivery logs and dead letters, and the events naming it. With
+    /// `force` false, a consumer that still has subscriptions is refused and kept.
     ///
     /// # Errors
-    /// [`StoreError::Missing`] or a store failure.
-    pub async fn delete_consumer(&self, caller: &Caller, id: &str) -> Result<(), ApiError> {
+    /// [`StoreError::Missing`], [`ApiError::InUse`] (not forced, subscriptions left), or a
+    /// store failure.
+    pub async fn delete_consumer(
+        &self,
+        caller: &Caller,
+        id: &str,
+        force: bool,
+    ) -> Result<(), ApiError> {
         caller.require_admin()?;
-        self.store.delete_consumer(id).await?;
-        tracing::info!(consumer = %id, "consumer deleted");
-        Ok(())
+        match self.store.delete_consumer(id, !force).await? {
+            ConsumerDeletion::Subscribed(n) => Err(ApiError::InUse(format!(
+                "consumer {id} has {n} subscription(s): delete them first, or delete it with \
+                 force=true to delete them with it"
+            ))),
+            ConsumerDeletion::Deleted { subscriptions } => {
+                tracing::info!(
+                    consumer = %id,
+                    subscriptions = subscriptions.len(),
+                    "consumer deleted"
+                );
+                for id in subscriptions {
+                    self.control.notify(ControlMessage::Delete { id }).await;
+                }
+                Ok(())
+            }
+        }
     }
 
     /// Creates an API key for `consumer_id`.

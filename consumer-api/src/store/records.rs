@@ -850,11 +850,16 @@ mod streak_tests {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::store::{Subscription, testing::each_backend};
 
-    fn event(id: &str, event_type: &str, consumer: Option<&str>, accepted_ms: i64) -> NewEvent {
+    pub(crate) fn event(
+        id: &str,
+        event_type: &str,
+        consumer: Option<&str>,
+        accepted_ms: i64,
+    ) -> NewEvent {
         NewEvent {
             id: id.into(),
             event_type: event_type.into(),
@@ -864,7 +869,7 @@ mod tests {
         }
     }
 
-    fn attempt(sub: &str, outcome: AttemptOutcome, at: &str) -> AttemptRecord {
+    pub(crate) fn attempt(sub: &str, outcome: AttemptOutcome, at: &str) -> AttemptRecord {
         AttemptRecord {
             event_id: "e1".into(),
             subscription_id: sub.into(),
@@ -879,7 +884,7 @@ mod tests {
         }
     }
 
-    fn subscription(id: &str, consumer: Option<&str>) -> Subscription {
+    pub(crate) fn subscription(id: &str, consumer: Option<&str>) -> Subscription {
         Subscription {
             id: id.into(),
             url: "https://example.com/".into(),

@@ -32,6 +32,18 @@ pub struct ApiKey {
     pub last_used_at: Option<String>,
 }
 
+/// What [`Store::delete_consumer`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConsumerDeletion {
+    /// Deleted, with these subscriptions (by id).
+    Deleted {
+        /// The ids of the subscriptions deleted with it.
+        subscriptions: Vec<String>,
+    },
+    /// Kept: it has this many subscriptions.
+    Subscribed(usize),
+}
+
 /// Hex SHA-256 of a presented key: what the store compares.
 pub fn key_hash(key: &str) -> String {
     Sha256::digest(key.as_bytes())
@@ -111,25 +123,62 @@ impl Store {
         rows.iter().map(consumer_from_row).collect()
     }
 
-    /// Deletes a consumer and revokes all its keys (its subscriptions stay).
+    /// Deletes a consumer with everything that is its: its subscriptions with their
+    /// delivery log, dead letters and health, the events naming it, its portal sessions and
+    /// its keys, in one transaction. With `keep_if_subscribed`, a consumer that still has
+    /// subscriptions is left as it is and their number returned instead.
     ///
     /// # Errors
     /// [`StoreError::Missing`] or [`StoreError::Database`].
-    pub async fn delete_consumer(&self, id: &str) -> Result<(), StoreError> {
+    pub async fn delete_consumer(
+        &self,
+        id: &str,
+        keep_if_subscribed: bool,
+    ) -> Result<ConsumerDeletion, StoreError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM api_keys WHERE consumer_id = $1")
+        // A write first: SQLite takes its write lock here (waiting out busy_timeout) instead
+        // of failing busy when a read transaction upgrades; PostgreSQL locks the row.
+        let exists = sqlx::query("UPDATE consumers SET id = id WHERE id = $1")
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        let done = sqlx::query("DELETE FROM consumers WHERE id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        if done.rows_affected() == 0 {
+        if exists.rows_affected() == 0 {
             return Err(StoreError::Missing("consumer"));
         }
+        let subscriptions =
+            sqlx::query("SELECT id FROM subscriptions WHERE consumer = $1 ORDER BY id")
+                .bind(id)
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|r| r.try_get("id"))
+                .collect::<Result<Vec<String>, _>>()?;
+        if keep_if_subscribed && !subscriptions.is_empty() {
+            return Ok(ConsumerDeletion::Subscribed(subscriptions.len()));
+        }
+        for table in ["attempts", "dead_letters", "subscription_health"] {
+            sqlx::query(&format!(
+                "DELETE FROM {table} WHERE subscription_id IN \
+                 (SELECT id FROM subscriptions WHERE consumer = $1)"
+            ))
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for (table, column) in [
+            ("subscriptions", "consumer"),
+            ("events", "consumer"),
+            ("portal_sessions", "consumer_id"),
+            ("api_keys", "consumer_id"),
+            ("consumers", "id"),
+        ] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE {column} = $1"))
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
-        Ok(())
+        Ok(ConsumerDeletion::Deleted { subscriptions })
     }
 
     /// Stores a key of `consumer_id` by its hash.
@@ -320,7 +369,12 @@ mod tests {
                 .create_key(&key, &key_hash("rk_secret"))
                 .await
                 .unwrap();
-            store.delete_consumer("acme").await.unwrap();
+            assert_eq!(
+                store.delete_consumer("acme", true).await.unwrap(),
+                ConsumerDeletion::Deleted {
+                    subscriptions: Vec::new()
+                }
+            );
             assert_eq!(
                 store
                     .consumer_for_key(&key_hash("rk_secret"))
@@ -330,7 +384,148 @@ mod tests {
                 "{backend}: deleting a consumer revokes its keys"
             );
             assert!(matches!(
-                store.delete_consumer("acme").await,
+                store.delete_consumer("acme", false).await,
+                Err(StoreError::Missing("consumer"))
+            ));
+            store.close().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn deleting_a_consumer_takes_everything_of_its_and_nothing_else_on_every_backend() {
+        use relay_shared::attempt::AttemptOutcome;
+
+        use crate::store::{
+            portal::NewPortalSession,
+            records::{
+                NewDeadLetter,
+                tests::{attempt, event, subscription},
+            },
+        };
+        // Every table that holds something of a consumer's, and how many rows it has.
+        async fn counts(store: &Store) -> Vec<(&'static str, i64)> {
+            let mut counts = Vec::new();
+            for table in [
+                "consumers",
+                "api_keys",
+                "portal_sessions",
+                "subscriptions",
+                "events",
+                "attempts",
+                "dead_letters",
+                "subscription_health",
+            ] {
+                let (n,): (i64,) = sqlx::query_as(&format!("SELECT COUNT(*) FROM {table}"))
+                    .fetch_one(&store.pool)
+                    .await
+                    .unwrap();
+                counts.push((table, n));
+            }
+            counts
+        }
+        for (backend, store) in each_backend().await {
+            for id in ["acme", "globex"] {
+                store.create_consumer(&consumer(id)).await.unwrap();
+                let key = ApiKey {
+                    id: format!("key_{id}"),
+                    consumer_id: id.into(),
+                    prefix: "rk_".into(),
+                    created_at: "2026-01-01T00:00:00Z".into(),
+                    last_used_at: None,
+                };
+                store
+                    .create_key(&key, &key_hash(&format!("rk_{id}")))
+                    .await
+                    .unwrap();
+                store
+                    .create(&subscription(&format!("sub_{id}"), Some(id)))
+                    .await
+                    .unwrap();
+                store
+                    .create_portal_session(&NewPortalSession {
+                        id: format!("ps_{id}"),
+                        consumer_id: id.into(),
+                        link_hash: key_hash(&format!("link_{id}")),
+                        link_expires_ms: i64::MAX / 2,
+                        session_ttl_ms: 60_000,
+                        theme: None,
+                        created_at: "2026-01-01T00:00:00Z".into(),
+                    })
+                    .await
+                    .unwrap();
+                store
+                    .insert_attempts(&[attempt(
+                        &format!("sub_{id}"),
+                        AttemptOutcome::RetryScheduled,
+                        "2026-01-01T00:00:00Z",
+                    )])
+                    .await
+                    .unwrap();
+                store
+                    .insert_dead_letters(&[NewDeadLetter {
+                        id: format!("dl_{id}"),
+                        event_id: format!("ev_{id}"),
+                        subscription_id: format!("sub_{id}"),
+                        attempts: 3,
+                        last_error: None,
+                        last_status: Some(500),
+                        body: "{}".into(),
+                        dead_ms: 1_000,
+                        dead_at: "2026-01-01T00:00:01Z".into(),
+                    }])
+                    .await
+                    .unwrap();
+            }
+            store
+                .insert_events(&[
+                    event("ev_acme", "order.created", Some("acme"), 1_000),
+                    event("ev_globex", "order.created", Some("globex"), 1_000),
+                    event("ev_all", "order.created", None, 1_000),
+                ])
+                .await
+                .unwrap();
+            let before = counts(&store).await;
+            assert!(before.iter().all(|(_, n)| *n >= 1), "{backend}: {before:?}");
+
+            // Not forced: refused, nothing deleted.
+            assert_eq!(
+                store.delete_consumer("acme", true).await.unwrap(),
+                ConsumerDeletion::Subscribed(1),
+                "{backend}"
+            );
+            assert_eq!(counts(&store).await, before, "{backend}");
+
+            // Forced: acme's rows go, globex's and the event naming no one stay.
+            assert_eq!(
+                store.delete_consumer("acme", false).await.unwrap(),
+                ConsumerDeletion::Deleted {
+                    subscriptions: vec!["sub_acme".into()]
+                },
+                "{backend}"
+            );
+            let after = counts(&store).await;
+            for ((table, was), (_, now)) in before.iter().zip(&after) {
+                assert_eq!(
+                    *now,
+                    was - 1,
+                    "{backend}: {table} keeps only what is not acme's"
+                );
+            }
+            assert_eq!(
+                store.consumer_for_key(&key_hash("rk_acme")).await.unwrap(),
+                None,
+                "{backend}"
+            );
+            assert!(
+                store
+                    .portal_session_by_link(&key_hash("link_acme"))
+                    .await
+                    .unwrap()
+                    .is_none(),
+                "{backend}"
+            );
+            assert!(matches!(
+                store.delete_consumer("acme", false).await,
                 Err(StoreError::Missing("consumer"))
             ));
             store.close().await;

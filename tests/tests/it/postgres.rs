@@ -141,3 +141,15 @@ async fn two_consumer_api_instances_work_side_by_side_on_one_postgresql() {
     task.await.unwrap().unwrap();
     relay.stop().await;
 }
+
+#[tokio::test]
+async fn deleting_a_consumer_on_postgresql_takes_everything_of_its() {
+    let database = fresh_database().await;
+    crate::consumers::deleting_a_consumer(
+        System::start_with(
+            Options::new(shared_amqp_url()).set("RELAY__API__DATABASE_URL", &database),
+        )
+        .await,
+    )
+    .await;
+}
