@@ -8,6 +8,10 @@ use std::time::Duration;
 
 use relay_shared::attempt::AttemptOutcome;
 use serde::Deserialize;
+use utoipa::openapi::{
+    RefOr, Schema,
+    schema::{AdditionalProperties, ArrayBuilder, ObjectBuilder, OneOfBuilder, Type},
+};
 
 use super::{Caller, Page, PageRequest, Service, seq_cursor, subscriptions::OwnedSubscription};
 use crate::{
@@ -25,17 +29,61 @@ pub const MAX_IDS: usize = 100;
 pub const MAX_REDRIVE: usize = 10_000;
 
 /// Which dead letters to redrive (`POST /v1/dead-letters/redrive`): exactly one of `ids` or
-/// `subscription_id` (its dead letters not redriven yet).
-#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+/// `subscription_id` (its dead letters not redriven yet). A field is given or absent, never
+/// `null`: the document's `oneOf` says the same.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedriveRequest {
     /// Dead letters to redrive (1 to 100).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     pub ids: Option<Vec<String>>,
     /// Redrive every pending dead letter of this subscription.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     pub subscription_id: Option<String>,
 }
+
+/// A field that is there has a value: `null` is refused (absent is `None` by `default`).
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    deserializer: D,
+) -> Result<Option<T>, D::Error> {
+    T::deserialize(deserializer).map(Some)
+}
+
+impl utoipa::PartialSchema for RedriveRequest {
+    fn schema() -> RefOr<Schema> {
+        let ids = ArrayBuilder::new()
+            .items(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .min_length(Some(1)),
+            )
+            .min_items(Some(1))
+            .max_items(Some(MAX_IDS))
+            .description(Some("Dead letters to redrive."));
+        let subscription_id = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .min_length(Some(1))
+            .description(Some(
+                "Redrive every pending dead letter of this subscription.",
+            ));
+        let only = |name: &str, schema: RefOr<Schema>| {
+            ObjectBuilder::new()
+                .property(name, schema)
+                .required(name)
+                .additional_properties(Some(AdditionalProperties::FreeForm(false)))
+        };
+        OneOfBuilder::new()
+            .item(only("ids", ids.into()))
+            .item(only("subscription_id", subscription_id.into()))
+            .description(Some(
+                "Exactly one of `ids` (1 to 100 dead letters) or `subscription_id` (its \
+                 dead letters not redriven yet).",
+            ))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for RedriveRequest {}
 
 impl Service {
     /// One page of a subscription's delivery log, optionally of one outcome.

@@ -2,7 +2,10 @@
 //! its own SQLite file) with the broker down: changes succeed without it, every rejection is
 //! a problem, the one cursor rule of every list, and the route table.
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::BTreeSet,
+    time::{Duration, Instant},
+};
 
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -397,5 +400,104 @@ async fn every_error_is_a_problem_even_before_routing() {
         body.contains("urn:relay:problem:payload-too-large"),
         "{body}"
     );
+    api.stop().await;
+}
+
+/// The methods a router answers on `path`: what its `405` lists in `Allow` for a method no
+/// route has (`HEAD` left out: axum answers it wherever there is a `GET`).
+async fn routed_methods(api: &Api, path: &str) -> BTreeSet<String> {
+    let probe = Method::from_bytes(b"PROBE").unwrap();
+    let answer = api.call(probe, path, None).await;
+    assert_eq!(
+        answer.status, 405,
+        "{path} is not routed: {:?}",
+        answer.body
+    );
+    answer.headers["allow"]
+        .to_str()
+        .unwrap()
+        .split(',')
+        .map(|m| m.trim().to_owned())
+        .filter(|m| !m.is_empty() && m != "HEAD")
+        .collect()
+}
+
+/// Both are built from one table (`utoipa-axum`'s `OpenApiRouter`); this proves it for every
+/// documented path: a route added beside the table, or an operation documented but not
+/// routed, changes a path's methods on one side only.
+#[tokio::test]
+async fn the_router_and_the_openapi_document_list_the_same_operations() {
+    let api = Api::start(&[]).await;
+    let doc = api.call(Method::GET, "/openapi.json", None).await;
+    assert_eq!(doc.status, 200);
+    let paths = doc.body["paths"].as_object().unwrap();
+    assert!(paths.len() >= 20, "{paths:?}");
+    for (path, item) in paths {
+        let documented: BTreeSet<String> = item
+            .as_object()
+            .unwrap()
+            .keys()
+            .filter(|k| {
+                [
+                    "get", "put", "post", "delete", "patch", "options", "head", "trace",
+                ]
+                .contains(&k.as_str())
+            })
+            .map(|k| k.to_ascii_uppercase())
+            .collect();
+        assert!(!documented.is_empty(), "{path}");
+        // Every `{param}` as a value that no extractor runs on (the method is refused first).
+        let concrete = path
+            .split('/')
+            .map(|s| if s.starts_with('{') { "x" } else { s })
+            .collect::<Vec<_>>()
+            .join("/");
+        assert_eq!(
+            routed_methods(&api, &concrete).await,
+            documented,
+            "{path}: the router's methods (left) differ from the document's (right)"
+        );
+    }
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn redrive_takes_exactly_one_of_ids_or_subscription_id_as_its_schema_says() {
+    let api = Api::start(&[]).await;
+    let doc = api.call(Method::GET, "/openapi.json", None).await;
+    let schema = &doc.body["components"]["schemas"]["RedriveRequest"];
+    let required: Vec<&Value> = schema["oneOf"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no oneOf: {schema}"))
+        .iter()
+        .map(|v| &v["required"])
+        .collect();
+    assert_eq!(
+        required,
+        [&json!(["ids"]), &json!(["subscription_id"])],
+        "{schema}"
+    );
+    for body in [
+        json!({}),
+        json!({"ids": ["dl_x"], "subscription_id": "sub_x"}),
+        json!({"ids": null, "subscription_id": "sub_x"}),
+        json!({"ids": []}),
+        json!({"subscription_id": null}),
+    ] {
+        let answer = api
+            .call(Method::POST, "/v1/dead-letters/redrive", Some(body.clone()))
+            .await;
+        assert!(
+            answer.status == 400
+                && [
+                    "urn:relay:problem:invalid-field",
+                    "urn:relay:problem:malformed-json"
+                ]
+                .contains(&answer.problem_type()),
+            "{body}: {} {:?}",
+            answer.status,
+            answer.body
+        );
+    }
     api.stop().await;
 }
