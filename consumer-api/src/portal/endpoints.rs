@@ -133,17 +133,7 @@ pub async fn list(
     Query(notice): Query<Notice>,
 ) -> Response {
     let caller = &session.context.caller;
-    let page = state
-        .service
-        .list_subscriptions(
-            caller,
-            None,
-            &PageRequest {
-                after: String::new(),
-                limit: 500,
-            },
-        )
-        .await;
+    let page = listed(&state, caller).await;
     let stats = state.service.endpoint_stats(caller, STATS_WINDOW).await;
     let (page, stats) = match (page, stats) {
         (Ok(p), Ok(s)) => (p, s),
@@ -589,6 +579,18 @@ async fn show_page(
         &s.url,
         body,
     ))
+}
+
+/// The caller's endpoints as the portal lists them: the first 500.
+pub(super) async fn listed(
+    state: &PortalState,
+    caller: &crate::service::Caller,
+) -> Result<crate::service::Page<crate::store::Subscription>, ApiError> {
+    let first = PageRequest {
+        after: String::new(),
+        limit: 500,
+    };
+    state.service.list_subscriptions(caller, None, &first).await
 }
 
 async fn owned(

@@ -77,17 +77,7 @@ pub async fn dead_letters(
 ) -> Response {
     let caller = &session.context.caller;
     let endpoint = query.endpoint.filter(|e| !e.is_empty());
-    let endpoints = state
-        .service
-        .list_subscriptions(
-            caller,
-            None,
-            &PageRequest {
-                after: String::new(),
-                limit: 500,
-            },
-        )
-        .await;
+    let endpoints = super::endpoints::listed(&state, caller).await;
     let page = state
         .service
         .dead_letters(
