@@ -38,6 +38,11 @@ pub struct ApiSettings {
     /// subscriptions, pruning past the retention.
     #[serde(with = "humantime_serde")]
     pub maintenance_interval: Duration,
+    /// How long an instance holds a replay job without writing progress before another
+    /// instance (or this one, restarted) takes it over and resumes it. Progress is written
+    /// after every confirmed event, so this only bounds how long a crashed job waits.
+    #[serde(with = "humantime_serde")]
+    pub replay_lease: Duration,
     /// `[api.portal]`: the consumer portal.
     pub portal: PortalSettings,
 }
@@ -101,6 +106,11 @@ impl Section for ApiSettings {
         }
         if self.maintenance_interval.is_zero() {
             return ConfigError::invalid("api.maintenance_interval", "must be more than zero");
+        }
+        // A publish waits up to 5 s for its confirm: a shorter lease would be taken over
+        // from a healthy instance.
+        if self.replay_lease < Duration::from_secs(10) {
+            return ConfigError::invalid("api.replay_lease", "must be at least 10s");
         }
         self.portal.validate()
     }
@@ -187,6 +197,15 @@ mod tests {
                 assert!(e.to_string().contains("api.database_url"), "{e}");
             }
         }
+    }
+
+    #[test]
+    fn a_replay_lease_outlasts_a_publish_confirm() {
+        let admin = ("RELAY__API__ADMIN_KEY", "0123456789abcdef");
+        let s = load(&[admin]).unwrap();
+        assert_eq!(s.process.replay_lease, Duration::from_secs(30));
+        let err = load(&[admin, ("RELAY__API__REPLAY_LEASE", "5s")]).unwrap_err();
+        assert!(err.to_string().contains("api.replay_lease"), "{err}");
     }
 
     #[test]

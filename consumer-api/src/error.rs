@@ -64,6 +64,12 @@ pub enum ApiError {
     /// The resource is still used by others and the request asked not to take them along.
     #[error("in use: {0}")]
     InUse(String),
+    /// The subscription has a replay job queued or running: this one.
+    #[error("replay {0} is still running")]
+    ReplayRunning(String),
+    /// A replay job that the caller waited for ended failed, for this reason.
+    #[error("replay failed: {0}")]
+    ReplayFailed(String),
 }
 
 impl From<Problem> for ApiError {
@@ -117,6 +123,21 @@ impl ApiError {
                 "in-use",
                 "Still in use",
                 detail.clone(),
+            ),
+            Self::ReplayRunning(id) => Problem::new(
+                StatusCode::CONFLICT,
+                "replay-running",
+                "A replay is running",
+                format!(
+                    "replay {id} of this subscription has not ended; follow it at /v1/replays/{id}"
+                ),
+            )
+            .with_extension("replay_id", id.as_str()),
+            Self::ReplayFailed(reason) => Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "replay-failed",
+                "Replay failed",
+                format!("the replay stopped: {reason}"),
             ),
             Self::Store(StoreError::NotFound) => Problem::not_found("subscription"),
             Self::Store(StoreError::Missing(what)) => Problem::not_found(what),

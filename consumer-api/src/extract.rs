@@ -145,6 +145,14 @@ path_id!(
     "The key id (`key_…`)."
 );
 path_id!(
+    /// `{id}` of `/v1/replays/{id}`.
+    ReplayId,
+    "id",
+    "replay",
+    &ulid_pattern("rpl"),
+    "The replay job id (`rpl_…`); another consumer's answers 404."
+);
+path_id!(
     /// `{session_id}` of `/v1/consumers/{id}/portal-sessions/{session_id}`.
     PortalSessionId,
     "session_id",

@@ -246,6 +246,6 @@ mod tests {
                 }
             }
         }
-        assert_eq!(ids.len(), 32);
+        assert_eq!(ids.len(), 33);
     }
 }

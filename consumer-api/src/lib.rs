@@ -132,6 +132,11 @@ pub async fn run(
         policy,
         settings.process.rotation_grace,
     );
+    let replays = service::replay_runner::spawn(
+        service.clone(),
+        settings.process.replay_lease,
+        shutdown.clone(),
+    );
     let portal = portal::router(service.clone(), &settings.process.portal);
     maintenance::spawn(
         service.clone(),
@@ -158,10 +163,11 @@ pub async fn run(
     server::serve(listener, app, shutdown.clone()).await;
 
     // Ordered drain: HTTP requests finished above; the recorders write (or leave unacked)
-    // their current batch; then the store and the broker session close.
+    // their current batch and replay jobs hand themselves back; then the store and the
+    // broker session close.
     let _ = tokio::time::timeout(
         std::time::Duration::from_secs(15),
-        futures_util::future::join_all(recorders),
+        futures_util::future::join(futures_util::future::join_all(recorders), replays),
     )
     .await;
     store.close().await;

@@ -1,7 +1,8 @@
 //! Background upkeep, every `api.maintenance_interval`: ends secret rotations whose grace
 //! period is over (new revision, control notification, so dispatchers stop signing with the
 //! old secret), disables subscriptions that have been failing without a success for
-//! `api.disable_after_failing_for`, and prunes records older than `api.retention`.
+//! `api.disable_after_failing_for`, and prunes records (and ended replay jobs) older than
+//! `api.retention`.
 //!
 //! Safe with several instances on one database: each step is a single conditional
 //! statement, so a change is made (and announced) once.
@@ -56,6 +57,9 @@ async fn run_once(service: &Service, upkeep: &Upkeep) {
         }
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "cannot prune past the retention"),
+    }
+    if let Err(e) = service.prune_replays(upkeep.retention).await {
+        tracing::warn!(error = %e, "cannot prune ended replay jobs");
     }
     if let Err(e) = service.prune_portal_sessions().await {
         tracing::warn!(error = %e, "cannot prune ended portal sessions");

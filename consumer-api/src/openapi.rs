@@ -23,8 +23,8 @@ pub struct ProblemDoc {
     /// `urn:relay:problem:<slug>`: stable, for programs to branch on (`invalid-field`,
     /// `malformed-json`, `unauthorized`, `forbidden`, `not-found`, `conflict`,
     /// `destination-not-allowed`, `unsupported-media-type`, `payload-too-large`,
-    /// `method-not-allowed`, `uri-too-long`, `headers-too-large`, `store-unavailable`,
-    /// `broker-unavailable`, `internal`).
+    /// `method-not-allowed`, `uri-too-long`, `headers-too-large`, `replay-running`,
+    /// `store-unavailable`, `broker-unavailable`, `internal`).
     #[serde(rename = "type")]
     pub problem_type: String,
     /// Short summary.

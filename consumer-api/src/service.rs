@@ -5,7 +5,8 @@
 //!
 //! [`Service`] is cheap to clone. Its operations are split by resource, each in its own file
 //! adding methods to it: [`subscriptions`], [`tenants`], [`events`], [`deliveries`] (the
-//! delivery log and dead letters) and [`replay`] (replay jobs and test pings).
+//! delivery log and dead letters) and [`replay`] (replay jobs and test pings, the jobs run
+//! by [`replay_runner`]).
 //!
 //! Every operation that reads or changes a consumer's resources takes the [`Caller`]: a
 //! consumer reaches only its own, and another consumer's resources answer
@@ -17,6 +18,7 @@ pub mod events;
 pub mod key_uses;
 pub mod portal;
 pub mod replay;
+pub mod replay_runner;
 pub mod subscriptions;
 pub mod tenants;
 
@@ -24,6 +26,8 @@ use std::{
     sync::{Arc, Mutex},
     time::Duration,
 };
+
+use tokio::sync::Notify;
 
 use relay_shared::{control::ControlMessage, ssrf::NetworkPolicy};
 
@@ -155,6 +159,8 @@ pub struct Service {
     rotation_grace: Duration,
     /// When each key's `last_used_at` was last written by this instance.
     key_uses: Arc<Mutex<key_uses::KeyUses>>,
+    /// Wakes this instance's replay runner when a job is queued here.
+    replays_queued: Arc<Notify>,
 }
 
 impl Service {
@@ -174,6 +180,7 @@ impl Service {
             policy: Arc::new(policy),
             rotation_grace,
             key_uses: Arc::default(),
+            replays_queued: Arc::default(),
         }
     }
 

@@ -9,6 +9,7 @@
 pub mod event_types;
 pub mod portal;
 pub mod records;
+pub mod replays;
 pub mod tenants;
 #[cfg(test)]
 pub(crate) mod testing;
@@ -713,7 +714,7 @@ impl Store {
         rows.iter().map(Subscription::from_row).collect()
     }
 
-    /// Deletes a subscription.
+    /// Deletes a subscription and its replay jobs (a running one stops at its next step).
     ///
     /// # Errors
     /// [`StoreError::NotFound`] or [`StoreError::Database`].
@@ -725,6 +726,11 @@ impl Store {
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }
+        // Unreachable without their subscription either way; this only frees the rows.
+        sqlx::query("DELETE FROM replay_jobs WHERE subscription_id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 }
@@ -805,6 +811,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "key last used",
         include_str!("../migrations/sqlite/0006_key_last_used.sql"),
     ),
+    (
+        7,
+        "replay jobs",
+        include_str!("../migrations/sqlite/0007_replay_jobs.sql"),
+    ),
 ];
 
 /// PostgreSQL migrations: the same versions, with PostgreSQL's DDL.
@@ -838,6 +849,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         6,
         "key last used",
         include_str!("../migrations/postgres/0006_key_last_used.sql"),
+    ),
+    (
+        7,
+        "replay jobs",
+        include_str!("../migrations/postgres/0007_replay_jobs.sql"),
     ),
 ];
 

@@ -17,6 +17,8 @@ use relay_shared::{
 use serde_json::{Value, json};
 use tokio::{net::TcpListener, task::JoinHandle};
 
+use crate::process::ApiProcess;
+
 /// Publisher key every test system accepts.
 pub const PUBLISHER_KEY: &str = "pk_test_publisher_key";
 /// Admin key of every test system.
@@ -64,6 +66,8 @@ pub struct Options {
     pub dispatchers: usize,
     /// Extra `RELAY__…` settings, e.g. `("RELAY__DISPATCH__REQUEST_TIMEOUT", "1s")`.
     pub env: Vec<(String, String)>,
+    /// Run consumer-api as an OS process (which a test can kill) instead of in-process.
+    pub api_process: bool,
 }
 
 impl Options {
@@ -73,7 +77,15 @@ impl Options {
             amqp_url: amqp_url.into(),
             dispatchers: 1,
             env: Vec::new(),
+            api_process: false,
         }
+    }
+
+    /// Runs consumer-api as an OS process ([`System::api_process`]).
+    #[must_use]
+    pub fn api_as_process(mut self) -> Self {
+        self.api_process = true;
+        self
     }
 
     /// Sets a configuration override.
@@ -99,6 +111,8 @@ pub struct System {
     pub dispatcher_urls: Vec<String>,
     /// An HTTP client for the test's own calls.
     pub http: reqwest::Client,
+    /// consumer-api when it runs as an OS process ([`Options::api_as_process`]).
+    pub api_process: Option<ApiProcess>,
     created: AtomicUsize,
     trigger: ShutdownTrigger,
     /// Each component's name (as [`System::stop`] reports it) and task.
@@ -186,15 +200,22 @@ impl System {
 
         let (trigger, shutdown) = shutdown::channel();
         let mut tasks = Vec::new();
-        tasks.push((
-            String::from("consumer-api"),
-            tokio::spawn(consumer_api::run(
-                settings.api.clone(),
-                api_listener,
-                prometheus::Registry::new(),
-                shutdown.clone(),
-            )),
-        ));
+        let api_process = if options.api_process {
+            let listen = api_url.trim_start_matches("http://").to_owned();
+            drop(api_listener);
+            Some(ApiProcess::start(&env, &listen).await)
+        } else {
+            tasks.push((
+                String::from("consumer-api"),
+                tokio::spawn(consumer_api::run(
+                    settings.api.clone(),
+                    api_listener,
+                    prometheus::Registry::new(),
+                    shutdown.clone(),
+                )),
+            ));
+            None
+        };
         let mut dispatcher_urls = Vec::new();
         for n in 0..options.dispatchers {
             let (ops_listener, ops_url) = listener().await;
@@ -225,6 +246,7 @@ impl System {
             api_url,
             dispatcher_urls,
             http: reqwest::Client::new(),
+            api_process,
             created: AtomicUsize::new(0),
             trigger,
             tasks,
@@ -416,6 +438,9 @@ impl System {
                 Ok(Err(e)) => panic!("{name} panicked: {e}"),
                 Err(_) => panic!("{name} did not stop within {bound:?}"),
             }
+        }
+        if let Some(api) = self.api_process.take() {
+            api.stop(bound).await;
         }
     }
 }

@@ -395,9 +395,11 @@ pub fn failure(state: &PortalState, error: &ApiError) -> Response {
         ApiError::Invalid(_) | ApiError::Destination(_) | ApiError::Body(_) => {
             StatusCode::BAD_REQUEST
         }
-        ApiError::Broker(_) => StatusCode::SERVICE_UNAVAILABLE,
+        ApiError::Broker(_) | ApiError::ReplayFailed(_) => StatusCode::SERVICE_UNAVAILABLE,
         ApiError::Store(e) if e.is_transient() => StatusCode::SERVICE_UNAVAILABLE,
-        ApiError::Store(StoreError::Conflict(_)) | ApiError::InUse(_) => StatusCode::CONFLICT,
+        ApiError::Store(StoreError::Conflict(_))
+        | ApiError::InUse(_)
+        | ApiError::ReplayRunning(_) => StatusCode::CONFLICT,
         ApiError::Rejected(p) => StatusCode::from_u16(p.status).unwrap_or(StatusCode::BAD_REQUEST),
         ApiError::Store(_) => {
             tracing::error!(error = %error, "portal request failed");

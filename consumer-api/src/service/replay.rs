@@ -1,7 +1,11 @@
 //! Targeted deliveries to one subscription: a replay re-sends the recorded events of a time
 //! window that the subscription matches (its topic filters, the consumer rule and its payload
-//! filter), and a test sends it a `relay.ping`. Both go through the `retry-ready` exchange, so dispatchers deliver
-//! them to that subscription only, signed and with the full retry schedule.
+//! filter), and a test sends it a `relay.ping`. Both go through the `retry-ready` exchange,
+//! so dispatchers deliver them to that subscription only, signed and with the full retry
+//! schedule. A replay is a job: [`Service::start_replay`] queues it and answers at once;
+//! [`super::replay_runner`] runs it in the background.
+
+use std::time::Duration;
 
 use relay_shared::{
     envelope::Envelope,
@@ -13,11 +17,15 @@ use relay_shared::{
 use serde::Deserialize;
 use serde_json::{Value, value::RawValue};
 
-use super::{Service, events::matches_any, subscriptions::OwnedSubscription};
+use super::{Caller, Service, events::matches_any, subscriptions::OwnedSubscription};
 use crate::{
-    clock::{now, now_ms, rfc3339_ms},
+    clock::{duration_ms, now, now_ms, rfc3339_ms},
     error::{ApiError, FieldError},
-    store::records::EventScope,
+    store::{
+        StoreError, Subscription,
+        records::{EventScope, StoredEvent},
+        replays::{ReplayJob, ReplayState},
+    },
 };
 
 /// Type of the test event.
@@ -54,74 +62,136 @@ impl ReplayRequest {
     }
 }
 
-/// Whether a recorded event (its envelope as `body`) passes a payload filter.
-fn passes(filter: &PayloadFilter, event_type: &str, consumer: Option<&str>, body: &str) -> bool {
-    let envelope: Value = serde_json::from_str(body).unwrap_or_default();
-    filter.matches(&Subject {
-        event_type,
-        consumer,
-        data: envelope.get("data").unwrap_or(&Value::Null),
-    })
+/// Which recorded events a replay to one subscription re-sends: those its topic filters, the
+/// consumer rule and its payload filter let through, as live delivery would.
+#[derive(Debug)]
+pub struct Wanted {
+    filters: Vec<TopicFilter>,
+    payload: Option<PayloadFilter>,
+    owner: Option<String>,
 }
 
-impl Service {
-    /// Re-sends the recorded events of the window that `subscription` matches; returns how
-    /// many.
+impl Wanted {
+    /// The rule of `subscription` as it is now.
     ///
     /// # Errors
-    /// A [`FieldError`] on the window, [`ApiError::Broker`] when the broker does not take
-    /// them, or a store failure.
+    /// Why its stored payload filter no longer parses (it was checked when saved).
+    pub fn of(subscription: &Subscription) -> Result<Self, String> {
+        let payload = subscription
+            .filter
+            .as_ref()
+            .map(PayloadFilter::parse)
+            .transpose()
+            .map_err(|e| format!("the subscription's stored payload filter is unusable: {e}"))?;
+        Ok(Self {
+            // Checked when saved; one that no longer parses matches nothing.
+            filters: subscription
+                .event_types
+                .iter()
+                .filter_map(|f| TopicFilter::parse(f).ok())
+                .collect(),
+            payload,
+            owner: subscription.consumer.clone(),
+        })
+    }
+
+    /// The events a query may return: an operator's subscription also receives Relay's
+    /// events about every consumer.
+    pub fn scope(&self) -> EventScope<'_> {
+        self.owner
+            .as_deref()
+            .map_or(EventScope::All, EventScope::ConsumerOrUnnamed)
+    }
+
+    /// Whether `row` is re-sent.
+    pub fn wants(&self, row: &StoredEvent) -> bool {
+        let event = &row.event;
+        let consumer = event.consumer.as_deref();
+        matches_any(&self.filters, &event.event_type)
+            && operational::addressed(&event.event_type, consumer, self.owner.as_deref())
+            && self.payload.as_ref().is_none_or(|filter| {
+                let envelope: Value = serde_json::from_str(&event.body).unwrap_or_default();
+                filter.matches(&Subject {
+                    event_type: &event.event_type,
+                    consumer,
+                    data: envelope.get("data").unwrap_or(&Value::Null),
+                })
+            })
+    }
+}
+
+/// How often [`Service::replay`] looks at the job it waits for.
+const WAIT_POLL: Duration = Duration::from_millis(100);
+
+impl Service {
+    /// Starts a replay job of the window `request` names to `subscription`; returns it,
+    /// queued. A background task runs it ([`runner`](super::replay_runner)); follow it with
+    /// [`Service::replay_job`].
+    ///
+    /// # Errors
+    /// A [`FieldError`] on the window, [`ApiError::ReplayRunning`] when the subscription has
+    /// a job that has not ended, or a store failure.
+    pub async fn start_replay(
+        &self,
+        subscription: &OwnedSubscription,
+        request: &ReplayRequest,
+    ) -> Result<ReplayJob, ApiError> {
+        let window = request.window()?;
+        let job = ReplayJob::queued(new_id("rpl"), subscription.id.clone(), window, now());
+        if let Some(running) = self.store.create_replay(&job).await? {
+            return Err(ApiError::ReplayRunning(running));
+        }
+        self.replays_queued.notify_one();
+        tracing::info!(subscription_id = %job.subscription_id, replay_id = %job.id, "replay queued");
+        Ok(job)
+    }
+
+    /// Replay job `id`, if `caller` may see its subscription.
+    ///
+    /// # Errors
+    /// [`StoreError::Missing`] when there is none (or it is another consumer's), or a store
+    /// failure.
+    pub async fn replay_job(&self, caller: &Caller, id: &str) -> Result<ReplayJob, ApiError> {
+        let (job, owner) = self.store.replay_job(id).await?;
+        if caller.may_see(owner.as_deref()) {
+            Ok(job)
+        } else {
+            Err(StoreError::Missing("replay").into())
+        }
+    }
+
+    /// Deletes the replay jobs that ended longer than `retention` ago; returns how many.
+    ///
+    /// # Errors
+    /// A store failure.
+    pub async fn prune_replays(&self, retention: Duration) -> Result<u64, StoreError> {
+        self.store
+            .prune_replays(now_ms().saturating_sub(duration_ms(retention)))
+            .await
+    }
+
+    /// Starts a replay job and waits until it ends; returns how many events it re-sent.
+    /// For front ends that answer only when done (the portal, until it follows jobs).
+    ///
+    /// # Errors
+    /// As [`Service::start_replay`], and [`ApiError::ReplayFailed`] when the job fails.
     pub async fn replay(
         &self,
         subscription: &OwnedSubscription,
         request: &ReplayRequest,
     ) -> Result<u64, ApiError> {
-        let window = request.window()?;
-        let filters: Vec<TopicFilter> = subscription
-            .event_types
-            .iter()
-            .filter_map(|f| TopicFilter::parse(f).ok())
-            .collect();
-        // Checked when saved; a stored filter that no longer parses replays nothing.
-        let payload = match subscription.filter.as_ref().map(PayloadFilter::parse) {
-            None => None,
-            Some(Ok(filter)) => Some(filter),
-            Some(Err(e)) => {
-                tracing::error!(subscription_id = %subscription.id, error = %e, "stored payload filter unusable; nothing replayed");
-                return Ok(0);
-            }
-        };
-        let owner = subscription.consumer.as_deref();
-        // An operator's subscription also receives Relay's events about every consumer.
-        let scope = owner.map_or(EventScope::All, EventScope::ConsumerOrUnnamed);
-        let mut cursor = 0;
-        let mut replayed = 0;
+        let job = self.start_replay(subscription, request).await?;
         loop {
-            let rows = self
-                .store
-                .events_in_window(cursor, scope, window, 500)
-                .await?;
-            for row in &rows {
-                cursor = row.seq;
-                let event = &row.event;
-                let wanted = matches_any(&filters, &event.event_type)
-                    && operational::addressed(&event.event_type, event.consumer.as_deref(), owner)
-                    && payload.as_ref().is_none_or(|p| {
-                        passes(p, &event.event_type, event.consumer.as_deref(), &event.body)
-                    });
-                if wanted {
-                    self.publisher
-                        .redeliver(row.event.body.as_bytes(), &subscription.id, &row.event.id)
-                        .await?;
-                    replayed += 1;
+            tokio::time::sleep(WAIT_POLL).await;
+            let (job, _) = self.store.replay_job(&job.id).await?;
+            match job.state {
+                ReplayState::Done => return Ok(u64::try_from(job.published).unwrap_or(0)),
+                ReplayState::Failed => {
+                    return Err(ApiError::ReplayFailed(job.reason.unwrap_or_default()));
                 }
-            }
-            if rows.len() < 500 {
-                break;
+                ReplayState::Queued | ReplayState::Running => {}
             }
         }
-        tracing::info!(subscription_id = %subscription.id, replayed, "events replayed");
-        Ok(replayed)
     }
 
     /// Sends a `relay.ping` event (fresh id) to `subscription` only; returns its id.

@@ -124,9 +124,9 @@ impl Store {
     }
 
     /// Deletes a consumer with everything that is its: its subscriptions with their
-    /// delivery log, dead letters and health, the events naming it, its portal sessions and
-    /// its keys, in one transaction. With `keep_if_subscribed`, a consumer that still has
-    /// subscriptions is left as it is and their number returned instead.
+    /// delivery log, dead letters, health and replay jobs, the events naming it, its portal
+    /// sessions and its keys, in one transaction. With `keep_if_subscribed`, a consumer that
+    /// still has subscriptions is left as it is and their number returned instead.
     ///
     /// # Errors
     /// [`StoreError::Missing`] or [`StoreError::Database`].
@@ -156,7 +156,12 @@ impl Store {
         if keep_if_subscribed && !subscriptions.is_empty() {
             return Ok(ConsumerDeletion::Subscribed(subscriptions.len()));
         }
-        for table in ["attempts", "dead_letters", "subscription_health"] {
+        for table in [
+            "attempts",
+            "dead_letters",
+            "subscription_health",
+            "replay_jobs",
+        ] {
             sqlx::query(&format!(
                 "DELETE FROM {table} WHERE subscription_id IN \
                  (SELECT id FROM subscriptions WHERE consumer = $1)"

@@ -107,7 +107,7 @@ pub(crate) async fn wait_recorded(relay: &System, id: &str) {
     wait_recorded_at(relay, &relay.api_url, id).await;
 }
 
-fn problem_type(body: &Value) -> &str {
+pub(crate) fn problem_type(body: &Value) -> &str {
     body["type"].as_str().unwrap_or_default()
 }
 
@@ -628,6 +628,7 @@ async fn openapi_json_describes_every_route_and_validates_as_openapi_3() {
         "/v1/subscriptions/{id}/disable",
         "/v1/subscriptions/{id}/test",
         "/v1/subscriptions/{id}/replay",
+        "/v1/replays/{id}",
         "/v1/subscriptions/{id}/attempts",
         "/v1/events",
         "/v1/events/{id}",
@@ -654,27 +655,39 @@ async fn openapi_json_describes_every_route_and_validates_as_openapi_3() {
     relay.stop().await;
 }
 
-/// Polls the subscription until it is disabled; returns it.
-async fn wait_disabled(relay: &System, id: &str) -> Value {
-    let deadline = tokio::time::Instant::now() + WAIT;
+/// Reads `path` with `key` until `done` holds for its 200 body (up to `timeout`); returns it.
+pub(crate) async fn poll_until(
+    relay: &System,
+    key: &str,
+    path: &str,
+    timeout: Duration,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        let (_, sub) = call(
-            relay,
-            ADMIN_KEY,
-            Method::GET,
-            &format!("/v1/subscriptions/{id}"),
-            None,
-        )
-        .await;
-        if sub["enabled"] == json!(false) {
-            return sub;
+        let (status, body) = call(relay, key, Method::GET, path, None).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        if done(&body) {
+            return body;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "{id} was not disabled: {sub}"
+            "{path} not as awaited after {timeout:?}: {body}"
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Polls the subscription until it is disabled; returns it.
+async fn wait_disabled(relay: &System, id: &str) -> Value {
+    poll_until(
+        relay,
+        ADMIN_KEY,
+        &format!("/v1/subscriptions/{id}"),
+        WAIT,
+        |sub| sub["enabled"] == json!(false),
+    )
+    .await
 }
 
 #[tokio::test]

@@ -1,11 +1,14 @@
 //! Replay, redrive and rotation: targeted deliveries through the dispatchers' `redeliver`
-//! queue, and the double signature during a rotation's grace period.
+//! queue (a replay as a job that survives a consumer-api kill), and the double signature
+//! during a rotation's grace period.
 
-use std::time::Duration;
+use std::{collections::BTreeSet, time::Duration};
 
+use consumer_api::store::{Store, records::NewEvent};
 use reqwest::Method;
-use serde_json::json;
+use serde_json::{Value, json};
 use tests::{
+    api::Api,
     broker::shared_amqp_url,
     receiver::{self, Behaviour, Receiver},
     system::{ADMIN_KEY, Options, System},
@@ -13,7 +16,7 @@ use tests::{
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
 use crate::{
-    consumer_api::{WAIT, call, wait_recorded},
+    consumer_api::{WAIT, call, poll_until, problem_type, tenant, wait_recorded},
     system,
 };
 
@@ -74,7 +77,16 @@ async fn replay_re_delivers_exactly_the_chosen_window_to_that_subscription() {
     )
     .await;
     assert_eq!(status, 202, "{answer}");
-    assert_eq!(answer["replayed"], 4);
+    let job = wait_replay_ended(&relay, ADMIN_KEY, answer["id"].as_str().unwrap(), WAIT).await;
+    assert_eq!(
+        (
+            job["state"].as_str(),
+            job["total"].as_i64(),
+            job["published"].as_i64()
+        ),
+        (Some("done"), Some(4), Some(4)),
+        "{job}"
+    );
     let got = hook.wait_for(4, WAIT).await;
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(hook.count(), 4, "only the window, once");
@@ -184,6 +196,284 @@ async fn a_redriven_dead_letter_reaches_the_now_healthy_endpoint() {
     )
     .await;
     assert_eq!(answer["redriven"], 0);
+    relay.stop().await;
+}
+
+/// Follows replay job `id` with `key` until it has ended (done or failed); returns it.
+pub(crate) async fn wait_replay_ended(
+    relay: &System,
+    key: &str,
+    id: &str,
+    timeout: Duration,
+) -> Value {
+    poll_until(relay, key, &format!("/v1/replays/{id}"), timeout, |job| {
+        matches!(job["state"].as_str(), Some("done" | "failed"))
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_replay_answers_at_once_and_its_job_reports_progress_to_its_owner_only() {
+    let relay = system().await;
+    let acme = tenant(&relay, "acme").await;
+    let globex = tenant(&relay, "globex").await;
+    let since = now();
+    let mut ids = Vec::new();
+    for chunk in 0..3 {
+        let batch: Vec<Value> = (0..100)
+            .map(
+                |n| json!({"type": "job.item", "consumer": "acme", "data": {"n": chunk * 100 + n}}),
+            )
+            .collect();
+        ids.extend(relay.publish_batch_ok(&batch).await);
+    }
+    wait_recorded(&relay, ids.last().unwrap()).await;
+    let hook = Receiver::start().await;
+    let sub = relay.subscribe(&hook.url(), &["job.*"], Some("acme")).await;
+    let sub_id = sub["id"].as_str().unwrap();
+    let replay = format!("/v1/subscriptions/{sub_id}/replay");
+
+    let response = relay
+        .http
+        .post(format!("{}{replay}", relay.api_url))
+        .bearer_auth(&acme)
+        .json(&json!({"since": since}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let location = response.headers()["location"].to_str().unwrap().to_owned();
+    let job: Value = response.json().await.unwrap();
+    let id = job["id"].as_str().unwrap().to_owned();
+    assert!(id.starts_with("rpl_"), "{job}");
+    assert_eq!(location, format!("/v1/replays/{id}"));
+    assert_eq!(job["subscription_id"], sub_id);
+    assert_eq!(job["state"], "queued", "answered before it ran: {job}");
+    let (status, problem) = call(&relay, &globex, Method::GET, &location, None).await;
+    assert_eq!(
+        (status, problem_type(&problem)),
+        (404, "urn:relay:problem:not-found")
+    );
+
+    let job = wait_replay_ended(&relay, &acme, &id, Duration::from_secs(60)).await;
+    assert_eq!(
+        (
+            job["state"].as_str(),
+            job["total"].as_i64(),
+            job["published"].as_i64()
+        ),
+        (Some("done"), Some(300), Some(300)),
+        "{job}"
+    );
+    assert!(job["finished_at"].is_string(), "{job}");
+    let got = hook.wait_for(300, Duration::from_secs(60)).await;
+    let delivered: BTreeSet<&str> = got.iter().filter_map(|r| r.header("webhook-id")).collect();
+    assert_eq!(
+        delivered,
+        ids.iter().map(String::as_str).collect::<BTreeSet<_>>()
+    );
+
+    // Ended: the next one may start.
+    let (status, next) = call(
+        &relay,
+        &acme,
+        Method::POST,
+        &replay,
+        Some(json!({"since": since})),
+    )
+    .await;
+    assert_eq!(status, 202, "{next}");
+    wait_replay_ended(
+        &relay,
+        &acme,
+        next["id"].as_str().unwrap(),
+        Duration::from_secs(60),
+    )
+    .await;
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn one_replay_per_subscription_and_another_consumers_job_is_not_found() {
+    // No broker: the job counts its window, then waits for the broker to take the first
+    // event, so it stays running for as long as the test needs.
+    let api = Api::start(&[]).await;
+    let mut keys = Vec::new();
+    for consumer in ["acme", "globex"] {
+        let created = api
+            .call(Method::POST, "/v1/consumers", Some(json!({"id": consumer})))
+            .await;
+        assert_eq!(created.status, 201, "{:?}", created.body);
+        let key = api
+            .call(
+                Method::POST,
+                &format!("/v1/consumers/{consumer}/keys"),
+                None,
+            )
+            .await;
+        keys.push(key.body["key"].as_str().unwrap().to_owned());
+    }
+    let (acme, globex) = (&keys[0], &keys[1]);
+    let sub = api
+        .call_as(
+            acme,
+            Method::POST,
+            "/v1/subscriptions",
+            Some(json!({"url": "http://127.0.0.1:9/hook", "event_types": ["order.*"]})),
+        )
+        .await;
+    assert_eq!(sub.status, 201, "{:?}", sub.body);
+    let replay = format!(
+        "/v1/subscriptions/{}/replay",
+        sub.body["id"].as_str().unwrap()
+    );
+    // Recorded events, as the recorder would have stored them.
+    let store = Store::open(&api.settings.process.database_url)
+        .await
+        .unwrap();
+    let accepted_ms = OffsetDateTime::now_utc().unix_timestamp() * 1000;
+    let events: Vec<NewEvent> = (0..3)
+        .map(|n| {
+            let id = format!("evt_replay_{n}");
+            NewEvent {
+                body: json!({"id": id, "type": "order.created", "consumer": "acme", "data": {}, "occurred_at": now()}).to_string(),
+                id,
+                event_type: "order.created".into(),
+                consumer: Some("acme".into()),
+                accepted_ms,
+            }
+        })
+        .collect();
+    store.insert_events(&events).await.unwrap();
+    store.close().await;
+
+    let window = json!({"since": "2020-01-01T00:00:00Z"});
+    let first = api
+        .call_as(acme, Method::POST, &replay, Some(window.clone()))
+        .await;
+    assert_eq!(first.status, 202, "{:?}", first.body);
+    let id = first.body["id"].as_str().unwrap();
+    let second = api
+        .call_as(acme, Method::POST, &replay, Some(window.clone()))
+        .await;
+    assert_eq!(
+        (second.status, second.content_type(), second.problem_type()),
+        (
+            409,
+            "application/problem+json",
+            "urn:relay:problem:replay-running"
+        ),
+        "{:?}",
+        second.body
+    );
+    assert_eq!(
+        second.body["replay_id"], id,
+        "the problem names the running job"
+    );
+
+    let path = format!("/v1/replays/{id}");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let job = api.call_as(acme, Method::GET, &path, None).await;
+        assert_eq!(job.status, 200, "{:?}", job.body);
+        if job.body["state"] == "running" && job.body["total"] == 3 {
+            assert_eq!(job.body["published"], 0, "nothing without a broker");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{:?}", job.body);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Another consumer: not found, like its subscriptions; the admin sees it.
+    for (key, status) in [(globex.as_str(), 404), (ADMIN_KEY, 200)] {
+        assert_eq!(
+            api.call_as(key, Method::GET, &path, None).await.status,
+            status
+        );
+    }
+    let malformed = api
+        .call_as(acme, Method::GET, "/v1/replays/%FF", None)
+        .await;
+    assert_eq!(
+        (malformed.status, malformed.problem_type()),
+        (404, "urn:relay:problem:not-found")
+    );
+    // A stop hands the running job back (checked: stop returns promptly and cleanly).
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn a_replay_job_survives_a_consumer_api_kill_and_loses_nothing_it_claimed() {
+    // consumer-api as a process, so that it can be killed mid-job; the shortest lease, so the
+    // restarted instance takes the dead one's job over soon.
+    let mut relay = System::start_with(
+        Options::new(shared_amqp_url())
+            .api_as_process()
+            .set("RELAY__API__REPLAY_LEASE", "10s"),
+    )
+    .await;
+    let since = now();
+    const EVENTS: usize = 2000;
+    let mut ids = Vec::new();
+    for chunk in 0..EVENTS / 100 {
+        let batch: Vec<Value> = (0..100)
+            .map(|n| json!({"type": "bulk.item", "data": {"n": chunk * 100 + n}}))
+            .collect();
+        ids.extend(relay.publish_batch_ok(&batch).await);
+    }
+    wait_recorded(&relay, ids.last().unwrap()).await;
+    let hook = Receiver::start().await;
+    let sub = relay.subscribe(&hook.url(), &["bulk.*"], None).await;
+    let sub_id = sub["id"].as_str().unwrap();
+    let (status, job) = call(
+        &relay,
+        ADMIN_KEY,
+        Method::POST,
+        &format!("/v1/subscriptions/{sub_id}/replay"),
+        Some(json!({"since": since})),
+    )
+    .await;
+    assert_eq!(status, 202, "{job}");
+    let id = job["id"].as_str().unwrap().to_owned();
+
+    // Mid-job: counted, some published, not all. Every publish waits for a broker confirm
+    // and a store write, so the 2000 cannot all pass between this look and the kill.
+    let before = poll_until(
+        &relay,
+        ADMIN_KEY,
+        &format!("/v1/replays/{id}"),
+        Duration::from_secs(60),
+        |job| job["published"].as_i64().is_some_and(|p| p >= 1),
+    )
+    .await;
+    relay.api_process.as_mut().unwrap().kill_and_restart().await;
+    assert_eq!(before["total"].as_i64(), Some(EVENTS as i64), "{before}");
+    assert_eq!(before["state"], "running", "{before}");
+
+    let job = wait_replay_ended(&relay, ADMIN_KEY, &id, Duration::from_secs(120)).await;
+    assert_eq!(
+        (
+            job["state"].as_str(),
+            job["total"].as_i64(),
+            job["published"].as_i64()
+        ),
+        (Some("done"), Some(EVENTS as i64), Some(EVENTS as i64)),
+        "resumed and finished: {job}"
+    );
+    // Every event claimed published reached the receiver; what was confirmed and written
+    // before the kill was not sent again (at most the one confirmed in the instant before
+    // its progress was written).
+    let got = hook.wait_for(EVENTS, Duration::from_secs(120)).await;
+    let delivered: BTreeSet<&str> = got.iter().filter_map(|r| r.header("webhook-id")).collect();
+    assert_eq!(
+        delivered,
+        ids.iter().map(String::as_str).collect::<BTreeSet<_>>()
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        hook.count() <= EVENTS + 1,
+        "{} deliveries of {EVENTS} events: the resumed job re-sent what was confirmed",
+        hook.count()
+    );
     relay.stop().await;
 }
 
