@@ -19,7 +19,7 @@ use std::{borrow::Cow, collections::BTreeMap, future::Future, pin::Pin, time::Du
 use relay_shared::{
     endpoint::Credentials,
     signing::SignatureScheme,
-    subscription::{DirectoryEntry, Limits},
+    subscription::{DirectoryEntry, Limits, Ordering},
 };
 use serde_json::Value;
 
@@ -31,7 +31,7 @@ use sqlx::{
 };
 
 /// Columns of a subscription, in the order [`Subscription::from_row`] reads them.
-const COLUMNS: &str = "id, url, event_types, consumer, description, enabled, secret, revision, created_at, updated_at, disabled_reason, previous_secret, previous_secret_expires_ms, rate_limit_millis, max_in_flight, signature_scheme, signing_key, previous_signing_key, previous_signing_key_expires_ms, filter, headers, credentials";
+const COLUMNS: &str = "id, url, event_types, consumer, description, enabled, secret, revision, created_at, updated_at, disabled_reason, previous_secret, previous_secret_expires_ms, rate_limit_millis, max_in_flight, signature_scheme, signing_key, previous_signing_key, previous_signing_key_expires_ms, filter, headers, credentials, ordering";
 
 /// How long a request waits for a pooled connection before the store counts as unavailable.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -167,6 +167,8 @@ pub struct Subscription {
     pub headers: BTreeMap<String, String>,
     /// Credentials sent to the endpoint; never shown in full.
     pub credentials: Option<Credentials>,
+    /// Delivery order.
+    pub ordering: Ordering,
 }
 
 // Rates are finite (validated before they are stored), so equality is reflexive.
@@ -194,6 +196,7 @@ impl Subscription {
             filter: self.filter.clone(),
             headers: self.headers.clone(),
             credentials: self.credentials.clone(),
+            ordering: self.ordering,
         }
     }
 
@@ -270,6 +273,13 @@ impl Subscription {
                     reason: format!("max_in_flight: {e}"),
                 }
             })?,
+            ordering: {
+                let ordering: String = row.try_get("ordering")?;
+                Ordering::parse(&ordering).ok_or_else(|| StoreError::Corrupt {
+                    id: id.clone(),
+                    reason: format!("ordering: {ordering:?}"),
+                })?
+            },
             id,
         })
     }
@@ -319,6 +329,8 @@ pub struct SubscriptionPatch {
     pub headers: Option<Option<BTreeMap<String, String>>>,
     /// New credentials, or `Some(None)` to remove them.
     pub credentials: Option<Option<Credentials>>,
+    /// New delivery order.
+    pub ordering: Option<Ordering>,
 }
 
 impl SubscriptionPatch {
@@ -437,7 +449,7 @@ impl Store {
     pub async fn create(&self, subscription: &Subscription) -> Result<(), StoreError> {
         sqlx::query(&format!(
             "INSERT INTO subscriptions ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, \
-             $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)"
+             $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)"
         ))
         .bind(&subscription.id)
         .bind(&subscription.url)
@@ -461,6 +473,7 @@ impl Store {
         .bind(subscription.filter.as_ref().map(to_json))
         .bind(headers_column(Some(&subscription.headers)))
         .bind(subscription.credentials.as_ref().map(to_json))
+        .bind(subscription.ordering.as_str())
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -540,7 +553,8 @@ impl Store {
                 signing_key = COALESCE(signing_key, $14), \
                 filter = CASE WHEN $15 = 1 THEN $16 ELSE filter END, \
                 headers = CASE WHEN $17 = 1 THEN $18 ELSE headers END, \
-                credentials = CASE WHEN $19 = 1 THEN $20 ELSE credentials END \
+                credentials = CASE WHEN $19 = 1 THEN $20 ELSE credentials END, \
+                ordering = COALESCE($21, ordering) \
              WHERE id = $1 RETURNING {COLUMNS}"
         ))
         .bind(id)
@@ -565,6 +579,7 @@ impl Store {
         ))
         .bind(i64::from(patch.credentials.is_some()))
         .bind(patch.credentials.clone().flatten().as_ref().map(to_json))
+        .bind(patch.ordering.map(Ordering::as_str))
         .fetch_optional(&self.pool)
         .await?
         .ok_or(StoreError::NotFound)?;
@@ -816,6 +831,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "replay jobs",
         include_str!("../migrations/sqlite/0007_replay_jobs.sql"),
     ),
+    (
+        8,
+        "ordering",
+        include_str!("../migrations/sqlite/0008_ordering.sql"),
+    ),
 ];
 
 /// PostgreSQL migrations: the same versions, with PostgreSQL's DDL.
@@ -854,6 +874,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         7,
         "replay jobs",
         include_str!("../migrations/postgres/0007_replay_jobs.sql"),
+    ),
+    (
+        8,
+        "ordering",
+        include_str!("../migrations/postgres/0008_ordering.sql"),
     ),
 ];
 
@@ -1068,6 +1093,7 @@ mod tests {
             enabled: Some(true),
             rate_limit: Some(Some(12.5)),
             max_in_flight: Some(7),
+            ordering: Some(Ordering::Key),
             ..SubscriptionPatch::default()
         };
         let updated = store
@@ -1085,6 +1111,7 @@ mod tests {
         assert_eq!(store.get(&s.id).await.unwrap(), updated);
         assert_eq!(updated.directory_entry().secrets, [s.secret.as_str()]);
         assert_eq!(updated.directory_entry().limits.rate_limit, Some(12.5));
+        assert_eq!(updated.directory_entry().ordering, Ordering::Key);
 
         let cleared = SubscriptionPatch {
             rate_limit: Some(None),

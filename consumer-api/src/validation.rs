@@ -499,6 +499,17 @@ pub fn validate_max_in_flight(cap: u32) -> Result<(), FieldError> {
     }
 }
 
+/// The schema of a delivery order (for `#[schema(schema_with = …)]`).
+pub fn ordering_field() -> Schema {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(["none", "key"]))
+        .description(Some(
+            "`none` (default): parallel deliveries. `key`: per ordering key, one delivery in flight and publish order; a failing delivery holds back later events of its key for this subscription only, until it succeeds or is dead-lettered.",
+        ))
+        .into()
+}
+
 /// The schema of an RFC 3339 time.
 pub fn time_schema() -> Schema {
     string(false)

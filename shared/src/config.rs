@@ -151,6 +151,11 @@ pub struct AmqpSettings {
     /// `rabbitmq_consistent_hash_exchange` plugin. Every process must have the same value;
     /// changing it on a running system is a drain-and-switch (docs/SCALING.md).
     pub ingress_shards: u16,
+    /// Declare the ingress queue(s) single-active-consumer: one dispatcher at a time reads
+    /// each (the others stand by), which `"ordering": "key"` subscriptions need to keep their
+    /// order across dispatchers. Spread the work with `ingress_shards`. Every process must
+    /// have the same value; changing it is a drain-and-switch (docs/SCALING.md).
+    pub ordered_ingress: bool,
     /// Bound on one connection attempt (TCP, AMQP handshake and topology declaration).
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,

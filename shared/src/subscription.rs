@@ -45,6 +45,41 @@ pub struct DirectoryEntry {
     /// What the endpoint may be sent: rate and concurrency, enforced across all dispatchers.
     #[serde(default)]
     pub limits: Limits,
+    /// Whether deliveries of one ordering key go out one at a time, in publish order.
+    #[serde(default)]
+    pub ordering: Ordering,
+}
+
+/// A subscription's delivery order (`"ordering"` in the API).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ordering {
+    /// Deliveries in parallel, retries through the retry tiers (the default).
+    #[default]
+    None,
+    /// Per ordering key, one delivery in flight and publish order; a failing delivery holds
+    /// back later events of its key (for this subscription only) until it succeeds or is
+    /// dead-lettered.
+    Key,
+}
+
+impl Ordering {
+    /// The API and storage spelling: `none` or `key`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Key => "key",
+        }
+    }
+
+    /// Parses the API and storage spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "none" => Some(Self::None),
+            "key" => Some(Self::Key),
+            _ => None,
+        }
+    }
 }
 
 /// A subscription's delivery limits, enforced by the dispatchers together.

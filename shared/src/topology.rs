@@ -23,6 +23,9 @@
 //! RabbitMQ, enabled by deploy/); one shard, the default, needs no plugin. The hash ring keeps
 //! each routing key on one shard, so events with one ordering key stay in publish order.
 //! Changing N is a drain-and-switch (docs/SCALING.md): queues of another N are not touched.
+//!
+//! With `amqp.ordered_ingress` the ingress queue(s) are single-active-consumer: one dispatcher
+//! reads each at a time, in order, which `"ordering": "key"` subscriptions rely on.
 
 use std::time::Duration;
 
@@ -61,6 +64,7 @@ pub struct Topology {
     pub redeliver: String,
     prefix: String,
     shards: u16,
+    single_active: bool,
 }
 
 impl Topology {
@@ -79,12 +83,23 @@ impl Topology {
             redeliver: format!("{prefix}redeliver"),
             prefix: prefix.to_owned(),
             shards: 1,
+            single_active: false,
         }
     }
 
-    /// The names under `amqp.prefix`, with `amqp.ingress_shards` ingress shards.
+    /// The names under `amqp.prefix`, with `amqp.ingress_shards` ingress shards, single
+    /// active consumer with `amqp.ordered_ingress`.
     pub fn from_settings(settings: &crate::config::AmqpSettings) -> Self {
-        Self::new(&settings.prefix).with_ingress_shards(settings.ingress_shards)
+        Self::new(&settings.prefix)
+            .with_ingress_shards(settings.ingress_shards)
+            .with_ordered_ingress(settings.ordered_ingress)
+    }
+
+    /// The same topology with the ingress queue(s) single-active-consumer (`ordered`) or not.
+    #[must_use]
+    pub fn with_ordered_ingress(mut self, ordered: bool) -> Self {
+        self.single_active = ordered;
+        self
     }
 
     /// The same names with `shards` ingress queues (1, or less, is the unsharded `ingress`).
@@ -168,9 +183,17 @@ impl Topology {
         );
         at_least_once_dead_lettering(&mut consumed_args);
         // The queues dispatchers consume park a message whose handling keeps failing.
+        let mut ingress_args = consumed_args.clone();
+        if self.single_active {
+            // One reader per queue, so each ordering key is read in order by one dispatcher.
+            ingress_args.insert(
+                ShortString::from("x-single-active-consumer"),
+                AMQPValue::Boolean(true),
+            );
+        }
         let ingress = self.ingress_queues();
         for queue in &ingress {
-            declare_queue(channel, queue, consumed_args.clone()).await?;
+            declare_queue(channel, queue, ingress_args.clone()).await?;
         }
         declare_queue(channel, &self.redeliver, consumed_args).await?;
         for queue in [&self.invalid, &self.dead, &self.archive, &self.attempts] {

@@ -64,6 +64,22 @@ pub enum Behaviour {
     /// Answer this status with this body, as `text/html` (the worst case for a page that
     /// shows it).
     Body(u16, String),
+    /// Answer 500 to the first request of every `n`th event (chosen by a hash of its
+    /// `webhook-id`, so the same events whatever the arrival order; see [`fails_first_try`]),
+    /// 200 otherwise.
+    FailFirstTryOf(u64),
+    /// Answer 500 to every request whose body's `ordering_key` is this, 200 otherwise.
+    FailKey(String),
+}
+
+/// Whether [`Behaviour::FailFirstTryOf`]`(n)` fails the first request of the event `id`.
+#[must_use]
+pub fn fails_first_try(id: &str, n: u64) -> bool {
+    // FNV-1a: fixed across runs and platforms, unlike the standard library's hasher.
+    let hash = id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    hash % n == 0
 }
 
 impl Default for Behaviour {
@@ -87,6 +103,8 @@ struct Shared {
     received: Mutex<Vec<Received>>,
     /// The behaviour and how many requests it has answered so far.
     behaviour: Mutex<(Behaviour, usize)>,
+    /// Every `webhook-id` seen, for [`Behaviour::FailFirstTryOf`].
+    ids: Mutex<std::collections::HashSet<String>>,
     count: watch::Sender<usize>,
 }
 
@@ -109,6 +127,7 @@ impl Receiver {
         let shared = Arc::new(Shared {
             received: Mutex::new(Vec::new()),
             behaviour: Mutex::new((behaviour, 0)),
+            ids: Mutex::default(),
             count: count_tx,
         });
         let app = Router::new()
@@ -198,6 +217,14 @@ async fn record(
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
 
+    let id = headers
+        .get("webhook-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let key = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|body| body["ordering_key"].as_str().map(str::to_owned));
     let behaviour = {
         let mut received = lock(&shared.received);
         received.push(Received {
@@ -235,6 +262,18 @@ async fn record(
             StatusCode::OK.into_response()
         }
         (Behaviour::Hang, _) => std::future::pending().await,
+        (Behaviour::FailFirstTryOf(n), _) => {
+            let first = lock(&shared.ids).insert(id.clone());
+            if first && fails_first_try(&id, n) {
+                StatusCode::INTERNAL_SERVER_ERROR.into_response()
+            } else {
+                StatusCode::OK.into_response()
+            }
+        }
+        (Behaviour::FailKey(failing), _) if key.as_deref() == Some(failing.as_str()) => {
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+        (Behaviour::FailKey(_), _) => StatusCode::OK.into_response(),
         (Behaviour::Body(code, body), _) => (
             status(code),
             [(

@@ -42,6 +42,9 @@ pub struct DirectoryEntryView {
     /// Rate and in-flight limits.
     #[schema(value_type = Object)]
     pub limits: relay_shared::subscription::Limits,
+    /// Delivery order, `none` or `key`.
+    #[schema(schema_with = crate::validation::ordering_field)]
+    pub ordering: relay_shared::subscription::Ordering,
 }
 
 impl From<DirectoryEntry> for DirectoryEntryView {
@@ -55,6 +58,7 @@ impl From<DirectoryEntry> for DirectoryEntryView {
             secrets: e.secrets,
             revision: e.revision,
             limits: e.limits,
+            ordering: e.ordering,
         }
     }
 }

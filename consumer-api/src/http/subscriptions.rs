@@ -64,6 +64,9 @@ pub struct SubscriptionView {
     pub rate_limit: Option<f64>,
     /// Requests in flight to the endpoint, all dispatchers together.
     pub max_in_flight: u32,
+    /// `none` or `key` (one delivery in flight per ordering key, in publish order).
+    #[schema(schema_with = crate::validation::ordering_field)]
+    pub ordering: relay_shared::subscription::Ordering,
     /// RFC 3339.
     pub created_at: String,
     /// RFC 3339.
@@ -151,6 +154,7 @@ impl From<Subscription> for SubscriptionView {
             disabled_reason: s.disabled_reason,
             rate_limit: s.rate_limit,
             max_in_flight: s.max_in_flight,
+            ordering: s.ordering,
             created_at: s.created_at,
             updated_at: s.updated_at,
             secret: None,

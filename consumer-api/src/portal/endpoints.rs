@@ -402,6 +402,7 @@ pub async fn create(State(state): State<PortalState>, posted: Posted) -> Respons
         filter: None,
         headers: None,
         credentials: None,
+        ordering: None,
     };
     match state
         .service

@@ -18,6 +18,7 @@ use relay_shared::{
     signing::{
         AsymmetricKey, Jwks, PublicKey, SignatureScheme, generate_asymmetric_key, generate_secret,
     },
+    subscription::Ordering,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -112,6 +113,11 @@ pub struct NewSubscription {
     #[serde(default)]
     #[schema(value_type = Option<CredentialsDoc>)]
     pub credentials: Option<Credentials>,
+    /// `none` (the default): parallel deliveries. `key`: per ordering key, one delivery in
+    /// flight, in publish order; a failing one holds back its key's later events.
+    #[serde(default)]
+    #[schema(schema_with = validation::ordering_field)]
+    pub ordering: Option<Ordering>,
 }
 
 /// A signature scheme (documentation of [`SignatureScheme`]).
@@ -193,6 +199,10 @@ pub struct SubscriptionChanges {
     #[serde(default)]
     #[schema(value_type = Option<CredentialsDoc>)]
     pub credentials: Nullable<Credentials>,
+    /// New delivery order, `none` or `key`; `null` is refused.
+    #[serde(default)]
+    #[schema(schema_with = validation::ordering_field)]
+    pub ordering: Nullable<Ordering>,
 }
 
 impl SubscriptionChanges {
@@ -255,6 +265,7 @@ impl SubscriptionChanges {
             filter,
             headers,
             credentials,
+            ordering: self.ordering.required("ordering")?,
         })
     }
 }
@@ -367,6 +378,7 @@ impl Service {
             filter: new.filter,
             headers: new.headers.unwrap_or_default(),
             credentials: new.credentials,
+            ordering: new.ordering.unwrap_or_default(),
             ..Subscription::default()
         };
         self.store.create(&subscription).await?;
@@ -710,6 +722,14 @@ mod tests {
         for bad in ["0", "1001", "null", "-3", "\"5\""] {
             let body = format!(r#"{{"max_in_flight":{bad}}}"#);
             assert_eq!(patch(&body).unwrap_err(), "max_in_flight", "{bad}");
+        }
+        assert_eq!(
+            patch(r#"{"ordering":"key"}"#).unwrap().ordering,
+            Some(Ordering::Key)
+        );
+        for bad in ["null", "\"fifo\"", "\"KEY\"", "1"] {
+            let body = format!(r#"{{"ordering":{bad}}}"#);
+            assert_eq!(patch(&body).unwrap_err(), "ordering", "{bad}");
         }
     }
 

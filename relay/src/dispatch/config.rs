@@ -59,6 +59,13 @@ pub struct DispatchSettings {
     /// declarations) into `relay_queue_messages` and `relay_queue_consumers`; `0s` turns it off.
     #[serde(with = "humantime_serde")]
     pub queue_sample_interval: Duration,
+    /// Longest an `ordering: key` delivery holds its key back, retrying in place on the
+    /// schedule while its event stays unacked; then it is dead-lettered and the key's next
+    /// event goes. Keep it below the broker's `consumer_timeout` (15 min in deploy/rabbitmq)
+    /// minus `request_timeout`, or the broker closes the channel and hands the key's events
+    /// out again.
+    #[serde(with = "humantime_serde")]
+    pub ordered_hold: Duration,
 }
 
 impl Section for DispatchSettings {
@@ -72,6 +79,9 @@ impl Section for DispatchSettings {
         }
         if self.request_timeout.is_zero() {
             return ConfigError::invalid("dispatch.request_timeout", "must be more than zero");
+        }
+        if self.ordered_hold.is_zero() {
+            return ConfigError::invalid("dispatch.ordered_hold", "must be more than zero");
         }
         if !self.directory_url.starts_with("http") {
             return ConfigError::invalid(

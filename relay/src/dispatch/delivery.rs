@@ -27,10 +27,11 @@ use super::{
     admission::Admission,
     client::AttemptError,
     directory::Route,
+    lanes::{Ticket, Tickets},
     outcome::{Ending, Outcome},
     parking::Parking,
     select,
-    step::{self, Failure, Refusal, Step, Tried},
+    step::{self, DeadReason, Failure, Refusal, Step, Tried},
     worker::{Kind, Worker},
 };
 use crate::{
@@ -46,6 +47,7 @@ impl Worker {
         delivery: &Delivery,
         parking: &Parking,
         kind: Kind,
+        mut tickets: Tickets,
     ) -> Result<(), AmqpError> {
         let (body, properties) = (&delivery.data, &delivery.properties);
         let (event, routes, attempt) = match kind {
@@ -96,14 +98,14 @@ impl Worker {
         };
         // Every subscription either succeeded or has its hand-off confirmed; otherwise the
         // whole event comes back (the successful ones then see it twice, with the same id).
-        join_all(
-            routes
-                .iter()
-                .map(|route| self.deliver(route, &event, attempt, parking)),
-        )
-        .await
-        .into_iter()
-        .collect()
+        let deliveries: Vec<_> = routes
+            .iter()
+            .map(|route| {
+                let ticket = tickets.take(&route.id);
+                self.deliver(route, &event, attempt, parking, ticket)
+            })
+            .collect();
+        join_all(deliveries).await.into_iter().collect()
     }
 
     /// Why an event a producer published over AMQP cannot be accepted, as ingest would have
@@ -140,54 +142,103 @@ impl Worker {
     }
 
     /// Delivers `event` to one subscription as attempt number `attempt`: admit, send, decide,
-    /// execute, report. `Ok` once it succeeded or is durably handed off.
+    /// execute, report. `Ok` once it succeeded or is durably handed off. With a `ticket` (an
+    /// `ordering: key` subscription) it first waits for its turn in the key's lane, and retries
+    /// in place, holding the lane, instead of handing off to a retry tier.
     async fn deliver(
         &self,
         route: &Route,
         event: &Arc<Event>,
         attempt: u32,
         parking: &Parking,
+        mut ticket: Option<Ticket>,
     ) -> Result<(), AmqpError> {
         let trace_id = event.trace.as_ref().map(TraceParent::trace_id_hex);
         let span = tracing::info_span!("delivery", event_id = %event.envelope.id, subscription_id = %route.id, attempt, trace_id);
         async {
-            let started = (OffsetDateTime::now_utc(), Instant::now());
-            let refused = match self.admission.admit(&route.id).await {
-                Admission::Go(permit) => Err(permit),
-                Admission::CircuitOpen => Ok(Refusal::CircuitOpen),
-                Admission::Failing => Ok(Refusal::Failing),
-                Admission::Stalled => Ok(Refusal::Stalled),
-                Admission::QueueFull => Ok(Refusal::QueueFull),
-            };
-            let deferral = refused
-                .as_ref()
-                .ok()
-                .map(|reason| step::decide(Tried::Refused(*reason), attempt, &self.retry))
-                .filter(|step| *step != Step::SendAnyway);
-            let (step, result) = match deferral {
-                Some(step) => (step, None),
-                None => {
-                    let (result, took) = self.send(route, event).await;
-                    drop(refused);
-                    self.admission.record(&route.id, result.is_ok(), took);
-                    (
-                        step::decide(Tried::Sent(&result), attempt, &self.retry),
-                        Some(result),
-                    )
+            if let Some(ticket) = ticket.as_mut() {
+                ticket.wait().await;
+            }
+            let held_since = Instant::now();
+            let mut attempt = attempt;
+            loop {
+                let started = (OffsetDateTime::now_utc(), Instant::now());
+                let refused = match self.admission.admit(&route.id).await {
+                    Admission::Go(permit) => Err(permit),
+                    Admission::CircuitOpen => Ok(Refusal::CircuitOpen),
+                    Admission::Failing => Ok(Refusal::Failing),
+                    Admission::Stalled => Ok(Refusal::Stalled),
+                    Admission::QueueFull => Ok(Refusal::QueueFull),
+                };
+                let deferral = refused
+                    .as_ref()
+                    .ok()
+                    .map(|reason| step::decide(Tried::Refused(*reason), attempt, &self.retry))
+                    .filter(|step| *step != Step::SendAnyway);
+                let (mut step, result) = match deferral {
+                    Some(step) => (step, None),
+                    None => {
+                        let (result, took) = self.send(route, event).await;
+                        drop(refused);
+                        self.admission.record(&route.id, result.is_ok(), took);
+                        (
+                            step::decide(Tried::Sent(&result), attempt, &self.retry),
+                            Some(result),
+                        )
+                    }
+                };
+                let error = result.as_ref().and_then(|r| r.as_ref().err());
+                if ticket.is_some() {
+                    match self.hold(step, held_since) {
+                        Hold::Wait { ending, ttl, next } => {
+                            let mut outcome = self.outcome(
+                                event,
+                                &route.id,
+                                attempt,
+                                started,
+                                error.cloned(),
+                                ending,
+                            );
+                            outcome.status = result.and_then(Result::ok);
+                            outcome.report(&self.metrics, &self.attempts);
+                            tokio::time::sleep(ttl).await;
+                            attempt += next;
+                            continue;
+                        }
+                        Hold::Over => step = Step::Failed(Failure::Dead(DeadReason::HeldTooLong)),
+                        Hold::No => {}
+                    }
                 }
-            };
-            let error = result.as_ref().and_then(|r| r.as_ref().err());
-            let ending = self
-                .execute(step, route, event, attempt, error, parking)
-                .await?;
-            let mut outcome =
-                self.outcome(event, &route.id, attempt, started, error.cloned(), ending);
-            outcome.status = result.and_then(Result::ok);
-            outcome.report(&self.metrics, &self.attempts);
-            Ok(())
+                let ending = self
+                    .execute(step, route, event, attempt, error, parking)
+                    .await?;
+                let mut outcome =
+                    self.outcome(event, &route.id, attempt, started, error.cloned(), ending);
+                outcome.status = result.and_then(Result::ok);
+                outcome.report(&self.metrics, &self.attempts);
+                return Ok(());
+            }
         }
         .instrument(span)
         .await
+    }
+
+    /// For an ordered delivery, whether `step` waits in place (holding its key), and how
+    /// long, or the hold is over.
+    fn hold(&self, step: Step, held_since: Instant) -> Hold {
+        let (tier, ending, next) = match step {
+            Step::Defer { tier, reason } => (tier, Ending::Deferred(reason), 0),
+            Step::Failed(Failure::Retry { tier }) => {
+                let due = OffsetDateTime::now_utc() + tier;
+                (tier, Ending::RetryScheduled { tier, due }, 1)
+            }
+            _ => return Hold::No,
+        };
+        let ttl = self.retry.ttl_with_jitter(tier);
+        if held_since.elapsed() + ttl > self.ordered_hold {
+            return Hold::Over;
+        }
+        Hold::Wait { ending, ttl, next }
     }
 
     /// One HTTP request, within the global in-flight cap; its result and its own duration.
@@ -280,6 +331,20 @@ impl Worker {
             ending,
         }
     }
+}
+
+/// An ordered delivery's next step after a failure or a refusal.
+enum Hold {
+    /// Not a retry or a deferral: executed as for any delivery.
+    No,
+    /// Wait `ttl` in place, then make the attempt numbered `next` more than this one.
+    Wait {
+        ending: Ending,
+        ttl: Duration,
+        next: u32,
+    },
+    /// Waiting would hold the key past `dispatch.ordered_hold`.
+    Over,
 }
 
 /// This event's delivery to one subscription, `attempts` made so far, after `error`.

@@ -15,7 +15,7 @@ use relay_shared::{
     filter::TopicFilter,
     payload_filter::PayloadFilter,
     signing::Signer,
-    subscription::{DirectoryEntry, Limits},
+    subscription::{DirectoryEntry, Limits, Ordering},
 };
 use reqwest::header::HeaderValue;
 
@@ -44,6 +44,8 @@ pub struct Route {
     pub revision: i64,
     /// Rate and in-flight limits, all dispatchers together.
     pub limits: Limits,
+    /// Delivery order ([`super::lanes`] for `key`).
+    pub ordering: Ordering,
 }
 
 impl Route {
@@ -86,6 +88,7 @@ impl Route {
             enabled: entry.enabled,
             revision: entry.revision,
             limits: entry.limits,
+            ordering: entry.ordering,
         })
     }
 
@@ -255,6 +258,8 @@ impl Walk<'_, '_> {
 struct Table {
     routes: HashMap<String, Arc<Route>>,
     trie: Node,
+    /// How many routes have `ordering: key` (none: the worker skips taking lane tickets).
+    ordered: usize,
 }
 
 impl Table {
@@ -262,6 +267,7 @@ impl Table {
         Self {
             routes: HashMap::with_capacity(n),
             trie: Node::default(),
+            ordered: 0,
         }
     }
 
@@ -269,6 +275,9 @@ impl Table {
         let route = Arc::new(route);
         if let Some(old) = self.routes.insert(route.id.clone(), Arc::clone(&route)) {
             self.unindex(&old);
+        }
+        if route.ordering == Ordering::Key {
+            self.ordered += 1;
         }
         if route.enabled {
             for filter in &route.filters {
@@ -284,6 +293,9 @@ impl Table {
     }
 
     fn unindex(&mut self, route: &Route) {
+        if route.ordering == Ordering::Key {
+            self.ordered -= 1;
+        }
         if route.enabled {
             for filter in &route.filters {
                 self.trie.remove(&steps(filter), route);
@@ -339,6 +351,16 @@ impl Directory {
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         state.table.routes.get(subscription_id).cloned()
+    }
+
+    /// Whether any subscription loaded has `ordering: key`.
+    pub fn has_ordered(&self) -> bool {
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .table
+            .ordered
+            > 0
     }
 
     /// How many subscriptions are loaded.

@@ -10,6 +10,7 @@ mod client;
 pub mod config;
 mod delivery;
 mod directory;
+mod lanes;
 mod metrics;
 mod outcome;
 mod parking;
@@ -184,6 +185,8 @@ pub async fn run(
         prefetch: dispatch.prefetch,
         tasks: deliveries.clone(),
         readiness,
+        lanes: Arc::default(),
+        ordered_hold: dispatch.ordered_hold,
     });
     worker.run(sessions, shutdown).await;
     deliveries.close();

@@ -63,6 +63,9 @@ pub enum DeadReason {
     Exhausted,
     /// The destination is not allowed, and will not be on a later try either.
     DestinationRefused,
+    /// An `ordering: key` delivery still failing after holding its key for
+    /// `dispatch.ordered_hold` (the key's next event goes now).
+    HeldTooLong,
 }
 
 /// A failed attempt's next step, when it is not a 410 or the disable did not work.

@@ -40,8 +40,14 @@ use tokio::sync::{Semaphore, watch};
 use tokio_util::task::TaskTracker;
 
 use super::{
-    admission::AdmissionControl, attempt_log::AttemptLog, client::WebhookClient,
-    directory::Directory, metrics::DispatchMetrics, parking::Parking, retry::RetryPolicy,
+    admission::AdmissionControl,
+    attempt_log::AttemptLog,
+    client::WebhookClient,
+    directory::Directory,
+    lanes::{Lanes, Tickets},
+    metrics::DispatchMetrics,
+    parking::Parking,
+    retry::RetryPolicy,
     sync::DirectoryClient,
 };
 
@@ -80,6 +86,11 @@ pub struct Worker {
     pub tasks: TaskTracker,
     /// `consumers` is ready only while every consumer runs.
     pub readiness: Readiness,
+    /// Lanes of `ordering: key` subscriptions.
+    pub lanes: Arc<Lanes>,
+    /// Longest an ordered delivery holds its key by retrying in place (below the broker's
+    /// `consumer_timeout`); then it is dead-lettered and the lane moves on.
+    pub ordered_hold: Duration,
 }
 
 /// Which queue a message came from.
@@ -151,7 +162,14 @@ impl Worker {
             };
             match delivery {
                 Some(Ok(delivery)) => {
-                    let task = self.clone().settle(delivery, kind, parking.clone());
+                    // Places in the ordered lanes are taken here, in the order received.
+                    let tickets = match kind {
+                        Kind::Event => self.lanes.tickets(&self.directory, &delivery),
+                        Kind::Redelivery => Tickets::default(),
+                    };
+                    let task = self
+                        .clone()
+                        .settle(delivery, kind, parking.clone(), tickets);
                     let channel = subscribed[i].0.clone();
                     self.tasks.spawn(async move {
                         task.await;
@@ -220,8 +238,14 @@ impl Worker {
 
     /// Handles one message and acks it, or nacks it back (after a pause, not in a hot loop)
     /// when a hand-off failed or the handling panicked.
-    async fn settle(self: Arc<Self>, delivery: Delivery, kind: Kind, parking: Parking) {
-        let handled = AssertUnwindSafe(self.handle(&delivery, &parking, kind))
+    async fn settle(
+        self: Arc<Self>,
+        delivery: Delivery,
+        kind: Kind,
+        parking: Parking,
+        tickets: Tickets,
+    ) {
+        let handled = AssertUnwindSafe(self.handle(&delivery, &parking, kind, tickets))
             .catch_unwind()
             .await;
         let settle = async {

@@ -16,6 +16,7 @@ mod event_types;
 mod ingest_errors;
 mod lifecycle;
 mod observability;
+mod ordering;
 mod portal;
 mod postgres;
 mod pull;

@@ -225,6 +225,9 @@ async fn invalid_subscriptions_are_refused_naming_the_field() {
         (json!({"max_in_flight": 0}), "max_in_flight"),
         (json!({"max_in_flight": 1001}), "max_in_flight"),
         (json!({"max_in_flight": "8"}), "max_in_flight"),
+        (json!({"ordering": "fifo"}), "ordering"),
+        (json!({"ordering": "KEY"}), "ordering"),
+        (json!({"ordering": 1}), "ordering"),
     ]
     .map(|(mut body, field)| {
         body["url"] = json!("https://example.com");

@@ -1,0 +1,299 @@
+//! Ordered delivery (`"ordering": "key"`): per ordering key, one delivery in flight and the
+//! publish order, through failing attempts, dead letters and a dispatcher killed mid-run; a
+//! failing key holds back only its own later events, for that subscription only.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::{Duration, Instant},
+};
+
+use serde_json::{Value, json};
+use tests::{
+    process::DispatcherProcess,
+    receiver::{Behaviour, Received, Receiver, fails_first_try},
+    system::{Options, System},
+};
+
+use crate::{pull::publish_all, shared_amqp_url};
+
+/// Creates a subscription of `url` to `filters` with `ordering`; returns its id.
+async fn subscription(relay: &System, url: &str, filters: &[&str], ordering: &str) -> String {
+    let response = relay
+        .api(reqwest::Method::POST, "/v1/subscriptions")
+        .json(&json!({"url": url, "event_types": filters, "ordering": ordering}))
+        .send()
+        .await
+        .expect("consumer-api answers");
+    let status = response.status();
+    let body: Value = response.json().await.expect("JSON answer");
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["ordering"], ordering);
+    body["id"].as_str().expect("id").to_owned()
+}
+
+/// `(ordering key, seq)` of a request.
+fn key_and_seq(request: &Received) -> (String, u64) {
+    let body = request.json();
+    (
+        body["ordering_key"]
+            .as_str()
+            .expect("ordering_key")
+            .to_owned(),
+        body["data"]["seq"].as_u64().expect("seq"),
+    )
+}
+
+/// Events `seq` of each of `keys`, one per key, in key order.
+fn round(keys: &[String], seq: usize) -> Vec<Value> {
+    keys.iter()
+        .map(|key| json!({"type": "ord.event", "ordering_key": key, "data": {"seq": seq}}))
+        .collect()
+}
+
+/// Polls `receiver` until `done` holds for what it received, or panics after `timeout`.
+async fn wait_until(
+    receiver: &Receiver,
+    timeout: Duration,
+    what: &str,
+    done: impl Fn(&[Received]) -> bool,
+) -> Vec<Received> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let received = receiver.received();
+        if done(&received) {
+            return received;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn ordered_system(extra: &[(&str, &str)]) -> Options {
+    let mut options = Options::new(shared_amqp_url())
+        .set("RELAY__AMQP__ORDERED_INGRESS", "true")
+        // The breaker would defer the failing key's retries (in place) for its cooldown.
+        .set("RELAY__DISPATCH__BREAKER_COOLDOWN", "1s");
+    for (key, value) in extra {
+        options = options.set(key, value);
+    }
+    // Dispatchers are processes started once the subscriptions exist (ready = loaded).
+    options.dispatchers = 0;
+    options
+}
+
+#[tokio::test]
+async fn a_failing_key_holds_back_only_its_own_later_events_for_that_subscription() {
+    // Retries every 300 ms for up to 60 s: the stuck key is held until the test lets it go.
+    let schedule = vec!["300ms"; 200].join(",");
+    let relay = System::start_with(ordered_system(&[
+        ("RELAY__DISPATCH__RETRY_SCHEDULE", &schedule),
+        ("RELAY__DISPATCH__ORDERED_HOLD", "5m"),
+    ]))
+    .await;
+    let ordered = Receiver::start_with(Behaviour::FailKey("stuck".into())).await;
+    let unordered = Receiver::start().await;
+    subscription(&relay, &ordered.url(), &["ord.*"], "key").await;
+    subscription(&relay, &unordered.url(), &["ord.*"], "none").await;
+    let _dispatcher = DispatcherProcess::start(&relay, &[]).await;
+
+    let stuck = vec!["stuck".to_owned()];
+    let others: Vec<String> = (0..10).map(|k| format!("k{k}")).collect();
+    let mut events = round(&stuck, 0);
+    events.extend(round(&stuck, 1));
+    for seq in 0..10 {
+        events.extend(round(&others, seq));
+    }
+    publish_all(&relay, &events).await;
+
+    // Every other key's events reach the ordered endpoint while `stuck` 0 keeps failing.
+    let received = wait_until(
+        &ordered,
+        Duration::from_secs(120),
+        "the other keys' 100 events and two tries of stuck 0",
+        |r| {
+            let (stuck, others): (Vec<_>, Vec<_>) =
+                r.iter().map(key_and_seq).partition(|(k, _)| k == "stuck");
+            others.len() >= 100 && stuck.len() >= 2
+        },
+    )
+    .await;
+    let mut seqs: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for (key, seq) in received.iter().map(key_and_seq) {
+        seqs.entry(key).or_default().push(seq);
+    }
+    for key in &others {
+        assert_eq!(seqs[key], (0..10).collect::<Vec<_>>(), "key {key}");
+    }
+    assert!(
+        seqs["stuck"].iter().all(|seq| *seq == 0),
+        "stuck 1 was sent while stuck 0 was failing: {:?}",
+        seqs["stuck"]
+    );
+    // The unordered subscription got everything, stuck 1 included, without waiting.
+    assert_eq!(
+        unordered.wait_for(102, Duration::from_secs(60)).await.len(),
+        102
+    );
+
+    // Once the endpoint accepts `stuck`, its line moves on, in order.
+    ordered.set_behaviour(Behaviour::Status(200));
+    let received = wait_until(&ordered, Duration::from_secs(120), "stuck 1", |r| {
+        r.iter()
+            .map(key_and_seq)
+            .any(|(k, s)| k == "stuck" && s == 1)
+    })
+    .await;
+    let stuck: Vec<u64> = received
+        .iter()
+        .map(key_and_seq)
+        .filter(|(k, _)| k == "stuck")
+        .map(|(_, seq)| seq)
+        .collect();
+    let first_of_1 = stuck.iter().position(|seq| *seq == 1).unwrap();
+    assert!(
+        stuck[..first_of_1].iter().all(|seq| *seq == 0)
+            && stuck[first_of_1..].iter().all(|seq| *seq == 1),
+        "stuck's requests interleave: {stuck:?}"
+    );
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_dead_lettered_delivery_lets_its_key_move_on_and_names_the_key() {
+    // The test schedule: three attempts 200 ms apart, then dead.
+    let relay = System::start_with(ordered_system(&[])).await;
+    let ordered = Receiver::start_with(Behaviour::FailKey("doomed".into())).await;
+    subscription(&relay, &ordered.url(), &["ord.*"], "key").await;
+    let _dispatcher = DispatcherProcess::start(&relay, &[]).await;
+    let doomed = vec!["doomed".to_owned()];
+    let mut events = round(&doomed, 0);
+    events.extend(round(&doomed, 1));
+    publish_all(&relay, &events).await;
+
+    let received = wait_until(&ordered, Duration::from_secs(60), "3 tries of each", |r| {
+        r.len() >= 6
+    })
+    .await;
+    let seqs: Vec<u64> = received.iter().map(|r| key_and_seq(r).1).collect();
+    assert_eq!(seqs, [0, 0, 0, 1, 1, 1], "one at a time, in order");
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let letters = loop {
+        let page: Value = relay
+            .api(reqwest::Method::GET, "/v1/dead-letters")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let letters = page["data"].as_array().cloned().unwrap_or_default();
+        if letters.len() >= 2 {
+            break letters;
+        }
+        assert!(Instant::now() < deadline, "dead letters: {page}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for letter in &letters {
+        assert_eq!(letter["event"]["ordering_key"], "doomed", "{letter}");
+        assert_eq!(letter["attempts"], 3, "{letter}");
+    }
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn per_key_order_holds_through_failing_attempts_and_a_dispatcher_kill() {
+    const KEYS: usize = 100;
+    const PER_KEY: usize = 100;
+    let relay = System::start_with(ordered_system(&[("RELAY__AMQP__INGRESS_SHARDS", "2")])).await;
+    // A fifth of the events fail their first attempt.
+    let ordered = Receiver::start_with(Behaviour::FailFirstTryOf(5)).await;
+    let unordered = Receiver::start().await;
+    subscription(&relay, &ordered.url(), &["ord.*"], "key").await;
+    subscription(&relay, &unordered.url(), &["ord.*"], "none").await;
+    let dispatchers = [
+        DispatcherProcess::start(&relay, &[]).await,
+        DispatcherProcess::start(&relay, &[]).await,
+    ];
+
+    let keys: Vec<String> = (0..KEYS).map(|k| format!("key-{k}")).collect();
+    let events: Vec<Value> = (0..PER_KEY).flat_map(|seq| round(&keys, seq)).collect();
+    // SIGKILL the dispatcher that is delivering (the active consumer of the shards) once
+    // deliveries are well under way; the other takes the shards over.
+    let kill = async {
+        wait_until(&ordered, Duration::from_secs(300), "3,000 requests", |r| {
+            r.len() >= 3_000
+        })
+        .await;
+        let mut delivered = Vec::new();
+        for dispatcher in &dispatchers {
+            let n = relay
+                .metric(&dispatcher.ops_url, "relay_deliveries_total")
+                .await
+                .unwrap_or(0.0);
+            delivered.push(n);
+        }
+        let busiest = usize::from(delivered[1] > delivered[0]);
+        dispatchers[busiest].signal("KILL");
+        (ordered.count(), busiest, delivered)
+    };
+    let (accepted, (killed_at, busiest, delivered)) =
+        tokio::join!(publish_all(&relay, &events), kill);
+    assert_eq!(accepted.len(), KEYS * PER_KEY);
+    let failed_first = accepted.iter().filter(|id| fails_first_try(id, 5)).count();
+    assert!(
+        failed_first > KEYS * PER_KEY / 10,
+        "only {failed_first} events fail their first attempt"
+    );
+
+    let distinct = |r: &[Received]| {
+        r.iter()
+            .filter_map(|r| r.header("webhook-id"))
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+    };
+    let received = wait_until(
+        &ordered,
+        Duration::from_secs(600),
+        "every event at the ordered endpoint",
+        |r| distinct(r) >= KEYS * PER_KEY,
+    )
+    .await;
+    let unordered_received = wait_until(
+        &unordered,
+        Duration::from_secs(300),
+        "every event at the unordered endpoint",
+        |r| distinct(r) >= KEYS * PER_KEY,
+    )
+    .await;
+
+    // The first successful request of each event: its first, or its second when the
+    // endpoint failed the first.
+    let mut requests_of: HashMap<&str, usize> = HashMap::new();
+    let mut firsts: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for request in &received {
+        let id = request.header("webhook-id").expect("webhook-id");
+        let n = requests_of.entry(id).or_default();
+        *n += 1;
+        let success = if fails_first_try(id, 5) { 2 } else { 1 };
+        if *n == success {
+            let (key, seq) = key_and_seq(request);
+            firsts.entry(key).or_default().push(seq);
+        }
+    }
+    let in_order: Vec<u64> = (0..PER_KEY as u64).collect();
+    for key in &keys {
+        assert_eq!(
+            firsts.get(key),
+            Some(&in_order),
+            "key {key}: first successful deliveries out of publish order"
+        );
+    }
+    println!(
+        "FIGURE ordered keys={KEYS} per_key={PER_KEY} failed_first={failed_first} ordered_requests={} ordered_duplicates={} unordered_requests={} killed_after={killed_at} killed={busiest} delivered_before_kill={delivered:?}",
+        received.len(),
+        received.len().saturating_sub(KEYS * PER_KEY + failed_first),
+        unordered_received.len(),
+    );
+    relay.stop().await;
+}
