@@ -165,6 +165,16 @@ impl Receiver {
         lock(&self.shared.received).clone()
     }
 
+    /// The requests from the `from`th on (0-based), in arrival order: a poll that keeps its
+    /// place copies only what is new.
+    #[must_use]
+    pub fn received_from(&self, from: usize) -> Vec<Received> {
+        lock(&self.shared.received)
+            .get(from..)
+            .map(<[Received]>::to_vec)
+            .unwrap_or_default()
+    }
+
     /// How many requests arrived so far.
     #[must_use]
     pub fn count(&self) -> usize {

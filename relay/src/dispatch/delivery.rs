@@ -27,7 +27,7 @@ use super::{
     admission::Admission,
     client::AttemptError,
     directory::Route,
-    lanes::{Ticket, Tickets},
+    ordered_lanes::{Ticket, Tickets},
     outcome::{Ending, Outcome},
     parking::Parking,
     select,
@@ -39,73 +39,128 @@ use crate::{
     event_data::EventData,
 };
 
+/// What the consume loop hands a message's task.
+pub(super) enum Work {
+    /// An `ingress` message, decoded by its task (no subscription is ordered).
+    Event,
+    /// An `ingress` message decoded on receipt, with its places in the ordered lanes.
+    Placed(Received, Tickets),
+    /// A `redeliver` message (a retry, replay or redrive of one subscription's delivery).
+    Redelivery,
+}
+
+/// A decoded `ingress` message.
+pub(super) enum Received {
+    /// Not an event Relay accepts: parked in `invalid` for this reason.
+    Invalid(String),
+    /// The event and the subscriptions it goes to.
+    Event(Arc<Event>, Vec<Arc<Route>>),
+}
+
 impl Worker {
-    /// Decodes a message and delivers it to each subscription it is for; `Ok` once every
-    /// one succeeded or is durably handed off.
+    /// What the task of a message received from `kind` does. Called by the consume loop in
+    /// receive order: while a subscription is `ordering: key`, an `ingress` message is decoded
+    /// and routed here, so that its places in the ordered lanes follow the queue's order;
+    /// otherwise (one atomic load) it is left to its task, in parallel.
+    pub(super) fn place(&self, kind: Kind, delivery: &Delivery) -> Work {
+        match kind {
+            Kind::Redelivery => Work::Redelivery,
+            Kind::Event if self.directory.has_ordered() => {
+                let received = self.receive(delivery);
+                let tickets = match &received {
+                    Received::Event(event, routes) => self
+                        .ordered_lanes
+                        .tickets(routes, event.envelope.ordering_key()),
+                    Received::Invalid(_) => Tickets::default(),
+                };
+                Work::Placed(received, tickets)
+            }
+            Kind::Event => Work::Event,
+        }
+    }
+
+    /// Decodes an `ingress` message and routes its event.
+    fn receive(&self, delivery: &Delivery) -> Received {
+        let event = match Event::decode(&delivery.data, &delivery.properties) {
+            Ok(event) => event,
+            Err(e) => return Received::Invalid(e.to_string()),
+        };
+        let data = EventData::new(&event.envelope);
+        // Not stamped by ingest: published straight over AMQP by a producer.
+        if event.accepted_ms.is_none() {
+            if let Some(reason) = self.refuse_from_producer(&event, &data) {
+                return Received::Invalid(reason);
+            }
+            if !delivery.redelivered {
+                self.metrics.ingested.with_label_values(&["amqp"]).inc();
+            }
+        }
+        let routes = select::routes(&self.directory, &event.envelope, &data);
+        drop(data);
+        Received::Event(Arc::new(event), routes)
+    }
+
+    /// Delivers a message to each subscription it is for; `Ok` once every one succeeded or
+    /// is durably handed off.
     pub(super) async fn handle(
         &self,
         delivery: &Delivery,
         parking: &Parking,
-        kind: Kind,
-        mut tickets: Tickets,
+        work: Work,
     ) -> Result<(), AmqpError> {
-        let (body, properties) = (&delivery.data, &delivery.properties);
-        let (event, routes, attempt) = match kind {
-            Kind::Event => match Event::decode(body, properties) {
-                Ok(event) => {
-                    let data = EventData::new(&event.envelope);
-                    // Not stamped by ingest: published straight over AMQP by a producer.
-                    if event.accepted_ms.is_none() {
-                        if let Some(reason) = self.refuse_from_producer(&event, &data) {
-                            return self.park_invalid(delivery, parking, &reason).await;
-                        }
-                        if !delivery.redelivered {
-                            self.metrics.ingested.with_label_values(&["amqp"]).inc();
-                        }
-                    }
-                    let routes = select::routes(&self.directory, &event.envelope, &data);
-                    drop(data);
-                    (Arc::new(event), routes, 1)
-                }
-                Err(e) => return self.park_invalid(delivery, parking, &e.to_string()).await,
-            },
-            Kind::Redelivery => match Handoff::decode(body, properties) {
-                Ok(handoff) => match self.directory.get(&handoff.subscription_id) {
-                    Some(route) if route.enabled => {
-                        (handoff.event, vec![route], handoff.attempts + 1)
-                    }
-                    gone => {
-                        let why = if gone.is_some() {
-                            "subscription disabled"
-                        } else {
-                            "subscription deleted"
-                        };
-                        let started = (OffsetDateTime::now_utc(), Instant::now());
-                        self.outcome(
-                            &handoff.event,
-                            &handoff.subscription_id,
-                            handoff.attempts + 1,
-                            started,
-                            None,
-                            Ending::Disabled(why),
-                        )
-                        .report(&self.metrics, &self.attempts);
-                        return Ok(());
-                    }
-                },
-                Err(e) => return self.park_invalid(delivery, parking, &e.to_string()).await,
-            },
+        let (received, mut tickets) = match work {
+            Work::Event => (self.receive(delivery), Tickets::default()),
+            Work::Placed(received, tickets) => (received, tickets),
+            Work::Redelivery => return self.redeliver(delivery, parking).await,
+        };
+        let (event, routes) = match received {
+            Received::Event(event, routes) => (event, routes),
+            Received::Invalid(reason) => {
+                return self.park_invalid(delivery, parking, &reason).await;
+            }
         };
         // Every subscription either succeeded or has its hand-off confirmed; otherwise the
         // whole event comes back (the successful ones then see it twice, with the same id).
         let deliveries: Vec<_> = routes
             .iter()
-            .map(|route| {
-                let ticket = tickets.take(&route.id);
-                self.deliver(route, &event, attempt, parking, ticket)
-            })
+            .enumerate()
+            .map(|(i, route)| self.deliver(route, &event, 1, parking, tickets.take(i)))
             .collect();
         join_all(deliveries).await.into_iter().collect()
+    }
+
+    /// A `redeliver` message: its one subscription's next attempt, unless the subscription
+    /// is gone or disabled. It takes no lane: ordered deliveries retry in place, so what
+    /// comes here for an ordered subscription is a replay or a redrive, sent when it comes.
+    async fn redeliver(&self, delivery: &Delivery, parking: &Parking) -> Result<(), AmqpError> {
+        let handoff = match Handoff::decode(&delivery.data, &delivery.properties) {
+            Ok(handoff) => handoff,
+            Err(e) => return self.park_invalid(delivery, parking, &e.to_string()).await,
+        };
+        match self.directory.get(&handoff.subscription_id) {
+            Some(route) if route.enabled => {
+                self.deliver(&route, &handoff.event, handoff.attempts + 1, parking, None)
+                    .await
+            }
+            gone => {
+                let why = if gone.is_some() {
+                    "subscription disabled"
+                } else {
+                    "subscription deleted"
+                };
+                let started = (OffsetDateTime::now_utc(), Instant::now());
+                self.outcome(
+                    &handoff.event,
+                    &handoff.subscription_id,
+                    handoff.attempts + 1,
+                    started,
+                    None,
+                    Ending::Disabled(why),
+                )
+                .report(&self.metrics, &self.attempts);
+                Ok(())
+            }
+        }
     }
 
     /// Why an event a producer published over AMQP cannot be accepted, as ingest would have
@@ -156,10 +211,12 @@ impl Worker {
         let trace_id = event.trace.as_ref().map(TraceParent::trace_id_hex);
         let span = tracing::info_span!("delivery", event_id = %event.envelope.id, subscription_id = %route.id, attempt, trace_id);
         async {
+            // Since when an ordered delivery holds its lane (no clock read for the others).
+            let mut held_since = None;
             if let Some(ticket) = ticket.as_mut() {
                 ticket.wait().await;
+                held_since = Some(Instant::now());
             }
-            let held_since = Instant::now();
             let mut attempt = attempt;
             loop {
                 let started = (OffsetDateTime::now_utc(), Instant::now());
@@ -188,7 +245,7 @@ impl Worker {
                     }
                 };
                 let error = result.as_ref().and_then(|r| r.as_ref().err());
-                if ticket.is_some() {
+                if let Some(held_since) = held_since {
                     match self.hold(step, held_since) {
                         Hold::Wait { ending, ttl, next } => {
                             let mut outcome = self.outcome(

@@ -6,7 +6,10 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, RwLock, RwLockWriteGuard},
+    sync::{
+        Arc, RwLock, RwLockWriteGuard,
+        atomic::{AtomicBool, Ordering as Atomic},
+    },
 };
 
 use relay_shared::{
@@ -44,7 +47,7 @@ pub struct Route {
     pub revision: i64,
     /// Rate and in-flight limits, all dispatchers together.
     pub limits: Limits,
-    /// Delivery order ([`super::lanes`] for `key`).
+    /// Delivery order ([`super::ordered_lanes`] for `key`).
     pub ordering: Ordering,
 }
 
@@ -331,13 +334,18 @@ struct State {
 
 /// The in-memory directory, shared by every delivery task.
 #[derive(Debug, Default)]
-pub struct Directory(RwLock<State>);
+pub struct Directory {
+    state: RwLock<State>,
+    /// Whether a loaded subscription has `ordering: key`: read for every event received, so
+    /// an atomic beside the lock rather than a read of it.
+    ordered: AtomicBool,
+}
 
 impl Directory {
     /// The enabled subscriptions an event of `event_type` (for `consumer`, if named) goes to,
     /// each once.
     pub fn matching(&self, event_type: &str, consumer: Option<&str>) -> Vec<Arc<Route>> {
-        self.0
+        self.state
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .table
@@ -347,7 +355,7 @@ impl Directory {
     /// One subscription by id, enabled or not.
     pub fn get(&self, subscription_id: &str) -> Option<Arc<Route>> {
         let state = self
-            .0
+            .state
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         state.table.routes.get(subscription_id).cloned()
@@ -355,7 +363,7 @@ impl Directory {
 
     /// Whether any subscription loaded has `ordering: key`.
     pub fn has_ordered(&self) -> bool {
-        self.0
+        self.state
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .table
@@ -365,7 +373,7 @@ impl Directory {
 
     /// How many subscriptions are loaded.
     pub fn len(&self) -> usize {
-        self.0
+        self.state
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .table
@@ -379,7 +387,7 @@ impl Directory {
     }
 
     fn write(&self) -> RwLockWriteGuard<'_, State> {
-        self.0
+        self.state
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -391,6 +399,7 @@ impl Directory {
             replay.push(message.clone());
         }
         apply_to(&mut state.table, message);
+        self.ordered.store(state.table.ordered > 0, Atomic::Release);
     }
 
     /// Starts recording notifications, to replay them over the snapshot about to be fetched.
@@ -410,6 +419,7 @@ impl Directory {
         for message in state.replay.take().unwrap_or_default() {
             apply_to(&mut table, message);
         }
+        self.ordered.store(table.ordered > 0, Atomic::Release);
         state.table = table;
     }
 

@@ -10,8 +10,8 @@ mod client;
 pub mod config;
 mod delivery;
 mod directory;
-mod lanes;
 mod metrics;
+mod ordered_lanes;
 mod outcome;
 mod parking;
 mod queue_metrics;
@@ -185,7 +185,7 @@ pub async fn run(
         prefetch: dispatch.prefetch,
         tasks: deliveries.clone(),
         readiness,
-        lanes: Arc::default(),
+        ordered_lanes: Arc::default(),
         ordered_hold: dispatch.ordered_hold,
     });
     worker.run(sessions, shutdown).await;

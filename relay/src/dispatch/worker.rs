@@ -40,15 +40,9 @@ use tokio::sync::{Semaphore, watch};
 use tokio_util::task::TaskTracker;
 
 use super::{
-    admission::AdmissionControl,
-    attempt_log::AttemptLog,
-    client::WebhookClient,
-    directory::Directory,
-    lanes::{Lanes, Tickets},
-    metrics::DispatchMetrics,
-    parking::Parking,
-    retry::RetryPolicy,
-    sync::DirectoryClient,
+    admission::AdmissionControl, attempt_log::AttemptLog, client::WebhookClient, delivery::Work,
+    directory::Directory, metrics::DispatchMetrics, ordered_lanes::OrderedLanes, parking::Parking,
+    retry::RetryPolicy, sync::DirectoryClient,
 };
 
 /// Readiness condition: every consumer (each ingress shard and `redeliver`) is consuming.
@@ -87,7 +81,7 @@ pub struct Worker {
     /// `consumers` is ready only while every consumer runs.
     pub readiness: Readiness,
     /// Lanes of `ordering: key` subscriptions.
-    pub lanes: Arc<Lanes>,
+    pub ordered_lanes: Arc<OrderedLanes>,
     /// Longest an ordered delivery holds its key by retrying in place (below the broker's
     /// `consumer_timeout`); then it is dead-lettered and the lane moves on.
     pub ordered_hold: Duration,
@@ -163,13 +157,8 @@ impl Worker {
             match delivery {
                 Some(Ok(delivery)) => {
                     // Places in the ordered lanes are taken here, in the order received.
-                    let tickets = match kind {
-                        Kind::Event => self.lanes.tickets(&self.directory, &delivery),
-                        Kind::Redelivery => Tickets::default(),
-                    };
-                    let task = self
-                        .clone()
-                        .settle(delivery, kind, parking.clone(), tickets);
+                    let work = self.place(kind, &delivery);
+                    let task = self.clone().settle(delivery, work, parking.clone());
                     let channel = subscribed[i].0.clone();
                     self.tasks.spawn(async move {
                         task.await;
@@ -238,14 +227,8 @@ impl Worker {
 
     /// Handles one message and acks it, or nacks it back (after a pause, not in a hot loop)
     /// when a hand-off failed or the handling panicked.
-    async fn settle(
-        self: Arc<Self>,
-        delivery: Delivery,
-        kind: Kind,
-        parking: Parking,
-        tickets: Tickets,
-    ) {
-        let handled = AssertUnwindSafe(self.handle(&delivery, &parking, kind, tickets))
+    async fn settle(self: Arc<Self>, delivery: Delivery, work: Work, parking: Parking) {
+        let handled = AssertUnwindSafe(self.handle(&delivery, &parking, work))
             .catch_unwind()
             .await;
         let settle = async {

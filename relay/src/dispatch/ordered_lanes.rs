@@ -8,24 +8,29 @@
 //! be dead-lettered. Waiting deliveries keep their messages unacked on the broker: the lanes
 //! hold at most what the prefetch lets in, and a crash hands the messages back in order.
 //! Other keys, other subscriptions and unordered subscriptions never wait on a lane.
+//!
+//! Cost: while no loaded subscription is ordered, an event costs one atomic load
+//! ([`super::directory::Directory::has_ordered`]) and is decoded in its own task as before.
+//! While one is, the consume loop decodes and routes each `ingress` event itself (once: the
+//! task reuses it), and each ordered route of the event takes one lock of the lane table, a
+//! lane key and a oneshot channel.
 
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex, PoisonError},
 };
 
-use lapin::message::Delivery;
-use relay_shared::{subscription::Ordering, wire::Event};
+use relay_shared::subscription::Ordering;
 use tokio::sync::oneshot;
 
-use super::directory::Directory;
+use super::directory::Route;
 
 /// (subscription id, ordering key).
 type LaneKey = (String, String);
 
 /// The last ticket of each busy lane.
 #[derive(Debug, Default)]
-pub struct Lanes {
+pub struct OrderedLanes {
     tails: Mutex<Tails>,
 }
 
@@ -36,7 +41,7 @@ struct Tails {
     last: HashMap<LaneKey, (u64, oneshot::Receiver<()>)>,
 }
 
-impl Lanes {
+impl OrderedLanes {
     /// A place at the end of the lane of (`subscription_id`, `key`). Must be called in the
     /// order the events were received.
     pub fn ticket(self: &Arc<Self>, subscription_id: &str, key: &str) -> Ticket {
@@ -58,26 +63,15 @@ impl Lanes {
         }
     }
 
-    /// The tickets of an `ingress` message: one per `ordering: key` subscription it matches,
-    /// in the lane of its ordering key. None when no subscription is ordered (the message is
-    /// then not decoded here) or the message is not an event (it is parked as invalid).
-    pub fn tickets(self: &Arc<Self>, directory: &Directory, delivery: &Delivery) -> Tickets {
-        if !directory.has_ordered() {
-            return Tickets::default();
-        }
-        let Ok(event) = Event::decode(&delivery.data, &delivery.properties) else {
-            return Tickets::default();
-        };
-        let key = event.envelope.ordering_key();
+    /// The tickets of an event with ordering key `key` going to `routes`: one per
+    /// `ordering: key` route, in its lane. No lock and no allocation when none is ordered.
+    pub fn tickets(self: &Arc<Self>, routes: &[Arc<Route>], key: &str) -> Tickets {
         Tickets(
-            directory
-                .matching(
-                    &event.envelope.event_type,
-                    event.envelope.consumer.as_deref(),
-                )
+            routes
                 .iter()
-                .filter(|route| route.ordering == Ordering::Key)
-                .map(|route| (route.id.clone(), self.ticket(&route.id, key)))
+                .enumerate()
+                .filter(|(_, route)| route.ordering == Ordering::Key)
+                .map(|(i, route)| (i, self.ticket(&route.id, key)))
                 .collect(),
         )
     }
@@ -93,14 +87,14 @@ impl Lanes {
     }
 }
 
-/// One event's tickets, by subscription id.
+/// One event's tickets, by the position of their route in the event's routes.
 #[derive(Debug, Default)]
-pub struct Tickets(Vec<(String, Ticket)>);
+pub struct Tickets(Vec<(usize, Ticket)>);
 
 impl Tickets {
-    /// The ticket for `subscription_id`, if the event has one in its lane.
-    pub fn take(&mut self, subscription_id: &str) -> Option<Ticket> {
-        let at = self.0.iter().position(|(id, _)| id == subscription_id)?;
+    /// The ticket of the route at `position`, if it is ordered.
+    pub fn take(&mut self, position: usize) -> Option<Ticket> {
+        let at = self.0.iter().position(|(i, _)| *i == position)?;
         Some(self.0.swap_remove(at).1)
     }
 }
@@ -108,7 +102,7 @@ impl Tickets {
 /// One delivery's place in its lane; dropping it lets the next one go.
 #[derive(Debug)]
 pub struct Ticket {
-    lanes: Arc<Lanes>,
+    lanes: Arc<OrderedLanes>,
     lane: LaneKey,
     number: u64,
     ahead: Option<oneshot::Receiver<()>>,
@@ -151,7 +145,7 @@ impl Drop for Ticket {
 
 /// What a finished ticket gives back.
 struct Release {
-    lanes: Arc<Lanes>,
+    lanes: Arc<OrderedLanes>,
     lane: LaneKey,
     number: u64,
     done: Option<oneshot::Sender<()>>,
@@ -186,7 +180,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_lane_goes_one_at_a_time_in_ticket_order_and_others_do_not_wait() {
-        let lanes = Arc::new(Lanes::default());
+        let lanes = Arc::new(OrderedLanes::default());
         let mut first = lanes.ticket("s", "k");
         let mut second = lanes.ticket("s", "k");
         let mut third = lanes.ticket("s", "k");
@@ -225,7 +219,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_ticket_dropped_before_its_turn_passes_it_on_after_the_one_ahead() {
-        let lanes = Arc::new(Lanes::default());
+        let lanes = Arc::new(OrderedLanes::default());
         let first = lanes.ticket("s", "k");
         let abandoned = lanes.ticket("s", "k");
         let mut last = lanes.ticket("s", "k");
