@@ -59,7 +59,8 @@ impl Driver {
 pub struct Target {
     /// Ingest base URL (HTTP drivers).
     pub ingest_url: String,
-    /// Confirm channel, exchange and routing key (AMQP driver).
+    /// Confirm channel, exchange and routing key (AMQP driver; an empty key: each event's
+    /// ordering key, else its id).
     pub amqp: Option<(Channel, String, String)>,
 }
 
@@ -74,6 +75,8 @@ pub struct Events {
     pub fail_every: u64,
     /// When not 0, event `seq` has type `k.f{seq % families}.created` (scenario k).
     pub families: u64,
+    /// When not 0, event `seq` has ordering key `k{seq % keys}` (scenario g).
+    pub keys: u64,
 }
 
 impl Events {
@@ -89,6 +92,12 @@ impl Events {
         self.fail_every > 0 && seq.is_multiple_of(self.fail_every)
     }
 
+    /// The ordering key of event `seq`, if events have one.
+    #[must_use]
+    pub fn ordering_key(&self, seq: u64) -> Option<String> {
+        (self.keys > 0).then(|| format!("k{}", seq % self.keys))
+    }
+
     /// Event `seq` as envelope JSON padded to `size` bytes, stamped with the current time.
     #[must_use]
     pub fn body(&self, seq: u64) -> String {
@@ -99,8 +108,12 @@ impl Events {
         } else {
             "bench.ok".into()
         };
+        let key = self
+            .ordering_key(seq)
+            .map(|key| format!(r#""ordering_key":"{key}","#))
+            .unwrap_or_default();
         let head = format!(
-            r#"{{"id":"{}","type":"{kind}","data":{{"sent_us":{},"seq":{seq},"pad":""#,
+            r#"{{"id":"{}","type":"{kind}",{key}"data":{{"sent_us":{},"seq":{seq},"pad":""#,
             self.id(seq),
             unix_micros()
         );
@@ -154,7 +167,7 @@ async fn publish_amqp(
     channel: &Channel,
     exchange: &str,
     key: &str,
-    id: String,
+    id: &str,
     body: String,
 ) -> bool {
     let properties = BasicProperties::default()
@@ -202,7 +215,16 @@ async fn send(
             };
             let mut ok = 0;
             for seq in seqs {
-                if publish_amqp(channel, exchange, key, events.id(seq), events.body(seq)).await {
+                let id = events.id(seq);
+                let ordering_key = events.ordering_key(seq);
+                // To Relay's exchange (no fixed key): the routing key ingest would use, the
+                // ordering key or else the id, which spreads events over sharded ingress.
+                let routing = match (key.is_empty(), &ordering_key) {
+                    (false, _) => key.as_str(),
+                    (true, Some(ordering_key)) => ordering_key.as_str(),
+                    (true, None) => id.as_str(),
+                };
+                if publish_amqp(channel, exchange, routing, &id, events.body(seq)).await {
                     ok += 1;
                 }
             }

@@ -19,7 +19,14 @@
 //! - **j** fan-out 10 over AMQP, each subscription with a payload filter every event passes,
 //!   against the same without filters (deliveries/s ratio);
 //! - **s** fan-out 1 over AMQP, subscriptions signing `both` (HMAC and ed25519) against `v1`
-//!   (ratio of the dispatcher's CPU µs per delivery).
+//!   (ratio of the dispatcher's CPU µs per delivery);
+//! - **f** fan-out 1 over AMQP with `amqp.ingress_shards` 1, 2 and 4 (events routed by id),
+//!   on the private node and, with `--cluster`, on a private 3-node cluster: events/s and CPU
+//!   µs per event against 1 shard (on 2 cores the figure that must hold is CPU per event
+//!   staying within 15 %);
+//! - **g** fan-out 1 over AMQP, events spread over 1,000 ordering keys, to an `"ordering":
+//!   "key"` subscription (single-active-consumer ingress) against the same load to an
+//!   unordered one (events/s ratio and p99).
 //!
 //! Every row has the CPU time per event of each process. Results go to stdout,
 //! `target/relay-bench/<date>.json` with an SVG per scenario beside it (deliveries per
@@ -54,7 +61,7 @@ use self::{
     sink::Sink,
     stats::{Latency, ProcStats, Timeline, per_second},
 };
-use crate::broker::PrivateBroker;
+use crate::{broker::PrivateBroker, cluster::PrivateCluster};
 
 /// Command-line options of `relay-bench`.
 #[derive(Debug, Clone, clap::Parser)]
@@ -64,7 +71,7 @@ use crate::broker::PrivateBroker;
              Build the binaries first: cargo build --release --bins"
 )]
 pub struct Options {
-    /// Scenarios to run: a, b, c, d, e, i, j, k, l, s (comma separated) or all.
+    /// Scenarios to run: a, b, c, d, e, f, g, i, j, k, l, s (comma separated) or all.
     #[arg(long, default_value = "all")]
     pub scenario: String,
     /// Small sizes: the whole run takes about two minutes.
@@ -100,6 +107,15 @@ pub struct Options {
     /// Events in (l) at fan-out 1; a fifth of it at fan-out 10 [default 20000; --quick 3000].
     #[arg(long)]
     pub slow_events: Option<u64>,
+    /// Events per run in (f) and (g) [default 30000; --quick 6000].
+    #[arg(long)]
+    pub shard_events: Option<u64>,
+    /// Ordering keys of (g)'s events.
+    #[arg(long, default_value_t = 1000)]
+    pub keys: u64,
+    /// Also run (f) on a private 3-node cluster (three more RabbitMQ nodes on this machine).
+    #[arg(long)]
+    pub cluster: bool,
     /// Drivers of (a), each also run through the baseline: amqp, batch, single.
     #[arg(long, default_value = "amqp,batch,single")]
     pub drivers: String,
@@ -216,6 +232,14 @@ struct Spec {
     directory: Option<Directory>,
     /// Scenarios (i), (j), (s).
     contract: Contract,
+    /// `amqp.ingress_shards` (scenario f).
+    shards: u16,
+    /// On the private 3-node cluster (scenario f).
+    cluster: bool,
+    /// Ordering keys of the events, 0 for none (scenario g).
+    keys: u64,
+    /// The subscriptions are `"ordering": "key"`, the ingress single-active-consumer.
+    ordered: bool,
 }
 
 impl Spec {
@@ -238,6 +262,10 @@ impl Spec {
             slow: false,
             directory: None,
             contract: Contract::Plain,
+            shards: 1,
+            cluster: false,
+            keys: 0,
+            ordered: false,
         }
     }
 
@@ -254,6 +282,16 @@ impl Spec {
         }
         if self.dispatchers > 1 {
             let _ = write!(label, " D={}", self.dispatchers);
+        }
+        if self.scenario == "f" {
+            let _ = write!(label, " shards={}", self.shards);
+        }
+        if self.cluster {
+            label.push_str(" 3-node cluster");
+        }
+        if self.keys > 0 {
+            let order = if self.ordered { "ordered" } else { "unordered" };
+            let _ = write!(label, " {} keys {order}", self.keys);
         }
         match self.contract {
             // The base of (i), (j) and (s) says what it lacks.
@@ -336,7 +374,10 @@ struct Bench {
     bins: PathBuf,
     amqp_url: String,
     broker: Option<PrivateBroker>,
-    broker_pid: Option<u32>,
+    /// While (f) runs on it: the private cluster, which `amqp_url` and `amqp` then point to.
+    cluster: Option<PrivateCluster>,
+    /// Name and pid of each broker node's Erlang VM measured.
+    broker_pids: Vec<(String, u32)>,
     sink: Sink,
     http: reqwest::Client,
     amqp: (lapin::Connection, lapin::Channel),
@@ -362,7 +403,7 @@ pub async fn run(opts: Options, command_line: String) -> anyhow::Result<()> {
             (Some(broker), url)
         }
     };
-    let broker_pid = broker.as_ref().and_then(|b| find_pid(b.node()));
+    let broker_pids = node_pid(broker.as_ref());
     let sink = Sink::start(opts.sample).await?;
     let amqp = load::confirm_channel(&amqp_url)
         .await
@@ -371,7 +412,8 @@ pub async fn run(opts: Options, command_line: String) -> anyhow::Result<()> {
         bins,
         amqp_url,
         broker,
-        broker_pid,
+        cluster: None,
+        broker_pids,
         sink,
         http: load::http_client(),
         amqp,
@@ -385,6 +427,15 @@ pub async fn run(opts: Options, command_line: String) -> anyhow::Result<()> {
     bench.report(&command_line, total)?;
     drop(bench.broker.take());
     Ok(())
+}
+
+/// `rabbitmq` and the pid of the private node's Erlang VM, if there is one.
+fn node_pid(broker: Option<&PrivateBroker>) -> Vec<(String, u32)> {
+    broker
+        .and_then(|b| find_pid(b.node()))
+        .map(|pid| ("rabbitmq".to_owned(), pid))
+        .into_iter()
+        .collect()
 }
 
 /// The pid of the Erlang VM whose command line names `node`.
@@ -512,6 +563,29 @@ impl Bench {
         if o.wants("i") || o.wants("j") || o.wants("s") {
             self.contract_scenarios().await?;
         }
+        if o.wants("f") {
+            self.shard_runs(false).await?;
+            if o.cluster {
+                self.on_cluster().await?;
+                let runs = self.shard_runs(true).await;
+                self.off_cluster().await?;
+                runs?;
+            }
+        }
+        if o.wants("g") {
+            let load = Load::Closed(o.pick(o.shard_events, 30_000, 6_000));
+            let spec = |ordered| {
+                let mut s = Spec::new("g", System::Relay, Driver::Amqp, 1, load);
+                s.keys = o.keys;
+                s.ordered = ordered;
+                s
+            };
+            let unordered = self.run(spec(false)).await?;
+            let mut row = self.run(spec(true)).await?;
+            row.ratio = Some(ratio(row.events_per_s, unordered.events_per_s));
+            self.rows.push(row);
+            self.rows.push(unordered);
+        }
         if o.wants("l") {
             let n = o.pick(o.slow_events, 20_000, 3_000);
             for (fanout, events) in [(1, n), (10, n / 5)] {
@@ -529,6 +603,57 @@ impl Bench {
                 self.rows.push(base);
             }
         }
+        Ok(())
+    }
+
+    /// Scenario (f) on the current broker: 1, 2 and 4 ingress shards, each row's ratio its
+    /// events/s to 1 shard's.
+    async fn shard_runs(&mut self, cluster: bool) -> anyhow::Result<()> {
+        let load = Load::Closed(self.opts.pick(self.opts.shard_events, 30_000, 6_000));
+        let mut one_shard = None;
+        for shards in [1, 2, 4] {
+            let mut s = Spec::new("f", System::Relay, Driver::Amqp, 1, load);
+            s.shards = shards;
+            s.cluster = cluster;
+            let mut row = self.run(s).await?;
+            let base = *one_shard.get_or_insert(row.events_per_s);
+            row.ratio = Some(ratio(row.events_per_s, base));
+            self.rows.push(row);
+        }
+        Ok(())
+    }
+
+    /// Starts a private 3-node cluster and points the runs (Relay, the AMQP driver, the
+    /// broker CPU figures) at it.
+    async fn on_cluster(&mut self) -> anyhow::Result<()> {
+        eprintln!("starting a private 3-node RabbitMQ cluster…");
+        let cluster = PrivateCluster::start().await;
+        let url = cluster.urls().swap_remove(0);
+        self.amqp = load::confirm_channel(&url)
+            .await
+            .context("connecting the AMQP driver to the cluster")?;
+        self.amqp_url = url;
+        self.broker_pids = (0..3)
+            .filter_map(|i| {
+                let pid = find_pid(cluster.node(i).node())?;
+                Some((format!("rabbitmq-{i}"), pid))
+            })
+            .collect();
+        self.cluster = Some(cluster);
+        Ok(())
+    }
+
+    /// Stops the cluster and points the runs back at the private node (or `--amqp-url`).
+    async fn off_cluster(&mut self) -> anyhow::Result<()> {
+        drop(self.cluster.take());
+        self.amqp_url = match (&self.broker, &self.opts.amqp_url) {
+            (Some(broker), _) => broker.amqp_url(),
+            (None, url) => url.clone().unwrap_or_default(),
+        };
+        self.amqp = load::confirm_channel(&self.amqp_url)
+            .await
+            .context("connecting the AMQP driver")?;
+        self.broker_pids = node_pid(self.broker.as_ref());
         Ok(())
     }
 
@@ -599,6 +724,9 @@ impl Bench {
                 Contract::Filter => Some(serde_json::json!({"filter": {
                     "data.seq": {"$gte": 0}, "data.pad": {"$exists": true}}})),
                 Contract::SignBoth => Some(serde_json::json!({"signature_scheme": "both"})),
+                Contract::Plain | Contract::Schema if spec.ordered => {
+                    Some(serde_json::json!({"ordering": "key"}))
+                }
                 Contract::Plain | Contract::Schema => None,
             };
             let s = Subscription {
@@ -637,6 +765,15 @@ impl Bench {
                     "RELAY__DISPATCH__PREFETCH".into(),
                     self.opts.prefetch.to_string(),
                 )];
+                if spec.shards > 1 {
+                    extra.push((
+                        "RELAY__AMQP__INGRESS_SHARDS".into(),
+                        spec.shards.to_string(),
+                    ));
+                }
+                if spec.ordered {
+                    extra.push(("RELAY__AMQP__ORDERED_INGRESS".into(), "true".into()));
+                }
                 for kv in &self.opts.settings {
                     if let Some((k, v)) = kv.split_once('=') {
                         extra.push((k.to_owned(), v.to_owned()));
@@ -716,6 +853,7 @@ impl Bench {
             size: self.opts.size,
             fail_every: spec.fail_every,
             families: spec.directory.map_or(0, |d| d.families() as u64),
+            keys: spec.keys,
         };
         let before = self.proc_stats(&system);
         let accepted = Arc::new(AtomicU64::new(0));
@@ -901,8 +1039,8 @@ impl Bench {
         if let Some(base) = &system.base {
             out.push(base.stats());
         }
-        if let Some(pid) = self.broker_pid {
-            out.push(ProcStats::read("rabbitmq", pid));
+        for (name, pid) in &self.broker_pids {
+            out.push(ProcStats::read(name, *pid));
         }
         out.push(ProcStats::read("bench", std::process::id()));
         out
@@ -922,7 +1060,11 @@ impl Bench {
         .iter()
         .map(|n| format!("{prefix}{n}"))
         .collect();
-        if let Some(broker) = &self.broker {
+        let broker = match &self.cluster {
+            Some(cluster) => Some(cluster.node(0)),
+            None => self.broker.as_ref(),
+        };
+        if let Some(broker) = broker {
             let listed = broker.ctl(&["list_queues", "-q", "name"]).await;
             names = listed
                 .lines()
@@ -1078,6 +1220,7 @@ impl Bench {
                 .ratio
                 .map_or(String::from("—"), |x| match r.scenario.as_str() {
                     "c" | "l" => format!("p99 {x:.2}×"),
+                    "f" => format!("{x:.2}× 1 shard"),
                     _ => format!("{x:.2}×"),
                 });
             let system = match (r.system, r.directory.as_ref()) {
@@ -1121,7 +1264,8 @@ impl Bench {
              Ratio: (a), (b) events/s and deliveries/s vs the baseline driven the same way; \
              (c), (l) p99 vs the baseline; (k) events/s vs the 10-subscription run; \
              (i) events/s, (j) deliveries/s and (s) dispatcher CPU µs per delivery vs the \
-             same run without the feature.",
+             same run without the feature; (f) events/s vs 1 shard on the same broker; (g) \
+             ordered events/s vs unordered.",
             self.opts.sample
         );
         t
@@ -1304,6 +1448,38 @@ impl Bench {
                 r.ratio.unwrap_or(0.0)
             );
         }
+        // CPU per event as shards grow is what docs/SCALING.md extrapolates from.
+        for cluster in [false, true] {
+            let f: Vec<&Row> = relay("f")
+                .filter(|r| r.label.contains("cluster") == cluster)
+                .collect();
+            let total = |r: &Row| r.cpu_us_per_event.get("total").copied().unwrap_or(0.0);
+            let Some(one) = f.first().map(|r| total(r)) else {
+                continue;
+            };
+            for r in &f[1..] {
+                let x = ratio(total(r), one);
+                let _ = writeln!(
+                    out,
+                    "- (f) {}: total CPU µs per event within 15 % of 1 shard's: {:.0} vs {one:.0} µs ({x:.2}×), events/s {:.2}× — {}",
+                    r.label,
+                    total(r),
+                    r.ratio.unwrap_or(0.0),
+                    mark((x - 1.0).abs() <= 0.15)
+                );
+            }
+        }
+        let unordered = relay("g").find(|r| r.ratio.is_none());
+        for r in relay("g").filter(|r| r.ratio.is_some()) {
+            let _ = writeln!(
+                out,
+                "- (g) {}: events/s {:.2}× unordered, p99 {:.1} ms vs {:.1} ms (no target: recorded)",
+                r.label,
+                r.ratio.unwrap_or(0.0),
+                r.latency.p99_ms,
+                unordered.map_or(0.0, |u| u.latency.p99_ms)
+            );
+        }
         for r in relay("l") {
             let x = r.ratio.unwrap_or(0.0);
             let tier = r.retry_tier.unwrap_or(0.0);
@@ -1359,7 +1535,7 @@ fn cpu_per_event(procs: &[ProcStats], events: u64) -> BTreeMap<String, f64> {
     for p in procs {
         let group = match p.name.as_str() {
             "consumer-api" => "api",
-            "rabbitmq" => "mq",
+            n if n.starts_with("rabbitmq") => "mq",
             n if n.starts_with("dispatch") => "dispatch",
             n => n,
         };
@@ -1373,7 +1549,7 @@ fn cpu_per_event(procs: &[ProcStats], events: u64) -> BTreeMap<String, f64> {
 fn short(name: &str) -> String {
     match name {
         "consumer-api" => "api".into(),
-        "rabbitmq" => "mq".into(),
+        n if n.starts_with("rabbitmq") => n.replace("rabbitmq", "mq"),
         n => n.replace("dispatch-", "d"),
     }
 }
