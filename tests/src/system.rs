@@ -397,6 +397,39 @@ impl System {
         (!samples.is_empty()).then(|| samples.iter().sum())
     }
 
+    /// Waits (via the API, up to `timeout`) until `GET /v1/dead-letters{query}` lists at least
+    /// `n` dead letters; returns them.
+    ///
+    /// # Panics
+    /// When fewer are listed by then, with the last page.
+    pub async fn wait_for_dead_letters(
+        &self,
+        query: &str,
+        n: usize,
+        timeout: Duration,
+    ) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let page: Value = self
+                .api(reqwest::Method::GET, &format!("/v1/dead-letters{query}"))
+                .send()
+                .await
+                .expect("consumer-api answers")
+                .json()
+                .await
+                .expect("JSON answer");
+            let letters = page["data"].as_array().cloned().unwrap_or_default();
+            if letters.len() >= n {
+                return letters;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{n} dead letters not listed within {timeout:?}: {page}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Creates a subscription without waiting for the dispatchers to learn of it.
     pub async fn create_subscription(
         &self,

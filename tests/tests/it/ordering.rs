@@ -16,19 +16,13 @@ use tests::{
 
 use crate::{pull::publish_all, shared_amqp_url};
 
-/// Creates a subscription of `url` to `filters` with `ordering`; returns its id.
+/// Creates a subscription of `url` to `filters` with `ordering` (the dispatchers start
+/// later); returns its id.
 async fn subscription(relay: &System, url: &str, filters: &[&str], ordering: &str) -> String {
-    let response = relay
-        .api(reqwest::Method::POST, "/v1/subscriptions")
-        .json(&json!({"url": url, "event_types": filters, "ordering": ordering}))
-        .send()
-        .await
-        .expect("consumer-api answers");
-    let status = response.status();
-    let body: Value = response.json().await.expect("JSON answer");
-    assert_eq!(status, 201, "{body}");
-    assert_eq!(body["ordering"], ordering);
-    body["id"].as_str().expect("id").to_owned()
+    let body = json!({"url": url, "event_types": filters, "ordering": ordering});
+    let created = relay.create_subscription_with(body).await;
+    assert_eq!(created["ordering"], ordering);
+    created["id"].as_str().expect("id").to_owned()
 }
 
 /// `(ordering key, seq)` of a request.
@@ -177,23 +171,9 @@ async fn a_dead_lettered_delivery_lets_its_key_move_on_and_names_the_key() {
     let seqs: Vec<u64> = received.iter().map(|r| key_and_seq(r).1).collect();
     assert_eq!(seqs, [0, 0, 0, 1, 1, 1], "one at a time, in order");
 
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let letters = loop {
-        let page: Value = relay
-            .api(reqwest::Method::GET, "/v1/dead-letters")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let letters = page["data"].as_array().cloned().unwrap_or_default();
-        if letters.len() >= 2 {
-            break letters;
-        }
-        assert!(Instant::now() < deadline, "dead letters: {page}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let letters = relay
+        .wait_for_dead_letters("", 2, Duration::from_secs(60))
+        .await;
     for letter in &letters {
         assert_eq!(letter["event"]["ordering_key"], "doomed", "{letter}");
         assert_eq!(letter["attempts"], 3, "{letter}");

@@ -96,29 +96,10 @@ async fn wait_for(browser: &Browser, what: &str, script: &str) {
 
 /// Waits (via the API) until `consumer`'s subscription `sub` has `n` dead letters.
 async fn dead_letters(system: &System, sub: &str, n: usize) -> Vec<Value> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let list: Value = system
-            .api(
-                Method::GET,
-                &format!("/v1/dead-letters?subscription_id={sub}"),
-            )
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let items = list["data"].as_array().cloned().unwrap_or_default();
-        if items.len() >= n {
-            return items;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no dead letter: {list}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let query = format!("?subscription_id={sub}");
+    system
+        .wait_for_dead_letters(&query, n, Duration::from_secs(20))
+        .await
 }
 
 #[tokio::test]
