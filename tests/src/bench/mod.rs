@@ -1225,6 +1225,10 @@ impl Bench {
                 });
             let system = match (r.system, r.directory.as_ref()) {
                 (System::Relay, Some(d)) => format!("Relay, {} subs", d.subscriptions),
+                // What tells the rows of (f) and (g) apart: shards, cluster, ordering.
+                (System::Relay, None) if matches!(r.scenario.as_str(), "f" | "g") => {
+                    format!("Relay,{}", r.label.trim_start_matches("Relay amqp"))
+                }
                 (System::Relay, None) => "Relay".into(),
                 (System::Baseline, _) => "Baseline".into(),
             };
