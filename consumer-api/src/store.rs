@@ -836,6 +836,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "ordering",
         include_str!("../migrations/sqlite/0008_ordering.sql"),
     ),
+    (
+        9,
+        "attempt headers",
+        include_str!("../migrations/sqlite/0009_attempt_headers.sql"),
+    ),
 ];
 
 /// PostgreSQL migrations: the same versions, with PostgreSQL's DDL.
@@ -879,6 +884,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         8,
         "ordering",
         include_str!("../migrations/postgres/0008_ordering.sql"),
+    ),
+    (
+        9,
+        "attempt headers",
+        include_str!("../migrations/postgres/0009_attempt_headers.sql"),
     ),
 ];
 

@@ -571,6 +571,9 @@ mod tests {
             error: None,
             response_excerpt: None,
             next_attempt_at: None,
+            request_headers: crate::attempt::Headers::default(),
+            response_headers: crate::attempt::Headers::default(),
+            response_headers_omitted: 0,
         };
         let out = AttemptRecord::encode_batch(&[record.clone(), record.clone()]);
         let got = AttemptRecord::decode_batch(&out.body, &out.properties).unwrap();

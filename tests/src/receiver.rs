@@ -70,6 +70,8 @@ pub enum Behaviour {
     FailFirstTryOf(u64),
     /// Answer 500 to every request whose body's `ordering_key` is this, 200 otherwise.
     FailKey(String),
+    /// Answer this status with these headers, in order.
+    Headers(u16, Vec<(String, String)>),
 }
 
 /// Whether [`Behaviour::FailFirstTryOf`]`(n)` fails the first request of the event `id`.
@@ -293,6 +295,16 @@ async fn record(
             body,
         )
             .into_response(),
+        (Behaviour::Headers(code, headers), _) => {
+            let mut response = status(code).into_response();
+            for (name, value) in headers {
+                response.headers_mut().append(
+                    http::HeaderName::try_from(name).expect("a valid header name"),
+                    http::HeaderValue::try_from(value).expect("a valid header value"),
+                );
+            }
+            response
+        }
     }
 }
 

@@ -1,8 +1,9 @@
 //! `GET /v1/subscriptions/{id}/attempts`: the delivery log of one subscription — time,
-//! attempt number, status code, latency, error and response excerpt — filterable by outcome.
+//! attempt number, status code, latency, error, the request's and the response's headers and
+//! the response excerpt — filterable by outcome.
 
 use axum::{Json, extract::State};
-use relay_shared::attempt::AttemptOutcome;
+use relay_shared::attempt::{AttemptOutcome, Headers};
 use serde::Serialize;
 use utoipa::openapi::{ObjectBuilder, Type};
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -58,6 +59,32 @@ pub struct AttemptView {
     pub response_excerpt: Option<String>,
     /// When the next try is due, RFC 3339.
     pub next_attempt_at: Option<String>,
+    /// The request's headers as sent, in order; credentials (`authorization`) show as
+    /// `[redacted]`. Empty when no request was made.
+    pub request_headers: Vec<HeaderView>,
+    /// The response's headers, in order: the first 32 within 4 KiB. Empty without an answer.
+    pub response_headers: Vec<HeaderView>,
+    /// How many response headers those bounds left out.
+    pub response_headers_omitted: u32,
+}
+
+/// One header.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct HeaderView {
+    /// Its name, lower case.
+    pub name: String,
+    /// Its value (bytes that are not UTF-8 replaced).
+    pub value: String,
+}
+
+fn header_views(headers: &Headers) -> Vec<HeaderView> {
+    headers
+        .iter()
+        .map(|(name, value)| HeaderView {
+            name: name.to_owned(),
+            value: value.into_owned(),
+        })
+        .collect()
 }
 
 impl From<StoredAttempt> for AttemptView {
@@ -75,6 +102,9 @@ impl From<StoredAttempt> for AttemptView {
             error: r.error,
             response_excerpt: r.response_excerpt,
             next_attempt_at: r.next_attempt_at,
+            request_headers: header_views(&r.request_headers),
+            response_headers: header_views(&r.response_headers),
+            response_headers_omitted: r.response_headers_omitted,
         }
     }
 }

@@ -1,13 +1,14 @@
 //! The delivery log: every attempt at delivering to the consumer's endpoints, newest first,
 //! searched by endpoint, event id, event type, state and time range, paged; and one
-//! attempt's detail — the request as sent (headers and body), the response (status and the
-//! start of its body), latency and error. Payloads and responses are shown as text.
+//! attempt's detail — the request as sent (headers and body), the response (status, headers
+//! and the start of its body), latency and error. Payloads and responses are shown as text.
 
 use axum::{
     extract::{Path, Query, State},
     response::Response,
 };
 use maud::{Markup, html};
+use relay_shared::attempt::{Headers, RESPONSE_HEADERS_BYTES, RESPONSE_HEADERS_MAX};
 use serde::Deserialize;
 
 use super::{
@@ -271,21 +272,19 @@ fn capitalised(word: &str) -> String {
         .unwrap_or_default()
 }
 
-/// The headers every delivery carries (the dispatcher computes the timestamp and signature per
-/// attempt and does not record them).
-fn request_headers(attempt: &LoggedAttempt) -> Vec<(&'static str, String)> {
-    vec![
-        ("content-type", "application/json".to_owned()),
-        ("webhook-id", attempt.attempt.record.event_id.clone()),
-        (
-            "webhook-timestamp",
-            "the attempt's time, Unix seconds".to_owned(),
-        ),
-        (
-            "webhook-signature",
-            "v1,<HMAC-SHA256 of id.timestamp.body> (two during a secret rotation)".to_owned(),
-        ),
-    ]
+/// A table of headers (name, value), as text; `id` names it for the tests.
+fn headers_table(id: &str, label: &str, headers: &Headers) -> Markup {
+    html! {
+        div.table-wrap {
+            table #(id) aria-label=(label) {
+                tbody {
+                    @for (name, value) in headers.iter() {
+                        tr { th.header-name scope="row" { code { (name) } } td.mono.break { (value) } }
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// `GET {path}/deliveries/{seq}`.
@@ -333,27 +332,35 @@ pub async fn attempt(
                 dl.facts {
                     dt { "Status" } dd #response-status { @if let Some(s) = r.status { (s) } @else { "No answer" } }
                 }
+                h3 { "Headers" }
+                @if r.response_headers.is_empty() {
+                    p.muted { "None recorded." }
+                } @else {
+                    (headers_table("response-headers", "Response headers", &r.response_headers))
+                    @if r.response_headers_omitted > 0 {
+                        p.hint #response-headers-omitted {
+                            "… and " (r.response_headers_omitted) " more, not kept (Relay keeps the first "
+                            (RESPONSE_HEADERS_MAX) " headers, " (RESPONSE_HEADERS_BYTES / 1024) " KiB)."
+                        }
+                    }
+                }
                 h3 { "Body (start)" }
                 @if let Some(excerpt) = &r.response_excerpt {
                     div #response-body { (code_block("Response body", excerpt)) }
                 } @else {
                     p.muted { "Not recorded: Relay keeps the start of the body of failed responses." }
                 }
-                p.hint { "Response headers are not recorded." }
             }
         }
         section.card aria-labelledby="request-title" {
             h2 #request-title { "Request" }
             p.muted { "POST to the endpoint's URL." }
             h3 { "Headers" }
-            div.table-wrap {
-                table {
-                    tbody {
-                        @for (name, value) in request_headers(a) {
-                            tr { th.header-name scope="row" { code { (name) } } td.mono.break { (value) } }
-                        }
-                    }
-                }
+            @if r.request_headers.is_empty() {
+                p.muted { "No request was made, or it was made before Relay recorded headers." }
+            } @else {
+                (headers_table("request-headers", "Request headers", &r.request_headers))
+                p.hint { "As sent, credentials redacted; the HTTP client adds " code { "host" } ", " code { "content-length" } " and, unless set above, " code { "user-agent" } "." }
             }
             h3 { "Body" }
             @if let Some(body) = &detail.body {

@@ -506,6 +506,9 @@ mod tests {
             error: None,
             response_excerpt: None,
             next_attempt_at: None,
+            request_headers: relay_shared::attempt::Headers::default(),
+            response_headers: relay_shared::attempt::Headers::default(),
+            response_headers_omitted: 0,
         }
     }
 

@@ -3,7 +3,7 @@
 //! when each subscription has been failing without a success, and since when its circuit
 //! breaker has been seen open (deliveries deferred as `circuit_open`) without a success.
 
-use relay_shared::attempt::{AttemptOutcome, AttemptRecord};
+use relay_shared::attempt::{AttemptOutcome, AttemptRecord, Headers};
 use sqlx::{Row, any::AnyRow};
 
 use super::{Store, StoreError};
@@ -112,7 +112,7 @@ pub struct Pruned {
 }
 
 pub(super) const EVENT_COLUMNS: &str = "seq, id, event_type, consumer, accepted_ms, body";
-pub(super) const ATTEMPT_COLUMNS: &str = "seq, event_id, subscription_id, attempt, at, outcome, status, latency_ms, error, response_excerpt, next_attempt_at";
+pub(super) const ATTEMPT_COLUMNS: &str = "seq, event_id, subscription_id, attempt, at, outcome, status, latency_ms, error, response_excerpt, next_attempt_at, request_headers, response_headers, response_headers_omitted";
 const DEAD_COLUMNS: &str = "seq, id, event_id, subscription_id, attempts, last_error, last_status, body, dead_ms, dead_at, redriven_at";
 
 pub(super) fn event_from_row(row: &AnyRow) -> Result<StoredEvent, StoreError> {
@@ -162,8 +162,29 @@ pub(super) fn attempt_from_row(row: &AnyRow) -> Result<StoredAttempt, StoreError
             error: row.try_get("error")?,
             response_excerpt: row.try_get("response_excerpt")?,
             next_attempt_at: row.try_get("next_attempt_at")?,
+            request_headers: headers(row, "request_headers", seq)?,
+            response_headers: headers(row, "response_headers", seq)?,
+            response_headers_omitted: u32::try_from(number("response_headers_omitted")?)
+                .unwrap_or(0),
         },
     })
+}
+
+/// A headers column: JSON `[[name, value], …]`, NULL for none.
+fn headers(row: &AnyRow, column: &str, seq: i64) -> Result<Headers, StoreError> {
+    let Some(text) = row.try_get::<Option<String>, _>(column)? else {
+        return Ok(Headers::default());
+    };
+    serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
+        id: format!("attempt {seq}"),
+        reason: format!("{column}: {e}"),
+    })
+}
+
+/// The stored form of a headers column.
+fn headers_column(headers: &Headers) -> Option<String> {
+    // Pairs of strings always serialise.
+    (!headers.is_empty()).then(|| serde_json::to_string(headers).unwrap_or_default())
 }
 
 fn dead_from_row(row: &AnyRow) -> Result<DeadLetter, StoreError> {
@@ -242,8 +263,9 @@ impl Store {
         for chunk in rows.chunks(ROWS_PER_STATEMENT) {
             let sql = format!(
                 "INSERT INTO attempts (event_id, subscription_id, attempt, at, at_ms, outcome, \
-                    status, latency_ms, error, response_excerpt, next_attempt_at) VALUES {}",
-                placeholders(chunk.len(), 11)
+                    status, latency_ms, error, response_excerpt, next_attempt_at, \
+                    request_headers, response_headers, response_headers_omitted) VALUES {}",
+                placeholders(chunk.len(), 14)
             );
             let mut query = sqlx::query(&sql);
             for (a, at_ms) in chunk {
@@ -258,7 +280,10 @@ impl Store {
                     .bind(i64::try_from(a.latency_ms).unwrap_or(i64::MAX))
                     .bind(&a.error)
                     .bind(&a.response_excerpt)
-                    .bind(&a.next_attempt_at);
+                    .bind(&a.next_attempt_at)
+                    .bind(headers_column(&a.request_headers))
+                    .bind(headers_column(&a.response_headers))
+                    .bind(i64::from(a.response_headers_omitted));
             }
             query.execute(&mut *tx).await?;
         }
@@ -655,7 +680,7 @@ impl Store {
     }
 }
 
-/// Rows per multi-row INSERT (11 columns × 100 rows stays far below every bind limit).
+/// Rows per multi-row INSERT (14 columns × 100 rows stays far below every bind limit).
 const ROWS_PER_STATEMENT: usize = 100;
 
 /// `($1, $2), ($3, $4)` for `rows` rows of `columns` values.
@@ -786,6 +811,9 @@ mod streak_tests {
             error: None,
             response_excerpt: None,
             next_attempt_at: None,
+            request_headers: relay_shared::attempt::Headers::default(),
+            response_headers: relay_shared::attempt::Headers::default(),
+            response_headers_omitted: 0,
         }
     }
 
@@ -881,6 +909,9 @@ pub(crate) mod tests {
             error: Some("HTTP 500".into()),
             response_excerpt: Some("oops".into()),
             next_attempt_at: None,
+            request_headers: relay_shared::attempt::Headers::default(),
+            response_headers: relay_shared::attempt::Headers::default(),
+            response_headers_omitted: 0,
         }
     }
 

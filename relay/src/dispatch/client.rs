@@ -6,11 +6,15 @@ use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use relay_shared::{
+    attempt::{Headers, REDACTED},
     signing::KEY_ID_HEADER,
     ssrf::{NetworkPolicy, SsrfError},
     trace::{self, TraceParent},
 };
-use reqwest::{StatusCode, header};
+use reqwest::{
+    Method, StatusCode,
+    header::{self, HeaderName, HeaderValue},
+};
 
 use super::{config::DispatchSettings, directory::Route, resolver::GuardedResolver};
 
@@ -72,6 +76,32 @@ impl AttemptError {
     }
 }
 
+const WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
+const WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
+const WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature");
+const KEY_ID: HeaderName = HeaderName::from_static(KEY_ID_HEADER);
+const TRACEPARENT: HeaderName = HeaderName::from_static(trace::HEADER);
+
+/// What one attempt put on the wire and got back, for the delivery log.
+#[derive(Debug, Clone, Default)]
+pub struct Exchange {
+    /// The request's headers as sent, credentials redacted; empty when no request was made.
+    pub sent: Headers,
+    /// The response's headers, bounded ([`Headers::bounded`]); empty without an answer.
+    pub received: Headers,
+    /// How many response headers the bounds left out.
+    pub omitted: u32,
+}
+
+/// A header value Relay makes; one that cannot be (a control character in an event id) fails
+/// the attempt as the HTTP stack would have.
+fn value<V>(text: V) -> Result<HeaderValue, AttemptError>
+where
+    HeaderValue: TryFrom<V, Error = header::InvalidHeaderValue>,
+{
+    HeaderValue::try_from(text).map_err(|e| AttemptError::Request(format!("builder error: {e}")))
+}
+
 /// A pooled client shared by every delivery of a dispatcher.
 #[derive(Debug, Clone)]
 pub struct WebhookClient {
@@ -106,16 +136,29 @@ impl WebhookClient {
 
     /// POSTs `body` to the route, signed for message `msg_id` with every key of its scheme
     /// (`webhook-key-id` names the `v1a` keys), with its static headers and credentials,
-    /// continuing the producer's trace `parent` (W3C `traceparent`). Returns the 2xx status.
-    ///
-    /// # Errors
-    /// An [`AttemptError`] for anything but a 2xx answer.
+    /// continuing the producer's trace `parent` (W3C `traceparent`). Returns the 2xx status
+    /// (an [`AttemptError`] for anything else) and the headers that went each way.
     pub async fn deliver(
         &self,
         route: &Route,
         msg_id: &str,
         body: Bytes,
         parent: Option<&TraceParent>,
+    ) -> (Result<u16, AttemptError>, Exchange) {
+        let mut exchange = Exchange::default();
+        let result = self
+            .exchange(route, msg_id, body, parent, &mut exchange)
+            .await;
+        (result, exchange)
+    }
+
+    async fn exchange(
+        &self,
+        route: &Route,
+        msg_id: &str,
+        body: Bytes,
+        parent: Option<&TraceParent>,
+        exchange: &mut Exchange,
     ) -> Result<u16, AttemptError> {
         // Literal addresses never reach the resolver; hostnames are checked when resolved.
         self.policy
@@ -123,35 +166,47 @@ impl WebhookClient {
             .map_err(AttemptError::Refused)?;
         let timestamp = time::OffsetDateTime::now_utc().unix_timestamp();
         let signed = route.signer.sign(msg_id, timestamp, &body);
-        let mut request = self.http.post(route.url.clone());
+        // The headers are made once: the request gets them and the delivery log keeps a
+        // copy that shares their bytes, with the credentials redacted.
+        let sent = &mut exchange.sent.0;
+        sent.reserve(route.headers.iter().size_hint().0 + 8);
         // Checked at save: none of these names is one Relay sets below.
         for (name, value) in route.headers.iter() {
-            request = request.header(name, value);
+            sent.append(name.clone(), value.clone());
         }
-        if let Some(authorization) = &route.authorization {
-            request = request.header(header::AUTHORIZATION, authorization);
+        if route.authorization.is_some() {
+            sent.insert(header::AUTHORIZATION, HeaderValue::from_static(REDACTED));
         }
         if let Some(key_ids) = signed.key_ids {
-            request = request.header(KEY_ID_HEADER, key_ids);
+            sent.insert(KEY_ID, value(key_ids)?);
         }
-        let response = request
-            .header(header::CONTENT_TYPE, "application/json")
-            .header("webhook-id", msg_id)
-            .header("webhook-timestamp", timestamp)
-            .header("webhook-signature", signed.signature)
-            // The producer's trace continues at the endpoint (a new one when it sent none).
-            .header(
-                trace::HEADER,
-                parent
-                    .map_or_else(TraceParent::new_root, TraceParent::child)
-                    .to_string(),
-            )
-            .body(body)
-            .send()
+        sent.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        sent.insert(WEBHOOK_ID, value(msg_id)?);
+        sent.insert(WEBHOOK_TIMESTAMP, HeaderValue::from(timestamp));
+        sent.insert(WEBHOOK_SIGNATURE, value(signed.signature)?);
+        // The producer's trace continues at the endpoint (a new one when it sent none).
+        let trace = parent.map_or_else(TraceParent::new_root, TraceParent::child);
+        sent.insert(TRACEPARENT, value(trace.to_string())?);
+        let mut request = reqwest::Request::new(Method::POST, route.url.clone());
+        *request.headers_mut() = sent.clone();
+        if let Some(authorization) = &route.authorization {
+            request
+                .headers_mut()
+                .insert(header::AUTHORIZATION, authorization.clone());
+        }
+        *request.body_mut() = Some(body.into());
+        let mut response = self
+            .http
+            .execute(request)
             .await
             .map_err(|e| self.classify(&e))?;
         let status = response.status();
         let retry_after = retry_after(&response);
+        (exchange.received, exchange.omitted) =
+            Headers::bounded(std::mem::take(response.headers_mut()));
         let excerpt = self.read_excerpt(response).await;
         if status.is_success() {
             Ok(status.as_u16())

@@ -25,7 +25,7 @@ use tracing::Instrument as _;
 
 use super::{
     admission::Admission,
-    client::AttemptError,
+    client::{AttemptError, Exchange},
     directory::Route,
     ordered_lanes::{Ticket, Tickets},
     outcome::{Ending, Outcome},
@@ -232,10 +232,12 @@ impl Worker {
                     .ok()
                     .map(|reason| step::decide(Tried::Refused(*reason), attempt, &self.retry))
                     .filter(|step| *step != Step::SendAnyway);
+                let mut exchange = Exchange::default();
                 let (mut step, result) = match deferral {
                     Some(step) => (step, None),
                     None => {
-                        let (result, took) = self.send(route, event).await;
+                        let (result, took);
+                        (result, exchange, took) = self.send(route, event).await;
                         drop(refused);
                         self.admission.record(&route.id, result.is_ok(), took);
                         (
@@ -257,6 +259,7 @@ impl Worker {
                                 ending,
                             );
                             outcome.status = result.and_then(Result::ok);
+                            outcome.exchange = exchange;
                             outcome.report(&self.metrics, &self.attempts);
                             tokio::time::sleep(ttl).await;
                             attempt += next;
@@ -272,6 +275,7 @@ impl Worker {
                 let mut outcome =
                     self.outcome(event, &route.id, attempt, started, error.cloned(), ending);
                 outcome.status = result.and_then(Result::ok);
+                outcome.exchange = exchange;
                 outcome.report(&self.metrics, &self.attempts);
                 return Ok(());
             }
@@ -298,12 +302,17 @@ impl Worker {
         Hold::Wait { ending, ttl, next }
     }
 
-    /// One HTTP request, within the global in-flight cap; its result and its own duration.
-    async fn send(&self, route: &Route, event: &Event) -> (Result<u16, AttemptError>, Duration) {
+    /// One HTTP request, within the global in-flight cap; its result, the headers that went
+    /// each way and its own duration.
+    async fn send(
+        &self,
+        route: &Route,
+        event: &Event,
+    ) -> (Result<u16, AttemptError>, Exchange, Duration) {
         let _slot = self.inflight.acquire().await;
         self.metrics.inflight.inc();
         let started = Instant::now();
-        let result = self
+        let (result, exchange) = self
             .client
             .deliver(
                 route,
@@ -315,7 +324,7 @@ impl Worker {
         self.metrics.inflight.dec();
         let took = started.elapsed();
         self.metrics.attempt_seconds.observe(took.as_secs_f64());
-        (result, took)
+        (result, exchange, took)
     }
 
     /// Carries out `step`: the hand-off it needs, or the 410 disable.
@@ -385,6 +394,7 @@ impl Worker {
             accepted_ms: event.accepted_ms,
             error,
             status: None,
+            exchange: Exchange::default(),
             ending,
         }
     }

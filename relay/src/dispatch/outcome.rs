@@ -12,7 +12,7 @@ use time::OffsetDateTime;
 
 use super::{
     attempt_log::AttemptLog,
-    client::AttemptError,
+    client::{AttemptError, Exchange},
     metrics::DispatchMetrics,
     step::{DeadReason, Refusal},
 };
@@ -57,6 +57,8 @@ pub struct Outcome {
     pub error: Option<AttemptError>,
     /// The status of a successful request.
     pub status: Option<u16>,
+    /// The headers that went each way (empty when no request was made).
+    pub exchange: Exchange,
     /// How it ended.
     pub ending: Ending,
 }
@@ -98,7 +100,7 @@ impl Outcome {
                 tracing::warn!(%event_id, %subscription_id, attempt, status, why, "subscription gets nothing more");
             }
         }
-        log.record(self.record());
+        log.record(self.into_record());
     }
 
     /// The `relay_deliveries_total` label.
@@ -118,8 +120,8 @@ impl Outcome {
             .or_else(|| self.error.as_ref().and_then(AttemptError::status))
     }
 
-    /// The delivery-log record of this outcome.
-    pub fn record(&self) -> AttemptRecord {
+    /// The delivery-log record of this outcome; its strings and headers move into it.
+    pub fn into_record(self) -> AttemptRecord {
         let outcome = match &self.ending {
             Ending::Delivered => AttemptOutcome::Success,
             Ending::RetryScheduled { .. } => AttemptOutcome::RetryScheduled,
@@ -134,12 +136,10 @@ impl Outcome {
             (None, _) => None,
         };
         AttemptRecord {
-            event_id: self.event_id.clone(),
-            subscription_id: self.subscription_id.clone(),
+            status: self.status(),
             attempt: self.attempt,
             at: rfc3339(self.started_at),
             outcome,
-            status: self.status(),
             latency_ms: u64::try_from(self.took.as_millis()).unwrap_or(u64::MAX),
             error,
             response_excerpt: self
@@ -151,6 +151,11 @@ impl Outcome {
                 Ending::RetryScheduled { due, .. } => Some(rfc3339(*due)),
                 _ => None,
             },
+            request_headers: self.exchange.sent,
+            response_headers: self.exchange.received,
+            response_headers_omitted: self.exchange.omitted,
+            event_id: self.event_id,
+            subscription_id: self.subscription_id,
         }
     }
 }
@@ -177,6 +182,7 @@ mod tests {
             accepted_ms: None,
             error,
             status: None,
+            exchange: Exchange::default(),
             ending,
         }
     }
@@ -196,19 +202,19 @@ mod tests {
             },
             Some(failed),
         )
-        .record();
+        .into_record();
         assert_eq!(r.outcome, AttemptOutcome::RetryScheduled);
         assert_eq!((r.status, r.latency_ms, r.attempt), (Some(503), 12, 2));
         assert_eq!(r.response_excerpt.as_deref(), Some("busy"));
         assert_eq!(r.next_attempt_at.as_deref(), Some("1970-01-01T00:00:05Z"));
         assert_eq!(r.at, "1970-01-01T00:00:00Z");
 
-        let r = outcome(Ending::Deferred(Refusal::CircuitOpen), None).record();
+        let r = outcome(Ending::Deferred(Refusal::CircuitOpen), None).into_record();
         assert_eq!(
             (r.outcome, r.status, r.error),
             (AttemptOutcome::CircuitOpen, None, None)
         );
-        let r = outcome(Ending::Disabled("subscription deleted"), None).record();
+        let r = outcome(Ending::Disabled("subscription deleted"), None).into_record();
         assert_eq!(r.error.as_deref(), Some("subscription deleted"));
     }
 

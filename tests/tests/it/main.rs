@@ -18,6 +18,7 @@ mod lifecycle;
 mod observability;
 mod ordering;
 mod portal;
+mod portal_attempt;
 mod postgres;
 mod pull;
 mod reliability;

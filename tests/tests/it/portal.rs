@@ -25,18 +25,18 @@ fn shots() -> PathBuf {
 }
 
 /// Checks the current page's accessibility basics, then saves its screenshot as `name`.
-async fn shot(browser: &Browser, name: &str) {
+pub(crate) async fn shot(browser: &Browser, name: &str) {
     let problems = browser.accessibility_problems().await;
     assert!(problems.is_empty(), "page {name}: {problems:#?}");
     browser.screenshot(&shots(), name).await;
 }
 
-fn portal(system: &System, path: &str) -> String {
+pub(crate) fn portal(system: &System, path: &str) -> String {
     format!("{}/portal{path}", system.api_url)
 }
 
 /// Creates consumer `id` (admin).
-async fn consumer(system: &System, id: &str) {
+pub(crate) async fn consumer(system: &System, id: &str) {
     let answer = system
         .api(Method::POST, "/v1/consumers")
         .json(&json!({ "id": id, "name": format!("{id} Inc.") }))
@@ -62,7 +62,12 @@ async fn mint(system: &System, consumer: &str, key: Option<&str>, body: Value) -
 }
 
 /// Mints a link (admin) and opens it: the browser lands on the endpoints page.
-async fn sign_in(system: &System, browser: &Browser, consumer: &str, body: Value) -> Value {
+pub(crate) async fn sign_in(
+    system: &System,
+    browser: &Browser,
+    consumer: &str,
+    body: Value,
+) -> Value {
     let (status, link) = mint(system, consumer, None, body).await;
     assert_eq!(status, 201, "{link}");
     browser.goto(link["url"].as_str().unwrap()).await;
