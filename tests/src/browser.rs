@@ -1,7 +1,9 @@
 //! A real browser for the portal's tests: Debian's `chromium`, driven headless through
 //! `chromedriver` (package `chromium-driver`) over WebDriver with `fantoccini`. Each
 //! [`Browser`] has its own driver process on a free loopback port and a fresh profile
-//! directory; both go away when it is closed or dropped.
+//! directory. The driver leads a process group of its own, which Chromium and every process it
+//! starts join: closing or dropping the [`Browser`] — also while a failed test unwinds —
+//! kills the whole group and removes the profile.
 //!
 //! Chromium gets the flags that keep it off the network (this machine has none besides the
 //! loopback): no background networking, component updates, sync or QUIC.
@@ -31,7 +33,33 @@ pub struct Browser {
     /// The WebDriver client.
     pub client: Client,
     driver: Child,
+    processes: Processes,
+}
+
+/// The guard of a browser's processes: chromedriver's process group (the driver, Chromium,
+/// its zygotes, renderers and helpers; Chromium's crash handlers leave the group but exit
+/// with the browser) and the profile directory. Dropping it kills the group and removes the
+/// directory, so a panic between starting the driver and closing the browser leaves nothing
+/// running.
+#[derive(Debug)]
+struct Processes {
+    group: Option<u32>,
     profile: PathBuf,
+}
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        if let Some(group) = self.group {
+            // `kill -KILL -- -PGID`: every process of the group (the crate forbids the
+            // `unsafe` a direct `kill(2)` would need).
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", "--", &format!("-{group}")])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+        let _ = std::fs::remove_dir_all(&self.profile);
+    }
 }
 
 fn free_port() -> u16 {
@@ -55,17 +83,24 @@ impl Browser {
             relay_shared::ids::new_id("p").to_lowercase()
         ));
         std::fs::create_dir_all(&profile).expect("create the browser profile directory");
+        let mut processes = Processes {
+            group: None,
+            profile,
+        };
         let port = free_port();
         let driver = Command::new(&chromedriver)
             .arg(format!("--port={port}"))
             .arg("--allowed-ips=127.0.0.1")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            // A group of its own (id = its pid), which the browser it starts joins.
+            .process_group(0)
             .kill_on_drop(true)
             .spawn()
             .unwrap_or_else(|e| {
                 panic!("cannot start {chromedriver} (package chromium-driver): {e}")
             });
+        processes.group = driver.id();
         let capabilities = json!({
             "browserName": "chrome",
             "goog:chromeOptions": {
@@ -82,7 +117,7 @@ impl Browser {
                     "--disable-dev-shm-usage",
                     "--hide-scrollbars",
                     "--window-size=1280,900",
-                    format!("--user-data-dir={}", profile.display()),
+                    format!("--user-data-dir={}", processes.profile.display()),
                 ],
             },
         });
@@ -107,8 +142,13 @@ impl Browser {
         Self {
             client,
             driver,
-            profile,
+            processes,
         }
+    }
+
+    /// The process group of the driver, the browser and its helpers.
+    pub fn process_group(&self) -> Option<u32> {
+        self.processes.group
     }
 
     /// Opens `url` and waits for the page to load.
@@ -278,18 +318,11 @@ impl Browser {
         std::fs::write(dir.join(format!("{name}.png")), png).expect("write the screenshot");
     }
 
-    /// Ends the session, the browser and the driver.
+    /// Ends the session, then the browser's processes (dropping the [`Browser`] without
+    /// closing it kills them too).
     pub async fn close(mut self) {
         let _ = self.client.clone().close().await;
         let _ = self.driver.kill().await;
-        let _ = std::fs::remove_dir_all(&self.profile);
-    }
-}
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        // `kill_on_drop` ends the driver (and with it the browser); the profile goes too.
-        let _ = std::fs::remove_dir_all(&self.profile);
     }
 }
 

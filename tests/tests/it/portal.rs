@@ -578,3 +578,54 @@ async fn portal_replays_a_window_and_redrives_a_dead_letter() {
     browser.close().await;
     system.stop().await;
 }
+
+/// Processes of group `group` that are still running (zombies, already dead, aside).
+fn running_in_group(group: u32) -> Vec<String> {
+    let mut running = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid pgrp …`; comm may hold spaces and parentheses.
+        let Some((head, rest)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.get(2) == Some(&group.to_string().as_str()) && fields[0] != "Z" {
+            running.push(head.to_owned());
+        }
+    }
+    running
+}
+
+#[tokio::test]
+async fn a_browser_test_that_panics_leaves_no_browser_running() {
+    let (started, group) = tokio::sync::oneshot::channel();
+    let failed = tokio::spawn(async move {
+        let browser = Browser::start().await;
+        browser
+            .goto("data:text/html,<title>t</title><p>open</p>")
+            .await;
+        assert_eq!(browser.text("p").await, "open");
+        let group = browser.process_group().unwrap();
+        assert!(!running_in_group(group).is_empty());
+        started.send(group).unwrap();
+        panic!("a browser test fails with its browser open");
+    })
+    .await;
+    assert!(failed.unwrap_err().is_panic());
+    let group = group.await.unwrap();
+    // Killed on the unwind; gone once the kernel has delivered the signals.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = running_in_group(group);
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still running: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
