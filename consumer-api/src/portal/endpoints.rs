@@ -1,7 +1,8 @@
 //! Endpoints (the API's subscriptions): the list with each one's state and success rate over
 //! the last 24 hours; create and edit (the URL under the API's SSRF rules, the event-type
 //! filter chosen from the catalogue and the types recorded for the consumer, or typed as
-//! patterns); enable, disable, delete; the signing secret (revealed on request, rotated with a
+//! patterns); enable, disable, delete; the signature scheme (`v1`, `v1a`, both; with `v1a` a
+//! link to the consumer's JWKS); the signing secret (revealed on request, rotated with a
 //! grace period); and a test event with its result.
 
 use std::{collections::BTreeMap, time::Duration};
@@ -12,6 +13,7 @@ use axum::{
     response::Response,
 };
 use maud::{Markup, html};
+use relay_shared::signing::SignatureScheme;
 use serde::Deserialize;
 
 use super::{
@@ -497,6 +499,7 @@ async fn show_page(
                 dl.facts {
                     dt { "URL" } dd.break.mono { (s.url) }
                     dt { "Events" } dd { @for t in &s.event_types { span.chip { (t) } } }
+                    dt { "Signatures" } dd { (signatures(state, s)) }
                     @if let Some(d) = &s.description { dt { "Description" } dd { (d) } }
                     dt { "Created" } dd { (datetime(&s.created_at)) }
                     dt { "Updated" } dd { (datetime(&s.updated_at)) }
@@ -511,7 +514,11 @@ async fn show_page(
             }
             section.card aria-labelledby="secret-title" {
                 h2 #secret-title { "Signing secret" }
-                p.muted { "Verify each delivery's " code { "webhook-signature" } " with this secret (Standard Webhooks)." }
+                @if s.signature_scheme.signs_v1() {
+                    p.muted { "Verify each delivery's " code { "webhook-signature" } " with this secret (Standard Webhooks)." }
+                } @else {
+                    p.muted { "Deliveries carry only " code { "v1a" } " (ed25519) signatures: this secret signs nothing until the scheme includes " code { "v1" } "." }
+                }
                 @if let Some(secret) = &extras.secret {
                     div.secret {
                         code #secret-value data-secret { (secret.secret) }
@@ -580,6 +587,35 @@ async fn show_page(
         &s.url,
         body,
     ))
+}
+
+/// The signature scheme deliveries carry, and where a `v1a` signature's public keys are.
+fn signatures(state: &PortalState, s: &Subscription) -> Markup {
+    let scheme = s.signature_scheme;
+    let what = match scheme {
+        SignatureScheme::V1 => "HMAC-SHA256 with the signing secret",
+        SignatureScheme::V1a => "ed25519, verified with your public key",
+        SignatureScheme::Both => {
+            "HMAC-SHA256 with the signing secret, and ed25519 verified with your public key"
+        }
+    };
+    let jwks = s
+        .consumer
+        .as_deref()
+        .filter(|_| scheme.signs_v1a())
+        .map(|c| {
+            format!(
+                "{}/v1/consumers/{}/jwks.json",
+                state.settings.public_url,
+                url::form_urlencoded::byte_serialize(c.as_bytes()).collect::<String>()
+            )
+        });
+    html! {
+        code #signature-scheme { (scheme.as_str()) } " — " (what)
+        @if let Some(jwks) = jwks {
+            " (" a #jwks-link href=(jwks) { "public keys, JWKS" } ")"
+        }
+    }
 }
 
 /// The caller's endpoints as the portal lists them: the first 500.

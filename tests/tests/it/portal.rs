@@ -390,6 +390,32 @@ async fn portal_creates_an_endpoint_sends_a_test_event_and_rotates_the_secret() 
     assert!(browser.text("tbody tr").await.contains("Healthy"));
     shot(&browser, "endpoints").await;
 
+    // The endpoint page names the signature scheme; with v1a it links the consumer's JWKS.
+    browser.goto(&endpoint_url).await;
+    browser.wait_page("endpoint").await;
+    assert_eq!(browser.text("#signature-scheme").await, "v1");
+    assert!(browser.find_all("#jwks-link").await.is_empty());
+    let both = system
+        .create_subscription_with(json!({
+            "url": receiver.url(), "event_types": ["order.*"], "consumer": "acme",
+            "signature_scheme": "both",
+        }))
+        .await;
+    let both = both["id"].as_str().unwrap();
+    browser
+        .goto(&portal(&system, &format!("/endpoints/{both}")))
+        .await;
+    browser.wait_page("endpoint").await;
+    assert_eq!(browser.text("#signature-scheme").await, "both");
+    let jwks = browser
+        .eval("return fetch(document.getElementById('jwks-link').href).then(r => r.json());")
+        .await;
+    assert!(
+        jwks["keys"].as_array().is_some_and(|k| !k.is_empty()),
+        "{jwks}"
+    );
+    shot(&browser, "endpoint-v1a").await;
+
     browser.close().await;
     system.stop().await;
 }
