@@ -175,6 +175,10 @@ impl Store {
         now: &str,
     ) -> Result<EventType, StoreError> {
         let mut tx = self.pool.begin().await?;
+        // A write first: SQLite takes its write lock here (waiting out busy_timeout) instead
+        // of failing busy when the read below upgrades; PostgreSQL locks the revision row, so
+        // concurrent updates apply one after the other. A missing type rolls it back.
+        let revision = next_revision(&mut tx).await?;
         let row = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM event_types WHERE name = $1"
         ))
@@ -195,7 +199,7 @@ impl Store {
         if let Some(deprecated) = patch.deprecated {
             current.deprecated = deprecated;
         }
-        current.revision = next_revision(&mut tx).await?;
+        current.revision = revision;
         now.clone_into(&mut current.updated_at);
         sqlx::query(
             "UPDATE event_types SET description = $2, schema = $3, examples = $4, \
@@ -308,6 +312,48 @@ mod tests {
             // Created again, it continues the sequence.
             let again = store.create_event_type(&order_created()).await.unwrap();
             assert_eq!(again.revision, 5, "{backend}");
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_updates_all_apply_one_after_the_other() {
+        for (backend, store) in each_backend().await {
+            store.create_event_type(&order_created()).await.unwrap();
+            // As many writers as the SQLite pool has connections, and more.
+            let updates = (0..8).map(|n| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let patch = EventTypePatch {
+                        description: Some(Some(format!("take {n}"))),
+                        ..EventTypePatch::default()
+                    };
+                    store
+                        .update_event_type("order.created", &patch, "2026-01-02T00:00:00Z")
+                        .await
+                })
+            });
+            let mut revisions: Vec<i64> = futures_util::future::join_all(updates)
+                .await
+                .into_iter()
+                .map(|r| {
+                    r.unwrap()
+                        .unwrap_or_else(|e| panic!("{backend}: {e}"))
+                        .revision
+                })
+                .collect();
+            revisions.sort_unstable();
+            assert_eq!(revisions, (2..=9).collect::<Vec<_>>(), "{backend}");
+            assert!(matches!(
+                store
+                    .update_event_type("no.such", &EventTypePatch::default(), "t")
+                    .await,
+                Err(StoreError::Missing(_))
+            ));
+            assert_eq!(
+                store.catalogue_revision().await.unwrap(),
+                9,
+                "{backend}: rolled back"
+            );
         }
     }
 }
