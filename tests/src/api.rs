@@ -57,6 +57,52 @@ impl Answer {
     }
 }
 
+/// The media type of every error body.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// Asserts that `body`, answered with `status`, is Relay's problem `slug` (its `type` is
+/// `urn:relay:problem:{slug}`) with status `expected`, in the status line and in the body.
+///
+/// # Panics
+/// When it is not, with the body.
+#[track_caller]
+pub fn assert_problem(status: u16, body: &Value, expected: u16, slug: &str) {
+    let problem_type = format!("urn:relay:problem:{slug}");
+    assert_eq!(
+        (status, body["type"].as_str(), body["status"].as_u64()),
+        (
+            expected,
+            Some(problem_type.as_str()),
+            Some(u64::from(expected))
+        ),
+        "{body}"
+    );
+}
+
+impl Answer {
+    /// Asserts that this is Relay's problem `slug` with `status`, as
+    /// `application/problem+json`; returns the body for further checks (`field`, …).
+    ///
+    /// # Panics
+    /// When it is not, with the body.
+    #[track_caller]
+    pub fn assert_problem(&self, status: u16, slug: &str) -> &Value {
+        assert_eq!(self.content_type(), PROBLEM_JSON, "{}", self.body);
+        assert_problem(self.status, &self.body, status, slug);
+        &self.body
+    }
+}
+
+/// Reads a response that must be Relay's problem `slug` with `status`; returns its body.
+///
+/// # Panics
+/// When it is not.
+pub async fn problem(response: reqwest::Response, status: u16, slug: &str) -> Value {
+    let answer = answer(response).await;
+    answer.assert_problem(status, slug);
+    answer.body
+}
+
 /// Reads a response into an [`Answer`].
 ///
 /// # Panics

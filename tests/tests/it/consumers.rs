@@ -4,6 +4,7 @@
 use reqwest::Method;
 use serde_json::{Value, json};
 use tests::{
+    api::assert_problem,
     receiver::Receiver,
     system::{ADMIN_KEY, System},
 };
@@ -110,8 +111,7 @@ pub(crate) async fn deleting_a_consumer(relay: System) {
         None,
     )
     .await;
-    assert_eq!(status, 409, "{body}");
-    assert_eq!(body["type"], "urn:relay:problem:in-use", "{body}");
+    assert_problem(status, &body, 409, "in-use");
     let (status, body) = call(
         &relay,
         ADMIN_KEY,

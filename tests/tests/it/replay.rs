@@ -8,7 +8,7 @@ use consumer_api::store::{Store, records::NewEvent};
 use reqwest::Method;
 use serde_json::{Value, json};
 use tests::{
-    api::Api,
+    api::{Api, assert_problem},
     broker::shared_amqp_url,
     receiver::{self, Behaviour, Receiver},
     system::{ADMIN_KEY, Options, System},
@@ -16,7 +16,7 @@ use tests::{
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
 use crate::{
-    consumer_api::{WAIT, call, poll_until, problem_type, tenant, wait_recorded},
+    consumer_api::{WAIT, call, poll_until, tenant, wait_recorded},
     system,
 };
 
@@ -250,10 +250,7 @@ async fn a_replay_answers_at_once_and_its_job_reports_progress_to_its_owner_only
     assert_eq!(job["subscription_id"], sub_id);
     assert_eq!(job["state"], "queued", "answered before it ran: {job}");
     let (status, problem) = call(&relay, &globex, Method::GET, &location, None).await;
-    assert_eq!(
-        (status, problem_type(&problem)),
-        (404, "urn:relay:problem:not-found")
-    );
+    assert_problem(status, &problem, 404, "not-found");
 
     let job = wait_replay_ended(&relay, &acme, &id, Duration::from_secs(60)).await;
     assert_eq!(
@@ -356,18 +353,9 @@ async fn one_replay_per_subscription_and_another_consumers_job_is_not_found() {
     let second = api
         .call_as(acme, Method::POST, &replay, Some(window.clone()))
         .await;
+    let running = second.assert_problem(409, "replay-running");
     assert_eq!(
-        (second.status, second.content_type(), second.problem_type()),
-        (
-            409,
-            "application/problem+json",
-            "urn:relay:problem:replay-running"
-        ),
-        "{:?}",
-        second.body
-    );
-    assert_eq!(
-        second.body["replay_id"], id,
+        running["replay_id"], id,
         "the problem names the running job"
     );
 
@@ -390,13 +378,9 @@ async fn one_replay_per_subscription_and_another_consumers_job_is_not_found() {
             status
         );
     }
-    let malformed = api
-        .call_as(acme, Method::GET, "/v1/replays/%FF", None)
-        .await;
-    assert_eq!(
-        (malformed.status, malformed.problem_type()),
-        (404, "urn:relay:problem:not-found")
-    );
+    api.call_as(acme, Method::GET, "/v1/replays/%FF", None)
+        .await
+        .assert_problem(404, "not-found");
     // A stop hands the running job back (checked: stop returns promptly and cleanly).
     api.stop().await;
 }

@@ -4,7 +4,10 @@ use std::time::Duration;
 
 use reqwest::Method;
 use serde_json::{Value, json};
-use tests::receiver::Receiver;
+use tests::{
+    api::{PROBLEM_JSON, answer, problem},
+    receiver::Receiver,
+};
 
 use crate::system;
 
@@ -115,8 +118,7 @@ async fn subscriptions_can_be_created_read_listed_updated_and_deleted() {
         .send()
         .await
         .unwrap();
-    assert_eq!(gone.status(), 404);
-    assert_eq!(gone.headers()["content-type"], "application/problem+json");
+    problem(gone, 404, "not-found").await;
     relay.stop().await;
 }
 
@@ -242,14 +244,13 @@ async fn invalid_subscriptions_are_refused_naming_the_field() {
             .send()
             .await
             .unwrap();
-        let status = response.status().as_u16();
-        assert!(status == 400 || status == 422, "{body}: {status}");
-        assert_eq!(
-            response.headers()["content-type"],
-            "application/problem+json"
+        let answer = answer(response).await;
+        assert!(
+            answer.status == 400 || answer.status == 422,
+            "{body}: {answer:?}"
         );
-        let problem: Value = response.json().await.unwrap();
-        assert_eq!(problem["field"], field, "{body}: {problem}");
+        assert_eq!(answer.content_type(), PROBLEM_JSON, "{body}");
+        assert_eq!(answer.body["field"], field, "{body}: {answer:?}");
     }
     let unauthorized = relay
         .http
