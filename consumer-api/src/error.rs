@@ -79,6 +79,21 @@ impl From<Problem> for ApiError {
 }
 
 impl ApiError {
+    /// A well-formed value refused for what it means rather than its shape (a JSON Schema
+    /// that does not compile, a window that ends before it starts): 422 `invalid-field`,
+    /// where a value the document already rules out is a 400.
+    pub fn unprocessable(e: FieldError) -> Self {
+        Self::Rejected(
+            Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid-field",
+                "A field is missing or invalid",
+                e.reason,
+            )
+            .with_field(e.field),
+        )
+    }
+
     /// The problem response for this error.
     pub fn to_problem(&self) -> Problem {
         match self {

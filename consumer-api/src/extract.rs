@@ -161,13 +161,26 @@ path_id!(
     "The portal session id (`ps_…`)."
 );
 
+/// An event type (anchored): dot-separated segments of `a-z 0-9 _ -`.
+pub const EVENT_TYPE_PATTERN: &str = "^[a-z0-9_-]+(\\.[a-z0-9_-]+)*$";
+/// An event type that may be changed: not one of Relay's own (`relay.…`).
+pub const OWN_EVENT_TYPE_PATTERN: &str = "^(?!relay\\.)[a-z0-9_-]+(\\.[a-z0-9_-]+)*$";
+
 path_id!(
-    /// `{name}` of `/v1/event-types/{name}`.
+    /// `{name}` of `GET /v1/event-types/{name}`.
     EventTypeName,
     "name",
     "event type",
-    "^[a-z0-9_-]+(\\.[a-z0-9_-]+)*$",
+    EVENT_TYPE_PATTERN,
     "The event type, e.g. `order.created`."
+);
+path_id!(
+    /// `{name}` of the changes to `/v1/event-types/{name}`: not Relay's own.
+    OwnEventTypeName,
+    "name",
+    "event type",
+    OWN_EVENT_TYPE_PATTERN,
+    "The event type, e.g. `order.created`; Relay's own (`relay.…`) cannot be changed (403)."
 );
 
 impl FromRequestParts<AppState> for OwnedSubscription {
@@ -436,11 +449,20 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
             return Err(Problem::unsupported_media_type().into());
         }
         let bytes = read_body(request.into_body(), MAX_BODY_BYTES).await?;
-        Ok(Self(parse_json::<T>(&bytes)?))
+        Ok(Self(parse_object::<T>(&bytes)?))
     }
 }
 
-/// An optional JSON body: none (or only whitespace) gives `T::default()`.
+/// Parses a body that must be a JSON object: serde would also fill a struct from an array.
+fn parse_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.trim_ascii_start().first() == Some(&b'{') {
+        Ok(parse_json::<T>(bytes)?)
+    } else {
+        Err(FieldError::new("", "the body must be a JSON object").into())
+    }
+}
+
+/// An optional JSON body: none (only whitespace, or `null`) gives `T::default()`.
 #[derive(Debug)]
 pub struct OptionalJsonBody<T>(pub T);
 
@@ -456,7 +478,11 @@ impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalJ
         if !json {
             return Err(Problem::unsupported_media_type().into());
         }
-        Ok(Self(parse_json::<T>(&bytes)?))
+        // `null` is the document's "no body" too.
+        if bytes.trim_ascii() == b"null" {
+            return Ok(Self(T::default()));
+        }
+        Ok(Self(parse_object::<T>(&bytes)?))
     }
 }
 

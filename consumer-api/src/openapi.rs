@@ -97,8 +97,8 @@ fn add(operation: &mut Operation, status: &str, description: &str) {
 }
 
 /// Adds the problem responses every operation can give, by what it takes: any operation
-/// 401/414/431/500/503; one with query parameters or a body 400; one with path parameters 404; one
-/// with a body 413/415; one only the admin key may call 403. A public operation (security
+/// 414/431/500/503; one that needs a key 401 and 403; one with query parameters or a body 400;
+/// one with path parameters 404; one with a body 413/415. A public operation (security
 /// `[{}]`: no key) gets no 401, 403 or 404.
 pub fn finish(mut doc: Doc) -> Doc {
     for item in doc.paths.paths.values_mut() {
@@ -123,7 +123,6 @@ pub fn finish(mut doc: Doc) -> Doc {
                 .as_ref()
                 .map(|s| serde_json::to_string(s).unwrap_or_default());
             let public = security.as_deref() == Some("[{}]");
-            let admin_only = !public && security.is_some_and(|text| !text.contains(CONSUMER_KEY));
             // A public operation checks its path itself: a malformed id is a 400, an unknown
             // one is not told apart.
             let checks_path = has_path_params && public;
@@ -138,11 +137,11 @@ pub fn finish(mut doc: Doc) -> Doc {
             if !public {
                 add(operation, "401", "Missing or unknown key (`unauthorized`)");
             }
-            if admin_only {
+            if !public {
                 add(
                     operation,
                     "403",
-                    "A consumer key on an admin route (`forbidden`)",
+                    "A key without this right: a consumer key on an admin route or naming another consumer, a directory key outside its scope (`forbidden`)",
                 );
             }
             if has_path_params {

@@ -73,6 +73,56 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Nullable<T> {
     }
 }
 
+/// A whole number as JSON Schema's `integer` has it: `395` and `395.0` alike.
+struct Whole(u32);
+
+impl<'de> Deserialize<'de> for Whole {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let n = serde_json::Number::deserialize(deserializer)?;
+        let whole = n.as_u64().or_else(|| {
+            n.as_f64()
+                .filter(|f| f.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(f))
+                // Checked just above: whole and within u32.
+                .map(|f| {
+                    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                    let v = f as u64;
+                    v
+                })
+        });
+        whole
+            .and_then(|v| u32::try_from(v).ok())
+            .map(Self)
+            .ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "invalid value: {n}, expected a whole number from 0 to {}",
+                    u32::MAX
+                ))
+            })
+    }
+}
+
+/// Reads an optional whole number, `395.0` included (for `#[serde(deserialize_with = …)]`).
+///
+/// # Errors
+/// The deserializer's, for anything else.
+pub fn optional_whole<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u32>, D::Error> {
+    Ok(Option::<Whole>::deserialize(deserializer)?.map(|w| w.0))
+}
+
+/// Reads a nullable whole number, `395.0` included (for `#[serde(deserialize_with = …)]`).
+///
+/// # Errors
+/// The deserializer's, for anything else.
+pub fn nullable_whole<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Nullable<u32>, D::Error> {
+    Ok(match Nullable::<Whole>::deserialize(deserializer)? {
+        Nullable::Absent => Nullable::Absent,
+        Nullable::Null => Nullable::Null,
+        Nullable::Value(w) => Nullable::Value(w.0),
+    })
+}
+
 impl<T> Nullable<T> {
     /// A field that may be left out but not set to `null`.
     ///
@@ -390,6 +440,11 @@ pub fn event_types_field() -> Schema {
     event_types_schema(false)
 }
 
+/// A consumer id (for `#[schema(schema_with = …)]`).
+pub fn consumer_field() -> Schema {
+    consumer_schema(false)
+}
+
 /// A consumer id, or `null` (for `#[schema(schema_with = …)]`).
 pub fn consumer_or_null_field() -> Schema {
     consumer_schema(true)
@@ -424,16 +479,54 @@ pub fn parse_grace(grace: &str) -> Result<Duration, FieldError> {
     static GRAMMAR: LazyLock<Regex> = LazyLock::new(|| {
         Regex::new(&anchored(GRACE_PATTERN)).unwrap_or_else(|e| unreachable!("{e}"))
     });
-    let refuse = || {
+    parse_unit_duration(grace, &GRAMMAR, || {
         FieldError::new(
             "grace",
             "grace must be a number and a unit (s, m, h or d), at most 30 days, e.g. 24h",
         )
-    };
-    if !GRAMMAR.is_match(grace) {
+    })
+}
+
+/// A portal session's length (unanchored): a number and a unit, 1 s to 7 days.
+pub const SESSION_TTL_PATTERN: &str = "(?:[1-9][0-9]{0,4}|[1-5][0-9]{5}|60[0-3][0-9]{3}|604[0-7][0-9]{2}|604800)s|(?:[1-9][0-9]{0,3}|100[0-7][0-9]|10080)m|(?:[1-9][0-9]?|1[0-5][0-9]|16[0-8])h|[1-7]d";
+
+/// The schema of a portal session's length, or `null` (for `#[schema(schema_with = …)]`).
+pub fn session_ttl_field() -> Schema {
+    string(true)
+        .pattern(Some(anchored(SESSION_TTL_PATTERN)))
+        .description(Some(
+            "How long the browser session lasts once the link is opened: a number and a unit (`s`, `m`, `h`, `d`), 1 s to 7 days, e.g. `2h`; `api.portal.session_ttl` when absent.",
+        ))
+        .examples(["2h"])
+        .into()
+}
+
+/// Reads a portal session's length (`2h`, `30m`, `7d`).
+///
+/// # Errors
+/// A [`FieldError`] on `session_ttl`.
+pub fn parse_session_ttl(ttl: &str) -> Result<Duration, FieldError> {
+    static GRAMMAR: LazyLock<Regex> = LazyLock::new(|| {
+        Regex::new(&anchored(SESSION_TTL_PATTERN)).unwrap_or_else(|e| unreachable!("{e}"))
+    });
+    parse_unit_duration(ttl, &GRAMMAR, || {
+        FieldError::new(
+            "session_ttl",
+            "session_ttl must be a number and a unit (s, m, h or d), 1s to 7 days, e.g. 2h",
+        )
+    })
+}
+
+/// A number and a one-letter unit (`s`, `m`, `h`, `d`) that `grammar` accepts.
+fn parse_unit_duration(
+    text: &str,
+    grammar: &Regex,
+    refuse: impl Fn() -> FieldError,
+) -> Result<Duration, FieldError> {
+    if !grammar.is_match(text) {
         return Err(refuse());
     }
-    let (number, unit) = grace.split_at(grace.len() - 1);
+    let (number, unit) = text.split_at(text.len() - 1);
     let number: u64 = number.parse().map_err(|_| refuse())?;
     let seconds = match unit {
         "s" => 1,
@@ -520,16 +613,20 @@ pub fn time_schema() -> Schema {
 /// A payload filter within its bounds ([`relay_shared::payload_filter`]).
 ///
 /// # Errors
-/// A [`FieldError`] on `filter`, or on the path or operator at fault inside it
-/// (`filter.$or[1].data.total.$gt`).
-pub fn validate_filter(filter: &Value) -> Result<(), FieldError> {
+/// [`ApiError::Invalid`] (400) when it is not an object, the shape the document gives;
+/// [`ApiError::unprocessable`] (422) on `filter`, or on the path or operator at fault inside
+/// it (`filter.$or[1].data.total.$gt`), when it breaks the grammar the document describes.
+pub fn validate_filter(filter: &Value) -> Result<(), ApiError> {
+    if !filter.is_object() {
+        return Err(FieldError::new("filter", "filter must be an object").into());
+    }
     PayloadFilter::parse(filter).map(drop).map_err(|e| {
         let field = if e.at == "filter" {
             e.at
         } else {
             format!("filter.{}", e.at)
         };
-        FieldError::new(field, e.reason)
+        ApiError::unprocessable(FieldError::new(field, e.reason))
     })
 }
 

@@ -11,7 +11,9 @@
 # installs the OpenAPI validator (PyPI openapi-spec-validator) and the independent ed25519
 # verifier (PyPI cryptography) when missing, builds the binaries the
 # end-to-end tests start, runs `cargo nextest run --workspace --no-fail-fast` (`cargo test`
-# when cargo-nextest is not installed), then stops the node and removes its directory.
+# when cargo-nextest is not installed) and, for the whole suite, fuzzes consumer-api through
+# its OpenAPI document (deploy/local/schemathesis.sh, about a minute), then stops the node and
+# removes its directory.
 # Exits with the tests' status.
 #
 # Environment: RELAY_TEST_KEEP_BROKER=1 keeps the node's directory (logs) after the run.
@@ -131,6 +133,9 @@ if (($# == 0)) && [[ ${runner[1]} == nextest ]]; then
   "${runner[@]}" -E 'not (binary(it) and test(/^cluster::/))' || status=$?
   log "running the cluster tests: ${runner[*]} -p tests -E 'binary(it) and test(/^cluster::/)'"
   "${runner[@]}" -p tests -E 'binary(it) and test(/^cluster::/)' || status=$?
+  # consumer-api fuzzed through its OpenAPI document (about a minute), on this broker.
+  log "fuzzing consumer-api: deploy/local/schemathesis.sh"
+  "$root/deploy/local/schemathesis.sh" || status=$?
 else
   log "running: ${runner[*]} $*"
   "${runner[@]}" "$@" || status=$?

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 pub const MAX_HEADERS: usize = 16;
 /// Largest total of custom header names and values, in bytes.
 pub const MAX_HEADERS_BYTES: usize = 4096;
-/// Longest username, password or token, in bytes.
+/// Longest username, password or token, in characters (what an API schema can state).
 pub const MAX_CREDENTIAL_LEN: usize = 1024;
 
 /// Headers Relay sets itself, or that belong to one connection, never to a subscription.
@@ -155,10 +155,10 @@ pub enum RedactedCredentials {
 }
 
 fn printable(field: &str, value: &str, what: &str) -> Result<(), EndpointError> {
-    if value.is_empty() || value.len() > MAX_CREDENTIAL_LEN {
+    if value.is_empty() || value.chars().count() > MAX_CREDENTIAL_LEN {
         return refuse(
             field,
-            format!("{what} must be 1 to {MAX_CREDENTIAL_LEN} bytes"),
+            format!("{what} must be 1 to {MAX_CREDENTIAL_LEN} characters"),
         );
     }
     if value.chars().any(char::is_control) {

@@ -8,7 +8,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
     error::ApiError,
-    extract::{EventTypeName, JsonBody, Paging, Query, paged_query},
+    extract::{EventTypeName, JsonBody, OwnEventTypeName, Paging, Query, paged_query},
     openapi::ProblemDoc,
     service::{
         Caller, Service,
@@ -99,6 +99,8 @@ paged_query!(
         (status = 201, description = "Created", body = EventTypeView),
         (status = 409, description = "A type of that name exists (`conflict`)",
             body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 422, description = "The schema does not compile, or an example fails it (`invalid-field`)",
+            body = ProblemDoc, content_type = "application/problem+json"),
     ),
     security(("admin_key" = [])),
 )]
@@ -161,15 +163,19 @@ async fn get(
     patch,
     path = "/v1/event-types/{name}",
     tag = "event-types",
-    params(EventTypeName),
+    params(OwnEventTypeName),
     request_body = EventTypeChanges,
-    responses((status = 200, description = "Changed", body = EventTypeView)),
+    responses(
+        (status = 200, description = "Changed", body = EventTypeView),
+        (status = 422, description = "The schema does not compile, or an example fails it (`invalid-field`)",
+            body = ProblemDoc, content_type = "application/problem+json"),
+    ),
     security(("admin_key" = [])),
 )]
 async fn update(
     State(service): State<Service>,
     caller: Caller,
-    EventTypeName(name): EventTypeName,
+    OwnEventTypeName(name): OwnEventTypeName,
     JsonBody(changes): JsonBody<EventTypeChanges>,
 ) -> Result<Json<EventTypeView>, ApiError> {
     Ok(Json(
@@ -187,14 +193,14 @@ async fn update(
     delete,
     path = "/v1/event-types/{name}",
     tag = "event-types",
-    params(EventTypeName),
+    params(OwnEventTypeName),
     responses((status = 204, description = "Deleted")),
     security(("admin_key" = [])),
 )]
 async fn delete(
     State(service): State<Service>,
     caller: Caller,
-    EventTypeName(name): EventTypeName,
+    OwnEventTypeName(name): OwnEventTypeName,
 ) -> Result<StatusCode, ApiError> {
     service.delete_event_type(&caller, &name).await?;
     Ok(StatusCode::NO_CONTENT)

@@ -83,6 +83,8 @@ impl From<ReplayJob> for ReplayView {
          headers(("location" = String, description = "`/v1/replays/{id}` of the job"))),
         (status = 409, description = "A replay of this subscription has not ended (`replay-running`, its id in `replay_id`)",
          body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 422, description = "`until` is not after `since` (`invalid-field`)",
+         body = ProblemDoc, content_type = "application/problem+json"),
     ),
     security(("admin_key" = []), ("consumer_key" = [])),
 )]

@@ -395,7 +395,11 @@ async fn rotate_secret(
     tag = "subscriptions",
     params(OwnedSubscription),
     request_body(content = Option<RotateRequest>, description = "Optional", content_type = "application/json"),
-    responses((status = 200, description = "The keys signing now", body = SigningKeysView)),
+    responses(
+        (status = 200, description = "The keys signing now", body = SigningKeysView),
+        (status = 422, description = "The subscription signs `v1` only (`invalid-field` on `signature_scheme`)",
+            body = ProblemDoc, content_type = "application/problem+json"),
+    ),
     security(("admin_key" = []), ("consumer_key" = [])),
 )]
 async fn rotate_signing_key(

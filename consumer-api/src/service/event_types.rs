@@ -7,11 +7,13 @@
 //! schema), and every example must satisfy it. Every committed change is announced on
 //! `relay.control`, so ingest and the dispatchers apply it within a second.
 
+use axum::http::StatusCode;
 use relay_shared::{
     control::ControlMessage,
     event_schema::{CompiledSchema, SchemaError, TypeDefinition},
     filter::validate_event_type,
     operational,
+    problem::Problem,
 };
 use serde::Deserialize;
 use serde_json::Value;
@@ -34,17 +36,23 @@ pub const MAX_EXAMPLES: usize = 10;
 #[serde(deny_unknown_fields)]
 pub struct NewEventType {
     /// Dot-separated segments of `a-z 0-9 _ -`, at most 255 bytes; not under `relay.`.
+    #[schema(
+        pattern = "^(?!relay\\.)[a-z0-9_-]+(\\.[a-z0-9_-]+)*$",
+        max_length = 255
+    )]
     pub name: String,
     /// What it means, at most 1000 characters.
     #[serde(default)]
+    #[schema(max_length = 1000)]
     pub description: Option<String>,
-    /// JSON Schema (draft 2020-12) of `data`; self-contained (no remote `$ref`).
+    /// JSON Schema (draft 2020-12) of `data`; self-contained (no remote `$ref`). One that
+    /// does not compile is refused with 422.
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub schema: Option<Value>,
-    /// Example `data`, each valid against the schema; at most 10.
+    /// Example `data`, each valid against the schema (else 422); at most 10.
     #[serde(default)]
-    #[schema(value_type = Option<Vec<Object>>)]
+    #[schema(value_type = Option<Vec<Object>>, max_items = 10)]
     pub examples: Option<Vec<Value>>,
     /// Producers should stop sending it; it is still accepted, and the answer says so.
     #[serde(default)]
@@ -55,21 +63,22 @@ pub struct NewEventType {
 #[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EventTypeChanges {
-    /// New description; `null` clears it.
+    /// New description, at most 1000 characters; `null` clears it.
     #[serde(default)]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 1000)]
     pub description: Nullable<String>,
     /// New schema; `null` removes it (then any `data` is accepted).
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub schema: Nullable<Value>,
-    /// New examples, checked against the (new or current) schema; `null` clears them.
+    /// New examples (at most 10), checked against the (new or current) schema; `null`
+    /// clears them.
     #[serde(default)]
-    #[schema(value_type = Option<Vec<Object>>)]
+    #[schema(value_type = Option<Vec<Object>>, max_items = 10)]
     pub examples: Nullable<Vec<Value>>,
     /// Deprecate or un-deprecate; `null` is refused.
     #[serde(default)]
-    #[schema(value_type = Option<bool>)]
+    #[schema(value_type = bool)]
     pub deprecated: Nullable<bool>,
 }
 
@@ -129,14 +138,20 @@ fn check_description(description: Option<&String>) -> Result<(), FieldError> {
     Ok(())
 }
 
-/// Compiles the schema (if any) and checks every example against it.
-fn check_schema_and_examples(schema: Option<&Value>, examples: &[Value]) -> Result<(), FieldError> {
+/// At most [`MAX_EXAMPLES`] examples.
+fn check_example_count(examples: &[Value]) -> Result<(), FieldError> {
     if examples.len() > MAX_EXAMPLES {
         return Err(FieldError::new(
             "examples",
             format!("at most {MAX_EXAMPLES} examples"),
         ));
     }
+    Ok(())
+}
+
+/// Compiles the schema (if any) and checks every example against it. Either may fail only
+/// for what it means (the document allows any object), so callers answer 422.
+fn check_schema_and_examples(schema: Option<&Value>, examples: &[Value]) -> Result<(), FieldError> {
     let Some(schema) = schema else {
         return Ok(());
     };
@@ -166,16 +181,21 @@ fn definition(t: &EventType) -> TypeDefinition {
     }
 }
 
-fn refuse_builtin(name: &str) -> Result<(), ApiError> {
+/// A name under `relay.` names one of Relay's own types: malformed as a new name (the
+/// document rules it out: 400), forbidden to change (it exists, and is Relay's: 403).
+fn refuse_builtin(name: &str, status: StatusCode) -> Result<(), ApiError> {
     if operational::is_reserved(name) {
-        return Err(FieldError::new(
-            "name",
-            format!(
-                "types under {:?} are Relay's own and cannot be changed",
-                operational::RESERVED_PREFIX
-            ),
-        )
-        .into());
+        let reason = format!(
+            "types under {:?} are Relay's own and cannot be changed",
+            operational::RESERVED_PREFIX
+        );
+        return Err(if status == StatusCode::FORBIDDEN {
+            ApiError::Rejected(
+                Problem::new(status, "forbidden", "Relay's own type", reason).with_field("name"),
+            )
+        } else {
+            FieldError::new("name", reason).into()
+        });
     }
     Ok(())
 }
@@ -184,9 +204,9 @@ impl Service {
     /// Adds an event type (admin) and announces it.
     ///
     /// # Errors
-    /// 403 for another caller, a [`FieldError`] (name, description, schema with the pointer
-    /// at fault, an example that fails the schema), 409 when the name is taken, or a store
-    /// failure.
+    /// 403 for another caller, a [`FieldError`] (name, description, number of examples), 422
+    /// for a schema that does not compile (with the pointer at fault) or an example that
+    /// fails it, 409 when the name is taken, or a store failure.
     pub async fn create_event_type(
         &self,
         caller: &Caller,
@@ -194,10 +214,12 @@ impl Service {
     ) -> Result<CatalogueEntry, ApiError> {
         caller.require_admin()?;
         validate_event_type(&new.name).map_err(|e| FieldError::new("name", e.to_string()))?;
-        refuse_builtin(&new.name)?;
+        refuse_builtin(&new.name, StatusCode::BAD_REQUEST)?;
         check_description(new.description.as_ref())?;
         let examples = new.examples.unwrap_or_default();
-        check_schema_and_examples(new.schema.as_ref(), &examples)?;
+        check_example_count(&examples)?;
+        check_schema_and_examples(new.schema.as_ref(), &examples)
+            .map_err(ApiError::unprocessable)?;
         let at = now();
         let stored = self
             .store
@@ -285,7 +307,7 @@ impl Service {
         changes: EventTypeChanges,
     ) -> Result<CatalogueEntry, ApiError> {
         caller.require_admin()?;
-        refuse_builtin(name)?;
+        refuse_builtin(name, StatusCode::FORBIDDEN)?;
         let patch = EventTypePatch {
             description: changes.description.clearable(),
             schema: changes.schema.clearable(),
@@ -300,7 +322,9 @@ impl Service {
             let current = self.store.get_event_type(name).await?;
             let schema = patch.schema.clone().unwrap_or(current.schema);
             let examples = patch.examples.clone().unwrap_or(current.examples);
-            check_schema_and_examples(schema.as_ref(), &examples)?;
+            check_example_count(&examples)?;
+            check_schema_and_examples(schema.as_ref(), &examples)
+                .map_err(ApiError::unprocessable)?;
         }
         let stored = self.store.update_event_type(name, &patch, &now()).await?;
         tracing::info!(event_type = %stored.name, revision = stored.revision, "event type changed");
@@ -322,7 +346,7 @@ impl Service {
     /// 403, 400 for a built-in type, 404, or a store failure.
     pub async fn delete_event_type(&self, caller: &Caller, name: &str) -> Result<(), ApiError> {
         caller.require_admin()?;
-        refuse_builtin(name)?;
+        refuse_builtin(name, StatusCode::FORBIDDEN)?;
         let revision = self.store.delete_event_type(name).await?;
         tracing::info!(event_type = %name, revision, "event type deleted");
         self.control
@@ -350,7 +374,7 @@ mod tests {
         assert_eq!(e.field, "examples[1]/total");
         let e = check_schema_and_examples(Some(&json!({"type": "nope"})), &[]).unwrap_err();
         assert_eq!(e.field, "schema/type");
-        let e = check_schema_and_examples(None, &vec![json!(1); MAX_EXAMPLES + 1]).unwrap_err();
+        let e = check_example_count(&vec![json!(1); MAX_EXAMPLES + 1]).unwrap_err();
         assert_eq!(e.field, "examples");
     }
 
@@ -364,8 +388,8 @@ mod tests {
             operational::SUBSCRIPTION_DISABLED,
         ] {
             assert!(names.iter().any(|n| n == name), "{name}");
-            assert!(refuse_builtin(name).is_err());
+            assert!(refuse_builtin(name, StatusCode::FORBIDDEN).is_err());
         }
-        assert!(refuse_builtin("order.created").is_ok());
+        assert!(refuse_builtin("order.created", StatusCode::BAD_REQUEST).is_ok());
     }
 }

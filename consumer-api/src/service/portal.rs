@@ -22,6 +22,7 @@ use crate::{
         portal::{AttemptSearch, DeliveryStats, LoggedAttempt, NewPortalSession, PortalSession},
         tenants::key_hash,
     },
+    validation,
 };
 
 /// Shortest browser session a link may ask for.
@@ -39,14 +40,21 @@ pub const MAX_LOGO_URL_LEN: usize = 2048;
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Theme {
-    /// Shown in the header and the page titles, at most 100 characters.
+    /// Shown in the header and the page titles, 1 to 100 characters, no control characters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]{1,100}$")]
     pub name: Option<String>,
-    /// An `https` image URL shown in the header.
+    /// An `https` image URL shown in the header, in normal form (lower-case host name, a
+    /// path), at most 2048 characters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(
+        pattern = "^https://((?!xn--)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\\.)*(?!xn--)[a-z]([a-z0-9-]{0,61}[a-z0-9])?/[A-Za-z0-9._~/-]*$",
+        max_length = 2048
+    )]
     pub logo_url: Option<String>,
     /// `#rrggbb`; darkened where needed so text on it and links in it keep WCAG AA contrast.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^#[0-9A-Fa-f]{6}$")]
     pub accent: Option<String>,
 }
 
@@ -107,9 +115,9 @@ pub struct NewPortalLink {
     pub theme: Option<Theme>,
     /// How long the browser session lasts once the link is opened, e.g. `2h` (default
     /// `api.portal.session_ttl`; 1 s to 7 days).
-    #[serde(default, with = "humantime_serde")]
-    #[schema(value_type = Option<String>, example = "2h")]
-    pub session_ttl: Option<Duration>,
+    #[serde(default)]
+    #[schema(schema_with = validation::session_ttl_field)]
+    pub session_ttl: Option<String>,
 }
 
 /// A link just minted: the token is shown this once.
@@ -282,7 +290,10 @@ impl Service {
         }
         let theme = request.theme.unwrap_or_default();
         theme.validate()?;
-        let session_ttl = request.session_ttl.unwrap_or(default_session_ttl);
+        let session_ttl = match request.session_ttl.as_deref() {
+            Some(ttl) => validation::parse_session_ttl(ttl)?,
+            None => default_session_ttl,
+        };
         if !(MIN_SESSION_TTL..=MAX_SESSION_TTL).contains(&session_ttl) {
             return Err(
                 FieldError::new("session_ttl", "session_ttl must be from 1s to 7days").into(),

@@ -36,9 +36,11 @@ pub const PING_TYPE: &str = "relay.ping";
 #[serde(deny_unknown_fields)]
 pub struct ReplayRequest {
     /// Start of the window (inclusive), RFC 3339.
+    #[schema(format = DateTime)]
     pub since: String,
-    /// End of the window (exclusive), RFC 3339; now when absent.
+    /// End of the window (exclusive), RFC 3339, after `since` (else 422); now when absent.
     #[serde(default)]
+    #[schema(format = DateTime)]
     pub until: Option<String>,
 }
 
@@ -46,8 +48,10 @@ impl ReplayRequest {
     /// The window in Unix milliseconds, `[since, until)`.
     ///
     /// # Errors
-    /// A [`FieldError`] on `since` or `until`.
-    pub fn window(&self) -> Result<(i64, i64), FieldError> {
+    /// [`ApiError::Invalid`] on `since` or `until` when one is not an RFC 3339 time;
+    /// [`ApiError::unprocessable`] (422, on `until`) when `until` is not after `since`: both are
+    /// well-formed, the window is empty.
+    pub fn window(&self) -> Result<(i64, i64), ApiError> {
         let since = rfc3339_ms(&self.since)
             .ok_or_else(|| FieldError::new("since", "since must be an RFC 3339 time"))?;
         let until = match &self.until {
@@ -56,7 +60,10 @@ impl ReplayRequest {
                 .ok_or_else(|| FieldError::new("until", "until must be an RFC 3339 time"))?,
         };
         if until <= since {
-            return Err(FieldError::new("until", "until must be after since"));
+            return Err(ApiError::unprocessable(FieldError::new(
+                "until",
+                "until must be after since",
+            )));
         }
         Ok((since, until))
     }

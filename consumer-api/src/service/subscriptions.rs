@@ -92,7 +92,7 @@ pub struct NewSubscription {
     pub rate_limit: Option<f64>,
     /// Requests in flight to the endpoint, all dispatchers together (1 to 1,000); 64 when
     /// absent.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "validation::optional_whole")]
     #[schema(schema_with = validation::max_in_flight_field)]
     pub max_in_flight: Option<u32>,
     /// Which signatures deliveries carry: `v1` (HMAC with the secret; the default), `v1a`
@@ -132,22 +132,42 @@ pub enum SchemeDoc {
     Both,
 }
 
-/// Endpoint credentials as a request gives them (documentation of [`Credentials`]).
+/// Endpoint credentials as a request gives them (documentation of [`Credentials`]): one
+/// object per kind, each refusing other fields, as the server does.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-#[serde(tag = "type", rename_all = "lowercase")]
+#[serde(untagged)]
 pub enum CredentialsDoc {
     /// HTTP basic authentication.
-    Basic {
-        /// No `:`.
-        username: String,
-        /// Never shown again.
-        password: String,
-    },
-    /// A bearer token (`A-Z a-z 0-9 - . _ ~ + /`, trailing `=`), never shown again.
-    Bearer {
-        /// The token.
-        token: String,
-    },
+    Basic(BasicCredentialsDoc),
+    /// A bearer token.
+    Bearer(BearerCredentialsDoc),
+}
+
+/// HTTP basic authentication.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BasicCredentialsDoc {
+    /// `basic`.
+    #[schema(pattern = "^basic$")]
+    pub r#type: String,
+    /// 1 to 1024 characters, no `:`, no control characters.
+    #[schema(pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F:]{1,1024}$")]
+    pub username: String,
+    /// 1 to 1024 characters, no control characters; never shown again.
+    #[schema(pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]{1,1024}$")]
+    pub password: String,
+}
+
+/// A bearer token (`A-Z a-z 0-9 - . _ ~ + /`, trailing `=`), never shown again.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BearerCredentialsDoc {
+    /// `bearer`.
+    #[schema(pattern = "^bearer$")]
+    pub r#type: String,
+    /// 1 to 1024 characters.
+    #[schema(pattern = "^[A-Za-z0-9._~+/-]+=*$", max_length = 1024)]
+    pub token: String,
 }
 
 /// A change to a subscription (`PATCH /v1/subscriptions/{id}`): absent fields stay as they are.
@@ -179,7 +199,7 @@ pub struct SubscriptionChanges {
     #[schema(schema_with = validation::rate_limit_or_null_field)]
     pub rate_limit: Nullable<f64>,
     /// New in-flight cap (1 to 1,000); `null` is refused.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "validation::nullable_whole")]
     #[schema(schema_with = validation::max_in_flight_field)]
     pub max_in_flight: Nullable<u32>,
     /// New signature scheme; `null` is refused. The first move to `v1a` or `both` makes the
@@ -209,8 +229,9 @@ impl SubscriptionChanges {
     /// Checks every field present and returns the change to make.
     ///
     /// # Errors
-    /// The first [`FieldError`] found.
-    pub fn validate(self) -> Result<SubscriptionPatch, FieldError> {
+    /// The first refusal found: a [`FieldError`] (400), or a filter or headers refused for
+    /// what they hold (422).
+    pub fn validate(self) -> Result<SubscriptionPatch, ApiError> {
         let url = self
             .url
             .required("url")?
@@ -243,7 +264,7 @@ impl SubscriptionChanges {
         }
         let headers = self.headers.clearable();
         if let Some(Some(headers)) = &headers {
-            validation::validate_headers(headers)?;
+            validation::validate_headers(headers).map_err(ApiError::unprocessable)?;
         }
         let credentials = self.credentials.clearable();
         if let Some(Some(credentials)) = &credentials {
@@ -346,7 +367,7 @@ impl Service {
             validation::validate_filter(filter)?;
         }
         if let Some(headers) = &new.headers {
-            validation::validate_headers(headers)?;
+            validation::validate_headers(headers).map_err(ApiError::unprocessable)?;
         }
         if let Some(credentials) = &new.credentials {
             validation::validate_credentials(credentials)?;
@@ -533,8 +554,8 @@ impl Service {
     /// for `grace`, under the same rule as a secret's rotation.
     ///
     /// # Errors
-    /// A [`FieldError`] on `grace`, or on `signature_scheme` when the subscription does not
-    /// sign `v1a`; [`StoreError::NotFound`] if it was deleted meanwhile, or a store failure.
+    /// A [`FieldError`] on `grace`; [`ApiError::unprocessable`] on `signature_scheme` when
+    /// the subscription does not sign `v1a`; [`StoreError::NotFound`] if it was deleted meanwhile, or a store failure.
     pub async fn rotate_signing_key(
         &self,
         subscription: &OwnedSubscription,
@@ -546,8 +567,9 @@ impl Service {
                 "this subscription signs with v1 only: set signature_scheme to v1a or both first",
             )
         };
+        // Refused for the subscription's state, not the request's shape.
         if !subscription.signature_scheme.signs_v1a() {
-            return Err(no_key().into());
+            return Err(ApiError::unprocessable(no_key()));
         }
         let expires_ms = self.grace_ends(grace)?;
         let rotated = self
@@ -559,7 +581,7 @@ impl Service {
                 &now(),
             )
             .await?
-            .ok_or_else(no_key)?;
+            .ok_or_else(|| ApiError::unprocessable(no_key()))?;
         tracing::info!(subscription_id = %rotated.id, grace_ends_ms = expires_ms, "signing key rotated");
         self.announce(&rotated).await;
         Ok(rotated)
@@ -687,7 +709,24 @@ mod tests {
 
     fn patch(body: &str) -> Result<SubscriptionPatch, String> {
         let request: SubscriptionChanges = parse_json(body.as_bytes()).map_err(|e| e.field)?;
-        request.validate().map_err(|e| e.field)
+        request
+            .validate()
+            .map_err(|e| e.to_problem().field.unwrap_or_default())
+    }
+
+    #[test]
+    fn a_whole_number_may_be_written_as_a_float_as_json_schema_allows() {
+        assert_eq!(
+            patch(r#"{"max_in_flight": 395.0}"#).unwrap().max_in_flight,
+            Some(395)
+        );
+        for bad in ["395.5", "-1", "1e10", "null"] {
+            assert_eq!(
+                patch(&format!(r#"{{"max_in_flight": {bad}}}"#)).unwrap_err(),
+                "max_in_flight",
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -33,10 +33,16 @@ pub const MAX_NAME_LEN: usize = 200;
 #[serde(deny_unknown_fields)]
 pub struct NewConsumer {
     /// The name events and subscriptions use in `consumer`: 1 to 64 of `A-Z a-z 0-9 _ - . :`.
+    #[schema(schema_with = validation::consumer_field)]
     pub id: String,
     /// Display name, at most 200 characters.
     #[serde(default)]
+    #[schema(schema_with = name_field)]
     pub name: Option<String>,
+}
+
+fn name_field() -> utoipa::openapi::schema::Schema {
+    validation::text_schema(0, MAX_NAME_LEN, true)
 }
 
 /// A key just created: its record, and the key itself, shown this once.

@@ -111,7 +111,7 @@ async fn replay_re_delivers_exactly_the_chosen_window_to_that_subscription() {
         Some(json!({"since": until, "until": since})),
     )
     .await;
-    assert_eq!((status, problem["field"].as_str()), (400, Some("until")));
+    assert_eq!((status, problem["field"].as_str()), (422, Some("until")));
     relay.stop().await;
 }
 
