@@ -10,24 +10,35 @@
 //!
 //! - the endpoint is **failing** (its last attempt failed), or its circuit is open;
 //! - it is **stalled**: nothing completed within a bound derived from its own latency,
-//!   `max(dispatch.inflight_wait, 4 × its average request time)` (a hanging endpoint);
-//! - its **queue is full**: `3 × cap` deliveries already wait, i.e. the expected wait
-//!   `(ahead / cap + 1) × average` would exceed 4 × its average request time.
+//!   `max(dispatch.inflight_wait, 4 × its average request time)` (a hanging endpoint), while
+//!   requests to other endpoints did complete in that time. When nothing completes anywhere,
+//!   the dispatcher is starved or cold (a loaded machine, connections being opened), not the
+//!   endpoint hanging: its deliveries wait on, and a hanging endpoint alone shows as failing
+//!   once its requests time out;
+//! - its **queue is full**: the expected wait of one more, `(waiting / cap + 1) × average`,
+//!   exceeds the stall bound (before a first completion: `3 × cap` deliveries wait). A fast
+//!   endpoint's queue is then bounded by the prefetch alone, which is the point: waiting a few
+//!   of its request times costs less than the 5 s tier.
+//!
+//! A waiting delivery gives up (and is deferred) as soon as the endpoint stalls or fails.
 //!
 //! State is per dispatcher: with N dispatchers a subscription sees at most N × the cap, and
 //! each dispatcher's breaker learns on its own, which needs no coordination.
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
 use prometheus::IntGauge;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// Deliveries that may wait per subscription, in caps: the expected wait of the last is
-/// then `(QUEUE_CAPS + 1)` × the endpoint's average request time.
+/// Deliveries that may wait per subscription, in caps, before it completed a first request
+/// (there is no average to derive the expected wait from yet).
 const QUEUE_CAPS: usize = 3;
 /// A stall is this many average request times without a completion.
 const STALL_FACTOR: u32 = 4;
@@ -68,9 +79,23 @@ impl Entry {
             .map_or(floor, |average| (average * STALL_FACTOR).max(floor))
     }
 
-    fn stalled(&self, floor: Duration) -> bool {
-        self.last_progress
-            .is_some_and(|at| at.elapsed() > self.stall_bound(floor))
+    /// Stalled: no completion within the bound, while some other request of the dispatcher
+    /// completed after this endpoint's last progress (`last_completion`).
+    fn stalled(&self, floor: Duration, last_completion: Option<Instant>) -> bool {
+        self.last_progress.is_some_and(|at| {
+            at.elapsed() > self.stall_bound(floor) && last_completion.is_some_and(|any| any > at)
+        })
+    }
+
+    /// Whether one more delivery would wait longer than the stall bound.
+    fn queue_full(&self, cap: usize, floor: Duration) -> bool {
+        match self.average {
+            None => self.waiting >= QUEUE_CAPS * cap,
+            Some(average) => {
+                let rounds = u32::try_from(self.waiting / cap + 1).unwrap_or(u32::MAX);
+                average.saturating_mul(rounds) >= self.stall_bound(floor)
+            }
+        }
     }
 }
 
@@ -92,6 +117,10 @@ pub struct AdmissionControl {
     threshold: u32,
     cooldown: Duration,
     open_gauge: IntGauge,
+    /// When the last request of any subscription completed, as nanoseconds after `epoch`
+    /// (0: none yet). Written by every completion, so an atomic rather than the map's lock.
+    last_completion: AtomicU64,
+    epoch: Instant,
 }
 
 impl AdmissionControl {
@@ -112,7 +141,33 @@ impl AdmissionControl {
             threshold,
             cooldown,
             open_gauge,
+            last_completion: AtomicU64::new(0),
+            epoch: Instant::now(),
         })
+    }
+
+    fn last_completion(&self) -> Option<Instant> {
+        match self.last_completion.load(Ordering::Relaxed) {
+            0 => None,
+            nanos => Some(self.epoch + Duration::from_nanos(nanos)),
+        }
+    }
+
+    fn completed(&self, at: Instant) {
+        let nanos = u64::try_from(at.duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX);
+        self.last_completion
+            .fetch_max(nanos.max(1), Ordering::Relaxed);
+    }
+
+    /// Why a delivery at the cap should not wait (longer), if it should not.
+    fn refusal(&self, entry: &Entry) -> Option<Admission> {
+        if entry.consecutive_failures > 0 {
+            Some(Admission::Failing)
+        } else if entry.stalled(self.stall_floor, self.last_completion()) {
+            Some(Admission::Stalled)
+        } else {
+            None
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
@@ -164,15 +219,11 @@ impl AdmissionControl {
             if probe {
                 entry.probing = false;
             }
-            let refusal = if entry.consecutive_failures > 0 {
-                Some(Admission::Failing)
-            } else if entry.stalled(floor) {
-                Some(Admission::Stalled)
-            } else if entry.waiting >= QUEUE_CAPS * self.cap {
-                Some(Admission::QueueFull)
-            } else {
-                None
-            };
+            let refusal = self.refusal(entry).or_else(|| {
+                entry
+                    .queue_full(self.cap, floor)
+                    .then_some(Admission::QueueFull)
+            });
             match refusal {
                 Some(refusal) => Err(refusal),
                 None => {
@@ -195,11 +246,14 @@ impl AdmissionControl {
                 Ok(Ok(permit)) => return Admission::Go(permit),
                 // The semaphore is never closed; were it, waiting would be pointless.
                 Ok(Err(_)) => return Admission::Stalled,
-                // No slot within a stall bound: wait on only while the endpoint completes.
-                Err(_) if self.with_entry(subscription_id, |entry| entry.stalled(floor)) => {
-                    return Admission::Stalled;
+                // No slot within a stall bound: wait on only while the endpoint is healthy.
+                Err(_) => {
+                    if let Some(refusal) =
+                        self.with_entry(subscription_id, |entry| self.refusal(entry))
+                    {
+                        return refusal;
+                    }
                 }
-                Err(_) => {}
             }
         }
     }
@@ -214,7 +268,9 @@ impl AdmissionControl {
                     .average
                     .map_or(took, |average| (average * 7 + took) / 8),
             );
-            entry.last_progress = Some(Instant::now());
+            let now = Instant::now();
+            entry.last_progress = Some(now);
+            self.completed(now);
             let was_open = entry.open_until.is_some();
             if success {
                 entry.consecutive_failures = 0;
@@ -322,8 +378,10 @@ mod tests {
             "waited on a failing endpoint"
         );
 
-        // A first request that hangs: a later delivery waits the floor, then gives up.
+        // A first request that hangs while another endpoint completes: a later delivery waits
+        // the floor, then gives up.
         let _hung = iso.admit("hung").await;
+        iso.record("other", true, MS);
         let asked = Instant::now();
         assert!(matches!(iso.admit("hung").await, Admission::Stalled));
         assert!(asked.elapsed() >= FLOOR, "gave up before the stall bound");
@@ -331,6 +389,64 @@ mod tests {
         let asked = Instant::now();
         assert!(matches!(iso.admit("hung").await, Admission::Stalled));
         assert!(asked.elapsed() < Duration::from_millis(20));
+    }
+
+    #[tokio::test]
+    async fn with_nothing_completing_anywhere_a_delivery_waits_until_the_endpoint_fails() {
+        let iso = isolation(1, 10, Duration::from_secs(1));
+        let held = iso.admit("cold").await;
+        let waiter = tokio::spawn({
+            let iso = iso.clone();
+            async move { iso.admit("cold").await }
+        });
+        // Several stall bounds without a completion anywhere: starved or cold, not stalled.
+        tokio::time::sleep(FLOOR * 4).await;
+        assert!(
+            !waiter.is_finished(),
+            "deferred while nothing completed anywhere"
+        );
+        // The first request fails (say it timed out): the waiter gives up at its next check,
+        // before any slot frees.
+        iso.record("cold", false, MS);
+        let answer = tokio::time::timeout(FLOOR * 4, waiter)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(matches!(answer, Admission::Failing), "{answer:?}");
+        drop(held);
+    }
+
+    #[tokio::test]
+    async fn a_fast_endpoint_queues_more_than_three_caps() {
+        let iso = isolation(1, 10, Duration::from_secs(1));
+        iso.record("fast", true, MS);
+        let held = iso.admit("fast").await;
+        // Ten ahead at 1 ms each: an 11 ms wait, well within the 50 ms floor.
+        let waiters: Vec<_> = (0..10)
+            .map(|_| {
+                let iso = iso.clone();
+                tokio::spawn(async move { iso.admit("fast").await })
+            })
+            .collect();
+        let queued = async {
+            while iso.with_entry("fast", |e| e.waiting) < 10 {
+                tokio::time::sleep(MS).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), queued)
+            .await
+            .expect("the fast endpoint's deliveries were not all queued");
+        assert!(
+            !iso.with_entry("fast", |e| e.queue_full(1, FLOOR)),
+            "a fast endpoint's eleventh delivery would be deferred"
+        );
+        drop(held);
+        for waiter in waiters {
+            // Each goes in turn as the one before it finishes.
+            let answer = waiter.await.unwrap();
+            assert!(matches!(answer, Admission::Go(_)), "{answer:?}");
+            iso.record("fast", true, MS);
+        }
     }
 
     #[tokio::test]
