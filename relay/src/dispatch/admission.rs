@@ -15,10 +15,10 @@
 //!   the dispatcher is starved or cold (a loaded machine, connections being opened), not the
 //!   endpoint hanging: its deliveries wait on, and a hanging endpoint alone shows as failing
 //!   once its requests time out;
-//! - its **queue is full**: the expected wait of one more, `(waiting / cap + 1) × average`,
-//!   exceeds the stall bound (before a first completion: `3 × cap` deliveries wait). A fast
-//!   endpoint's queue is then bounded by the prefetch alone, which is the point: waiting a few
-//!   of its request times costs less than the 5 s tier.
+//! - its **queue is full**: `3 × cap` deliveries wait, and the endpoint is slow (its average
+//!   request time is at least `dispatch.inflight_wait`) or has not completed a request yet.
+//!   A fast endpoint's queue is bounded by the prefetch alone: waiting a few of its request
+//!   times costs less than the 5 s tier.
 //!
 //! A waiting delivery gives up (and is deferred) as soon as the endpoint stalls or fails.
 //!
@@ -37,8 +37,8 @@ use std::{
 use prometheus::IntGauge;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// Deliveries that may wait per subscription, in caps, before it completed a first request
-/// (there is no average to derive the expected wait from yet).
+/// Deliveries that may wait per slow subscription, in caps: the expected wait of the last is
+/// then `(QUEUE_CAPS + 1)` × the endpoint's average request time.
 const QUEUE_CAPS: usize = 3;
 /// A stall is this many average request times without a completion.
 const STALL_FACTOR: u32 = 4;
@@ -87,15 +87,13 @@ impl Entry {
         })
     }
 
-    /// Whether one more delivery would wait longer than the stall bound.
+    /// Whether the queue is full: `3 × cap` wait, and the endpoint is not known to be fast
+    /// (its average request time is unknown or at least `floor`). A fast endpoint's queue is
+    /// bounded by the prefetch alone: `waiting` also counts deliveries that were handed a
+    /// slot but have not run yet, which a starved dispatcher makes many, and deferring a
+    /// fast endpoint's delivery costs the 5 s tier to save a wait of a few of its requests.
     fn queue_full(&self, cap: usize, floor: Duration) -> bool {
-        match self.average {
-            None => self.waiting >= QUEUE_CAPS * cap,
-            Some(average) => {
-                let rounds = u32::try_from(self.waiting / cap + 1).unwrap_or(u32::MAX);
-                average.saturating_mul(rounds) >= self.stall_bound(floor)
-            }
-        }
+        self.waiting >= QUEUE_CAPS * cap && self.average.is_none_or(|average| average >= floor)
     }
 }
 
@@ -421,7 +419,7 @@ mod tests {
         let iso = isolation(1, 10, Duration::from_secs(1));
         iso.record("fast", true, MS);
         let held = iso.admit("fast").await;
-        // Ten ahead at 1 ms each: an 11 ms wait, well within the 50 ms floor.
+        // Ten ahead at 1 ms each (more than three caps): an 11 ms wait.
         let waiters: Vec<_> = (0..10)
             .map(|_| {
                 let iso = iso.clone();

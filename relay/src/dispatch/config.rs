@@ -35,15 +35,15 @@ pub struct DispatchSettings {
     #[serde(with = "humantime_serde")]
     pub max_retry_after: Duration,
     /// Webhook requests one subscription may have in flight on one dispatcher. A delivery that
-    /// finds no free slot waits its turn in its queue (back-pressure; bounded by the expected
-    /// wait, see `inflight_wait`, and 3 × this many before a first completion), unless the
+    /// finds no free slot waits its turn in its queue (back-pressure; 3 × this many when the
+    /// endpoint's requests take `inflight_wait` or longer, else the prefetch), unless the
     /// endpoint is failing or stalled: then it is deferred to the first retry tier without
     /// counting as an attempt.
     pub max_inflight_per_subscription: usize,
     /// The shortest stall: a subscription at its cap that completes no request for
     /// `max(inflight_wait, 4 × its average request time)` while other requests complete is
-    /// stalled (hanging), and its waiting deliveries are deferred; a delivery that would wait
-    /// longer than that is deferred too. Covers an endpoint whose first requests hang.
+    /// stalled (hanging), and its waiting deliveries are deferred. Covers an endpoint whose
+    /// first requests hang.
     #[serde(with = "humantime_serde")]
     pub inflight_wait: Duration,
     /// Webhook requests one dispatcher may have in flight in total (backpressure through prefetch).
