@@ -73,6 +73,10 @@ pub fn router(service: Service, settings: &PortalSettings) -> Router {
             get(endpoints::test_result),
         )
         .route("/endpoints/{id}/replay", post(recovery::replay))
+        .route(
+            "/endpoints/{id}/replays/{job}",
+            get(recovery::replay_progress),
+        )
         .route("/deliveries", get(deliveries::log))
         .route("/deliveries/{seq}", get(deliveries::attempt))
         .route("/dead-letters", get(recovery::dead_letters))

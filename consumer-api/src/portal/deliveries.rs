@@ -3,16 +3,13 @@
 //! attempt's detail — the request as sent (headers and body), the response (status, headers
 //! and the start of its body), latency and error. Payloads and responses are shown as text.
 
-use axum::{
-    extract::{Path, Query, State},
-    response::Response,
-};
+use axum::extract::{Path, Query, State};
 use maud::{Markup, html};
 use relay_shared::attempt::{Headers, RESPONSE_HEADERS_BYTES, RESPONSE_HEADERS_MAX};
 use serde::Deserialize;
 
 use super::{
-    layout::{self, Nav, badge, code_block, datetime, failure},
+    layout::{self, Answer, Nav, OrPage, badge, code_block, datetime},
     state::{PortalState, Session},
 };
 use crate::{
@@ -133,7 +130,7 @@ pub async fn log(
     State(state): State<PortalState>,
     session: Session,
     Query(query): Query<LogQuery>,
-) -> Response {
+) -> Answer {
     let caller = &session.context.caller;
     let mut errors = Vec::new();
     let since = given(query.since.as_ref());
@@ -176,10 +173,9 @@ pub async fn log(
         .await;
     let types = state.service.event_type_names(caller).await;
     let page = state.service.search_deliveries(caller, &search).await;
-    let (endpoints, types, page) = match (endpoints, types, page) {
-        (Ok(e), Ok(t), Ok(p)) => (e.items, t, p),
-        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return failure(&state, &e),
-    };
+    let endpoints = endpoints.or_page(&state)?.items;
+    let types = types.or_page(&state)?;
+    let page = page.or_page(&state)?;
     let selected = |v: &Option<String>, option: &str| v.as_deref() == Some(option);
     let next = page.next_before.map(|before| {
         let mut pairs = url::form_urlencoded::Serializer::new(String::new());
@@ -254,14 +250,14 @@ pub async fn log(
             }
         }
     };
-    layout::ok(layout::page(
+    Ok(layout::ok(layout::page(
         &state,
         Some(&session),
         Nav::Deliveries,
         "deliveries",
         "Deliveries",
         body,
-    ))
+    )))
 }
 
 fn capitalised(word: &str) -> String {
@@ -292,18 +288,15 @@ pub async fn attempt(
     State(state): State<PortalState>,
     session: Session,
     Path(seq): Path<String>,
-) -> Response {
+) -> Answer {
     let Ok(seq) = seq.parse::<i64>() else {
-        return layout::error_page(&state, axum::http::StatusCode::NOT_FOUND);
+        return Err(layout::error_page(&state, axum::http::StatusCode::NOT_FOUND).into());
     };
-    let detail = match state
+    let detail = state
         .service
         .attempt_detail(&session.context.caller, seq)
         .await
-    {
-        Ok(d) => d,
-        Err(e) => return failure(&state, &e),
-    };
+        .or_page(&state)?;
     let a = &detail.attempt;
     let r = &a.attempt.record;
     let endpoint = state.href(&format!("/endpoints/{}", r.subscription_id));
@@ -370,14 +363,14 @@ pub async fn attempt(
             }
         }
     };
-    layout::ok(layout::page(
+    Ok(layout::ok(layout::page(
         &state,
         Some(&session),
         Nav::Deliveries,
         "attempt",
         "Delivery attempt",
         body,
-    ))
+    )))
 }
 
 fn urlencoded(text: &str) -> String {

@@ -19,7 +19,10 @@ use serde::Deserialize;
 use super::{
     deliveries,
     form::Form,
-    layout::{self, Nav, badge, csrf, datetime, datetime_ms, failure, field, see_other},
+    layout::{
+        self, Answer, Nav, OrPage, Stop, badge, csrf, datetime, datetime_ms, failure, field,
+        see_other,
+    },
     session::Posted,
     state::{PortalState, Session},
 };
@@ -59,10 +62,6 @@ impl Notice {
             "enabled" => "Endpoint enabled: deliveries resume.".to_owned(),
             "disabled" => "Endpoint disabled: it receives nothing until enabled again.".to_owned(),
             "deleted" => "Endpoint deleted.".to_owned(),
-            "replayed" => format!(
-                "Replay started: {} event(s) re-sent to this endpoint. Follow them in the delivery log.",
-                self.count.unwrap_or(0)
-            ),
             "redriven" => format!(
                 "{} dead letter(s) sent again on a fresh retry schedule.",
                 self.count.unwrap_or(0)
@@ -133,14 +132,14 @@ pub async fn list(
     State(state): State<PortalState>,
     session: Session,
     Query(notice): Query<Notice>,
-) -> Response {
+) -> Answer {
     let caller = &session.context.caller;
-    let page = listed(&state, caller).await;
-    let stats = state.service.endpoint_stats(caller, STATS_WINDOW).await;
-    let (page, stats) = match (page, stats) {
-        (Ok(p), Ok(s)) => (p, s),
-        (Err(e), _) | (_, Err(e)) => return failure(&state, &e),
-    };
+    let page = listed(&state, caller).await.or_page(&state)?;
+    let stats = state
+        .service
+        .endpoint_stats(caller, STATS_WINDOW)
+        .await
+        .or_page(&state)?;
     let none = DeliveryStats::default();
     let body = html! {
         (layout::heading(
@@ -196,14 +195,14 @@ pub async fn list(
             }
         }
     };
-    layout::ok(layout::page(
+    Ok(layout::ok(layout::page(
         &state,
         Some(&session),
         Nav::Endpoints,
         "endpoints",
         "Endpoints",
         body,
-    ))
+    )))
 }
 
 /// What the endpoint form shows: the values typed, and the errors per field.
@@ -371,22 +370,20 @@ fn form_page(
 }
 
 /// `GET {path}/endpoints/new`.
-pub async fn new(State(state): State<PortalState>, session: Session) -> Response {
-    match known_types(&state, &session).await {
-        Ok(known) => form_page(
-            &state,
-            &session,
-            StatusCode::OK,
-            None,
-            &FormValues::default(),
-            &known,
-        ),
-        Err(e) => failure(&state, &e),
-    }
+pub async fn new(State(state): State<PortalState>, session: Session) -> Answer {
+    let known = known_types(&state, &session).await.or_page(&state)?;
+    Ok(form_page(
+        &state,
+        &session,
+        StatusCode::OK,
+        None,
+        &FormValues::default(),
+        &known,
+    ))
 }
 
 /// `POST {path}/endpoints`.
-pub async fn create(State(state): State<PortalState>, posted: Posted) -> Response {
+pub async fn create(State(state): State<PortalState>, posted: Posted) -> Answer {
     let Posted { session, form } = posted;
     let values = FormValues::from_form(&form);
     let new = NewSubscription {
@@ -411,21 +408,21 @@ pub async fn create(State(state): State<PortalState>, posted: Posted) -> Respons
         .create_subscription(&session.context.caller, new)
         .await
     {
-        Ok(s) => see_other(&state.href(&format!("/endpoints/{}?notice=created", s.id))),
+        Ok(s) => Ok(see_other(
+            &state.href(&format!("/endpoints/{}?notice=created", s.id)),
+        )),
         Err(ApiError::Invalid(e) | ApiError::Destination(e)) => {
-            match known_types(&state, &session).await {
-                Ok(known) => form_page(
-                    &state,
-                    &session,
-                    StatusCode::BAD_REQUEST,
-                    None,
-                    &values.refused(&e),
-                    &known,
-                ),
-                Err(e) => failure(&state, &e),
-            }
+            let known = known_types(&state, &session).await.or_page(&state)?;
+            Ok(form_page(
+                &state,
+                &session,
+                StatusCode::BAD_REQUEST,
+                None,
+                &values.refused(&e),
+                &known,
+            ))
         }
-        Err(e) => failure(&state, &e),
+        Err(e) => Err(failure(&state, &e).into()),
     }
 }
 
@@ -441,16 +438,13 @@ async fn show_page(
     session: &Session,
     subscription: OwnedSubscription,
     extras: Extras,
-) -> Response {
-    let stats = match state
+) -> Answer {
+    let stats = state
         .service
         .subscription_stats(&subscription, STATS_WINDOW)
         .await
-    {
-        Ok(s) => s,
-        Err(e) => return failure(state, &e),
-    };
-    let recent = match state
+        .or_page(state)?;
+    let recent = state
         .service
         .search_deliveries(
             &session.context.caller,
@@ -461,10 +455,8 @@ async fn show_page(
             },
         )
         .await
-    {
-        Ok(p) => p.items,
-        Err(e) => return failure(state, &e),
-    };
+        .or_page(state)?
+        .items;
     let s: &Subscription = &subscription;
     let base = state.href(&format!("/endpoints/{}", s.id));
     let count = |o: &str| stats.outcomes.get(o).copied().unwrap_or(0);
@@ -579,14 +571,14 @@ async fn show_page(
             }
         }
     };
-    layout::ok(layout::page(
+    Ok(layout::ok(layout::page(
         state,
         Some(session),
         Nav::Endpoints,
         "endpoint",
         &s.url,
         body,
-    ))
+    )))
 }
 
 /// The signature scheme deliveries carry, and where a `v1a` signature's public keys are.
@@ -634,12 +626,12 @@ async fn owned(
     state: &PortalState,
     session: &Session,
     id: &str,
-) -> Result<OwnedSubscription, Response> {
+) -> Result<OwnedSubscription, Stop> {
     state
         .service
         .owned_subscription(&session.context.caller, id)
         .await
-        .map_err(|e| failure(state, &e))
+        .or_page(state)
 }
 
 /// `GET {path}/endpoints/{id}`.
@@ -648,17 +640,13 @@ pub async fn show(
     session: Session,
     Path(id): Path<String>,
     Query(notice): Query<Notice>,
-) -> Response {
-    match owned(&state, &session, &id).await {
-        Ok(s) => {
-            let extras = Extras {
-                notice: notice.render(),
-                ..Extras::default()
-            };
-            show_page(&state, &session, s, extras).await
-        }
-        Err(page) => page,
-    }
+) -> Answer {
+    let s = owned(&state, &session, &id).await?;
+    let extras = Extras {
+        notice: notice.render(),
+        ..Extras::default()
+    };
+    show_page(&state, &session, s, extras).await
 }
 
 /// `GET {path}/endpoints/{id}/edit`.
@@ -666,22 +654,17 @@ pub async fn edit(
     State(state): State<PortalState>,
     session: Session,
     Path(id): Path<String>,
-) -> Response {
-    let s = match owned(&state, &session, &id).await {
-        Ok(s) => s,
-        Err(page) => return page,
-    };
-    match known_types(&state, &session).await {
-        Ok(known) => form_page(
-            &state,
-            &session,
-            StatusCode::OK,
-            Some(&s),
-            &FormValues::of(&s, &known),
-            &known,
-        ),
-        Err(e) => failure(&state, &e),
-    }
+) -> Answer {
+    let s = owned(&state, &session, &id).await?;
+    let known = known_types(&state, &session).await.or_page(&state)?;
+    Ok(form_page(
+        &state,
+        &session,
+        StatusCode::OK,
+        Some(&s),
+        &FormValues::of(&s, &known),
+        &known,
+    ))
 }
 
 /// `POST {path}/endpoints/{id}`: saves the edit form.
@@ -689,12 +672,9 @@ pub async fn update(
     State(state): State<PortalState>,
     Path(id): Path<String>,
     posted: Posted,
-) -> Response {
+) -> Answer {
     let Posted { session, form } = posted;
-    let s = match owned(&state, &session, &id).await {
-        Ok(s) => s,
-        Err(page) => return page,
-    };
+    let s = owned(&state, &session, &id).await?;
     let values = FormValues::from_form(&form);
     let changes = SubscriptionChanges {
         url: Nullable::Value(values.url.clone()),
@@ -708,21 +688,21 @@ pub async fn update(
     };
     let current = (*s).clone();
     match state.service.update_subscription(s, changes).await {
-        Ok(s) => see_other(&state.href(&format!("/endpoints/{}?notice=updated", s.id))),
+        Ok(s) => Ok(see_other(
+            &state.href(&format!("/endpoints/{}?notice=updated", s.id)),
+        )),
         Err(ApiError::Invalid(e) | ApiError::Destination(e)) => {
-            match known_types(&state, &session).await {
-                Ok(known) => form_page(
-                    &state,
-                    &session,
-                    StatusCode::BAD_REQUEST,
-                    Some(&current),
-                    &values.refused(&e),
-                    &known,
-                ),
-                Err(e) => failure(&state, &e),
-            }
+            let known = known_types(&state, &session).await.or_page(&state)?;
+            Ok(form_page(
+                &state,
+                &session,
+                StatusCode::BAD_REQUEST,
+                Some(&current),
+                &values.refused(&e),
+                &known,
+            ))
         }
-        Err(e) => failure(&state, &e),
+        Err(e) => Err(failure(&state, &e).into()),
     }
 }
 
@@ -731,19 +711,20 @@ pub async fn enable(
     State(state): State<PortalState>,
     Path(id): Path<String>,
     posted: Posted,
-) -> Response {
-    let s = match owned(&state, &posted.session, &id).await {
-        Ok(s) => s,
-        Err(page) => return page,
-    };
+) -> Answer {
+    let s = owned(&state, &posted.session, &id).await?;
     let changes = SubscriptionChanges {
         enabled: Nullable::Value(true),
         ..SubscriptionChanges::default()
     };
-    match state.service.update_subscription(s, changes).await {
-        Ok(s) => see_other(&state.href(&format!("/endpoints/{}?notice=enabled", s.id))),
-        Err(e) => failure(&state, &e),
-    }
+    let s = state
+        .service
+        .update_subscription(s, changes)
+        .await
+        .or_page(&state)?;
+    Ok(see_other(
+        &state.href(&format!("/endpoints/{}?notice=enabled", s.id)),
+    ))
 }
 
 /// `POST {path}/endpoints/{id}/disable`.
@@ -751,19 +732,16 @@ pub async fn disable(
     State(state): State<PortalState>,
     Path(id): Path<String>,
     posted: Posted,
-) -> Response {
-    let s = match owned(&state, &posted.session, &id).await {
-        Ok(s) => s,
-        Err(page) => return page,
-    };
-    match state
+) -> Answer {
+    let s = owned(&state, &posted.session, &id).await?;
+    let s = state
         .service
         .disable_subscription(&s, "disabled in the portal")
         .await
-    {
-        Ok(s) => see_other(&state.href(&format!("/endpoints/{}?notice=disabled", s.id))),
-        Err(e) => failure(&state, &e),
-    }
+        .or_page(&state)?;
+    Ok(see_other(
+        &state.href(&format!("/endpoints/{}?notice=disabled", s.id)),
+    ))
 }
 
 /// `GET {path}/endpoints/{id}/delete`: asks first (a page, so it needs no script).
@@ -771,11 +749,8 @@ pub async fn confirm_delete(
     State(state): State<PortalState>,
     session: Session,
     Path(id): Path<String>,
-) -> Response {
-    let s = match owned(&state, &session, &id).await {
-        Ok(s) => s,
-        Err(page) => return page,
-    };
+) -> Answer {
+    let s = owned(&state, &session, &id).await?;
     let base = state.href(&format!("/endpoints/{}", s.id));
     let body = html! {
         section.card.narrow {
@@ -790,14 +765,14 @@ pub async fn confirm_delete(
             }
         }
     };
-    layout::ok(layout::page(
+    Ok(layout::ok(layout::page(
         &state,
         Some(&session),
         Nav::Endpoints,
         "endpoint-delete",
         "Delete endpoint",
         body,
-    ))
+    )))
 }
 
 /// `POST {path}/endpoints/{id}/delete`.
@@ -805,15 +780,10 @@ pub async fn delete(
     State(state): State<PortalState>,
     Path(id): Path<String>,
     posted: Posted,
-) -> Response {
-    let s = match owned(&state, &posted.session, &id).await {
-        Ok(s) => s,
-        Err(page) => return page,
-    };
-    match state.service.delete_subscription(s).await {
-        Ok(()) => see_other(&state.href("/endpoints?notice=deleted")),
-        Err(e) => failure(&state, &e),
-    }
+) -> Answer {
+    let s = owned(&state, &posted.session, &id).await?;
+    state.service.delete_subscription(s).await.or_page(&state)?;
+    Ok(see_other(&state.href("/endpoints?notice=deleted")))
 }
 
 /// `POST {path}/endpoints/{id}/secret`: the page with the secret shown.
@@ -821,11 +791,8 @@ pub async fn reveal_secret(
     State(state): State<PortalState>,
     Path(id): Path<String>,
     posted: Posted,
-) -> Response {
-    let s = match owned(&state, &posted.session, &id).await {
-        Ok(s) => s,
-        Err(page) => return page,
-    };
+) -> Answer {
+    let s = owned(&state, &posted.session, &id).await?;
     let extras = Extras {
         secret: Some(Service::secret(&s)),
         ..Extras::default()
@@ -838,29 +805,24 @@ pub async fn rotate(
     State(state): State<PortalState>,
     Path(id): Path<String>,
     posted: Posted,
-) -> Response {
-    let s = match owned(&state, &posted.session, &id).await {
-        Ok(s) => s,
-        Err(page) => return page,
-    };
+) -> Answer {
+    let s = owned(&state, &posted.session, &id).await?;
     let grace = posted.form.text("grace");
-    match state.service.rotate_secret(&s, grace.as_deref()).await {
-        Ok(secret) => {
-            let notice = layout::notice(
-                "ok",
-                html! { "Secret rotated. Update your verifier with the new secret below." },
-            );
-            let extras = Extras {
-                notice: Some(notice),
-                secret: Some(secret),
-            };
-            match owned(&state, &posted.session, &id).await {
-                Ok(s) => show_page(&state, &posted.session, s, extras).await,
-                Err(page) => page,
-            }
-        }
-        Err(e) => failure(&state, &e),
-    }
+    let secret = state
+        .service
+        .rotate_secret(&s, grace.as_deref())
+        .await
+        .or_page(&state)?;
+    let notice = layout::notice(
+        "ok",
+        html! { "Secret rotated. Update your verifier with the new secret below." },
+    );
+    let extras = Extras {
+        notice: Some(notice),
+        secret: Some(secret),
+    };
+    let s = owned(&state, &posted.session, &id).await?;
+    show_page(&state, &posted.session, s, extras).await
 }
 
 /// `POST {path}/endpoints/{id}/test`: sends a `relay.ping`, then shows its result page.
@@ -868,15 +830,12 @@ pub async fn send_test(
     State(state): State<PortalState>,
     Path(id): Path<String>,
     posted: Posted,
-) -> Response {
-    let s = match owned(&state, &posted.session, &id).await {
-        Ok(s) => s,
-        Err(page) => return page,
-    };
-    match state.service.ping(&s).await {
-        Ok(event_id) => see_other(&state.href(&format!("/endpoints/{}/tests/{event_id}", s.id))),
-        Err(e) => failure(&state, &e),
-    }
+) -> Answer {
+    let s = owned(&state, &posted.session, &id).await?;
+    let event_id = state.service.ping(&s).await.or_page(&state)?;
+    Ok(see_other(
+        &state.href(&format!("/endpoints/{}/tests/{event_id}", s.id)),
+    ))
 }
 
 /// `GET {path}/endpoints/{id}/tests/{event_id}`: the test event's attempts; reloads itself
@@ -885,12 +844,9 @@ pub async fn test_result(
     State(state): State<PortalState>,
     session: Session,
     Path((id, event_id)): Path<(String, String)>,
-) -> Response {
-    let s = match owned(&state, &session, &id).await {
-        Ok(s) => s,
-        Err(page) => return page,
-    };
-    let attempts = match state
+) -> Answer {
+    let s = owned(&state, &session, &id).await?;
+    let attempts = state
         .service
         .search_deliveries(
             &session.context.caller,
@@ -902,10 +858,8 @@ pub async fn test_result(
             },
         )
         .await
-    {
-        Ok(p) => p.items,
-        Err(e) => return failure(&state, &e),
-    };
+        .or_page(&state)?
+        .items;
     let latest = attempts.first();
     let base = state.href(&format!("/endpoints/{}", s.id));
     let body = html! {
@@ -931,7 +885,7 @@ pub async fn test_result(
         }
         p { a.btn href=(base) { "Back to the endpoint" } }
     };
-    layout::ok(layout::page_refreshing(
+    Ok(layout::ok(layout::page_refreshing(
         &state,
         Some(&session),
         Nav::Endpoints,
@@ -939,5 +893,5 @@ pub async fn test_result(
         "Test event",
         body,
         latest.is_none().then_some(1),
-    ))
+    )))
 }

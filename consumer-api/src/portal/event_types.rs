@@ -5,11 +5,11 @@
 
 use std::collections::BTreeMap;
 
-use axum::{extract::State, response::Response};
+use axum::extract::State;
 use maud::html;
 
 use super::{
-    layout::{self, Nav, badge, failure, json_block},
+    layout::{self, Answer, Nav, OrPage, badge, json_block},
     state::{PortalState, Session},
 };
 use crate::{
@@ -82,11 +82,10 @@ pub async fn names(state: &PortalState, caller: &Caller) -> Result<Vec<String>, 
 }
 
 /// `GET {path}/event-types`.
-pub async fn list(State(state): State<PortalState>, session: Session) -> Response {
-    let types = match merged(&state, &session.context.caller).await {
-        Ok(t) => t,
-        Err(e) => return failure(&state, &e),
-    };
+pub async fn list(State(state): State<PortalState>, session: Session) -> Answer {
+    let types = merged(&state, &session.context.caller)
+        .await
+        .or_page(&state)?;
     let body = html! {
         (layout::heading(
             "Event types",
@@ -131,12 +130,12 @@ pub async fn list(State(state): State<PortalState>, session: Session) -> Respons
             }
         }
     };
-    layout::ok(layout::page(
+    Ok(layout::ok(layout::page(
         &state,
         Some(&session),
         Nav::EventTypes,
         "event-types",
         "Event types",
         body,
-    ))
+    )))
 }

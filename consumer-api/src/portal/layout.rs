@@ -384,6 +384,42 @@ pub fn entity(text: &'static str) -> PreEscaped<&'static str> {
     PreEscaped(text)
 }
 
+/// What a portal handler answers: its page, or (`Err`) the page of what went wrong, so that
+/// its steps can end it early with `?`. axum answers either.
+pub type Answer = Result<Response, Stop>;
+
+/// The page that ends a handler early (a failure's, a 404…); boxed so that every step's
+/// `Result` stays small.
+#[derive(Debug)]
+pub struct Stop(Box<Response>);
+
+impl From<Response> for Stop {
+    fn from(page: Response) -> Self {
+        Self(Box::new(page))
+    }
+}
+
+impl IntoResponse for Stop {
+    fn into_response(self) -> Response {
+        *self.0
+    }
+}
+
+/// A service result whose error becomes its page ([`failure`]), for `?` in handlers.
+pub trait OrPage<T> {
+    /// The value, or the page of the error.
+    ///
+    /// # Errors
+    /// The error's page.
+    fn or_page(self, state: &PortalState) -> Result<T, Stop>;
+}
+
+impl<T> OrPage<T> for Result<T, ApiError> {
+    fn or_page(self, state: &PortalState) -> Result<T, Stop> {
+        self.map_err(|e| failure(state, &e).into())
+    }
+}
+
 /// The page for an operation's failure: not found (also another consumer's ids), a refused
 /// value, or a temporary or internal failure.
 pub fn failure(state: &PortalState, error: &ApiError) -> Response {

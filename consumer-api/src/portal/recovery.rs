@@ -1,17 +1,17 @@
-//! Getting deliveries back: replay a time window to one endpoint, and the dead letters
-//! (deliveries that ran out of attempts) with their redrive — one, the ones ticked, or all.
+//! Getting deliveries back: replay a time window to one endpoint (a job, whose progress page
+//! refreshes itself until it ends), and the dead letters (deliveries that ran out of
+//! attempts) with their redrive — one, the ones ticked, or all.
 
 use axum::{
     extract::{Path, Query, State},
     http::StatusCode,
-    response::Response,
 };
 use maud::html;
 use serde::Deserialize;
 
 use super::{
     deliveries::parse_local_utc,
-    layout::{self, Nav, badge, csrf, datetime, failure, see_other},
+    layout::{self, Answer, Nav, OrPage, badge, csrf, datetime, datetime_ms, failure, see_other},
     session::Posted,
     state::{PortalState, Session},
 };
@@ -19,45 +19,101 @@ use crate::{
     clock::ms_rfc3339,
     error::ApiError,
     service::{PageRequest, deliveries::RedriveRequest, replay::ReplayRequest},
+    store::replays::ReplayState,
 };
 
 /// Dead letters per page.
 pub const PAGE_SIZE: u32 = 50;
 
-/// `POST {path}/endpoints/{id}/replay`.
+/// `POST {path}/endpoints/{id}/replay`: starts a replay job and shows its progress (the
+/// endpoint's replay already running, if there is one).
 pub async fn replay(
     State(state): State<PortalState>,
     Path(id): Path<String>,
     posted: Posted,
-) -> Response {
+) -> Answer {
     let Posted { session, form } = posted;
-    let s = match state
+    let s = state
         .service
         .owned_subscription(&session.context.caller, &id)
         .await
-    {
-        Ok(s) => s,
-        Err(e) => return failure(&state, &e),
-    };
+        .or_page(&state)?;
     let since = form.text("since").as_deref().and_then(parse_local_utc);
     let until = match form.text("until") {
         None => Some(crate::clock::now_ms() + 1),
         Some(u) => parse_local_utc(&u),
     };
     let (Some(since), Some(until)) = (since, until) else {
-        return layout::error_page(&state, StatusCode::BAD_REQUEST);
+        return Err(layout::error_page(&state, StatusCode::BAD_REQUEST).into());
     };
     let request = ReplayRequest {
         since: ms_rfc3339(since),
         until: Some(ms_rfc3339(until)),
     };
-    match state.service.replay(&s, &request).await {
-        Ok(count) => see_other(&state.href(&format!(
-            "/endpoints/{}?notice=replayed&count={count}",
-            s.id
-        ))),
-        Err(e) => failure(&state, &e),
+    let job = match state.service.start_replay(&s, &request).await {
+        Ok(job) => job.id,
+        Err(ApiError::ReplayRunning(running)) => running,
+        Err(e) => return Err(failure(&state, &e).into()),
+    };
+    Ok(see_other(
+        &state.href(&format!("/endpoints/{}/replays/{job}", s.id)),
+    ))
+}
+
+/// `GET {path}/endpoints/{id}/replays/{job}`: a replay job's progress, events re-sent of the
+/// window's total; the page reloads itself every second until the job ends (no script).
+pub async fn replay_progress(
+    State(state): State<PortalState>,
+    session: Session,
+    Path((id, job)): Path<(String, String)>,
+) -> Answer {
+    let caller = &session.context.caller;
+    let s = state
+        .service
+        .owned_subscription(caller, &id)
+        .await
+        .or_page(&state)?;
+    let job = state
+        .service
+        .replay_job(caller, &job)
+        .await
+        .or_page(&state)?;
+    if job.subscription_id != s.id {
+        return Err(layout::error_page(&state, StatusCode::NOT_FOUND).into());
     }
+    let ended = matches!(job.state, ReplayState::Done | ReplayState::Failed);
+    let base = state.href(&format!("/endpoints/{}", s.id));
+    let log = state.href(&format!("/deliveries?endpoint={}", s.id));
+    let body = html! {
+        p.crumbs { a href=(state.href("/endpoints")) { "Endpoints" } " / " a href=(base) { (s.url) } }
+        (layout::heading("Replay", Some(html! {
+            "Events recorded from " (datetime_ms(job.since_ms)) " until " (datetime_ms(job.until_ms)) ", re-sent to this endpoint."
+        }), None))
+        section.card #replay data-state=(job.state.as_str()) data-published=(job.published) {
+            @match job.state {
+                ReplayState::Queued => { (layout::notice("info", html! { "Queued: it starts within a moment. This page refreshes by itself." })) }
+                ReplayState::Running => { (layout::notice("info", html! { "Re-sending… this page refreshes by itself." })) }
+                ReplayState::Done => { (layout::notice("ok", html! { (job.published) " event(s) re-sent. " a href=(log) { "Follow them in the delivery log." } })) }
+                ReplayState::Failed => { (layout::notice("bad", html! { "Stopped after " (job.published) " event(s): " (job.reason.as_deref().unwrap_or("no reason given")) })) }
+            }
+            @if let Some(total) = job.total {
+                label for="replay-progress" { (job.published) " of " (total) " event(s) re-sent" }
+                progress #replay-progress max=(total.max(1)) value=(if total == 0 { 1 } else { job.published }) {}
+            } @else {
+                p.muted { "Counting the window's events…" }
+            }
+        }
+        p { a.btn href=(base) { "Back to the endpoint" } }
+    };
+    Ok(layout::ok(layout::page_refreshing(
+        &state,
+        Some(&session),
+        Nav::Endpoints,
+        "replay",
+        "Replay",
+        body,
+        (!ended).then_some(1),
+    )))
 }
 
 /// The dead-letter list's query string.
@@ -74,7 +130,7 @@ pub async fn dead_letters(
     State(state): State<PortalState>,
     session: Session,
     Query(query): Query<DeadQuery>,
-) -> Response {
+) -> Answer {
     let caller = &session.context.caller;
     let endpoint = query.endpoint.filter(|e| !e.is_empty());
     let endpoints = super::endpoints::listed(&state, caller).await;
@@ -89,10 +145,8 @@ pub async fn dead_letters(
             },
         )
         .await;
-    let (endpoints, page) = match (endpoints, page) {
-        (Ok(e), Ok(p)) => (e.items, p),
-        (Err(e), _) | (_, Err(e)) => return failure(&state, &e),
-    };
+    let endpoints = endpoints.or_page(&state)?.items;
+    let page = page.or_page(&state)?;
     let url_of = |id: &str| {
         endpoints
             .iter()
@@ -207,19 +261,19 @@ pub async fn dead_letters(
             }
         }
     };
-    layout::ok(layout::page(
+    Ok(layout::ok(layout::page(
         &state,
         Some(&session),
         Nav::DeadLetters,
         "dead-letters",
         "Dead letters",
         body,
-    ))
+    )))
 }
 
 /// `POST {path}/dead-letters/redrive`: the one clicked, the ones ticked, or all (of the
 /// endpoint shown, else of every endpoint).
-pub async fn redrive(State(state): State<PortalState>, posted: Posted) -> Response {
+pub async fn redrive(State(state): State<PortalState>, posted: Posted) -> Answer {
     let Posted { session, form } = posted;
     let caller = &session.context.caller;
     let endpoint = form.text("endpoint");
@@ -285,14 +339,14 @@ pub async fn redrive(State(state): State<PortalState>, posted: Posted) -> Respon
         Ok(())
     }
     .await;
-    if let Err(e) = result {
-        return failure(&state, &e);
-    }
+    result.or_page(&state)?;
     let mut pairs = url::form_urlencoded::Serializer::new(String::new());
     if let Some(e) = &endpoint {
         pairs.append_pair("endpoint", e);
     }
     pairs.append_pair("notice", "redriven");
     pairs.append_pair("count", &redriven.to_string());
-    see_other(&state.href(&format!("/dead-letters?{}", pairs.finish())))
+    Ok(see_other(
+        &state.href(&format!("/dead-letters?{}", pairs.finish())),
+    ))
 }

@@ -24,7 +24,7 @@ use crate::{
     store::{
         StoreError, Subscription,
         records::{EventScope, StoredEvent},
-        replays::{ReplayJob, ReplayState},
+        replays::ReplayJob,
     },
 };
 
@@ -127,9 +127,6 @@ impl Wanted {
     }
 }
 
-/// How often [`Service::replay`] looks at the job it waits for.
-const WAIT_POLL: Duration = Duration::from_millis(100);
-
 impl Service {
     /// Starts a replay job of the window `request` names to `subscription`; returns it,
     /// queued. A background task runs it ([`runner`](super::replay_runner)); follow it with
@@ -175,30 +172,6 @@ impl Service {
         self.store
             .prune_replays(now_ms().saturating_sub(duration_ms(retention)))
             .await
-    }
-
-    /// Starts a replay job and waits until it ends; returns how many events it re-sent.
-    /// For front ends that answer only when done (the portal, until it follows jobs).
-    ///
-    /// # Errors
-    /// As [`Service::start_replay`], and [`ApiError::ReplayFailed`] when the job fails.
-    pub async fn replay(
-        &self,
-        subscription: &OwnedSubscription,
-        request: &ReplayRequest,
-    ) -> Result<u64, ApiError> {
-        let job = self.start_replay(subscription, request).await?;
-        loop {
-            tokio::time::sleep(WAIT_POLL).await;
-            let (job, _) = self.store.replay_job(&job.id).await?;
-            match job.state {
-                ReplayState::Done => return Ok(u64::try_from(job.published).unwrap_or(0)),
-                ReplayState::Failed => {
-                    return Err(ApiError::ReplayFailed(job.reason.unwrap_or_default()));
-                }
-                ReplayState::Queued | ReplayState::Running => {}
-            }
-        }
     }
 
     /// Sends a `relay.ping` event (fresh id) to `subscription` only; returns its id.

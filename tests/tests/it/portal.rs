@@ -575,8 +575,26 @@ async fn portal_replays_a_window_and_redrives_a_dead_letter() {
         ))
         .await;
     browser.click("form[action$='/replay'] button").await;
-    browser.wait_page("endpoint").await;
+    // The job's page, refreshing itself (no script) until the job is done.
+    browser.wait_page("replay").await;
+    wait_for(
+        &browser,
+        "the replay to finish",
+        "return document.querySelector('#replay[data-state=done]') !== null;",
+    )
+    .await;
     assert!(browser.text(".notice").await.contains("1 event(s) re-sent"));
+    assert_eq!(
+        browser.text("label[for=replay-progress]").await,
+        "1 of 1 event(s) re-sent"
+    );
+    assert_eq!(
+        browser
+            .eval("return document.getElementById('replay-progress').value;")
+            .await,
+        json!(1)
+    );
+    shot(&browser, "replay").await;
     let got = receiver.wait_for(failed + 2, Duration::from_secs(20)).await;
     assert!(got.len() > failed + 1, "the replayed delivery arrived");
     assert_eq!(
