@@ -176,6 +176,37 @@ impl Browser {
         }
     }
 
+    /// Clicks `css` (a button that submits a form) and waits for the page it leads to, named
+    /// `page`: a new document, even when it has the same name as the one clicked on (a form
+    /// that posts and redirects back to its own page).
+    ///
+    /// # Panics
+    /// When no new page named `page` comes within [`WAIT`].
+    pub async fn submit(&self, css: &str, page: &str) {
+        self.eval("window.relayTestStale = true; return null;")
+            .await;
+        self.click(css).await;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let current = self
+                .client
+                .execute(
+                    "return (window.relayTestStale || !document.body) ? null : document.body.getAttribute('data-page');",
+                    vec![],
+                )
+                .await
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned));
+            if current.as_deref() == Some(page) {
+                return;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("expected a new page {page} after clicking {css}, have {current:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// The `data-page` of the current page, once it has one.
     pub async fn page(&self) -> Option<String> {
         self.client

@@ -322,8 +322,9 @@ async fn portal_creates_an_endpoint_sends_a_test_event_and_rotates_the_secret() 
     // Reveal the secret: the test event's signature verifies with it.
     browser.goto(&endpoint_url).await;
     browser.wait_page("endpoint").await;
-    browser.click("form[action$='/secret'] button").await;
-    browser.wait_page("endpoint").await;
+    browser
+        .submit("form[action$='/secret'] button", "endpoint")
+        .await;
     let old_secret = browser.text("#secret-value").await;
     assert!(old_secret.starts_with("whsec_"), "{old_secret}");
     assert!(
@@ -332,8 +333,9 @@ async fn portal_creates_an_endpoint_sends_a_test_event_and_rotates_the_secret() 
     );
 
     // Rotate (24 h grace): the next delivery carries two signatures, one per secret.
-    browser.click("form[action$='/rotate'] button").await;
-    browser.wait_page("endpoint").await;
+    browser
+        .submit("form[action$='/rotate'] button", "endpoint")
+        .await;
     let new_secret = browser.text("#secret-value").await;
     assert!(new_secret.starts_with("whsec_") && new_secret != old_secret);
     assert!(
