@@ -155,6 +155,14 @@ fn check_schema_and_examples(schema: Option<&Value>, examples: &[Value]) -> Resu
     let Some(schema) = schema else {
         return Ok(());
     };
+    // `true` and `false` are JSON Schemas too, but the document (and what a reader of the
+    // catalogue expects) says an object: `null` is the way to accept any `data`.
+    if !schema.is_object() {
+        return Err(FieldError::new(
+            "schema",
+            "schema must be a JSON object (a JSON Schema); null accepts any data",
+        ));
+    }
     let compiled = CompiledSchema::compile(schema).map_err(schema_field)?;
     for (i, example) in examples.iter().enumerate() {
         if let Err(v) = compiled.check(example) {
@@ -372,6 +380,8 @@ mod tests {
         let e = check_schema_and_examples(Some(&schema), &[json!({}), json!({"total": "x"})])
             .unwrap_err();
         assert_eq!(e.field, "examples[1]/total");
+        let e = check_schema_and_examples(Some(&json!(false)), &[]).unwrap_err();
+        assert_eq!(e.field, "schema");
         let e = check_schema_and_examples(Some(&json!({"type": "nope"})), &[]).unwrap_err();
         assert_eq!(e.field, "schema/type");
         let e = check_example_count(&vec![json!(1); MAX_EXAMPLES + 1]).unwrap_err();

@@ -205,7 +205,7 @@ pub struct SubscriptionChanges {
     /// New signature scheme; `null` is refused. The first move to `v1a` or `both` makes the
     /// subscription's signing key.
     #[serde(default)]
-    #[schema(value_type = Option<SchemeDoc>)]
+    #[schema(value_type = SchemeDoc)]
     pub signature_scheme: Nullable<SignatureScheme>,
     /// New payload filter; `null` removes it.
     #[serde(default)]
