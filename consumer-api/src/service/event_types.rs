@@ -152,6 +152,13 @@ fn check_example_count(examples: &[Value]) -> Result<(), FieldError> {
 /// Compiles the schema (if any) and checks every example against it. Either may fail only
 /// for what it means (the document allows any object), so callers answer 422.
 fn check_schema_and_examples(schema: Option<&Value>, examples: &[Value]) -> Result<(), FieldError> {
+    // The document says objects, as every event of the catalogue's own types carries.
+    if let Some(i) = examples.iter().position(|e| !e.is_object()) {
+        return Err(FieldError::new(
+            format!("examples[{i}]"),
+            "an example must be a JSON object (an event's data)",
+        ));
+    }
     let Some(schema) = schema else {
         return Ok(());
     };
@@ -380,6 +387,8 @@ mod tests {
         let e = check_schema_and_examples(Some(&schema), &[json!({}), json!({"total": "x"})])
             .unwrap_err();
         assert_eq!(e.field, "examples[1]/total");
+        let e = check_schema_and_examples(None, &[json!([null, null])]).unwrap_err();
+        assert_eq!(e.field, "examples[0]");
         let e = check_schema_and_examples(Some(&json!(false)), &[]).unwrap_err();
         assert_eq!(e.field, "schema");
         let e = check_schema_and_examples(Some(&json!({"type": "nope"})), &[]).unwrap_err();
