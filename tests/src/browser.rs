@@ -183,35 +183,19 @@ impl Browser {
     /// # Panics
     /// When no new page named `page` comes within [`WAIT`].
     pub async fn submit(&self, css: &str, page: &str) {
+        // `page()` reads nothing from a document carrying this mark: only the next one counts.
         self.eval("window.relayTestStale = true; return null;")
             .await;
         self.click(css).await;
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let current = self
-                .client
-                .execute(
-                    "return (window.relayTestStale || !document.body) ? null : document.body.getAttribute('data-page');",
-                    vec![],
-                )
-                .await
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned));
-            if current.as_deref() == Some(page) {
-                return;
-            }
-            if tokio::time::Instant::now() > deadline {
-                panic!("expected a new page {page} after clicking {css}, have {current:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        self.wait_page(page).await;
     }
 
-    /// The `data-page` of the current page, once it has one.
+    /// The `data-page` of the current page, once it has one (not of a page [`Browser::submit`]
+    /// is leaving).
     pub async fn page(&self) -> Option<String> {
         self.client
             .execute(
-                "return document.body ? document.body.getAttribute('data-page') : null;",
+                "return (document.body && !window.relayTestStale) ? document.body.getAttribute('data-page') : null;",
                 vec![],
             )
             .await
