@@ -82,17 +82,25 @@ call "$admin" GET /readyz >/dev/null || {
   exit 1
 }
 
-# A consumer with a key and a subscription, so that the consumer key has something to reach.
-call "$admin" POST /v1/consumers '{"id": "acme"}' >/dev/null
-key=$(call "$admin" POST /v1/consumers/acme/keys |
-  python3 -c 'import json, sys; print(json.load(sys.stdin)["key"])')
-call "$key" POST /v1/subscriptions \
-  "{\"url\": \"$base/nowhere\", \"event_types\": [\"order.*\"]}" >/dev/null
+# new_consumer: creates a consumer with a key (in $key) and a subscription, so that the key has
+# something to reach. Made for the consumer's run, after the admin's: the admin run
+# deletes consumers it finds (with their keys), which left the consumer run nothing but 401s.
+new_consumer() {
+  local id=schemathesis-$RANDOM$RANDOM
+  call "$admin" POST /v1/consumers "{\"id\": \"$id\"}" >/dev/null
+  key=$(call "$admin" POST "/v1/consumers/$id/keys" |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["key"])')
+  call "$key" POST /v1/subscriptions \
+    "{\"url\": \"$base/nowhere\", \"event_types\": [\"order.*\"]}" >/dev/null
+}
 
 status=0
 for who in admin consumer; do
   bearer=$admin
-  [[ $who == consumer ]] && bearer=$key
+  if [[ $who == consumer ]]; then
+    new_consumer
+    bearer=$key
+  fi
   echo "==> schemathesis $version, $seconds s with the $who key" >&2
   (cd "$work" &&
     "$venv/bin/schemathesis" --config-file "$root/deploy/local/schemathesis.toml" \

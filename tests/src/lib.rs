@@ -15,6 +15,7 @@ pub mod freeze;
 pub mod postgres;
 pub mod process;
 pub mod receiver;
+pub mod stalls;
 pub mod system;
 
 use std::path::PathBuf;

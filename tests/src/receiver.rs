@@ -309,7 +309,7 @@ async fn record(
 }
 
 /// Locks a mutex, ignoring poisoning (a panicking test thread must not hide the records).
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
