@@ -314,7 +314,7 @@ impl PrivateBroker {
             if let Some(status) = self.exited() {
                 let log = self.log_tail();
                 return Err(StartFailure::Exited {
-                    port_taken: log.contains("eaddrinuse"),
+                    port_taken: port_was_taken(&log),
                     detail: format!("the node exited ({status}); {log}"),
                 });
             }
@@ -377,6 +377,20 @@ impl PrivateBroker {
         }
         out
     }
+}
+
+/// Whether a node's log says a port was taken between our check and its bind: the AMQP
+/// listener's `eaddrinuse`, or the prelaunch check of the distribution port (which stops the
+/// node before any listener, with `dist_port_already_used`).
+fn port_was_taken(log: &str) -> bool {
+    let log = log.to_ascii_lowercase();
+    [
+        "eaddrinuse",
+        "dist_port_already_used",
+        "could not bind to distribution port",
+    ]
+    .iter()
+    .any(|marker| log.contains(marker))
 }
 
 impl Drop for PrivateBroker {
@@ -553,6 +567,24 @@ fn rabbitmq_bin(name: &str) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_taken_distribution_port_is_worth_a_retry() {
+        // What RabbitMQ 3.10 prints when the distribution port was taken (Debian 12's node,
+        // started with RABBITMQ_DIST_PORT on a port another process listened on).
+        let prelaunch = "BOOT FAILED\n===========\nERROR: could not bind to distribution port \
+            33327 on host localhost. It could be in use by another process or cannot be bound \
+            to (e.g. due to a security policy)\n\nKernel pid terminated (application_controller) \
+            ({application_start_failure,rabbitmq_prelaunch,{{shutdown,{failed_to_start_child,\
+            prelaunch,{dist_port_already_used,33327,not_erlang,\"localhost\"}}}}})";
+        assert!(port_was_taken(prelaunch));
+        assert!(port_was_taken(
+            "{listen_error, 35555, eaddrinuse} starting the AMQP listener"
+        ));
+        assert!(!port_was_taken(
+            "BOOT FAILED: {error, enoent, \"rabbitmq.conf\"}"
+        ));
+    }
 
     async fn connect(url: &str) -> lapin::Result<lapin::Connection> {
         lapin::Connection::connect(url, lapin::ConnectionProperties::default()).await
