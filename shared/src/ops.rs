@@ -10,18 +10,47 @@ use prometheus::{Encoder, Registry, TextEncoder};
 
 /// Named readiness conditions (broker connected, store reachable, directory loaded…).
 /// A process is ready when every registered condition is met.
+///
+/// Warnings are shown by `/readyz` beside the status without changing it: conditions that
+/// need an operator but that the process itself cannot fix or be replaced for (a broker
+/// holding retries it does not forward), so that every replica does not go unready at once.
 #[derive(Debug, Clone, Default)]
-pub struct Readiness(Arc<Mutex<BTreeMap<&'static str, Option<String>>>>);
+pub struct Readiness(Arc<Mutex<Conditions>>);
+
+#[derive(Debug, Default)]
+struct Conditions {
+    conditions: BTreeMap<&'static str, Option<String>>,
+    warnings: BTreeMap<String, String>,
+}
 
 impl Readiness {
     /// Registers `name` as not yet ready, with `reason`.
     pub fn not_ready(&self, name: &'static str, reason: impl Into<String>) {
-        self.lock().insert(name, Some(reason.into()));
+        self.lock().conditions.insert(name, Some(reason.into()));
     }
 
     /// Marks `name` ready.
     pub fn ready(&self, name: &'static str) {
-        self.lock().insert(name, None);
+        self.lock().conditions.insert(name, None);
+    }
+
+    /// Shows the warning `name: reason` on `/readyz` until [`Readiness::clear_warning`].
+    pub fn warn(&self, name: &str, reason: impl Into<String>) {
+        self.lock().warnings.insert(name.to_owned(), reason.into());
+    }
+
+    /// Removes the warning `name`, if shown.
+    pub fn clear_warning(&self, name: &str) {
+        self.lock().warnings.remove(name);
+    }
+
+    /// Every warning shown, as `name: reason`.
+    pub fn warnings(&self) -> Vec<String> {
+        self.lock()
+            .warnings
+            .iter()
+            .map(|(name, reason)| format!("{name}: {reason}"))
+            .collect()
     }
 
     /// `Ok` when ready, else the reasons.
@@ -31,6 +60,7 @@ impl Readiness {
     pub fn check(&self) -> Result<(), Vec<String>> {
         let reasons: Vec<String> = self
             .lock()
+            .conditions
             .iter()
             .filter_map(|(name, reason)| reason.as_ref().map(|r| format!("{name}: {r}")))
             .collect();
@@ -41,7 +71,7 @@ impl Readiness {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<&'static str, Option<String>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Conditions> {
         // A poisoned map is still a valid map; readiness must keep answering.
         self.0
             .lock()
@@ -84,13 +114,18 @@ async fn metrics(State(state): State<OpsState>) -> impl IntoResponse {
 }
 
 async fn readyz(State(state): State<OpsState>) -> impl IntoResponse {
-    match state.readiness.check() {
-        Ok(()) => (StatusCode::OK, Json(serde_json::json!({"status": "ready"}))),
+    let (status, mut body) = match state.readiness.check() {
+        Ok(()) => (StatusCode::OK, serde_json::json!({"status": "ready"})),
         Err(reasons) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(serde_json::json!({"status": "not ready", "reasons": reasons})),
+            serde_json::json!({"status": "not ready", "reasons": reasons}),
         ),
+    };
+    let warnings = state.readiness.warnings();
+    if !warnings.is_empty() {
+        body["warnings"] = warnings.into();
     }
+    (status, Json(body))
 }
 
 #[cfg(test)]
@@ -105,5 +140,15 @@ mod tests {
         assert_eq!(r.check().unwrap_err(), ["broker: connecting"]);
         r.ready("broker");
         assert!(r.check().is_ok());
+    }
+
+    #[test]
+    fn warnings_are_shown_without_changing_readiness() {
+        let r = Readiness::default();
+        r.warn("retry.5s", "held");
+        assert!(r.check().is_ok());
+        assert_eq!(r.warnings(), ["retry.5s: held"]);
+        r.clear_warning("retry.5s");
+        assert!(r.warnings().is_empty());
     }
 }

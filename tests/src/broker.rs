@@ -81,6 +81,9 @@ pub struct NodeConfig {
     pub advanced_config: String,
     /// Lines appended to `rabbitmq.conf`.
     pub extra_conf: String,
+    /// Enables the management plugin, its HTTP API on a free loopback port
+    /// ([`PrivateBroker::management_url`]), statistics collected every second.
+    pub management: bool,
 }
 
 /// A RabbitMQ node of its own for one test; killed and deleted on drop.
@@ -88,6 +91,7 @@ pub struct NodeConfig {
 pub struct PrivateBroker {
     node: String,
     port: u16,
+    management_port: Option<u16>,
     dir: PathBuf,
     env: Vec<(&'static str, String)>,
     child: Mutex<Child>,
@@ -148,6 +152,19 @@ impl PrivateBroker {
     #[must_use]
     pub fn amqp_url(&self) -> String {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    /// `http://guest:guest@127.0.0.1:PORT` of the management API, for a node started with
+    /// [`NodeConfig::management`].
+    ///
+    /// # Panics
+    /// When the node was started without it.
+    #[must_use]
+    pub fn management_url(&self) -> String {
+        let port = self
+            .management_port
+            .expect("a node started with NodeConfig::management");
+        format!("http://guest:guest@127.0.0.1:{port}")
     }
 
     /// The AMQP port on 127.0.0.1.
@@ -295,12 +312,14 @@ impl PrivateBroker {
         );
         let node = format!("relaytest-{unique}@localhost");
         let dir = std::env::temp_dir().join(format!("relaytest-{unique}"));
-        let (port, dist_port) = free_port_pair();
-        let env = node_files(&dir, &node, port, dist_port, config);
+        let ports = free_ports(if config.management { 3 } else { 2 });
+        let (port, dist_port, management_port) = (ports[0], ports[1], ports.get(2).copied());
+        let env = node_files(&dir, &node, port, dist_port, management_port, config);
         let child = spawn_vm(&dir, &env);
         PrivateBroker {
             node,
             port,
+            management_port,
             dir,
             env,
             child: Mutex::new(child),
@@ -437,6 +456,7 @@ fn node_files(
     node: &str,
     port: u16,
     dist_port: u16,
+    management_port: Option<u16>,
     config: &NodeConfig,
 ) -> Vec<(&'static str, String)> {
     let home = dir.join("home");
@@ -446,8 +466,24 @@ fn node_files(
     let write = |name: &str, text: &str| {
         fs::write(dir.join(name), text).unwrap_or_else(|e| panic!("write {name}: {e}"));
     };
-    // Only the consistent-hash exchange (sharded ingress): no management listener, a faster boot.
-    write("enabled_plugins", "[rabbitmq_consistent_hash_exchange].\n");
+    // The consistent-hash exchange (sharded ingress); the management listener only when asked
+    // for, as it slows the boot.
+    let management = match management_port {
+        Some(p) => {
+            write(
+                "enabled_plugins",
+                "[rabbitmq_consistent_hash_exchange,rabbitmq_management].\n",
+            );
+            format!(
+                "management.tcp.ip = 127.0.0.1\nmanagement.tcp.port = {p}\n\
+                 collect_statistics_interval = 1000\n"
+            )
+        }
+        None => {
+            write("enabled_plugins", "[rabbitmq_consistent_hash_exchange].\n");
+            String::new()
+        }
+    };
     write(
         "rabbitmq.conf",
         &format!(
@@ -456,7 +492,7 @@ fn node_files(
              loopback_users.guest = true\n\
              log.console = false\n\
              log.file.level = info\n\
-             disk_free_limit.absolute = 10MB\n{}",
+             disk_free_limit.absolute = 10MB\n{management}{}",
             config.extra_conf
         ),
     );
@@ -524,20 +560,20 @@ pub(crate) fn random_cookie() -> String {
         .collect()
 }
 
-/// Two distinct free ports on 127.0.0.1 (AMQP and Erlang distribution).
-fn free_port_pair() -> (u16, u16) {
+/// `n` distinct free ports on 127.0.0.1 (AMQP, Erlang distribution, management).
+fn free_ports(n: usize) -> Vec<u16> {
     let mut held = Vec::new();
     let mut ports = Vec::new();
-    while ports.len() < 2 {
+    while ports.len() < n {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
         let port = listener.local_addr().expect("local address").port();
         if !CTL_DEFAULT_PORTS.contains(&port) {
             ports.push(port);
         }
-        // Held until both are chosen so the two differ.
+        // Held until all are chosen so they differ.
         held.push(listener);
     }
-    (ports[0], ports[1])
+    ports
 }
 
 /// A random number from the operating system.

@@ -124,6 +124,7 @@ impl PrivateCluster {
             cookie: Some(random_cookie()),
             advanced_config,
             extra_conf: shipped_cluster_conf(),
+            ..NodeConfig::default()
         };
         let started = Instant::now();
         let (a, b, c) = tokio::join!(

@@ -61,6 +61,12 @@ pub struct DispatchSettings {
     /// declarations) into `relay_queue_messages` and `relay_queue_consumers`; `0s` turns it off.
     #[serde(with = "humantime_serde")]
     pub queue_sample_interval: Duration,
+    /// Base URL of RabbitMQ's management HTTP API, credentials included
+    /// (`http://user:pass@host:15672`; the user needs the `management` or `monitoring` tag). Every
+    /// `queue_sample_interval` it is asked for each retry tier's counts, to report retries the
+    /// broker holds but does not forward (`relay_retry_tier_stranded`, a `/readyz` warning;
+    /// docs/RELIABILITY.md). Empty (the default): not watched.
+    pub management_url: String,
     /// Longest an `ordering: key` delivery holds its key back, retrying in place on the
     /// schedule while its event stays unacked; then it is dead-lettered and the key's next
     /// event goes. Keep it below the broker's `consumer_timeout` (15 min in deploy/rabbitmq)
@@ -89,6 +95,15 @@ impl Section for DispatchSettings {
             return ConfigError::invalid(
                 "dispatch.directory_url",
                 "must be an http(s) URL of consumer-api",
+            );
+        }
+        if !(self.management_url.is_empty()
+            || self.management_url.starts_with("http://")
+            || self.management_url.starts_with("https://"))
+        {
+            return ConfigError::invalid(
+                "dispatch.management_url",
+                "must be empty or an http(s) URL of RabbitMQ's management API",
             );
         }
         if self.directory_key.trim().is_empty() {
@@ -156,6 +171,10 @@ mod tests {
             (
                 ("RELAY__DISPATCH__RETRY_JITTER", "2"),
                 "dispatch.retry_jitter",
+            ),
+            (
+                ("RELAY__DISPATCH__MANAGEMENT_URL", "rabbit:15672"),
+                "dispatch.management_url",
             ),
         ] {
             let err = load(&[key, pair]).unwrap_err();

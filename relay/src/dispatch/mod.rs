@@ -20,6 +20,7 @@ mod retry;
 mod select;
 mod step;
 mod sync;
+mod tier_watch;
 mod worker;
 
 use std::{sync::Arc, time::Duration};
@@ -131,6 +132,17 @@ pub async fn run(
     .context("registering queue metrics")?;
     if let Some(sampling) = sampler.run(sessions.clone(), shutdown.clone()) {
         background.spawn(sampling);
+    }
+    if let Some(watch) = tier_watch::TierWatch::register(
+        &registry,
+        &dispatch.management_url,
+        settings.amqp.node_urls()[0],
+        &topology,
+        &dispatch.retry_schedule,
+        dispatch.queue_sample_interval,
+        readiness.clone(),
+    )? {
+        background.spawn(watch.run(shutdown.clone()));
     }
     let ops = relay_shared::ops::router(registry, readiness.clone());
     tracing::info!(addr = %listener.local_addr()?, "dispatcher ops listening");

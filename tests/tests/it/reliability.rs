@@ -10,7 +10,8 @@ use std::{
 use reqwest::Method;
 use serde_json::{Value, json};
 use tests::{
-    broker::PrivateBroker,
+    broker::{NodeConfig, PrivateBroker},
+    cluster::SHIPPED_ADVANCED_CONFIG,
     process::DispatcherProcess,
     receiver::{Behaviour, Received, Receiver},
     stalls::Stalls,
@@ -477,5 +478,147 @@ async fn sigterm_drains_in_flight_deliveries_within_the_grace_period() {
         lost
     );
     assert_eq!(lost, 0);
+    relay.stop().await;
+}
+
+/// Retries RabbitMQ holds in a retry tier without forwarding them, produced by design on one
+/// node: with `redeliver` unbound from `retry-ready`, the tier's dead-letter worker has nowhere
+/// to forward expired retries, so they stay in the tier, counted in `messages` but neither
+/// ready nor unacked, which is what a refused forward after a node loss looks like
+/// (tests/tests/it/cluster.rs produces that one). Every retry ends up held, as the endpoint
+/// keeps failing; the dispatcher reports all of them (`relay_retry_tier_stranded`, a `/readyz`
+/// warning while staying ready) once held for longer than the tier's delay. With the binding
+/// back, the shipped `advanced.config` has them forwarded again, every event is delivered,
+/// and both signals clear.
+#[tokio::test]
+async fn retries_stranded_in_a_tier_are_reported_until_forwarded() {
+    const EVENTS: usize = 20;
+    const DEADLINE: Duration = Duration::from_secs(180);
+    let broker = PrivateBroker::start_with(&NodeConfig {
+        management: true,
+        advanced_config: SHIPPED_ADVANCED_CONFIG.to_owned(),
+        ..NodeConfig::default()
+    })
+    .await;
+    let receiver = Receiver::start_with(Behaviour::Status(500)).await;
+    let relay = System::start_with(
+        Options::new(broker.amqp_url())
+            .set("RELAY__DISPATCH__MANAGEMENT_URL", &broker.management_url())
+            .set("RELAY__DISPATCH__QUEUE_SAMPLE_INTERVAL", "500ms")
+            // Retries keep cycling through the 2 s tier, never exhausted during the test.
+            .set("RELAY__DISPATCH__RETRY_SCHEDULE", &["2s"; 200].join(","))
+            .set("RELAY__DISPATCH__BREAKER_FAILURES", "1000000"),
+    )
+    .await;
+    let dispatcher = relay.dispatcher_urls[0].clone();
+    relay.subscribe(&receiver.url(), &["order.*"], None).await;
+    let accepted = publish_batches(&relay, EVENTS, "order.created").await;
+    let attempted = || {
+        ids(&receiver.received())
+            .into_iter()
+            .collect::<HashSet<String>>()
+    };
+    let started = Instant::now();
+    while attempted().len() < EVENTS {
+        assert!(started.elapsed() < DEADLINE, "not every event attempted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let topology = relay_shared::topology::Topology::from_settings(&relay.settings.amqp);
+    let connection = lapin::Connection::connect(
+        &broker.amqp_url(),
+        lapin::ConnectionProperties::default(),
+    )
+    .await
+    .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .queue_unbind(
+            topology.redeliver.as_str().into(),
+            topology.retry_ready.as_str().into(),
+            "".into(),
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .unwrap();
+
+    let readyz = || async {
+        let response = relay
+            .http
+            .get(format!("{dispatcher}/readyz"))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json::<Value>().await.unwrap())
+    };
+    // Every retry ends up held in the tier, and reported.
+    let unbound = Instant::now();
+    loop {
+        let stranded = relay
+            .metric(&dispatcher, "relay_retry_tier_stranded")
+            .await
+            .unwrap_or(0.0);
+        let (status, body) = readyz().await;
+        let warned = body["warnings"]
+            .as_array()
+            .is_some_and(|w| w.iter().any(|w| w.as_str().unwrap().starts_with("retry.2s: ")));
+        if stranded == EVENTS as f64 && warned {
+            assert_eq!(status, 200, "a warning, not unready: {body}");
+            break;
+        }
+        assert!(
+            unbound.elapsed() < DEADLINE,
+            "stranded {stranded} of {EVENTS}, held {:?}; readyz {status} {body}",
+            relay.metric(&dispatcher, "relay_retry_tier_held").await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!(
+        "FIGURE all {EVENTS} retries reported stranded {:.1?} after the unbind",
+        unbound.elapsed()
+    );
+
+    receiver.set_behaviour(Behaviour::Status(200));
+    let healthy_from = Instant::now();
+    channel
+        .queue_bind(
+            topology.redeliver.as_str().into(),
+            topology.retry_ready.as_str().into(),
+            "".into(),
+            lapin::options::QueueBindOptions::default(),
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let _ = connection.close(200, "bound again".into()).await;
+    let expected: HashSet<String> = accepted.into_iter().collect();
+    loop {
+        let delivered: HashSet<String> = receiver
+            .received()
+            .iter()
+            .filter(|r| r.at >= healthy_from)
+            .filter_map(|r| r.header("webhook-id").map(str::to_owned))
+            .collect();
+        let stranded = relay
+            .metric(&dispatcher, "relay_retry_tier_stranded")
+            .await
+            .unwrap_or(f64::NAN);
+        let (status, body) = readyz().await;
+        if delivered == expected && stranded == 0.0 && body.get("warnings").is_none() {
+            assert_eq!(status, 200, "{body}");
+            break;
+        }
+        assert!(
+            healthy_from.elapsed() < DEADLINE,
+            "{} of {EVENTS} delivered since the binding is back; stranded {stranded}; readyz {body}",
+            delivered.intersection(&expected).count()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!(
+        "FIGURE all {EVENTS} delivered and the signal cleared {:.1?} after the binding was back",
+        healthy_from.elapsed()
+    );
     relay.stop().await;
 }
