@@ -29,6 +29,9 @@ pub enum AmqpError {
     /// None of a cluster's nodes could be reached; each node with its error.
     #[error("no broker node reachable ({0})")]
     NoNode(String),
+    /// The session a message came on is closed: the broker holds the message again.
+    #[error("the session the message came on is closed")]
+    SessionClosed,
 }
 
 impl AmqpError {

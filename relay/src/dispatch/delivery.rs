@@ -39,6 +39,9 @@ use crate::{
     event_data::EventData,
 };
 
+/// The pause before an ordered delivery tries a failed hand-off again, holding its lane.
+const ORDERED_HANDOFF_PAUSE: Duration = Duration::from_secs(1);
+
 /// What the consume loop hands a message's task.
 pub(super) enum Work {
     /// An `ingress` message, decoded by its task (no subscription is ordered).
@@ -219,6 +222,11 @@ impl Worker {
             }
             let mut attempt = attempt;
             loop {
+                // An ordered delivery whose session is gone is not made: the broker has its
+                // event back, ahead of the key's later ones, for a consumer to deliver in order.
+                if held_since.is_some() && !parking.is_open() {
+                    return Err(AmqpError::SessionClosed);
+                }
                 let started = (OffsetDateTime::now_utc(), Instant::now());
                 let refused = match self.admission.admit(&route.id).await {
                     Admission::Go(permit) => Err(permit),
@@ -269,9 +277,22 @@ impl Worker {
                         Hold::No => {}
                     }
                 }
-                let ending = self
-                    .execute(step, route, event, attempt, error, parking)
-                    .await?;
+                let ending = loop {
+                    match self
+                        .execute(step, route, event, attempt, error, parking)
+                        .await
+                    {
+                        Ok(ending) => break ending,
+                        // An ordered delivery keeps its lane until its hand-off (a dead
+                        // letter) is confirmed: nacked back to the queue, its event would come
+                        // back after the key's next event, already received and let go.
+                        Err(e) if held_since.is_some() && parking.is_open() => {
+                            tracing::warn!(error = %e, "ordered hand-off failed; trying again in place");
+                            tokio::time::sleep(ORDERED_HANDOFF_PAUSE).await;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                };
                 let mut outcome =
                     self.outcome(event, &route.id, attempt, started, error.cloned(), ending);
                 outcome.status = result.and_then(Result::ok);

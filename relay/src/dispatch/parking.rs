@@ -30,6 +30,11 @@ impl Parking {
         }
     }
 
+    /// Whether the channel (and so the session the worker's messages came on) is open.
+    pub fn is_open(&self) -> bool {
+        self.channel.status().connected()
+    }
+
     /// Parks an AMQP message that is not a valid envelope, keeping its body and properties.
     ///
     /// # Errors

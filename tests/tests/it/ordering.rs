@@ -9,6 +9,7 @@ use std::{
 
 use serde_json::{Value, json};
 use tests::{
+    broker::PrivateBroker,
     process::DispatcherProcess,
     receiver::{Behaviour, Received, Receiver, fails_first_try},
     system::{Options, System},
@@ -63,7 +64,12 @@ async fn wait_until(
 }
 
 fn ordered_system(extra: &[(&str, &str)]) -> Options {
-    let mut options = Options::new(shared_amqp_url())
+    ordered_system_on(shared_amqp_url(), extra)
+}
+
+/// As [`ordered_system`], on the broker at `amqp_url`.
+fn ordered_system_on(amqp_url: String, extra: &[(&str, &str)]) -> Options {
+    let mut options = Options::new(amqp_url)
         .set("RELAY__AMQP__ORDERED_INGRESS", "true")
         // The breaker would defer the failing key's retries (in place) for its cooldown.
         .set("RELAY__DISPATCH__BREAKER_COOLDOWN", "1s");
@@ -350,5 +356,82 @@ async fn per_key_order_holds_through_failing_attempts_and_a_dispatcher_kill() {
         unordered_seen,
         pending_when_all_tried.unwrap_or(0),
     );
+    relay.stop().await;
+}
+
+/// An ordered delivery whose dead letter cannot be handed off keeps its key's lane until it
+/// is: nacked back to the queue instead, its event would come back after the key's next
+/// event, which the dispatcher already holds and would have sent meanwhile. Produced by
+/// design: both events are in the queue before a memory alarm makes the broker refuse
+/// publishes, then the dispatcher starts; the first event fails its three attempts and its
+/// dead letter waits for confirms that cannot come (10 s each) while the second one waits.
+#[tokio::test]
+async fn an_ordered_key_waits_for_its_dead_letter_to_be_handed_off() {
+    const RETRIED: &str = "ordered hand-off failed";
+    let broker = PrivateBroker::start().await;
+    let relay = System::start_with(ordered_system_on(broker.amqp_url(), &[])).await;
+    // Three failed attempts (the test schedule's all) for k 0, then the endpoint accepts.
+    let ordered = Receiver::start_with(Behaviour::Sequence(vec![500, 500, 500])).await;
+    subscription(&relay, &ordered.url(), &["ord.*"], "key").await;
+    let k = vec!["k".to_owned()];
+    let mut events = round(&k, 0);
+    events.extend(round(&k, 1));
+    publish_all(&relay, &events).await;
+
+    broker
+        .ctl(&["set_vm_memory_high_watermark", "0.000001"])
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !broker
+        .tool("rabbitmq-diagnostics", &["-q", "alarms"])
+        .await
+        .to_lowercase()
+        .contains("memory alarm")
+    {
+        assert!(Instant::now() < deadline, "no memory alarm within 120 s");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let log = std::env::temp_dir().join(format!(
+        "relay-ordered-handoff-{}-{}.log",
+        std::process::id(),
+        broker.port()
+    ));
+    let _dispatcher = DispatcherProcess::start_logged(&relay, &[], &log).await;
+
+    // Two failed hand-offs of k 0's dead letter, and k 1 not sent meanwhile.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .matches(RETRIED)
+        .count()
+        < 2
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no two failed hand-offs logged within 180 s; requests {:?}",
+            ordered
+                .received()
+                .iter()
+                .map(key_and_seq)
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let seqs = |r: &[Received]| r.iter().map(|r| key_and_seq(r).1).collect::<Vec<_>>();
+    assert_eq!(
+        seqs(&ordered.received()),
+        [0, 0, 0],
+        "k 1 was sent while k 0 was not dead-lettered"
+    );
+
+    // Publishes are taken again: k 0 is dead-lettered, then k 1 goes.
+    broker.ctl(&["set_vm_memory_high_watermark", "0.4"]).await;
+    let received = wait_until(&ordered, Duration::from_secs(120), "k 1", |r| r.len() >= 4).await;
+    assert_eq!(seqs(&received), [0, 0, 0, 1]);
+    let letters = relay
+        .wait_for_dead_letters("", 1, Duration::from_secs(120))
+        .await;
+    assert_eq!(letters[0]["event"]["ordering_key"], "k", "{}", letters[0]);
+    let _ = std::fs::remove_file(&log);
     relay.stop().await;
 }
