@@ -5,6 +5,7 @@
 //! closes every open connection, including requests held by [`Behaviour::Hang`].
 
 use std::{
+    collections::HashSet,
     net::SocketAddr,
     sync::{Arc, Mutex, PoisonError},
     time::{Duration, Instant},
@@ -175,6 +176,16 @@ impl Receiver {
             .get(from..)
             .map(<[Received]>::to_vec)
             .unwrap_or_default()
+    }
+
+    /// The distinct `webhook-id`s of the requests that arrived at or after `since`.
+    #[must_use]
+    pub fn ids_since(&self, since: Instant) -> HashSet<String> {
+        lock(&self.shared.received)
+            .iter()
+            .filter(|r| r.at >= since)
+            .filter_map(|r| r.header("webhook-id").map(str::to_owned))
+            .collect()
     }
 
     /// How many requests arrived so far.

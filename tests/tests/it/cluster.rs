@@ -186,12 +186,7 @@ async fn retry_tier_across_a_node_loss(survivor_urls: bool) {
     let bound = last_due.max(available) + BOUND;
     let expected: HashSet<&str> = accepted.iter().map(String::as_str).collect();
     loop {
-        let delivered: HashSet<String> = receiver
-            .received()
-            .iter()
-            .filter(|r| r.at >= healthy_from)
-            .filter_map(|r| r.header("webhook-id").map(str::to_owned))
-            .collect();
+        let delivered: HashSet<String> = receiver.ids_since(healthy_from);
         let missing = expected
             .iter()
             .filter(|id| !delivered.contains(**id))

@@ -481,6 +481,30 @@ async fn sigterm_drains_in_flight_deliveries_within_the_grace_period() {
     relay.stop().await;
 }
 
+/// Binds `redeliver` to `retry-ready` (where every tier's expired retries go), or unbinds it.
+async fn route_expired_retries(
+    channel: &lapin::Channel,
+    topology: &relay_shared::topology::Topology,
+    bound: bool,
+) {
+    let (queue, exchange) = (
+        topology.redeliver.as_str().into(),
+        topology.retry_ready.as_str().into(),
+    );
+    let table = lapin::types::FieldTable::default();
+    let done = if bound {
+        let options = lapin::options::QueueBindOptions::default();
+        channel
+            .queue_bind(queue, exchange, "".into(), options, table)
+            .await
+    } else {
+        channel
+            .queue_unbind(queue, exchange, "".into(), table)
+            .await
+    };
+    done.expect("redeliver (un)bound");
+}
+
 /// Retries RabbitMQ holds in a retry tier without forwarding them, produced by design on one
 /// node: with `redeliver` unbound from `retry-ready`, the tier's dead-letter worker has nowhere
 /// to forward expired retries, so they stay in the tier, counted in `messages` but neither
@@ -525,22 +549,12 @@ async fn retries_stranded_in_a_tier_are_reported_until_forwarded() {
     }
 
     let topology = relay_shared::topology::Topology::from_settings(&relay.settings.amqp);
-    let connection = lapin::Connection::connect(
-        &broker.amqp_url(),
-        lapin::ConnectionProperties::default(),
-    )
-    .await
-    .unwrap();
+    let connection =
+        lapin::Connection::connect(&broker.amqp_url(), lapin::ConnectionProperties::default())
+            .await
+            .unwrap();
     let channel = connection.create_channel().await.unwrap();
-    channel
-        .queue_unbind(
-            topology.redeliver.as_str().into(),
-            topology.retry_ready.as_str().into(),
-            "".into(),
-            lapin::types::FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    route_expired_retries(&channel, &topology, false).await;
 
     let readyz = || async {
         let response = relay
@@ -560,9 +574,10 @@ async fn retries_stranded_in_a_tier_are_reported_until_forwarded() {
             .await
             .unwrap_or(0.0);
         let (status, body) = readyz().await;
-        let warned = body["warnings"]
-            .as_array()
-            .is_some_and(|w| w.iter().any(|w| w.as_str().unwrap().starts_with("retry.2s: ")));
+        let warned = body["warnings"].as_array().is_some_and(|w| {
+            w.iter()
+                .any(|w| w.as_str().unwrap().starts_with("retry.2s: "))
+        });
         if stranded == EVENTS as f64 && warned {
             assert_eq!(status, 200, "a warning, not unready: {body}");
             break;
@@ -581,25 +596,11 @@ async fn retries_stranded_in_a_tier_are_reported_until_forwarded() {
 
     receiver.set_behaviour(Behaviour::Status(200));
     let healthy_from = Instant::now();
-    channel
-        .queue_bind(
-            topology.redeliver.as_str().into(),
-            topology.retry_ready.as_str().into(),
-            "".into(),
-            lapin::options::QueueBindOptions::default(),
-            lapin::types::FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    route_expired_retries(&channel, &topology, true).await;
     let _ = connection.close(200, "bound again".into()).await;
     let expected: HashSet<String> = accepted.into_iter().collect();
     loop {
-        let delivered: HashSet<String> = receiver
-            .received()
-            .iter()
-            .filter(|r| r.at >= healthy_from)
-            .filter_map(|r| r.header("webhook-id").map(str::to_owned))
-            .collect();
+        let delivered: HashSet<String> = receiver.ids_since(healthy_from);
         let stranded = relay
             .metric(&dispatcher, "relay_retry_tier_stranded")
             .await
