@@ -26,7 +26,9 @@
 //!   staying within 15 %);
 //! - **g** fan-out 1 over AMQP, events spread over 1,000 ordering keys, to an `"ordering":
 //!   "key"` subscription (single-active-consumer ingress) against the same load to an
-//!   unordered one (events/s ratio and p99).
+//!   unordered one (events/s ratio and p99); then, open loop at half the unordered rate, the
+//!   unordered subscription's p99 beside an ordered one on the same events against alone
+//!   (the "unordered traffic unaffected: p99 within 2×").
 //!
 //! Every row has the CPU time per event of each process. Results go to stdout,
 //! `target/relay-bench/<date>.json` with an SVG per scenario beside it (deliveries per
@@ -240,6 +242,11 @@ struct Spec {
     keys: u64,
     /// The subscriptions are `"ordering": "key"`, the ingress single-active-consumer.
     ordered: bool,
+    /// One `"ordering": "key"` subscription (path `/ord0`) beside the unordered ones; the
+    /// row's latency is the unordered ones' (scenario g).
+    ordered_beside: bool,
+    /// `amqp.ordered_ingress` (single-active-consumer) even without `ordered`.
+    ordered_ingress: bool,
 }
 
 impl Spec {
@@ -266,6 +273,8 @@ impl Spec {
             cluster: false,
             keys: 0,
             ordered: false,
+            ordered_beside: false,
+            ordered_ingress: false,
         }
     }
 
@@ -290,7 +299,11 @@ impl Spec {
             label.push_str(" 3-node cluster");
         }
         if self.keys > 0 {
-            let order = if self.ordered { "ordered" } else { "unordered" };
+            let order = match (self.ordered, self.ordered_beside) {
+                (true, _) => "ordered",
+                (false, true) => "unordered beside ordered",
+                (false, false) => "unordered",
+            };
             let _ = write!(label, " {} keys {order}", self.keys);
         }
         match self.contract {
@@ -583,8 +596,29 @@ impl Bench {
             let unordered = self.run(spec(false)).await?;
             let mut row = self.run(spec(true)).await?;
             row.ratio = Some(ratio(row.events_per_s, unordered.events_per_s));
+            let rate = o
+                .rate
+                .unwrap_or((unordered.events_per_s * 0.5).round().max(1.0));
             self.rows.push(row);
             self.rows.push(unordered);
+            // Unordered deliveries beside an ordered subscription against alone, at a rate
+            // both sustain (latency, not throughput), both runs single-active-consumer.
+            let open = Load::Open {
+                rate,
+                seconds: o.pick(o.latency_seconds, 60, 10),
+            };
+            let spec = |beside| {
+                let mut s = Spec::new("g", System::Relay, Driver::Amqp, 1, open);
+                s.keys = o.keys;
+                s.ordered_beside = beside;
+                s.ordered_ingress = true;
+                s
+            };
+            let alone = self.run(spec(false)).await?;
+            let mut beside = self.run(spec(true)).await?;
+            beside.ratio = Some(ratio(beside.latency.p99_ms, alone.latency.p99_ms));
+            self.rows.push(beside);
+            self.rows.push(alone);
         }
         if o.wants("l") {
             let n = o.pick(o.slow_events, 20_000, 3_000);
@@ -749,6 +783,17 @@ impl Bench {
         let mut subs: Vec<_> = (0..spec.fanout)
             .map(|k| sub(format!("{prefix}{k}"), "bench.ok".into(), None))
             .collect();
+        if spec.ordered_beside {
+            subs.push((
+                sink::ORDERED_BESIDE.into(),
+                Subscription {
+                    url: self.sink.url(sink::ORDERED_BESIDE),
+                    event_types: vec!["bench.ok".into()],
+                    consumer: None,
+                    extra: Some(serde_json::json!({"ordering": "key"})),
+                },
+            ));
+        }
         if spec.fail_every > 0 {
             subs.push(sub("/fail".into(), "bench.fail".into(), None));
         }
@@ -771,7 +816,7 @@ impl Bench {
                         spec.shards.to_string(),
                     ));
                 }
-                if spec.ordered {
+                if spec.ordered || spec.ordered_ingress {
                     extra.push(("RELAY__AMQP__ORDERED_INGRESS".into(), "true".into()));
                 }
                 for kv in &self.opts.settings {
@@ -862,7 +907,8 @@ impl Bench {
             #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
             Load::Open { rate, seconds } => (rate * seconds as f64) as u64,
         };
-        let fanout = spec.fanout as u64;
+        // The ordered subscription beside the others gets every event too.
+        let fanout = spec.fanout as u64 + u64::from(spec.ordered_beside);
         let healthy = |n: u64| {
             if spec.fail_every > 0 {
                 n - n.div_ceil(spec.fail_every)
@@ -1220,6 +1266,7 @@ impl Bench {
                 .ratio
                 .map_or(String::from("—"), |x| match r.scenario.as_str() {
                     "c" | "l" => format!("p99 {x:.2}×"),
+                    "g" if r.label.contains("beside") => format!("p99 {x:.2}× alone"),
                     "f" => format!("{x:.2}× 1 shard"),
                     _ => format!("{x:.2}×"),
                 });
@@ -1474,7 +1521,16 @@ impl Bench {
             }
         }
         let unordered = relay("g").find(|r| r.ratio.is_none());
-        for r in relay("g").filter(|r| r.ratio.is_some()) {
+        for r in relay("g").filter(|r| r.label.contains("beside")) {
+            let x = r.ratio.unwrap_or(0.0);
+            let _ = writeln!(
+                out,
+                "- (g) unordered deliveries' p99 beside an ordered subscription ≤ 2× alone: {x:.2}× ({:.1} ms) — {}",
+                r.latency.p99_ms,
+                mark(x <= 2.0)
+            );
+        }
+        for r in relay("g").filter(|r| r.ratio.is_some() && !r.label.contains("beside")) {
             let _ = writeln!(
                 out,
                 "- (g) {}: events/s {:.2}× unordered, p99 {:.1} ms vs {:.1} ms (no target: recorded)",

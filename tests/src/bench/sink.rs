@@ -27,6 +27,10 @@ use tokio::{net::TcpListener, task::JoinSet};
 
 use super::stats::unix_micros;
 
+/// The path of (g)'s ordered subscription beside the unordered one: its deliveries count as
+/// delivered but their latencies are not recorded, so the row's are the unordered ones'.
+pub const ORDERED_BESIDE: &str = "/ord0";
+
 /// How long a `/slow…` endpoint takes to answer.
 pub const SLOW: Duration = Duration::from_millis(200);
 
@@ -234,7 +238,7 @@ async fn handle(
         if record.seen.insert(key) {
             record.arrivals_us.push(arrived_us);
         }
-        if let Some(latency) = latency {
+        if let Some(latency) = latency.filter(|_| path != ORDERED_BESIDE) {
             record.latencies_us.push(latency);
         }
         record.last_ok = Some(arrived);
