@@ -90,7 +90,10 @@ pub fn apply(cache: &SchemaCache, message: &ControlMessage) {
             }
         }
         ControlMessage::EventTypeDeleted { name, revision } => cache.remove(name, *revision),
-        ControlMessage::Upsert { .. } | ControlMessage::Delete { .. } => {}
+        ControlMessage::Upsert { .. }
+        | ControlMessage::Delete { .. }
+        | ControlMessage::Dispatcher { .. }
+        | ControlMessage::SlowDown { .. } => {}
     }
 }
 

@@ -1,5 +1,6 @@
 //! Messages on the `relay.control` exchange: subscription changes every dispatcher applies,
-//! and event-type catalogue changes every dispatcher and ingest applies.
+//! event-type catalogue changes every dispatcher and ingest applies, and the dispatchers'
+//! own coordination (who is alive, which subscription must slow down).
 
 use serde::{Deserialize, Serialize};
 
@@ -34,6 +35,28 @@ pub enum ControlMessage {
         /// The catalogue revision of the deletion.
         revision: i64,
     },
+    /// A dispatcher is alive (sent every `dispatch.member_heartbeat`): each dispatcher takes
+    /// `1 / n` of every subscription's limits.
+    Dispatcher {
+        /// The dispatcher's id for this run (`dsp_…`).
+        id: String,
+        /// How many dispatchers it shares the limits with, itself included.
+        #[serde(default)]
+        members: u32,
+        /// The largest count for which it holds no more than its part of every limit.
+        #[serde(default)]
+        settled_for: u32,
+    },
+    /// A dispatcher got 429 or 503 from a subscription's endpoint: every dispatcher slows it.
+    SlowDown {
+        /// `sub_…`
+        subscription_id: String,
+        /// The subscription's new total rate, thousandths of a request per second.
+        rate_millis: u64,
+        /// `Retry-After`: nothing is sent to it before this time (Unix milliseconds).
+        #[serde(default)]
+        paused_until_ms: Option<i64>,
+    },
 }
 
 impl ControlMessage {
@@ -44,6 +67,10 @@ impl ControlMessage {
             Self::Delete { id } => id,
             Self::EventType { event_type } => &event_type.name,
             Self::EventTypeDeleted { name, .. } => name,
+            Self::Dispatcher { id, .. } => id,
+            Self::SlowDown {
+                subscription_id, ..
+            } => subscription_id,
         }
     }
 }

@@ -28,6 +28,9 @@ pub struct Received {
     pub body: Bytes,
     /// When the request arrived.
     pub at: Instant,
+    /// Answered with 429 by [`Behaviour::RateLimited`] (every other behaviour leaves it
+    /// `false`).
+    pub refused: bool,
 }
 
 impl Received {
@@ -73,6 +76,14 @@ pub enum Behaviour {
     FailKey(String),
     /// Answer this status with these headers, in order.
     Headers(u16, Vec<(String, String)>),
+    /// Answer 200 to at most `per_second` requests in any second (sliding), and 429 with
+    /// `Retry-After: retry_after` to the others.
+    RateLimited {
+        /// Requests accepted per second.
+        per_second: usize,
+        /// The `Retry-After` value, seconds.
+        retry_after: u64,
+    },
 }
 
 /// Whether [`Behaviour::FailFirstTryOf`]`(n)` fails the first request of the event `id`.
@@ -250,13 +261,28 @@ async fn record(
         .and_then(|body| body["ordering_key"].as_str().map(str::to_owned));
     let behaviour = {
         let mut received = lock(&shared.received);
+        let now = Instant::now();
+        let refused = match &lock(&shared.behaviour).0 {
+            Behaviour::RateLimited { per_second, .. } => {
+                let second_ago = now.checked_sub(Duration::from_secs(1));
+                let accepted = received
+                    .iter()
+                    .rev()
+                    .take_while(|r| second_ago.is_none_or(|ago| r.at > ago))
+                    .filter(|r| !r.refused)
+                    .count();
+                accepted >= *per_second
+            }
+            _ => false,
+        };
         received.push(Received {
             target: uri
                 .path_and_query()
                 .map_or_else(|| uri.path().to_owned(), ToString::to_string),
             headers,
             body,
-            at: Instant::now(),
+            at: now,
+            refused,
         });
         let total = received.len();
         let mut guard = lock(&shared.behaviour);
@@ -265,8 +291,10 @@ async fn record(
         *answered += 1;
         // Inside the `received` lock so the count never runs ahead of `received()`.
         shared.count.send_replace(total);
-        (behaviour.clone(), index)
+        (behaviour.clone(), index, refused)
     };
+    let (behaviour, index, refused) = behaviour;
+    let behaviour = (behaviour, index);
     let status = |code: u16| StatusCode::from_u16(code).expect("a valid HTTP status code");
     match behaviour {
         (Behaviour::Status(code), _) => status(code).into_response(),
@@ -316,6 +344,12 @@ async fn record(
             }
             response
         }
+        (Behaviour::RateLimited { retry_after, .. }, _) if refused => (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(http::header::RETRY_AFTER, retry_after.to_string())],
+        )
+            .into_response(),
+        (Behaviour::RateLimited { .. }, _) => StatusCode::OK.into_response(),
     }
 }
 
@@ -426,6 +460,7 @@ mod tests {
             headers,
             body: Bytes::from_static(br#"{"email":"test@example.com","username":"test_user"}"#),
             at: Instant::now(),
+            refused: false,
         };
         assert!(verify(&received, secret));
         received.body = Bytes::from_static(b"{}");

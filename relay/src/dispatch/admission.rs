@@ -1,12 +1,12 @@
-//! Admission: whether a delivery may make its request now, wait its turn, or be deferred.
-//! It keeps one bad endpoint from hurting the others without making a healthy one wait in a
-//! retry tier: a per-subscription cap on requests in flight, a bounded FIFO queue in front of
-//! it, and a per-subscription circuit breaker.
+//! Back-pressure and rate limits, before anything goes to the endpoint or to a retry tier: a
+//! subscription's rate ([`super::pacing`]), a per-subscription cap on requests in flight, a
+//! bounded FIFO queue in front of it, and a per-subscription circuit breaker.
 //!
-//! A delivery that finds its subscription at the cap waits in that subscription's queue for
-//! a slot (back-pressure: waiting deliveries hold their events unacked, so the broker stops
-//! sending once the prefetch is taken). It is deferred to the first retry tier, without an
-//! attempt, only when waiting would not be reasonable:
+//! A delivery first waits for its rate's slot (deferred when it is further away than
+//! `dispatch.rate_limit_wait`). Then, finding its subscription at the cap, it waits in that
+//! subscription's queue for a slot (back-pressure: waiting deliveries hold their events
+//! unacked, so the broker stops sending once the prefetch is taken). It is deferred to the
+//! first retry tier, without an attempt, only when waiting would not be reasonable:
 //!
 //! - the endpoint is **failing** (its last attempt failed), or its circuit is open;
 //! - it is **stalled**: nothing completed within a bound derived from its own latency,
@@ -22,20 +22,31 @@
 //!
 //! A waiting delivery gives up (and is deferred) as soon as the endpoint stalls or fails.
 //!
-//! State is per dispatcher: with N dispatchers a subscription sees at most N × the cap, and
-//! each dispatcher's breaker learns on its own, which needs no coordination.
+//! Last, a rate-limited delivery takes a window token (see [`super::throttle`]).
+//!
+//! The cap is the subscription's `max_in_flight` shared by the dispatchers alive
+//! (`⌊max_in_flight / n⌋`, at least one each), or each dispatcher's
+//! `dispatch.max_inflight_per_subscription` when it sets none. Breakers are per dispatcher:
+//! each learns on its own, which needs no coordination.
 
 use std::{
     collections::HashMap,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
 
 use prometheus::IntGauge;
+use relay_shared::subscription::Limits;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::{
+    client::AttemptError,
+    pacing::{Paced, Pacing, Ticket},
+    step,
+};
 
 /// Deliveries that may wait per slow subscription, in caps: the expected wait of the last is
 /// then `(QUEUE_CAPS + 1)` × the endpoint's average request time.
@@ -46,8 +57,10 @@ const STALL_FACTOR: u32 = 4;
 /// Admission decision for one delivery.
 #[derive(Debug)]
 pub enum Admission {
-    /// Go ahead; the permit frees the in-flight slot when dropped.
-    Go(OwnedSemaphorePermit),
+    /// Go ahead; drop the pass once the request is answered.
+    Go(Pass),
+    /// Its rate has no slot (or window token) within the wait allowed.
+    RateLimited,
     /// The subscription's circuit is open.
     CircuitOpen,
     /// At the cap, and the endpoint's last attempt failed.
@@ -58,9 +71,42 @@ pub enum Admission {
     QueueFull,
 }
 
+/// A request's in-flight slot and, when rate-limited, its window token: both come back when
+/// it is dropped (the slot at once, the token a window later).
+#[derive(Debug)]
+pub struct Pass {
+    permit: Option<OwnedSemaphorePermit>,
+    /// Slots to drop rather than give back, after the cap was lowered.
+    owed: Arc<AtomicUsize>,
+    ticket: Option<Ticket>,
+}
+
+impl Pass {
+    fn with(mut self, ticket: Ticket) -> Self {
+        self.ticket = Some(ticket);
+        self
+    }
+}
+
+impl Drop for Pass {
+    fn drop(&mut self) {
+        let owed = self
+            .owed
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |owed| {
+                owed.checked_sub(1)
+            });
+        if let (Ok(_), Some(permit)) = (owed, self.permit.take()) {
+            permit.forget();
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Entry {
     slots: Arc<Semaphore>,
+    /// The cap `slots` was made for.
+    cap: usize,
+    owed: Arc<AtomicUsize>,
     consecutive_failures: u32,
     open_until: Option<Instant>,
     probing: bool,
@@ -73,6 +119,33 @@ struct Entry {
 }
 
 impl Entry {
+    /// Moves the cap to `cap`: slots are added, or taken away (those in use once given back).
+    fn resize(&mut self, cap: usize) {
+        if cap > self.cap {
+            let grow = cap - self.cap;
+            let cancelled = self
+                .owed
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |owed| {
+                    Some(owed - owed.min(grow))
+                })
+                .map_or(0, |owed| owed.min(grow));
+            self.slots.add_permits(grow - cancelled);
+        } else if cap < self.cap {
+            let shrink = self.cap - cap;
+            let forgotten = self.slots.forget_permits(shrink);
+            self.owed.fetch_add(shrink - forgotten, Ordering::AcqRel);
+        }
+        self.cap = cap;
+    }
+
+    fn pass(&self, permit: OwnedSemaphorePermit) -> Pass {
+        Pass {
+            permit: Some(permit),
+            owed: self.owed.clone(),
+            ticket: None,
+        }
+    }
+
     /// How long the endpoint may go without completing a request before it counts as stalled.
     fn stall_bound(&self, floor: Duration) -> Duration {
         self.average
@@ -106,10 +179,11 @@ impl Drop for Waiting<'_> {
     }
 }
 
-/// Per-subscription caps, queues and breakers.
+/// Per-subscription rates, caps, queues and breakers.
 #[derive(Debug)]
 pub struct AdmissionControl {
     entries: Mutex<HashMap<String, Entry>>,
+    pacing: Arc<Pacing>,
     cap: usize,
     stall_floor: Duration,
     threshold: u32,
@@ -122,10 +196,11 @@ pub struct AdmissionControl {
 }
 
 impl AdmissionControl {
-    /// Caps of `cap` requests per subscription; a waiting delivery gives up after
-    /// `stall_floor` (at least) without a completion; `threshold` consecutive failures open a
-    /// circuit for `cooldown`.
+    /// Rates from `pacing`; caps of `cap` requests per subscription that sets none; a waiting
+    /// delivery gives up after `stall_floor` (at least) without a completion; `threshold`
+    /// consecutive failures open a circuit for `cooldown`.
     pub fn new(
+        pacing: Arc<Pacing>,
         cap: usize,
         stall_floor: Duration,
         threshold: u32,
@@ -134,6 +209,7 @@ impl AdmissionControl {
     ) -> Arc<Self> {
         Arc::new(Self {
             entries: Mutex::new(HashMap::new()),
+            pacing,
             cap,
             stall_floor,
             threshold,
@@ -183,6 +259,8 @@ impl AdmissionControl {
         }
         let mut entry = Entry {
             slots: Arc::new(Semaphore::new(self.cap)),
+            cap: self.cap,
+            owed: Arc::new(AtomicUsize::new(0)),
             consecutive_failures: 0,
             open_until: None,
             probing: false,
@@ -195,10 +273,28 @@ impl AdmissionControl {
         out
     }
 
-    /// May a request go to `subscription_id` now, or after waiting its turn?
-    pub async fn admit(&self, subscription_id: &str) -> Admission {
+    /// May a request go to `subscription_id` (with `limits`) now, or after waiting its turn?
+    pub async fn admit(&self, subscription_id: &str, limits: &Limits) -> Admission {
+        if self.pacing.reserve(subscription_id, limits).await == Paced::Defer {
+            return Admission::RateLimited;
+        }
+        let cap = self.pacing.cap(limits, self.cap);
+        match self.admit_to(subscription_id, cap).await {
+            Admission::Go(pass) => match self.pacing.take(subscription_id).await {
+                Some(ticket) => Admission::Go(pass.with(ticket)),
+                None => Admission::RateLimited,
+            },
+            refused => refused,
+        }
+    }
+
+    /// The cap, queue and breaker part of [`AdmissionControl::admit`], at a cap of `cap`.
+    async fn admit_to(&self, subscription_id: &str, cap: usize) -> Admission {
         let floor = self.stall_floor;
         let admitted = self.with_entry(subscription_id, |entry| {
+            if entry.cap != cap {
+                entry.resize(cap);
+            }
             let probe = match entry.open_until {
                 // Half-open after the cooldown: exactly one probe at a time.
                 Some(until) if Instant::now() < until || entry.probing => {
@@ -212,25 +308,25 @@ impl AdmissionControl {
             };
             entry.last_progress.get_or_insert_with(Instant::now);
             if let Ok(permit) = entry.slots.clone().try_acquire_owned() {
-                return Err(Admission::Go(permit));
+                return Err(Admission::Go(entry.pass(permit)));
             }
             if probe {
                 entry.probing = false;
             }
             let refusal = self.refusal(entry).or_else(|| {
                 entry
-                    .queue_full(self.cap, floor)
+                    .queue_full(entry.cap, floor)
                     .then_some(Admission::QueueFull)
             });
             match refusal {
                 Some(refusal) => Err(refusal),
                 None => {
                     entry.waiting += 1;
-                    Ok(entry.slots.clone())
+                    Ok((entry.slots.clone(), entry.owed.clone()))
                 }
             }
         });
-        let slots = match admitted {
+        let (slots, owed) = match admitted {
             Ok(slots) => slots,
             Err(answer) => return answer,
         };
@@ -241,7 +337,13 @@ impl AdmissionControl {
         loop {
             let bound = self.with_entry(subscription_id, |entry| entry.stall_bound(floor));
             match tokio::time::timeout(bound, &mut acquire).await {
-                Ok(Ok(permit)) => return Admission::Go(permit),
+                Ok(Ok(permit)) => {
+                    return Admission::Go(Pass {
+                        permit: Some(permit),
+                        owed,
+                        ticket: None,
+                    });
+                }
                 // The semaphore is never closed; were it, waiting would be pointless.
                 Ok(Err(_)) => return Admission::Stalled,
                 // No slot within a stall bound: wait on only while the endpoint is healthy.
@@ -257,8 +359,26 @@ impl AdmissionControl {
     }
 
     /// Records an attempt's result and the request's duration: a success closes the circuit,
-    /// failures past the threshold open it (again, after a failed probe).
-    pub fn record(&self, subscription_id: &str, success: bool, took: Duration) {
+    /// failures past the threshold open it (again, after a failed probe); the rate learns
+    /// from it (a 429 or 503 slows the subscription down).
+    pub fn record(
+        &self,
+        subscription_id: &str,
+        result: &Result<u16, AttemptError>,
+        took: Duration,
+    ) {
+        self.pacing.observe(subscription_id, step::signal(result));
+        // A 429 says the endpoint is alive and asks for a slower pace, which the rate gives
+        // it: neither a failure towards the breaker nor a success that closes it.
+        let success = match result {
+            Ok(_) => Some(true),
+            Err(error) if error.status() == Some(429) => None,
+            Err(_) => Some(false),
+        };
+        self.note(subscription_id, success, took);
+    }
+
+    fn note(&self, subscription_id: &str, success: Option<bool>, took: Duration) {
         self.with_entry(subscription_id, |entry| {
             // Weight 1/8 for the newest request: smooth, yet a slow spell shows within a few.
             entry.average = Some(
@@ -268,7 +388,11 @@ impl AdmissionControl {
             );
             let now = Instant::now();
             entry.last_progress = Some(now);
+            // Any answer, a 429 too, shows the dispatcher is not starved.
             self.completed(now);
+            let Some(success) = success else {
+                return;
+            };
             let was_open = entry.open_until.is_some();
             if success {
                 entry.consecutive_failures = 0;
@@ -306,25 +430,74 @@ mod tests {
 
     fn isolation(cap: usize, threshold: u32, cooldown: Duration) -> Arc<AdmissionControl> {
         let gauge = IntGauge::new("g", "g").unwrap();
-        AdmissionControl::new(cap, FLOOR, threshold, cooldown, gauge)
+        let settings = super::super::pacing::PacingSettings {
+            heartbeat: Duration::from_secs(1),
+            max_wait: Duration::from_secs(1),
+            max_waiting: 10,
+            max_retry_after: Duration::from_secs(1),
+        };
+        let (pacing, _) = Pacing::new(settings, &prometheus::Registry::new()).unwrap();
+        AdmissionControl::new(pacing, cap, FLOOR, threshold, cooldown, gauge)
+    }
+
+    impl AdmissionControl {
+        async fn admit_to_cap(&self, subscription_id: &str) -> Admission {
+            self.admit_to(subscription_id, self.cap).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lowered_cap_takes_slots_away_as_they_come_back() {
+        let iso = isolation(3, 10, Duration::from_secs(1));
+        let held: Vec<_> = (0..3).map(|_| iso.admit_to("s", 3)).collect();
+        let held = futures_util::future::join_all(held).await;
+        assert!(held.iter().all(|a| matches!(a, Admission::Go(_))));
+        // Down to one: two of the three slots in use go away when given back.
+        iso.note("s", Some(false), MS);
+        assert!(matches!(iso.admit_to("s", 1).await, Admission::Failing));
+        drop(held);
+        iso.note("s", Some(true), MS);
+        let one = iso.admit_to("s", 1).await;
+        assert!(matches!(one, Admission::Go(_)));
+        iso.note("s", Some(false), MS);
+        assert!(matches!(iso.admit_to("s", 1).await, Admission::Failing));
+        // Up to two: one more.
+        let two = iso.admit_to("s", 2).await;
+        assert!(matches!(two, Admission::Go(_)));
+        assert!(matches!(iso.admit_to("s", 2).await, Admission::Failing));
+        drop((one, two));
+    }
+
+    #[tokio::test]
+    async fn a_subscriptions_max_in_flight_is_its_cap() {
+        let iso = isolation(64, 10, Duration::from_secs(1));
+        let limits = Limits {
+            rate_limit: None,
+            max_in_flight: Some(2),
+        };
+        let a = iso.admit("s", &limits).await;
+        let b = iso.admit("s", &limits).await;
+        assert!(matches!((&a, &b), (Admission::Go(_), Admission::Go(_))));
+        iso.note("s", Some(false), MS);
+        assert!(matches!(iso.admit("s", &limits).await, Admission::Failing));
     }
 
     #[tokio::test]
     async fn the_cap_bounds_requests_in_flight_and_a_healthy_endpoint_is_waited_for() {
         let iso = isolation(2, 10, Duration::from_secs(1));
-        iso.record("s", true, Duration::from_millis(30));
-        let a = iso.admit("s").await;
-        let b = iso.admit("s").await;
+        iso.note("s", Some(true), Duration::from_millis(30));
+        let a = iso.admit_to_cap("s").await;
+        let b = iso.admit_to_cap("s").await;
         assert!(matches!((&a, &b), (Admission::Go(_), Admission::Go(_))));
-        assert!(matches!(iso.admit("other").await, Admission::Go(_)));
+        assert!(matches!(iso.admit_to_cap("other").await, Admission::Go(_)));
         // At the cap: the third waits its turn (longer than the floor: the endpoint completes).
         let waiter = tokio::spawn({
             let iso = iso.clone();
-            async move { matches!(iso.admit("s").await, Admission::Go(_)) }
+            async move { matches!(iso.admit_to_cap("s").await, Admission::Go(_)) }
         });
         for _ in 0..3 {
             tokio::time::sleep(Duration::from_millis(40)).await;
-            iso.record("s", true, Duration::from_millis(30));
+            iso.note("s", Some(true), Duration::from_millis(30));
         }
         drop(a);
         assert!(
@@ -339,15 +512,15 @@ mod tests {
         let iso = isolation(1, 10, Duration::from_secs(1));
         // Stall bound 4 x 100 ms: the first waiter's first check (at 400 ms) comes after the
         // second queued (at 200 ms) and before the slot frees (at 480 ms).
-        iso.record("s", true, Duration::from_millis(100));
-        let held = iso.admit("s").await;
+        iso.note("s", Some(true), Duration::from_millis(100));
+        let held = iso.admit_to_cap("s").await;
         let (tx, mut order) = tokio::sync::mpsc::unbounded_channel();
         let mut waiters = Vec::new();
         for (name, after) in [("first", 0), ("second", 200)] {
             let (iso, tx) = (iso.clone(), tx.clone());
             waiters.push(tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_millis(after)).await;
-                if let Admission::Go(permit) = iso.admit("s").await {
+                if let Admission::Go(permit) = iso.admit_to_cap("s").await {
                     tx.send(name).unwrap();
                     tokio::time::sleep(Duration::from_millis(20)).await;
                     drop(permit);
@@ -357,7 +530,7 @@ mod tests {
         // The endpoint keeps completing (not stalled) while both wait.
         for _ in 0..12 {
             tokio::time::sleep(Duration::from_millis(40)).await;
-            iso.record("s", true, Duration::from_millis(100));
+            iso.note("s", Some(true), Duration::from_millis(100));
         }
         drop(held);
         assert_eq!(order.recv().await, Some("first"));
@@ -367,10 +540,13 @@ mod tests {
     #[tokio::test]
     async fn a_failing_or_stalled_endpoint_at_its_cap_is_deferred() {
         let iso = isolation(1, 10, Duration::from_secs(1));
-        iso.record("failing", false, MS);
-        let _held = iso.admit("failing").await;
+        iso.note("failing", Some(false), MS);
+        let _held = iso.admit_to_cap("failing").await;
         let asked = Instant::now();
-        assert!(matches!(iso.admit("failing").await, Admission::Failing));
+        assert!(matches!(
+            iso.admit_to_cap("failing").await,
+            Admission::Failing
+        ));
         assert!(
             asked.elapsed() < Duration::from_millis(20),
             "waited on a failing endpoint"
@@ -378,24 +554,24 @@ mod tests {
 
         // A first request that hangs while another endpoint completes: a later delivery waits
         // the floor, then gives up.
-        let _hung = iso.admit("hung").await;
-        iso.record("other", true, MS);
+        let _hung = iso.admit_to_cap("hung").await;
+        iso.note("other", Some(true), MS);
         let asked = Instant::now();
-        assert!(matches!(iso.admit("hung").await, Admission::Stalled));
+        assert!(matches!(iso.admit_to_cap("hung").await, Admission::Stalled));
         assert!(asked.elapsed() >= FLOOR, "gave up before the stall bound");
         // Once stalled, at once.
         let asked = Instant::now();
-        assert!(matches!(iso.admit("hung").await, Admission::Stalled));
+        assert!(matches!(iso.admit_to_cap("hung").await, Admission::Stalled));
         assert!(asked.elapsed() < Duration::from_millis(20));
     }
 
     #[tokio::test]
     async fn with_nothing_completing_anywhere_a_delivery_waits_until_the_endpoint_fails() {
         let iso = isolation(1, 10, Duration::from_secs(1));
-        let held = iso.admit("cold").await;
+        let held = iso.admit_to_cap("cold").await;
         let waiter = tokio::spawn({
             let iso = iso.clone();
-            async move { iso.admit("cold").await }
+            async move { iso.admit_to_cap("cold").await }
         });
         // Several stall bounds without a completion anywhere: starved or cold, not stalled.
         tokio::time::sleep(FLOOR * 4).await;
@@ -405,7 +581,7 @@ mod tests {
         );
         // The first request fails (say it timed out): the waiter gives up at its next check,
         // before any slot frees.
-        iso.record("cold", false, MS);
+        iso.note("cold", Some(false), MS);
         let answer = tokio::time::timeout(FLOOR * 4, waiter)
             .await
             .unwrap()
@@ -417,13 +593,13 @@ mod tests {
     #[tokio::test]
     async fn a_fast_endpoint_queues_more_than_three_caps() {
         let iso = isolation(1, 10, Duration::from_secs(1));
-        iso.record("fast", true, MS);
-        let held = iso.admit("fast").await;
+        iso.note("fast", Some(true), MS);
+        let held = iso.admit_to_cap("fast").await;
         // Ten ahead at 1 ms each (more than three caps): an 11 ms wait.
         let waiters: Vec<_> = (0..10)
             .map(|_| {
                 let iso = iso.clone();
-                tokio::spawn(async move { iso.admit("fast").await })
+                tokio::spawn(async move { iso.admit_to_cap("fast").await })
             })
             .collect();
         let queued = async {
@@ -443,25 +619,25 @@ mod tests {
             // Each goes in turn as the one before it finishes.
             let answer = waiter.await.unwrap();
             assert!(matches!(answer, Admission::Go(_)), "{answer:?}");
-            iso.record("fast", true, MS);
+            iso.note("fast", Some(true), MS);
         }
     }
 
     #[tokio::test]
     async fn the_queue_holds_three_caps_of_deliveries() {
         let iso = isolation(1, 10, Duration::from_secs(1));
-        iso.record("s", true, Duration::from_secs(1));
-        let _held = iso.admit("s").await;
+        iso.note("s", Some(true), Duration::from_secs(1));
+        let _held = iso.admit_to_cap("s").await;
         let waiters: Vec<_> = (0..QUEUE_CAPS)
             .map(|_| {
                 let iso = iso.clone();
-                tokio::spawn(async move { iso.admit("s").await })
+                tokio::spawn(async move { iso.admit_to_cap("s").await })
             })
             .collect();
         while iso.with_entry("s", |e| e.waiting) < QUEUE_CAPS {
             tokio::time::sleep(MS).await;
         }
-        assert!(matches!(iso.admit("s").await, Admission::QueueFull));
+        assert!(matches!(iso.admit_to_cap("s").await, Admission::QueueFull));
         for waiter in waiters {
             waiter.abort();
         }
@@ -471,29 +647,38 @@ mod tests {
     async fn failures_open_the_circuit_and_a_successful_probe_closes_it() {
         let iso = isolation(10, 3, Duration::from_millis(30));
         for _ in 0..3 {
-            iso.record("s", false, MS);
+            iso.note("s", Some(false), MS);
         }
         assert_eq!(iso.open_gauge.get(), 1);
-        assert!(matches!(iso.admit("s").await, Admission::CircuitOpen));
+        assert!(matches!(
+            iso.admit_to_cap("s").await,
+            Admission::CircuitOpen
+        ));
         tokio::time::sleep(Duration::from_millis(40)).await;
         // One probe only.
-        let probe = iso.admit("s").await;
+        let probe = iso.admit_to_cap("s").await;
         assert!(matches!(probe, Admission::Go(_)));
-        assert!(matches!(iso.admit("s").await, Admission::CircuitOpen));
-        iso.record("s", true, MS);
+        assert!(matches!(
+            iso.admit_to_cap("s").await,
+            Admission::CircuitOpen
+        ));
+        iso.note("s", Some(true), MS);
         drop(probe);
         assert_eq!(iso.open_gauge.get(), 0);
-        assert!(matches!(iso.admit("s").await, Admission::Go(_)));
+        assert!(matches!(iso.admit_to_cap("s").await, Admission::Go(_)));
     }
 
     #[tokio::test]
     async fn a_failed_probe_reopens_the_circuit() {
         let iso = isolation(10, 1, Duration::from_millis(20));
-        iso.record("s", false, MS);
+        iso.note("s", Some(false), MS);
         tokio::time::sleep(Duration::from_millis(30)).await;
-        let _probe = iso.admit("s").await;
-        iso.record("s", false, MS);
-        assert!(matches!(iso.admit("s").await, Admission::CircuitOpen));
+        let _probe = iso.admit_to_cap("s").await;
+        iso.note("s", Some(false), MS);
+        assert!(matches!(
+            iso.admit_to_cap("s").await,
+            Admission::CircuitOpen
+        ));
         assert_eq!(iso.open_gauge.get(), 1);
     }
 }

@@ -48,6 +48,10 @@ pub struct DispatchSettings {
     pub inflight_wait: Duration,
     /// Webhook requests one dispatcher may have in flight in total (backpressure through prefetch).
     pub max_inflight: usize,
+    /// Part of `max_inflight` kept for first attempts of fresh events while they wait (the
+    /// rest for retries, replays, redrives and test pings); each lane borrows the other's
+    /// idle part. From 0 to 1.
+    pub first_attempt_share: f64,
     /// Consecutive failures that open a subscription's circuit.
     pub breaker_failures: u32,
     /// How long an open circuit waits before letting one probe through.
@@ -74,6 +78,16 @@ pub struct DispatchSettings {
     /// out again.
     #[serde(with = "humantime_serde")]
     pub ordered_hold: Duration,
+    /// How often each dispatcher announces itself on `relay.control`; the dispatchers alive
+    /// share every subscription's limits equally (README "Protecting endpoints").
+    #[serde(with = "humantime_serde")]
+    pub member_heartbeat: Duration,
+    /// Longest a delivery waits in memory for its rate-limit slot or window token; one whose
+    /// slot is further away is deferred to the first retry tier (not an attempt). Longer than
+    /// the first tier, so a backlog sent at its limit never runs dry while its deferred part
+    /// waits there.
+    #[serde(with = "humantime_serde")]
+    pub rate_limit_wait: Duration,
 }
 
 impl Section for DispatchSettings {
@@ -130,8 +144,20 @@ impl Section for DispatchSettings {
         if self.max_inflight == 0 {
             return ConfigError::invalid("dispatch.max_inflight", "must be at least 1");
         }
+        if !(0.0..=1.0).contains(&self.first_attempt_share) {
+            return ConfigError::invalid("dispatch.first_attempt_share", "must be from 0 to 1");
+        }
         if self.breaker_failures == 0 {
             return ConfigError::invalid("dispatch.breaker_failures", "must be at least 1");
+        }
+        if self.member_heartbeat.is_zero() || self.member_heartbeat > Duration::from_secs(10) {
+            return ConfigError::invalid(
+                "dispatch.member_heartbeat",
+                "must be more than zero and at most 10s",
+            );
+        }
+        if self.rate_limit_wait > Duration::from_secs(60) {
+            return ConfigError::invalid("dispatch.rate_limit_wait", "must be at most 60s");
         }
         Ok(())
     }
@@ -175,6 +201,18 @@ mod tests {
             (
                 ("RELAY__DISPATCH__MANAGEMENT_URL", "rabbit:15672"),
                 "dispatch.management_url",
+            ),
+            (
+                ("RELAY__DISPATCH__FIRST_ATTEMPT_SHARE", "1.5"),
+                "dispatch.first_attempt_share",
+            ),
+            (
+                ("RELAY__DISPATCH__MEMBER_HEARTBEAT", "0s"),
+                "dispatch.member_heartbeat",
+            ),
+            (
+                ("RELAY__DISPATCH__RATE_LIMIT_WAIT", "2m"),
+                "dispatch.rate_limit_wait",
             ),
         ] {
             let err = load(&[key, pair]).unwrap_err();

@@ -27,6 +27,7 @@ use super::{
     admission::Admission,
     client::{AttemptError, Exchange},
     directory::Route,
+    lanes::Lane,
     ordered_lanes::{Ticket, Tickets},
     outcome::{Ending, Outcome},
     parking::Parking,
@@ -127,7 +128,7 @@ impl Worker {
         let deliveries: Vec<_> = routes
             .iter()
             .enumerate()
-            .map(|(i, route)| self.deliver(route, &event, 1, parking, tickets.take(i)))
+            .map(|(i, route)| self.deliver(route, &event, 1, Lane::First, parking, tickets.take(i)))
             .collect();
         join_all(deliveries).await.into_iter().collect()
     }
@@ -142,8 +143,15 @@ impl Worker {
         };
         match self.directory.get(&handoff.subscription_id) {
             Some(route) if route.enabled => {
-                self.deliver(&route, &handoff.event, handoff.attempts + 1, parking, None)
-                    .await
+                self.deliver(
+                    &route,
+                    &handoff.event,
+                    handoff.attempts + 1,
+                    Lane::Other,
+                    parking,
+                    None,
+                )
+                .await
             }
             gone => {
                 let why = if gone.is_some() {
@@ -199,15 +207,16 @@ impl Worker {
             .await
     }
 
-    /// Delivers `event` to one subscription as attempt number `attempt`: admit, send, decide,
-    /// execute, report. `Ok` once it succeeded or is durably handed off. With a `ticket` (an
-    /// `ordering: key` subscription) it first waits for its turn in the key's lane, and retries
-    /// in place, holding the lane, instead of handing off to a retry tier.
+    /// Delivers `event` to one subscription as attempt number `attempt` in `lane`: admit,
+    /// send, decide, execute, report. `Ok` once it succeeded or is durably handed off. With a
+    /// `ticket` (an `ordering: key` subscription) it first waits for its turn in the key's
+    /// lane, and retries in place, holding the lane, instead of handing off to a retry tier.
     async fn deliver(
         &self,
         route: &Route,
         event: &Arc<Event>,
         attempt: u32,
+        lane: Lane,
         parking: &Parking,
         mut ticket: Option<Ticket>,
     ) -> Result<(), AmqpError> {
@@ -228,8 +237,9 @@ impl Worker {
                     return Err(AmqpError::SessionClosed);
                 }
                 let started = (OffsetDateTime::now_utc(), Instant::now());
-                let refused = match self.admission.admit(&route.id).await {
-                    Admission::Go(permit) => Err(permit),
+                let refused = match self.admission.admit(&route.id, &route.limits).await {
+                    Admission::Go(pass) => Err(pass),
+                    Admission::RateLimited => Ok(Refusal::RateLimited),
                     Admission::CircuitOpen => Ok(Refusal::CircuitOpen),
                     Admission::Failing => Ok(Refusal::Failing),
                     Admission::Stalled => Ok(Refusal::Stalled),
@@ -245,9 +255,9 @@ impl Worker {
                     Some(step) => (step, None),
                     None => {
                         let (result, took);
-                        (result, exchange, took) = self.send(route, event).await;
+                        (result, exchange, took) = self.send(route, event, lane).await;
                         drop(refused);
-                        self.admission.record(&route.id, result.is_ok(), took);
+                        self.admission.record(&route.id, &result, took);
                         (
                             step::decide(Tried::Sent(&result), attempt, &self.retry),
                             Some(result),
@@ -323,14 +333,15 @@ impl Worker {
         Hold::Wait { ending, ttl, next }
     }
 
-    /// One HTTP request, within the global in-flight cap; its result, the headers that went
-    /// each way and its own duration.
+    /// One HTTP request, within the global in-flight cap (in its lane); its result, the
+    /// headers that went each way and its own duration.
     async fn send(
         &self,
         route: &Route,
         event: &Event,
+        lane: Lane,
     ) -> (Result<u16, AttemptError>, Exchange, Duration) {
-        let _slot = self.inflight.acquire().await;
+        let _slot = self.lanes.acquire(lane).await;
         self.metrics.inflight.inc();
         let started = Instant::now();
         let (result, exchange) = self

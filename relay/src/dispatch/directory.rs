@@ -441,8 +441,12 @@ fn apply_to(table: &mut Table, message: ControlMessage) {
             }
         }
         ControlMessage::Delete { id } => table.delete(&id),
-        // The event-type catalogue's, applied by `catalogue::apply`.
-        ControlMessage::EventType { .. } | ControlMessage::EventTypeDeleted { .. } => {}
+        // The event-type catalogue's, applied by `catalogue::apply`; the dispatchers' own,
+        // applied by `pacing`.
+        ControlMessage::EventType { .. }
+        | ControlMessage::EventTypeDeleted { .. }
+        | ControlMessage::Dispatcher { .. }
+        | ControlMessage::SlowDown { .. } => {}
     }
 }
 

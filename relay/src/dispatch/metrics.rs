@@ -1,7 +1,7 @@
 //! Dispatcher metrics. Labels are bounded: never a subscription id or a URL.
 
-use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge, Registry};
-use relay_shared::metrics::{REQUEST_SECONDS, counter, counter_vec, gauge, histogram};
+use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry};
+use relay_shared::metrics::{REQUEST_SECONDS, counter, counter_vec, gauge, gauge_vec, histogram};
 
 /// Counters, gauges and histograms of the delivery path.
 #[derive(Debug, Clone)]
@@ -14,6 +14,8 @@ pub struct DispatchMetrics {
     pub event_to_delivery_seconds: Histogram,
     /// `relay_inflight_deliveries`
     pub inflight: IntGauge,
+    /// `relay_lane_inflight{lane}`
+    pub lane_inflight: IntGaugeVec,
     /// `relay_subscriptions_loaded`
     pub subscriptions_loaded: IntGauge,
     /// `relay_events_ingested_total{source="amqp"}`: events published straight to the exchange.
@@ -65,6 +67,12 @@ impl DispatchMetrics {
                 "relay_inflight_deliveries",
                 "Webhook requests in flight.",
             )?,
+            lane_inflight: gauge_vec(
+                registry,
+                "relay_lane_inflight",
+                "Webhook requests in flight by lane: first (first attempts of fresh events) and other (retries, replays, redrives, test pings).",
+                &["lane"],
+            )?,
             subscriptions_loaded: gauge(
                 registry,
                 "relay_subscriptions_loaded",
@@ -106,7 +114,7 @@ impl DispatchMetrics {
             deferred: counter_vec(
                 registry,
                 "relay_deliveries_deferred_total",
-                "Deliveries handed to the first retry tier without a request, by reason: circuit_open; or at the subscription's cap and failing, stalled (nothing completed within its latency-derived bound) or queue_full.",
+                "Deliveries handed to the first retry tier without a request, by reason: circuit_open; or at the subscription's cap and failing, stalled (nothing completed within its latency-derived bound) or queue_full; or rate_limited (no slot within dispatch.rate_limit_wait).",
                 &["reason"],
             )?,
         })

@@ -10,9 +10,12 @@ mod client;
 pub mod config;
 mod delivery;
 mod directory;
+mod lanes;
+mod members;
 mod metrics;
 mod ordered_lanes;
 mod outcome;
+mod pacing;
 mod parking;
 mod queue_metrics;
 mod resolver;
@@ -20,6 +23,7 @@ mod retry;
 mod select;
 mod step;
 mod sync;
+mod throttle;
 mod tier_watch;
 mod worker;
 
@@ -104,8 +108,25 @@ pub async fn run(
         readiness.clone(),
         shutdown.clone(),
     ));
+    let (pacing, told) = pacing::Pacing::new(
+        pacing::PacingSettings {
+            heartbeat: dispatch.member_heartbeat,
+            max_wait: dispatch.rate_limit_wait,
+            max_waiting: usize::from(dispatch.prefetch).div_ceil(2),
+            max_retry_after: dispatch.max_retry_after,
+        },
+        &registry,
+    )
+    .context("registering pacing metrics")?;
+    background.spawn(pacing.clone().announce(
+        broker::confirm_channels(sessions.clone(), broker_open.clone()),
+        topology.control.clone(),
+        told,
+        shutdown.clone(),
+    ));
     let applied = directory.clone();
     let compiled = schemas.clone();
+    let paced = pacing.clone();
     let loaded = metrics.subscriptions_loaded.clone();
     background.spawn(crate::control_feed::follow(
         sessions.clone(),
@@ -117,6 +138,7 @@ pub async fn run(
         },
         move |message| {
             crate::catalogue::apply(&compiled, &message);
+            paced.apply(&message);
             applied.apply(message);
             loaded.set(i64::try_from(applied.len()).unwrap_or(i64::MAX));
         },
@@ -179,13 +201,18 @@ pub async fn run(
         directory_client,
         client,
         admission: admission::AdmissionControl::new(
+            pacing,
             dispatch.max_inflight_per_subscription,
             dispatch.inflight_wait,
             dispatch.breaker_failures,
             dispatch.breaker_cooldown,
             metrics.circuit_open.clone(),
         ),
-        inflight: Arc::new(tokio::sync::Semaphore::new(dispatch.max_inflight)),
+        lanes: lanes::Lanes::new(
+            dispatch.max_inflight,
+            dispatch.first_attempt_share,
+            metrics.lane_inflight.clone(),
+        ),
         retry: retry::RetryPolicy::new(
             dispatch.retry_schedule.clone(),
             dispatch.retry_jitter,

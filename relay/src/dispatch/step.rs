@@ -11,6 +11,7 @@
 //! | 429 / 502 / 503 / 504 with `Retry-After` | retry from the shortest tier at least that long |
 //! | destination refused (SSRF) | dead at once: it stays refused |
 //! | circuit open; at the cap and failing, stalled or with a full queue | deferred to the first tier, not an attempt |
+//! | its rate-limit slot is further away than the wait allowed in memory | deferred to the first tier, not an attempt |
 //! | refused, but no tier is configured | sent anyway (there is nowhere to defer to) |
 
 use std::time::Duration;
@@ -33,6 +34,8 @@ pub enum Refusal {
     Stalled,
     /// At its in-flight cap, with its queue full.
     QueueFull,
+    /// Its rate (limit, slow-down or `Retry-After`) has no slot within the wait allowed.
+    RateLimited,
 }
 
 impl Refusal {
@@ -43,7 +46,34 @@ impl Refusal {
             Self::Failing => "failing",
             Self::Stalled => "stalled",
             Self::QueueFull => "queue_full",
+            Self::RateLimited => "rate_limited",
         }
+    }
+}
+
+/// What an attempt's result says about the endpoint's capacity, for its pacing
+/// ([`super::pacing`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// 2xx: the rate may recover.
+    Succeeded,
+    /// 429 or 503: slow down, and with `Retry-After` pause the whole subscription.
+    SlowDown {
+        /// `Retry-After`, when sent.
+        retry_after: Option<Duration>,
+    },
+    /// Anything else says nothing about the rate.
+    Neutral,
+}
+
+/// The pacing signal of an attempt's result.
+pub fn signal(result: &Result<u16, AttemptError>) -> Signal {
+    match result {
+        Ok(_) => Signal::Succeeded,
+        Err(error) if matches!(error.status(), Some(429 | 503)) => Signal::SlowDown {
+            retry_after: error.retry_after().map(Duration::from_secs),
+        },
+        Err(_) => Signal::Neutral,
     }
 }
 
@@ -266,6 +296,7 @@ mod tests {
             Refusal::Failing,
             Refusal::Stalled,
             Refusal::QueueFull,
+            Refusal::RateLimited,
         ] {
             assert_eq!(
                 decide(Tried::Refused(reason), 3, &p),
@@ -276,6 +307,28 @@ mod tests {
                 "{reason:?}"
             );
         }
+    }
+
+    #[test]
+    fn only_429_and_503_ask_to_slow_down() {
+        assert_eq!(signal(&status(200, None)), Signal::Succeeded);
+        assert_eq!(
+            signal(&status(429, Some(2))),
+            Signal::SlowDown {
+                retry_after: Some(secs(2))
+            }
+        );
+        assert_eq!(
+            signal(&status(503, None)),
+            Signal::SlowDown { retry_after: None }
+        );
+        for other in [500, 502, 504, 404, 410] {
+            assert_eq!(signal(&status(other, Some(2))), Signal::Neutral, "{other}");
+        }
+        assert_eq!(
+            signal(&Err(AttemptError::Timeout(secs(15)))),
+            Signal::Neutral
+        );
     }
 
     #[test]

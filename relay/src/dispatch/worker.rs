@@ -36,13 +36,13 @@ use relay_shared::{
     shutdown::Shutdown,
     topology::Topology,
 };
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
 use super::{
     admission::AdmissionControl, attempt_log::AttemptLog, client::WebhookClient, delivery::Work,
-    directory::Directory, metrics::DispatchMetrics, ordered_lanes::OrderedLanes, parking::Parking,
-    retry::RetryPolicy, sync::DirectoryClient,
+    directory::Directory, lanes::Lanes, metrics::DispatchMetrics, ordered_lanes::OrderedLanes,
+    parking::Parking, retry::RetryPolicy, sync::DirectoryClient,
 };
 
 /// Readiness condition: every consumer (each ingress shard and `redeliver`) is consuming.
@@ -72,8 +72,8 @@ pub struct Worker {
     pub retry: RetryPolicy,
     /// Per-subscription caps and circuit breakers.
     pub admission: Arc<AdmissionControl>,
-    /// Global cap on webhook requests in flight.
-    pub inflight: Arc<Semaphore>,
+    /// Global cap on webhook requests in flight, in two lanes.
+    pub lanes: Arc<Lanes>,
     /// The delivery log feed.
     pub attempts: AttemptLog,
     /// Every delivery task, of this session and of lost ones.

@@ -26,6 +26,7 @@ mod replay;
 mod shards;
 mod signing;
 mod subscriptions;
+mod throttle;
 mod topology;
 
 use tests::{broker::shared_amqp_url, system::System};

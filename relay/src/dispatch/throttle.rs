@@ -1,0 +1,664 @@
+//! One subscription's pace on one dispatcher, as a value: the rate limit, the adaptive
+//! slow-down (AIMD) after 429/503, and a `Retry-After` pause. Pure: every method takes the
+//! time, so the rules are tested as tables without a clock or a broker.
+//!
+//! - **The window** is what the limit promises: over any [`WINDOW`] the endpoint receives at
+//!   most `rate × WINDOW` requests. A request holds one of the dispatcher's
+//!   `⌊rate × WINDOW × share⌋` tokens (at least one) from its start until [`WINDOW`] after its
+//!   answer. A request reaches the endpoint between the two, so every request the endpoint
+//!   receives within a window `[t, t + WINDOW)` still holds its token at `t + WINDOW`: the
+//!   tokens held at one moment, by all dispatchers together, bound every window, however late
+//!   a request travels or a machine stalls.
+//! - **Pacing** is GCRA (a token bucket of depth one, kept as the time the next request may
+//!   start): each dispatcher sends at `rate × share`, where `share` is its part of the
+//!   dispatchers alive ([`super::members`]), so the window's tokens are spread out evenly.
+//!   A request reserves its start time; when that is further away than the wait allowed in
+//!   memory, the delivery is deferred instead (it is not an attempt). The next start advances by exactly one interval from the reserved time,
+//!   not from when the request really went out, so timer slack does not lower the rate.
+//! - **Slow-down**: a 429 or 503 lowers the effective rate to `DECREASE ×` the lower of the
+//!   current rate and the rate the endpoint accepted over the last second or two (a
+//!   subscription without a limit slows down from what really got through); at most once per [`HOLDOFF`] (or per pause),
+//!   so a burst of refusals counts as one signal. Successes then add back [`RECOVERY`] × the
+//!   decreased rate per second (from half the rate back to all of it in 20 s); back at the
+//!   configured rate the subscription is no longer slowed. Without a configured limit the
+//!   probing goes on past the rate before the decrease until the traffic stays under half the
+//!   slowed rate: going back to unlimited with a backlog would send all of it at once.
+//! - **A changed rate** (limit changed, slow-down, recovery) rescales the requests already
+//!   reserved: the next free start moves so that, from now on, the average is the new rate.
+//! - **`Retry-After`** pauses the whole subscription until then, on every dispatcher (the
+//!   dispatcher that was told tells the others over `relay.control`).
+
+use std::time::{Duration, Instant};
+
+/// Real starts may run this many intervals ahead of their pace (a late wake-up's slack).
+const START_TOLERANCE: u32 = 2;
+
+/// The window every limit is kept over (and a token is held after its request's answer).
+pub const WINDOW: Duration = Duration::from_secs(10);
+
+/// The effective rate after a slow-down is this fraction of the rate before it.
+pub const DECREASE: f64 = 0.5;
+/// Recovery: each second of successes adds this fraction of the decreased rate.
+pub const RECOVERY: f64 = 0.05;
+/// The lowest effective rate a slow-down goes to, requests per second.
+pub const FLOOR: f64 = 0.1;
+/// At most one decrease per this long (refusals of requests already in flight are the same
+/// signal).
+pub const HOLDOFF: Duration = Duration::from_secs(1);
+
+/// When a request may start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slot {
+    /// Now.
+    Now,
+    /// At this time (reserved: wait for it, then send).
+    At(Instant),
+    /// Not within the wait allowed: defer the delivery.
+    Later,
+}
+
+/// What the API shows about a subscription's pace (the dispatchers' view).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Pace {
+    /// Sending as fast as the configured limit allows (or unlimited).
+    Active,
+    /// Slowed down below its limit after 429/503, at this total rate.
+    Throttled(f64),
+    /// Paused by `Retry-After` until then.
+    BackingOff(Instant),
+}
+
+/// One subscription's pace on this dispatcher.
+#[derive(Debug, Clone)]
+pub struct Throttle {
+    /// The configured total rate (all dispatchers), requests per second.
+    configured: Option<f64>,
+    /// The slowed-down total rate, while below `configured`.
+    slowed: Option<Slowed>,
+    /// `Retry-After`: nothing starts before.
+    paused_until: Option<Instant>,
+    /// The earliest start of the next request (GCRA's theoretical arrival time).
+    next: Option<Instant>,
+    /// Requests completed in the current and the previous second, to measure the real rate.
+    meter: Meter,
+    /// The same, of the requests the endpoint accepted.
+    accepted: Meter,
+    /// When the next request is due by the real starts (GCRA's theoretical arrival time,
+    /// over the starts that really happened).
+    last_start: Option<Instant>,
+    /// Tokens held: requests started and not yet a [`WINDOW`] past their answer.
+    held: usize,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Slowed {
+    rate: f64,
+    /// The rate before the decrease: what recovery goes back to when unlimited.
+    before: f64,
+    /// Recovery per second of successes.
+    step: f64,
+    at: Instant,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Meter {
+    start: Instant,
+    current: u32,
+    previous: u32,
+    /// `previous` covers no whole second (just started, or after a gap).
+    fresh: bool,
+}
+
+impl Meter {
+    fn roll(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.start);
+        if elapsed >= Duration::from_secs(2) {
+            *self = Self::new(now);
+        } else if elapsed >= Duration::from_secs(1) {
+            self.previous = self.current;
+            self.current = 0;
+            self.start += Duration::from_secs(1);
+            self.fresh = false;
+        }
+    }
+
+    fn new(now: Instant) -> Self {
+        Self {
+            start: now,
+            current: 0,
+            previous: 0,
+            fresh: true,
+        }
+    }
+
+    /// Requests per second over the last one to two seconds, however few; `None` until a
+    /// whole second is covered.
+    fn sparse_rate(&self, now: Instant) -> Option<f64> {
+        let elapsed = now.saturating_duration_since(self.start).as_secs_f64();
+        (!self.fresh).then(|| f64::from(self.current + self.previous) / (1.0 + elapsed))
+    }
+
+    /// Requests per second over the last one to two seconds; `None` with too few to tell.
+    fn rate(&self, now: Instant) -> Option<f64> {
+        let sent = self.current + self.previous;
+        if sent < 5 {
+            return None;
+        }
+        let elapsed = now.saturating_duration_since(self.start).as_secs_f64();
+        let seconds = if self.fresh {
+            elapsed.max(0.25)
+        } else {
+            1.0 + elapsed
+        };
+        (sent > 0).then(|| f64::from(sent) / seconds)
+    }
+}
+
+impl Throttle {
+    /// A subscription limited to `configured` requests per second in total (`None`: unlimited).
+    pub fn new(configured: Option<f64>, now: Instant) -> Self {
+        Self {
+            configured,
+            slowed: None,
+            paused_until: None,
+            next: None,
+            meter: Meter::new(now),
+            accepted: Meter::new(now),
+            last_start: None,
+            held: 0,
+        }
+    }
+
+    /// A changed limit (from the directory).
+    pub fn configure(&mut self, configured: Option<f64>, now: Instant) {
+        if self.configured != configured {
+            let old = self.rate();
+            self.configured = configured;
+            if let (Some(limit), Some(slowed)) = (configured, self.slowed)
+                && slowed.rate >= limit
+            {
+                self.slowed = None;
+            }
+            self.rescale(old, now);
+        }
+    }
+
+    /// After the rate changed from `old`: the `k` starts already reserved ahead took
+    /// `k / old` seconds; at the new rate they take `k / new`, and the next free start moves
+    /// there, so the average from now on is the new rate (up and down alike).
+    fn rescale(&mut self, old: Option<f64>, now: Instant) {
+        if let (Some(old), Some(new), Some(next)) = (old, self.rate(), self.next)
+            && next > now
+        {
+            self.next = Some(now + next.duration_since(now).mul_f64(old / new));
+        }
+    }
+
+    fn completed(&mut self, now: Instant) {
+        self.meter.roll(now);
+        self.meter.current += 1;
+    }
+
+    /// The total rate in force: the slowed-down one, else the configured one.
+    pub fn rate(&self) -> Option<f64> {
+        match (self.slowed, self.configured) {
+            (Some(slowed), Some(limit)) => Some(slowed.rate.min(limit)),
+            (Some(slowed), None) => Some(slowed.rate),
+            (None, limit) => limit,
+        }
+    }
+
+    /// Tokens a dispatcher taking `share` may hold: `⌊rate × WINDOW × share⌋`, at least
+    /// one; `None` when unlimited.
+    pub fn budget(&self, share: f64) -> Option<usize> {
+        self.rate().map(|rate| {
+            // At most 10,000 req/s × 10 s: far within usize and f64's exact integers.
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            let tokens = (rate * WINDOW.as_secs_f64() * share + 1e-9).floor() as usize;
+            tokens.max(1)
+        })
+    }
+
+    /// Takes a token for a request starting now, when one is free (always when unlimited:
+    /// held tokens are still counted, should the subscription be slowed down).
+    pub fn take(&mut self, share: f64) -> bool {
+        if self.budget(share).is_some_and(|budget| self.held >= budget) {
+            return false;
+        }
+        self.held += 1;
+        true
+    }
+
+    /// A token comes back ([`WINDOW`] after its request's answer).
+    pub fn give_back(&mut self) {
+        self.held = self.held.saturating_sub(1);
+    }
+
+    /// Whether the tokens held are within the budget of a dispatcher taking `share`.
+    pub fn within(&self, share: f64) -> bool {
+        self.budget(share).is_none_or(|budget| self.held <= budget)
+    }
+
+    /// Reserves the start of one request on a dispatcher taking `share` (0 < share ≤ 1) of
+    /// the total rate, waiting at most `max_wait`.
+    pub fn reserve(&mut self, now: Instant, share: f64, max_wait: Duration) -> Slot {
+        // Unlimited: only a pause holds it back.
+        let next = self.rate().and(self.next);
+        let earliest = [self.paused_until, next]
+            .into_iter()
+            .flatten()
+            .fold(now, Instant::max);
+        if earliest.saturating_duration_since(now) > max_wait {
+            return Slot::Later;
+        }
+        if let Some(rate) = self.rate() {
+            let local = (rate * share).max(f64::MIN_POSITIVE);
+            self.next = Some(earliest + Duration::from_secs_f64((1.0 / local).min(3600.0)));
+        }
+        if earliest > now {
+            Slot::At(earliest)
+        } else {
+            Slot::Now
+        }
+    }
+
+    /// A request is about to start at `now`: `Ok` (and counted) when the real starts keep
+    /// the pace within [`START_TOLERANCE`] intervals, else the time to try again.
+    /// Reservations keep the average; this keeps late wake-ups (a busy machine) from sending
+    /// more than a few at once, without turning each wake-up's lateness into a lower rate.
+    pub fn start(&mut self, now: Instant, share: f64) -> Result<(), Instant> {
+        let Some(rate) = self.rate() else {
+            return Ok(());
+        };
+        let local = (rate * share).max(f64::MIN_POSITIVE);
+        let interval = Duration::from_secs_f64((1.0 / local).min(3600.0));
+        let tolerance = interval * START_TOLERANCE;
+        let due = self.last_start.map_or(now, |due| due.max(now));
+        if due > now + tolerance {
+            return Err(due - tolerance);
+        }
+        self.last_start = Some(due + interval);
+        Ok(())
+    }
+
+    /// The endpoint answered 429 or 503: lower the rate (once per holdoff) and, with
+    /// `Retry-After`, pause until `now + retry_after`. Returns the new total rate and pause
+    /// when they changed, for the other dispatchers.
+    pub fn slow_down(
+        &mut self,
+        now: Instant,
+        share: f64,
+        retry_after: Option<Duration>,
+    ) -> Option<(f64, Option<Instant>)> {
+        self.completed(now);
+        // Refusals while paused, or within the holdoff, answer requests sent before the last
+        // signal was acted on: they may lengthen the pause but do not lower the rate again.
+        let recent = self.slowed.is_some_and(|s| now < s.at + HOLDOFF)
+            || self.paused_until.is_some_and(|p| now < p);
+        let until = retry_after.map(|after| now + after);
+        let paused = self.pause(until);
+        if recent {
+            return paused.map(|until| (self.rate().unwrap_or(FLOOR), Some(until)));
+        }
+        // What the endpoint really accepted (else, with too few to tell, what was sent), all
+        // dispatchers together (this one's part of it, scaled): a burst that was mostly
+        // refused slows down to what got through, not to half the burst.
+        let measured = self
+            .accepted
+            .rate(now)
+            .or_else(|| self.meter.rate(now))
+            .map(|local| local / share.max(0.001));
+        let before = match (self.rate(), measured) {
+            (Some(rate), Some(measured)) => rate.min(measured),
+            (Some(rate), None) => rate,
+            (None, Some(measured)) => measured,
+            (None, None) => FLOOR / DECREASE,
+        };
+        let old = self.rate();
+        let rate = (before * DECREASE).max(FLOOR);
+        self.slowed = Some(Slowed {
+            rate,
+            before,
+            step: RECOVERY * rate,
+            at: now,
+        });
+        self.rescale(old, now);
+        Some((rate, self.paused_until.filter(|p| *p > now)))
+    }
+
+    /// Another dispatcher slowed the subscription to `rate` (pausing it until `until`).
+    pub fn slowed_elsewhere(&mut self, now: Instant, rate: f64, until: Option<Instant>) {
+        self.pause(until);
+        let old = self.rate();
+        if old.is_none_or(|current| rate < current) {
+            let before = old.unwrap_or(rate / DECREASE);
+            let rate = rate.max(FLOOR);
+            self.slowed = Some(Slowed {
+                rate,
+                before: before.max(rate),
+                step: RECOVERY * rate,
+                at: now,
+            });
+            self.rescale(old, now);
+        }
+    }
+
+    /// Extends the pause to `until`; returns it when it moved.
+    fn pause(&mut self, until: Option<Instant>) -> Option<Instant> {
+        let until = until?;
+        if self.paused_until.is_some_and(|p| p >= until) {
+            return None;
+        }
+        self.paused_until = Some(until);
+        Some(until)
+    }
+
+    /// A request succeeded on a dispatcher taking `share`: additive recovery.
+    pub fn succeeded(&mut self, now: Instant, share: f64) {
+        self.completed(now);
+        self.accepted.roll(now);
+        self.accepted.current += 1;
+        let old = self.rate();
+        let Some(slowed) = &mut self.slowed else {
+            return;
+        };
+        // Successes arrive at `rate × share` per second here, so each adds a
+        // `1 / (rate × share)` part of a second's step: every dispatcher's copy of the total
+        // rate then recovers at the same pace.
+        slowed.rate += slowed.step / (slowed.rate * share.max(0.001));
+        let done = match self.configured {
+            Some(limit) => slowed.rate >= limit,
+            // Unlimited: keep probing upwards while the slowed rate is what holds the traffic
+            // back (going back to unlimited with a backlog would send it all at once); end it
+            // once the traffic, all dispatchers together, stays under half of it.
+            // A meter that covers no whole second (just after a pause) tells nothing.
+            None => {
+                let measured = self
+                    .meter
+                    .sparse_rate(now)
+                    .map(|local| local / share.max(0.001));
+                slowed.rate >= slowed.before && measured.is_some_and(|m| m * 2.0 <= slowed.rate)
+            }
+        };
+        if done {
+            self.slowed = None;
+        }
+        self.rescale(old, now);
+    }
+
+    /// The subscription's pace at `now`.
+    pub fn pace(&self, now: Instant) -> Pace {
+        match (self.paused_until, self.slowed) {
+            (Some(until), _) if until > now => Pace::BackingOff(until),
+            (_, Some(slowed)) => Pace::Throttled(slowed.rate),
+            _ => Pace::Active,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(ms: u64) -> Duration {
+        Duration::from_millis(ms)
+    }
+
+    const WAIT: Duration = Duration::from_secs(5);
+
+    /// Starts of `n` reservations made at `at`, as offsets from `t0` in ms.
+    fn starts(t: &mut Throttle, t0: Instant, at: Instant, share: f64, n: usize) -> Vec<u128> {
+        (0..n)
+            .map(|_| match t.reserve(at, share, WAIT) {
+                Slot::Now => at.duration_since(t0).as_millis(),
+                Slot::At(start) => start.duration_since(t0).as_millis(),
+                Slot::Later => u128::MAX,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn tokens_are_the_windows_share_and_at_least_one() {
+        let t0 = Instant::now();
+        let mut t = Throttle::new(Some(20.0), t0);
+        // 200 per window, a third each: 66.
+        assert_eq!(t.budget(1.0 / 3.0), Some(66));
+        assert_eq!(t.budget(1.0), Some(200));
+        let taken = (0..100).take_while(|_| t.take(1.0 / 3.0)).count();
+        assert_eq!(taken, 66);
+        t.give_back();
+        assert!(t.take(1.0 / 3.0));
+        assert!(!t.take(1.0 / 3.0));
+        // A larger count (a newcomer): over the budget until tokens come back.
+        assert!(t.within(1.0 / 3.0));
+        assert!(!t.within(0.25));
+        // 0.1 req/s is one request per window: one token per dispatcher at least.
+        assert_eq!(Throttle::new(Some(0.1), t0).budget(1.0 / 3.0), Some(1));
+        // Unlimited: always, still counted.
+        let mut u = Throttle::new(None, t0);
+        assert!((0..1000).all(|_| u.take(0.5)));
+        assert_eq!(u.budget(0.5), None);
+    }
+
+    #[test]
+    fn unlimited_always_goes_now() {
+        let t0 = Instant::now();
+        let mut t = Throttle::new(None, t0);
+        assert!((0..1000).all(|_| t.reserve(t0, 1.0, WAIT) == Slot::Now));
+        assert_eq!(t.pace(t0), Pace::Active);
+    }
+
+    #[test]
+    fn a_share_of_the_rate_is_spaced_evenly_and_the_excess_is_deferred() {
+        let t0 = Instant::now();
+        // 30 req/s for all, a third here: one every 100 ms.
+        let mut t = Throttle::new(Some(30.0), t0);
+        assert_eq!(starts(&mut t, t0, t0, 1.0 / 3.0, 4), [0, 100, 200, 300]);
+        // Up to the wait allowed (5 s) and no further: 51 reserved in all, then deferred.
+        let reserved = (0..100)
+            .take_while(|_| t.reserve(t0, 1.0 / 3.0, WAIT) != Slot::Later)
+            .count();
+        assert_eq!(reserved + 4, 51);
+        // Idle time is not banked: after a pause the pace starts again from now.
+        let later = t0 + Duration::from_secs(60);
+        assert_eq!(starts(&mut t, t0, later, 1.0 / 3.0, 2), [60_000, 60_100]);
+    }
+
+    #[test]
+    fn any_window_holds_at_most_its_share_plus_one() {
+        let t0 = Instant::now();
+        let mut t = Throttle::new(Some(50.0), t0);
+        let mut all = Vec::new();
+        // Requests arrive in bursts every 250 ms for 30 s.
+        for step in 0..120 {
+            let now = t0 + ms(step * 250);
+            for _ in 0..20 {
+                match t.reserve(now, 0.5, ms(1000)) {
+                    Slot::Now => all.push(now),
+                    Slot::At(start) => all.push(start),
+                    Slot::Later => {}
+                }
+            }
+        }
+        all.sort();
+        for (i, start) in all.iter().enumerate() {
+            let in_window = all[i..]
+                .iter()
+                .take_while(|s| s.duration_since(*start) < Duration::from_secs(10))
+                .count();
+            assert!(
+                in_window <= 251,
+                "{in_window} in 10 s at a share of 25 req/s"
+            );
+        }
+        // And the pace is kept: the last start is 30 s of 25 req/s in.
+        assert!(all.len() >= 740, "{}", all.len());
+    }
+
+    #[test]
+    fn a_changed_limit_applies_to_the_next_reservation() {
+        let t0 = Instant::now();
+        let mut t = Throttle::new(Some(10.0), t0);
+        assert_eq!(starts(&mut t, t0, t0, 1.0, 2), [0, 100]);
+        // The 200 ms reserved at 10 req/s take 20 ms at 100 req/s.
+        t.configure(Some(100.0), t0);
+        assert_eq!(starts(&mut t, t0, t0, 1.0, 3), [20, 30, 40]);
+        // Down again: the 50 ms reserved at 100 req/s take 500 ms at 10 req/s.
+        t.configure(Some(10.0), t0);
+        assert_eq!(starts(&mut t, t0, t0, 1.0, 1), [500]);
+        t.configure(None, t0);
+        assert_eq!(t.reserve(t0 + ms(300), 1.0, WAIT), Slot::Now);
+    }
+
+    #[test]
+    fn a_refusal_halves_the_rate_once_per_holdoff_and_successes_bring_it_back() {
+        let t0 = Instant::now();
+        let mut t = Throttle::new(Some(40.0), t0);
+        let (rate, paused) = t.slow_down(t0, 1.0, None).unwrap();
+        assert_eq!((rate, paused), (20.0, None));
+        assert_eq!(t.pace(t0), Pace::Throttled(20.0));
+        // More refusals of requests already in flight: the same signal.
+        assert_eq!(t.slow_down(t0 + ms(500), 1.0, None), None);
+        assert_eq!(t.rate(), Some(20.0));
+        // After the holdoff, a new signal halves again.
+        let mut again = t.clone();
+        assert_eq!(again.slow_down(t0 + ms(1500), 1.0, None).unwrap().0, 10.0);
+        // Additive increase: RECOVERY × 20 = 1 req/s per second of successes, 20 → 40 in 20 s.
+        let mut seconds = 0.0;
+        while t.rate() != Some(40.0) {
+            let rate = t.rate().unwrap();
+            seconds += 1.0 / rate;
+            t.succeeded(t0 + Duration::from_secs_f64(seconds), 1.0);
+        }
+        assert!((19.0..21.0).contains(&seconds), "{seconds}");
+        assert_eq!(t.pace(t0 + ms(20_000)), Pace::Active);
+    }
+
+    #[test]
+    fn an_unlimited_subscription_slows_down_from_what_it_really_sent() {
+        let t0 = Instant::now();
+        let mut t = Throttle::new(None, t0);
+        // 100 requests in the last second on a dispatcher with half the traffic: 200 req/s.
+        for i in 0..100 {
+            t.reserve(t0 + ms(i * 10), 0.5, WAIT);
+            t.succeeded(t0 + ms(i * 10), 0.5);
+        }
+        let (rate, _) = t.slow_down(t0 + ms(1000), 0.5, None).unwrap();
+        assert!((95.0..=105.0).contains(&rate), "{rate}");
+        // Now it is paced: one every 1 / (rate × share).
+        let now = t0 + ms(1000);
+        assert_eq!(t.reserve(now, 0.5, WAIT), Slot::Now);
+        assert!(matches!(t.reserve(now, 0.5, WAIT), Slot::At(_)));
+    }
+
+    #[test]
+    fn an_unlimited_subscription_stays_paced_after_a_pause_until_its_traffic_is_sparse() {
+        let t0 = Instant::now();
+        let mut t = Throttle::new(None, t0);
+        for i in 0..40 {
+            t.succeeded(t0 + ms(i * 25), 1.0);
+        }
+        let (rate, _) = t
+            .slow_down(t0 + ms(1000), 1.0, Some(Duration::from_secs(2)))
+            .unwrap();
+        assert!((19.0..=21.0).contains(&rate), "{rate}");
+        // Back at the rate before the decrease just after the pause: still paced.
+        let mut at = t0 + ms(3000);
+        while t.rate().is_some_and(|r| r < 40.0) {
+            at += ms(1);
+            t.succeeded(at, 1.0);
+        }
+        assert!(t.rate().is_some(), "went unlimited right after a pause");
+        // Sparse traffic for a few seconds: unlimited again.
+        for i in 1..=4 {
+            t.succeeded(at + ms(i * 1000), 1.0);
+        }
+        assert_eq!(t.rate(), None);
+    }
+
+    #[test]
+    fn a_burst_mostly_refused_slows_down_to_what_got_through() {
+        let t0 = Instant::now();
+        let mut t = Throttle::new(None, t0);
+        // 200 sent in the last second, 20 accepted, on a dispatcher alone.
+        for i in 0..200 {
+            let at = t0 + ms(i * 5);
+            if i % 10 == 0 {
+                t.succeeded(at, 1.0);
+            } else {
+                t.completed(at);
+            }
+        }
+        let (rate, _) = t.slow_down(t0 + ms(1000), 1.0, None).unwrap();
+        assert!((9.0..=11.0).contains(&rate), "{rate}");
+    }
+
+    #[test]
+    fn retry_after_pauses_the_whole_subscription() {
+        let t0 = Instant::now();
+        let mut t = Throttle::new(Some(10.0), t0);
+        let (_, until) = t.slow_down(t0, 1.0, Some(Duration::from_secs(2))).unwrap();
+        assert_eq!(until, Some(t0 + Duration::from_secs(2)));
+        assert_eq!(t.pace(t0), Pace::BackingOff(t0 + Duration::from_secs(2)));
+        assert_eq!(
+            t.reserve(t0 + ms(10), 1.0, WAIT),
+            Slot::At(t0 + Duration::from_secs(2))
+        );
+        // Beyond the wait allowed in memory: deferred.
+        assert_eq!(t.reserve(t0 + ms(10), 1.0, ms(500)), Slot::Later);
+        // A longer Retry-After within the holdoff still extends the pause.
+        let (_, until) = t
+            .slow_down(t0 + ms(100), 1.0, Some(Duration::from_secs(4)))
+            .unwrap();
+        assert_eq!(until, Some(t0 + ms(4100)));
+        assert_eq!(t.pace(t0 + ms(5000)), Pace::Throttled(5.0));
+    }
+
+    #[test]
+    fn late_wake_ups_go_at_most_three_at_once_and_lateness_is_not_lost() {
+        let t0 = Instant::now();
+        let mut t = Throttle::new(Some(10.0), t0);
+        // Every wake-up 30 ms late: the pace stays one per 100 ms.
+        for i in 0..10 {
+            assert_eq!(t.start(t0 + ms(i * 100 + 30), 1.0), Ok(()), "{i}");
+        }
+        // Five woke together 1 s late: three go, the next 100 ms later.
+        let late = t0 + ms(2000);
+        for _ in 0..3 {
+            assert_eq!(t.start(late, 1.0), Ok(()));
+        }
+        assert_eq!(t.start(late, 1.0), Err(late + ms(100)));
+        assert_eq!(t.start(late + ms(100), 1.0), Ok(()));
+    }
+
+    #[test]
+    fn refusals_while_paused_do_not_lower_the_rate_again() {
+        let t0 = Instant::now();
+        let mut t = Throttle::new(Some(40.0), t0);
+        t.slow_down(t0, 1.0, Some(Duration::from_secs(2)));
+        assert_eq!(t.rate(), Some(20.0));
+        // Sent before the pause, refused during it: the pause grows, the rate stays.
+        let (rate, until) = t
+            .slow_down(t0 + ms(1500), 1.0, Some(Duration::from_secs(2)))
+            .unwrap();
+        assert_eq!((rate, until), (20.0, Some(t0 + ms(3500))));
+        assert_eq!(t.rate(), Some(20.0));
+    }
+
+    #[test]
+    fn another_dispatchers_signal_is_applied_once() {
+        let t0 = Instant::now();
+        let mut t = Throttle::new(Some(50.0), t0);
+        t.slowed_elsewhere(t0, 25.0, Some(t0 + ms(1000)));
+        assert_eq!(t.rate(), Some(25.0));
+        assert_eq!(t.pace(t0), Pace::BackingOff(t0 + ms(1000)));
+        // A stale or higher rate does not raise it.
+        t.slowed_elsewhere(t0, 40.0, None);
+        assert_eq!(t.rate(), Some(25.0));
+        // Raising the configured limit above the slowed rate keeps the slow-down; lowering it
+        // below ends it.
+        t.configure(Some(20.0), t0);
+        assert_eq!(t.rate(), Some(20.0));
+        assert_eq!(t.pace(t0 + ms(2000)), Pace::Active);
+    }
+}

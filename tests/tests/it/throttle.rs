@@ -1,0 +1,417 @@
+//! Protecting endpoints: rate limits and in-flight caps enforced by several dispatchers
+//! together, a limit changed mid-run, and the adaptive slow-down on 429 with `Retry-After`.
+//!
+//! Rates are counted at the receiver, per 10 s window, from its own arrival times. The upper
+//! bounds are what README "Protecting endpoints" promises, `rate_limit × 10 s` per window
+//! (the burst it documents is nil when `rate_limit × 10 s` is at least the number of
+//! dispatchers), and hold by construction: a request holds its window token from its start
+//! until 10 s after its answer, and reaches the receiver in between, however loaded the
+//! machine. The lower bounds (90 % of the limit) are measured over 10-20 s of backlog, at
+//! rates (20-40 req/s) a loaded two-core machine keeps up with.
+
+use std::{
+    collections::HashSet,
+    time::{Duration, Instant},
+};
+
+use reqwest::Method;
+use serde_json::{Value, json};
+use tests::{
+    receiver::{Behaviour, Received, Receiver},
+    system::{Options, System},
+};
+
+use crate::shared_amqp_url;
+
+/// Three dispatchers that have heard each other, with a short first tier (deferred
+/// deliveries come back after 1 s) and a wait in memory longer than it.
+async fn three_dispatchers() -> System {
+    let relay = System::start_with(
+        Options {
+            dispatchers: 3,
+            ..Options::new(shared_amqp_url())
+        }
+        .set("RELAY__DISPATCH__RETRY_SCHEDULE", "1s,2s,2s,2s,2s,2s,2s,2s")
+        .set("RELAY__DISPATCH__RATE_LIMIT_WAIT", "3s"),
+    )
+    .await;
+    for url in &relay.dispatcher_urls {
+        relay
+            .wait_for_metric(url, "relay_dispatchers_alive", |n| n == 3.0)
+            .await;
+        relay
+            .wait_for_metric(url, "relay_dispatcher_rate_limits_ready", |n| n == 1.0)
+            .await;
+    }
+    relay
+}
+
+/// Creates a subscription with `limits` and waits until every dispatcher holds it.
+async fn limited(relay: &System, receiver: &Receiver, limits: Value) -> String {
+    let mut body = json!({"url": receiver.url(), "event_types": ["paced.*"]});
+    body.as_object_mut()
+        .unwrap()
+        .extend(limits.as_object().unwrap().clone());
+    let created = relay
+        .api(Method::POST, "/v1/subscriptions")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let created: Value = created.json().await.unwrap();
+    for url in &relay.dispatcher_urls {
+        relay
+            .wait_for_metric(url, "relay_subscriptions_loaded", |n| n >= 1.0)
+            .await;
+    }
+    created["id"].as_str().unwrap().to_owned()
+}
+
+/// Publishes `n` events over HTTP, in batches of 50.
+async fn publish(relay: &System, n: usize) {
+    for chunk in (0..n).collect::<Vec<_>>().chunks(50) {
+        let events: Vec<Value> = chunk
+            .iter()
+            .map(|i| json!({"type": "paced.tick", "data": {"i": i}}))
+            .collect();
+        relay.publish_batch_ok(&events).await;
+    }
+}
+
+/// Arrivals in `[from, to)`.
+fn count(at: &[Instant], from: Instant, to: Instant) -> usize {
+    at.iter().filter(|t| **t >= from && **t < to).count()
+}
+
+/// No attempt was scheduled for a retry or dead-lettered, and the limit held some back.
+async fn held_back_never_failed(relay: &System) {
+    let mut rate_limited = 0.0;
+    for url in &relay.dispatcher_urls {
+        let retries = relay
+            .metric(url, "relay_retries_scheduled_total")
+            .await
+            .unwrap_or(0.0);
+        assert_eq!(retries, 0.0, "the limit caused failed attempts at {url}");
+        rate_limited += relay
+            .metric(url, "relay_subscription_rate_limited_total")
+            .await
+            .unwrap_or(0.0);
+    }
+    assert!(rate_limited > 0.0, "nothing was held back by the limit");
+}
+
+/// The most arrivals in any 10 s window (each window starts at an arrival) that
+/// `considered(start, end)` selects.
+fn worst_window(arrivals: &[Instant], considered: impl Fn(Instant, Instant) -> bool) -> usize {
+    arrivals
+        .iter()
+        .enumerate()
+        .filter_map(|(i, start)| {
+            let end = *start + WINDOW;
+            considered(*start, end)
+                .then(|| arrivals[i..].iter().take_while(|at| **at < end).count())
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+const WINDOW: Duration = Duration::from_secs(10);
+
+fn arrivals(received: &[Received]) -> Vec<Instant> {
+    let mut at: Vec<Instant> = received.iter().map(|r| r.at).collect();
+    at.sort();
+    at
+}
+
+#[tokio::test]
+async fn three_dispatchers_keep_a_rate_limit_together_and_a_change_applies_within_2_s() {
+    const EVENTS: usize = 1100;
+    const BEFORE: usize = 420;
+    let relay = three_dispatchers().await;
+    let receiver = Receiver::start().await;
+    let id = limited(&relay, &receiver, json!({"rate_limit": 20})).await;
+
+    publish(&relay, EVENTS).await;
+    // 20 s and more at 20 req/s (the limit allows 200 per window), then the limit goes to 40.
+    receiver.wait_for(BEFORE, Duration::from_secs(180)).await;
+    let patch_sent = Instant::now();
+    // A busy store may answer 503 (try again): the change counts from its 200.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let changed_at = loop {
+        let changed = relay
+            .api(Method::PATCH, &format!("/v1/subscriptions/{id}"))
+            .json(&json!({"rate_limit": 40}))
+            .send()
+            .await
+            .unwrap();
+        if changed.status() == 200 {
+            break Instant::now();
+        }
+        assert_eq!(changed.status(), 503);
+        assert!(Instant::now() < deadline, "the change was refused for 30 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let received = receiver.wait_for(EVENTS, Duration::from_secs(240)).await;
+    let ids: HashSet<&str> = received
+        .iter()
+        .filter_map(|r| r.header("webhook-id"))
+        .collect();
+    assert_eq!(ids.len(), EVENTS, "every event delivered");
+
+    let at = arrivals(&received);
+    // The promise: windows that end before the change was asked for see at most 20 × 10,
+    // every window at most 40 × 10.
+    let before = worst_window(&at, |_, end| end <= patch_sent);
+    let overall = worst_window(&at, |_, _| true);
+    // Reached: 90 % of the limit over 20 s of backlog before the change, and over 10 s from
+    // 2 s after it.
+    let first = at[0];
+    let early = count(&at, first, first + 2 * WINDOW);
+    let from = changed_at + Duration::from_secs(2);
+    let late = count(&at, from, from + WINDOW);
+    eprintln!(
+        "worst 10 s window before the change: {before} (limit 200), overall {overall} (limit 400); \
+         first 20 s: {early} (limit 400); 10 s from 2 s after the change: {late} (limit 400)"
+    );
+    assert!(
+        before <= 200,
+        "{before} requests in a 10 s window at 20 req/s"
+    );
+    assert!(
+        overall <= 400,
+        "{overall} requests in a 10 s window at 40 req/s"
+    );
+    assert!(
+        first + 2 * WINDOW <= patch_sent,
+        "420 arrivals within 20 s at 20 req/s"
+    );
+    assert!(early >= 360, "{early} in the first 20 s at 20 req/s");
+    assert!(
+        late >= 360,
+        "{late} in 10 s at 40 req/s, from 2 s after the change"
+    );
+    held_back_never_failed(&relay).await;
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn three_dispatchers_keep_a_max_in_flight_together() {
+    const EVENTS: usize = 90;
+    const CAP: usize = 6;
+    const DELAY: Duration = Duration::from_millis(300);
+    let relay = three_dispatchers().await;
+    let receiver = Receiver::start_with(Behaviour::Delay(DELAY)).await;
+    limited(&relay, &receiver, json!({"max_in_flight": CAP})).await;
+    publish(&relay, EVENTS).await;
+    let received = receiver.wait_for(EVENTS, Duration::from_secs(180)).await;
+    let ids: HashSet<&str> = received
+        .iter()
+        .filter_map(|r| r.header("webhook-id"))
+        .collect();
+    assert_eq!(ids.len(), EVENTS, "every event delivered");
+    // The dispatchers had every request at the receiver in flight.
+    let at = arrivals(&received);
+    let most = most_at_once(&at, DELAY, Instant::now());
+    eprintln!("at most {most} requests at the receiver at once (max_in_flight {CAP})");
+    assert!(
+        most <= CAP,
+        "{most} requests in flight with max_in_flight {CAP}"
+    );
+    assert!(most >= 2, "the requests went one at a time");
+    for url in &relay.dispatcher_urls {
+        let retries = relay
+            .metric(url, "relay_retries_scheduled_total")
+            .await
+            .unwrap_or(0.0);
+        assert_eq!(retries, 0.0, "the cap caused failed attempts at {url}");
+    }
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_429_with_retry_after_slows_the_whole_subscription_down() {
+    const EVENTS: usize = 400;
+    const ENDPOINT_RATE: usize = 20;
+    let relay = three_dispatchers().await;
+    let receiver = Receiver::start_with(Behaviour::RateLimited {
+        per_second: ENDPOINT_RATE,
+        retry_after: 2,
+    })
+    .await;
+    // No configured limit: the endpoint's 429s alone set the pace.
+    limited(&relay, &receiver, json!({})).await;
+    let started = Instant::now();
+    publish(&relay, EVENTS).await;
+
+    // Every event accepted once, however many 429s it took.
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let received = loop {
+        let received = receiver.received();
+        let accepted: HashSet<&str> = received
+            .iter()
+            .filter(|r| !r.refused)
+            .filter_map(|r| r.header("webhook-id"))
+            .collect();
+        if accepted.len() >= EVENTS {
+            break received;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {EVENTS} accepted",
+            accepted.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // After settling (10 s after the first request), fewer than 5 % of requests were refused.
+    let first = received.iter().map(|r| r.at).min().unwrap();
+    let settled = first + Duration::from_secs(10);
+    let after: Vec<&Received> = received.iter().filter(|r| r.at >= settled).collect();
+    let refused = after.iter().filter(|r| r.refused).count();
+    #[allow(clippy::cast_precision_loss)]
+    let ratio = refused as f64 / after.len().max(1) as f64;
+    let total_refused = received.iter().filter(|r| r.refused).count();
+    eprintln!(
+        "{} requests, {total_refused} refused in all; after settling {} requests, {refused} refused ({:.1} %); took {:?}",
+        received.len(),
+        after.len(),
+        ratio * 100.0,
+        started.elapsed()
+    );
+    assert!(
+        after.len() >= EVENTS / 2,
+        "the test must measure after settling"
+    );
+    assert!(
+        ratio < 0.05,
+        "{:.1} % refused after settling",
+        ratio * 100.0
+    );
+    // And the pace after settling stays at the endpoint's rate (+10 %) in every 10 s window.
+    let accepted_after: Vec<Instant> =
+        arrivals(&after.iter().map(|r| (*r).clone()).collect::<Vec<_>>());
+    let worst = worst_window(&accepted_after, |_, _| true);
+    assert!(
+        worst <= ENDPOINT_RATE * 11,
+        "{worst} requests in a 10 s window after settling, at {ENDPOINT_RATE} req/s"
+    );
+    relay.stop().await;
+}
+
+/// Requests at the receiver at once, at most, among those that arrived before `until`: each
+/// stays there for at least `delay` from its arrival (its answer's delay), so those that
+/// arrived within `delay` before an arrival were all still there.
+fn most_at_once(at: &[Instant], delay: Duration, until: Instant) -> usize {
+    at.iter()
+        .enumerate()
+        .filter(|(_, t)| **t < until)
+        .map(|(i, t)| {
+            at[..=i]
+                .iter()
+                .filter(|a| t.duration_since(**a) < delay)
+                .count()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_replay_to_a_slow_endpoint_does_not_hold_fresh_events_back() {
+    // A dispatcher with 10 slots: 8 kept for first attempts while they flow, 2 for the rest.
+    const SLOW: Duration = Duration::from_secs(4);
+    const REPLAYED: usize = 40;
+    let relay = System::start_with(
+        Options::new(shared_amqp_url())
+            .set("RELAY__DISPATCH__MAX_INFLIGHT", "10")
+            .set("RELAY__DISPATCH__FIRST_ATTEMPT_SHARE", "0.8")
+            .set("RELAY__DISPATCH__REQUEST_TIMEOUT", "15s"),
+    )
+    .await;
+    // The events to replay, recorded before anyone subscribed to them.
+    let since = rfc3339_now();
+    let events: Vec<Value> = (0..REPLAYED)
+        .map(|i| json!({"type": "bulk.tick", "data": {"i": i}}))
+        .collect();
+    let ids = relay.publish_batch_ok(&events).await;
+    crate::consumer_api::wait_recorded(&relay, ids.last().unwrap()).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let until = rfc3339_now();
+
+    let fresh = Receiver::start().await;
+    relay.subscribe(&fresh.url(), &["fresh.*"], None).await;
+    let slow = Receiver::start_with(Behaviour::Delay(SLOW)).await;
+    let sub = relay.subscribe(&slow.url(), &["bulk.*"], None).await;
+    let replay = relay
+        .api(
+            Method::POST,
+            &format!("/v1/subscriptions/{}/replay", sub["id"].as_str().unwrap()),
+        )
+        .json(&json!({"since": since, "until": until}));
+
+    // Fresh events every 100 ms for 10 s; the replay starts after the first second.
+    let mut published = Vec::new();
+    let mut replay = Some(replay);
+    let flow_started = Instant::now();
+    while flow_started.elapsed() < Duration::from_secs(10) {
+        if flow_started.elapsed() >= Duration::from_secs(1)
+            && let Some(replay) = replay.take()
+        {
+            let answer = replay.send().await.unwrap();
+            assert_eq!(answer.status(), 202);
+        }
+        let at = Instant::now();
+        let id = relay
+            .publish_ok(&json!({"type": "fresh.tick", "data": {}}))
+            .await;
+        published.push((id, at));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let flow_ended = Instant::now();
+    let delivered = fresh
+        .wait_for(published.len(), Duration::from_secs(60))
+        .await;
+    let slow_at = arrivals(&slow.received());
+    assert!(
+        slow_at.len() >= 2,
+        "the replay was under way during the flow"
+    );
+
+    // While fresh events flow, the replay holds at most its own two slots.
+    let most = most_at_once(&slow_at, SLOW, flow_ended);
+    // Fresh events published while the replay ran were never held behind its requests.
+    let replaying = slow_at[0];
+    let mut latencies: Vec<Duration> = published
+        .iter()
+        .filter(|(_, at)| *at >= replaying)
+        .map(|(id, at)| {
+            let arrived = delivered
+                .iter()
+                .find(|r| r.header("webhook-id") == Some(id.as_str()))
+                .expect("every fresh event delivered")
+                .at;
+            arrived.saturating_duration_since(*at)
+        })
+        .collect();
+    latencies.sort();
+    let p99 = latencies[latencies.len() * 99 / 100];
+    eprintln!(
+        "replay: at most {most} requests at once during the flow; fresh p99 {p99:?} over {} events (the slow endpoint answers in {SLOW:?})",
+        latencies.len()
+    );
+    assert!(
+        most <= 2,
+        "the replay held {most} slots while fresh events flowed"
+    );
+    assert!(latencies.len() >= 30, "the flow ran alongside the replay");
+    assert!(
+        p99 < SLOW / 2,
+        "fresh p99 {p99:?}: held behind replayed requests that take {SLOW:?}"
+    );
+    relay.stop().await;
+}
+
+fn rfc3339_now() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
+}
