@@ -23,12 +23,17 @@ use tests::{
 
 use crate::shared_amqp_url;
 
-/// Three dispatchers that have heard each other, with a short first tier (deferred
-/// deliveries come back after 1 s) and a wait in memory longer than it.
+/// Three dispatchers that have heard each other.
 async fn three_dispatchers() -> System {
+    dispatchers(3).await
+}
+
+/// `n` dispatchers that have heard each other, with a short first tier (deferred deliveries
+/// come back after 1 s) and a wait in memory longer than it.
+async fn dispatchers(n: usize) -> System {
     let relay = System::start_with(
         Options {
-            dispatchers: 3,
+            dispatchers: n,
             ..Options::new(shared_amqp_url())
         }
         .set("RELAY__DISPATCH__RETRY_SCHEDULE", "1s,2s,2s,2s,2s,2s,2s,2s")
@@ -36,14 +41,31 @@ async fn three_dispatchers() -> System {
     )
     .await;
     for url in &relay.dispatcher_urls {
-        relay
-            .wait_for_metric(url, "relay_dispatchers_alive", |n| n == 3.0)
-            .await;
-        relay
-            .wait_for_metric(url, "relay_dispatcher_rate_limits_ready", |n| n == 1.0)
-            .await;
+        settled(&relay, url, n).await;
     }
     relay
+}
+
+/// Waits (up to 60 s) until the dispatcher at `url` counts `n` and may send to limited
+/// subscriptions.
+async fn settled(relay: &System, url: &str, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    #[allow(clippy::cast_precision_loss)]
+    let n = n as f64;
+    loop {
+        let alive = relay.metric(url, "relay_dispatchers_alive").await;
+        let ready = relay
+            .metric(url, "relay_dispatcher_rate_limits_ready")
+            .await;
+        if alive == Some(n) && ready == Some(1.0) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{url}: {alive:?} dispatchers alive, ready {ready:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Creates a subscription with `limits` and waits until every dispatcher holds it.
@@ -84,15 +106,33 @@ fn count(at: &[Instant], from: Instant, to: Instant) -> usize {
     at.iter().filter(|t| **t >= from && **t < to).count()
 }
 
-/// No attempt was scheduled for a retry or dead-lettered, and the limit held some back.
-async fn held_back_never_failed(relay: &System) {
-    let mut rate_limited = 0.0;
+/// Waits for `n` requests and asserts they are `n` distinct events.
+async fn all_delivered(receiver: &Receiver, n: usize, timeout: Duration) -> Vec<Received> {
+    let received = receiver.wait_for(n, timeout).await;
+    let ids: HashSet<&str> = received
+        .iter()
+        .filter_map(|r| r.header("webhook-id"))
+        .collect();
+    assert_eq!(ids.len(), n, "every event delivered");
+    received
+}
+
+/// No attempt failed: none was scheduled for a retry (nor, so, dead-lettered).
+async fn no_failed_attempts(relay: &System) {
     for url in &relay.dispatcher_urls {
         let retries = relay
             .metric(url, "relay_retries_scheduled_total")
             .await
             .unwrap_or(0.0);
-        assert_eq!(retries, 0.0, "the limit caused failed attempts at {url}");
+        assert_eq!(retries, 0.0, "failed attempts at {url}");
+    }
+}
+
+/// No attempt failed, and the limit held some back.
+async fn held_back_never_failed(relay: &System) {
+    no_failed_attempts(relay).await;
+    let mut rate_limited = 0.0;
+    for url in &relay.dispatcher_urls {
         rate_limited += relay
             .metric(url, "relay_subscription_rate_limited_total")
             .await
@@ -152,12 +192,7 @@ async fn three_dispatchers_keep_a_rate_limit_together_and_a_change_applies_withi
         assert!(Instant::now() < deadline, "the change was refused for 30 s");
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    let received = receiver.wait_for(EVENTS, Duration::from_secs(240)).await;
-    let ids: HashSet<&str> = received
-        .iter()
-        .filter_map(|r| r.header("webhook-id"))
-        .collect();
-    assert_eq!(ids.len(), EVENTS, "every event delivered");
+    let received = all_delivered(&receiver, EVENTS, Duration::from_secs(240)).await;
 
     let at = arrivals(&received);
     // The promise: windows that end before the change was asked for see at most 20 × 10,
@@ -204,12 +239,7 @@ async fn three_dispatchers_keep_a_max_in_flight_together() {
     let receiver = Receiver::start_with(Behaviour::Delay(DELAY)).await;
     limited(&relay, &receiver, json!({"max_in_flight": CAP})).await;
     publish(&relay, EVENTS).await;
-    let received = receiver.wait_for(EVENTS, Duration::from_secs(180)).await;
-    let ids: HashSet<&str> = received
-        .iter()
-        .filter_map(|r| r.header("webhook-id"))
-        .collect();
-    assert_eq!(ids.len(), EVENTS, "every event delivered");
+    let received = all_delivered(&receiver, EVENTS, Duration::from_secs(180)).await;
     // The dispatchers had every request at the receiver in flight.
     let at = arrivals(&received);
     let most = most_at_once(&at, DELAY, Instant::now());
@@ -219,13 +249,7 @@ async fn three_dispatchers_keep_a_max_in_flight_together() {
         "{most} requests in flight with max_in_flight {CAP}"
     );
     assert!(most >= 2, "the requests went one at a time");
-    for url in &relay.dispatcher_urls {
-        let retries = relay
-            .metric(url, "relay_retries_scheduled_total")
-            .await
-            .unwrap_or(0.0);
-        assert_eq!(retries, 0.0, "the cap caused failed attempts at {url}");
-    }
+    no_failed_attempts(&relay).await;
     relay.stop().await;
 }
 
@@ -414,4 +438,56 @@ fn rfc3339_now() -> String {
     time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap()
+}
+
+#[tokio::test]
+async fn a_dispatcher_joining_and_leaving_mid_run_never_pushes_a_window_over_the_limit() {
+    const EVENTS: usize = 900;
+    const LIMIT: usize = 20;
+    let relay = dispatchers(2).await;
+    let receiver = Receiver::start().await;
+    limited(&relay, &receiver, json!({"rate_limit": LIMIT})).await;
+    publish(&relay, EVENTS).await;
+    receiver.wait_for(100, Duration::from_secs(120)).await;
+
+    // A third dispatcher joins while the backlog drains...
+    let (leave, shutdown) = relay_shared::shutdown::channel();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let third = format!("http://{}", listener.local_addr().unwrap());
+    let running = tokio::spawn(relay::dispatch::run(
+        relay.settings.dispatch.clone(),
+        listener,
+        prometheus::Registry::new(),
+        shutdown,
+    ));
+    settled(&relay, &third, 3).await;
+    for url in &relay.dispatcher_urls {
+        settled(&relay, url, 3).await;
+    }
+    // ...takes its part for 15 s...
+    let joined = receiver.count();
+    receiver
+        .wait_for(joined + 15 * LIMIT, Duration::from_secs(120))
+        .await;
+    let sent = relay
+        .metric(&third, "relay_delivery_attempt_seconds_count")
+        .await
+        .unwrap_or(0.0);
+    // ...and leaves (the others take its part back once what it sent is a window old).
+    leave.trigger();
+    running.await.unwrap().unwrap();
+
+    let received = all_delivered(&receiver, EVENTS, Duration::from_secs(300)).await;
+    let worst = worst_window(&arrivals(&received), |_, _| true);
+    eprintln!(
+        "a dispatcher joined and left: worst 10 s window {worst} (limit {}), the third sent {sent}",
+        LIMIT * 10
+    );
+    assert!(
+        worst <= LIMIT * 10,
+        "{worst} requests in a 10 s window at {LIMIT} req/s"
+    );
+    assert!(sent > 0.0, "the third dispatcher took no part");
+    no_failed_attempts(&relay).await;
+    relay.stop().await;
 }
