@@ -51,8 +51,10 @@ pub enum ControlMessage {
     SlowDown {
         /// `sub_…`
         subscription_id: String,
-        /// The subscription's new total rate, thousandths of a request per second.
-        rate_millis: u64,
+        /// The subscription's total rate in force, thousandths of a request per second
+        /// (absent: unlimited, only paused).
+        #[serde(default)]
+        rate_millis: Option<u64>,
         /// `Retry-After`: nothing is sent to it before this time (Unix milliseconds).
         #[serde(default)]
         paused_until_ms: Option<i64>,

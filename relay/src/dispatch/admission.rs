@@ -15,10 +15,13 @@
 //!   the dispatcher is starved or cold (a loaded machine, connections being opened), not the
 //!   endpoint hanging: its deliveries wait on, and a hanging endpoint alone shows as failing
 //!   once its requests time out;
-//! - its **queue is full**: `3 × cap` deliveries wait, and the endpoint is slow (its average
-//!   request time is at least `dispatch.inflight_wait`) or has not completed a request yet.
-//!   A fast endpoint's queue is bounded by the prefetch alone: waiting a few of its request
-//!   times costs less than the 5 s tier.
+//! - its **queue is full**: it holds `4 × dispatch.max_inflight_per_subscription` deliveries,
+//!   in flight and waiting (`3 ×` that cap waiting, when the subscription's own cap is the
+//!   dispatcher's), and the endpoint is slow (its average request time is at least
+//!   `dispatch.inflight_wait`) or has not completed a request yet. A lower cap of the
+//!   subscription's own (its `max_in_flight` shared by the dispatchers) queues more rather
+//!   than deferring a healthy endpoint's deliveries; a fast endpoint's queue is bounded by
+//!   the prefetch alone: waiting a few of its request times costs less than the 5 s tier.
 //!
 //! A waiting delivery gives up (and is deferred) as soon as the endpoint stalls or fails.
 //!
@@ -160,13 +163,15 @@ impl Entry {
         })
     }
 
-    /// Whether the queue is full: `3 × cap` wait, and the endpoint is not known to be fast
-    /// (its average request time is unknown or at least `floor`). A fast endpoint's queue is
-    /// bounded by the prefetch alone: `waiting` also counts deliveries that were handed a
-    /// slot but have not run yet, which a starved dispatcher makes many, and deferring a
-    /// fast endpoint's delivery costs the 5 s tier to save a wait of a few of its requests.
+    /// Whether the queue is full: `4 × cap` (the dispatcher's cap) in flight and waiting,
+    /// and the endpoint is not known to be fast (its average request time is unknown or at
+    /// least `floor`). A fast endpoint's queue is bounded by the prefetch alone: `waiting`
+    /// also counts deliveries that were handed a slot but have not run yet, which a starved
+    /// dispatcher makes many, and deferring a fast endpoint's delivery costs the 5 s tier to
+    /// save a wait of a few of its requests.
     fn queue_full(&self, cap: usize, floor: Duration) -> bool {
-        self.waiting >= QUEUE_CAPS * cap && self.average.is_none_or(|average| average >= floor)
+        self.waiting + self.cap >= (QUEUE_CAPS + 1) * cap
+            && self.average.is_none_or(|average| average >= floor)
     }
 }
 
@@ -315,7 +320,7 @@ impl AdmissionControl {
             }
             let refusal = self.refusal(entry).or_else(|| {
                 entry
-                    .queue_full(entry.cap, floor)
+                    .queue_full(self.cap, floor)
                     .then_some(Admission::QueueFull)
             });
             match refusal {

@@ -222,11 +222,12 @@ impl Pacing {
     }
 
     /// This dispatcher's part of a subscription's in-flight cap: `⌊max_in_flight / n⌋`, at
-    /// least one; `default` (each dispatcher's own cap) when the subscription sets none.
-    pub fn cap(&self, limits: &Limits, default: usize) -> usize {
-        limits.max_in_flight.map_or(default, |cap| {
+    /// least one, and at most `ceiling` (each dispatcher's own
+    /// `dispatch.max_inflight_per_subscription`, also the cap when the subscription sets none).
+    pub fn cap(&self, limits: &Limits, ceiling: usize) -> usize {
+        limits.max_in_flight.map_or(ceiling, |cap| {
             let count = self.members().count(Instant::now()).max(1);
-            (usize::try_from(cap).unwrap_or(usize::MAX) / count).max(1)
+            (usize::try_from(cap).unwrap_or(usize::MAX) / count).clamp(1, ceiling.max(1))
         })
     }
 
@@ -380,7 +381,7 @@ impl Pacing {
                     );
                     let told = ControlMessage::SlowDown {
                         subscription_id: subscription_id.to_owned(),
-                        rate_millis: millis(rate),
+                        rate_millis: rate.map(millis),
                         paused_until_ms: until.map(|u| unix_ms_in(u.duration_since(now))),
                     };
                     // Telling the others is best effort: each learns on its own anyway.
@@ -413,7 +414,7 @@ impl Pacing {
                 let now = Instant::now();
                 let until = paused_until_ms.map(|ms| now + unix_ms_until(ms));
                 #[allow(clippy::cast_precision_loss)]
-                let rate = *rate_millis as f64 / 1000.0;
+                let rate = rate_millis.map(|millis| millis as f64 / 1000.0);
                 if let Some(throttle) = self.throttles().get_mut(subscription_id) {
                     throttle.slowed_elsewhere(now, rate, until);
                 }
@@ -635,6 +636,8 @@ mod tests {
         };
         assert_eq!(p.cap(&Limits::default(), 64), 64);
         assert_eq!(p.cap(&limits(6), 64), 6);
+        // Never above the dispatcher's own cap.
+        assert_eq!(p.cap(&limits(64), 32), 32);
         p.apply(&ControlMessage::Dispatcher {
             id: "b".into(),
             members: 3,

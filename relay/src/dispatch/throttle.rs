@@ -282,14 +282,14 @@ impl Throttle {
     }
 
     /// The endpoint answered 429 or 503: lower the rate (once per holdoff) and, with
-    /// `Retry-After`, pause until `now + retry_after`. Returns the new total rate and pause
-    /// when they changed, for the other dispatchers.
+    /// `Retry-After`, pause until `now + retry_after`. Returns the total rate in force (`None`:
+    /// unlimited) and the pause when they changed, for the other dispatchers.
     pub fn slow_down(
         &mut self,
         now: Instant,
         share: f64,
         retry_after: Option<Duration>,
-    ) -> Option<(f64, Option<Instant>)> {
+    ) -> Option<(Option<f64>, Option<Instant>)> {
         self.completed(now);
         // Refusals while paused, or within the holdoff, answer requests sent before the last
         // signal was acted on: they may lengthen the pause but do not lower the rate again.
@@ -298,7 +298,7 @@ impl Throttle {
         let until = retry_after.map(|after| now + after);
         let paused = self.pause(until);
         if recent {
-            return paused.map(|until| (self.rate().unwrap_or(FLOOR), Some(until)));
+            return paused.map(|until| (self.rate(), Some(until)));
         }
         // What the endpoint really accepted (else, with too few to tell, what was sent), all
         // dispatchers together (this one's part of it, scaled): a burst that was mostly
@@ -312,7 +312,9 @@ impl Throttle {
             (Some(rate), Some(measured)) => rate.min(measured),
             (Some(rate), None) => rate,
             (None, Some(measured)) => measured,
-            (None, None) => FLOOR / DECREASE,
+            // Unlimited and too few requests to tell a rate: nothing to slow down from (a
+            // pause, if asked, still holds).
+            (None, None) => return paused.map(|until| (None, Some(until))),
         };
         let old = self.rate();
         let rate = (before * DECREASE).max(FLOOR);
@@ -323,12 +325,15 @@ impl Throttle {
             at: now,
         });
         self.rescale(old, now);
-        Some((rate, self.paused_until.filter(|p| *p > now)))
+        Some((Some(rate), self.paused_until.filter(|p| *p > now)))
     }
 
     /// Another dispatcher slowed the subscription to `rate` (pausing it until `until`).
-    pub fn slowed_elsewhere(&mut self, now: Instant, rate: f64, until: Option<Instant>) {
+    pub fn slowed_elsewhere(&mut self, now: Instant, rate: Option<f64>, until: Option<Instant>) {
         self.pause(until);
+        let Some(rate) = rate else {
+            return;
+        };
         let old = self.rate();
         if old.is_none_or(|current| rate < current) {
             let before = old.unwrap_or(rate / DECREASE);
@@ -515,14 +520,17 @@ mod tests {
         let t0 = Instant::now();
         let mut t = Throttle::new(Some(40.0), t0);
         let (rate, paused) = t.slow_down(t0, 1.0, None).unwrap();
-        assert_eq!((rate, paused), (20.0, None));
+        assert_eq!((rate, paused), (Some(20.0), None));
         assert_eq!(t.pace(t0), Pace::Throttled(20.0));
         // More refusals of requests already in flight: the same signal.
         assert_eq!(t.slow_down(t0 + ms(500), 1.0, None), None);
         assert_eq!(t.rate(), Some(20.0));
         // After the holdoff, a new signal halves again.
         let mut again = t.clone();
-        assert_eq!(again.slow_down(t0 + ms(1500), 1.0, None).unwrap().0, 10.0);
+        assert_eq!(
+            again.slow_down(t0 + ms(1500), 1.0, None).unwrap().0,
+            Some(10.0)
+        );
         // Additive increase: RECOVERY × 20 = 1 req/s per second of successes, 20 → 40 in 20 s.
         let mut seconds = 0.0;
         while t.rate() != Some(40.0) {
@@ -543,7 +551,7 @@ mod tests {
             t.reserve(t0 + ms(i * 10), 0.5, WAIT);
             t.succeeded(t0 + ms(i * 10), 0.5);
         }
-        let (rate, _) = t.slow_down(t0 + ms(1000), 0.5, None).unwrap();
+        let rate = t.slow_down(t0 + ms(1000), 0.5, None).unwrap().0.unwrap();
         assert!((95.0..=105.0).contains(&rate), "{rate}");
         // Now it is paced: one every 1 / (rate × share).
         let now = t0 + ms(1000);
@@ -558,8 +566,10 @@ mod tests {
         for i in 0..40 {
             t.succeeded(t0 + ms(i * 25), 1.0);
         }
-        let (rate, _) = t
+        let rate = t
             .slow_down(t0 + ms(1000), 1.0, Some(Duration::from_secs(2)))
+            .unwrap()
+            .0
             .unwrap();
         assert!((19.0..=21.0).contains(&rate), "{rate}");
         // Back at the rate before the decrease just after the pause: still paced.
@@ -577,6 +587,15 @@ mod tests {
     }
 
     #[test]
+    fn a_sparse_unlimited_subscription_is_not_slowed_by_one_refusal() {
+        let t0 = Instant::now();
+        let mut t = Throttle::new(None, t0);
+        assert_eq!(t.slow_down(t0, 1.0, None), None);
+        assert_eq!(t.rate(), None);
+        assert_eq!(t.pace(t0), Pace::Active);
+    }
+
+    #[test]
     fn a_burst_mostly_refused_slows_down_to_what_got_through() {
         let t0 = Instant::now();
         let mut t = Throttle::new(None, t0);
@@ -589,7 +608,7 @@ mod tests {
                 t.completed(at);
             }
         }
-        let (rate, _) = t.slow_down(t0 + ms(1000), 1.0, None).unwrap();
+        let rate = t.slow_down(t0 + ms(1000), 1.0, None).unwrap().0.unwrap();
         assert!((9.0..=11.0).contains(&rate), "{rate}");
     }
 
@@ -641,7 +660,7 @@ mod tests {
         let (rate, until) = t
             .slow_down(t0 + ms(1500), 1.0, Some(Duration::from_secs(2)))
             .unwrap();
-        assert_eq!((rate, until), (20.0, Some(t0 + ms(3500))));
+        assert_eq!((rate, until), (Some(20.0), Some(t0 + ms(3500))));
         assert_eq!(t.rate(), Some(20.0));
     }
 
@@ -649,11 +668,11 @@ mod tests {
     fn another_dispatchers_signal_is_applied_once() {
         let t0 = Instant::now();
         let mut t = Throttle::new(Some(50.0), t0);
-        t.slowed_elsewhere(t0, 25.0, Some(t0 + ms(1000)));
+        t.slowed_elsewhere(t0, Some(25.0), Some(t0 + ms(1000)));
         assert_eq!(t.rate(), Some(25.0));
         assert_eq!(t.pace(t0), Pace::BackingOff(t0 + ms(1000)));
         // A stale or higher rate does not raise it.
-        t.slowed_elsewhere(t0, 40.0, None);
+        t.slowed_elsewhere(t0, Some(40.0), None);
         assert_eq!(t.rate(), Some(25.0));
         // Raising the configured limit above the slowed rate keeps the slow-down; lowering it
         // below ends it.
