@@ -25,9 +25,9 @@ use tracing::Instrument as _;
 
 use super::{
     admission::Admission,
+    capacity::Lane,
     client::{AttemptError, Exchange},
     directory::Route,
-    lanes::Lane,
     ordered_lanes::{Ticket, Tickets},
     outcome::{Ending, Outcome},
     parking::Parking,

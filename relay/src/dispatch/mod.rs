@@ -6,11 +6,11 @@
 
 mod admission;
 mod attempt_log;
+mod capacity;
 mod client;
 pub mod config;
 mod delivery;
 mod directory;
-mod lanes;
 mod members;
 mod metrics;
 mod ordered_lanes;
@@ -208,7 +208,7 @@ pub async fn run(
             dispatch.breaker_cooldown,
             metrics.circuit_open.clone(),
         ),
-        lanes: lanes::Lanes::new(
+        lanes: capacity::Lanes::new(
             dispatch.max_inflight,
             dispatch.first_attempt_share,
             metrics.lane_inflight.clone(),

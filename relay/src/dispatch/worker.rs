@@ -40,8 +40,8 @@ use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
 use super::{
-    admission::AdmissionControl, attempt_log::AttemptLog, client::WebhookClient, delivery::Work,
-    directory::Directory, lanes::Lanes, metrics::DispatchMetrics, ordered_lanes::OrderedLanes,
+    admission::AdmissionControl, attempt_log::AttemptLog, capacity::Lanes, client::WebhookClient,
+    delivery::Work, directory::Directory, metrics::DispatchMetrics, ordered_lanes::OrderedLanes,
     parking::Parking, retry::RetryPolicy, sync::DirectoryClient,
 };
 
