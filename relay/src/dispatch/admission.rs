@@ -48,7 +48,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use super::{
     client::AttemptError,
     pacing::{Paced, Pacing, Ticket},
-    step,
+    step::{self, Signal},
+    throttle::Metered,
 };
 
 /// Deliveries that may wait per slow subscription, in caps: the expected wait of the last is
@@ -119,6 +120,8 @@ struct Entry {
     last_progress: Option<Instant>,
     /// Deliveries waiting for a slot.
     waiting: usize,
+    /// Requests completed lately, for the rate a first 429/503 slows down from.
+    metered: Metered,
 }
 
 impl Entry {
@@ -272,6 +275,7 @@ impl AdmissionControl {
             average: None,
             last_progress: None,
             waiting: 0,
+            metered: Metered::new(Instant::now()),
         };
         let out = f(&mut entry);
         entries.insert(subscription_id.to_owned(), entry);
@@ -279,17 +283,22 @@ impl AdmissionControl {
     }
 
     /// May a request go to `subscription_id` (with `limits`) now, or after waiting its turn?
+    ///
+    /// An unlimited subscription that is not slowed down costs what the cap and breaker alone
+    /// cost: one hold of this lock, no wait unless it is at its cap.
     pub async fn admit(&self, subscription_id: &str, limits: &Limits) -> Admission {
-        if self.pacing.reserve(subscription_id, limits).await == Paced::Defer {
-            return Admission::RateLimited;
-        }
+        let paced = match self.pacing.reserve(subscription_id, limits).await {
+            Paced::Free => false,
+            Paced::Go => true,
+            Paced::Defer => return Admission::RateLimited,
+        };
         let cap = self.pacing.cap(limits, self.cap);
         match self.admit_to(subscription_id, cap).await {
-            Admission::Go(pass) => match self.pacing.take(subscription_id).await {
+            Admission::Go(pass) if paced => match self.pacing.take(subscription_id).await {
                 Some(ticket) => Admission::Go(pass.with(ticket)),
                 None => Admission::RateLimited,
             },
-            refused => refused,
+            answer => answer,
         }
     }
 
@@ -369,10 +378,11 @@ impl AdmissionControl {
     pub fn record(
         &self,
         subscription_id: &str,
+        limits: &Limits,
         result: &Result<u16, AttemptError>,
         took: Duration,
     ) {
-        self.pacing.observe(subscription_id, step::signal(result));
+        let signal = step::signal(result);
         // A 429 says the endpoint is alive and asks for a slower pace, which the rate gives
         // it: neither a failure towards the breaker nor a success that closes it.
         let success = match result {
@@ -380,23 +390,34 @@ impl AdmissionControl {
             Err(error) if error.status() == Some(429) => None,
             Err(_) => Some(false),
         };
-        self.note(subscription_id, success, took);
+        let metered = self.note(subscription_id, success, took, signal);
+        self.pacing
+            .observe(subscription_id, limits, signal, metered);
     }
 
-    fn note(&self, subscription_id: &str, success: Option<bool>, took: Duration) {
+    /// Records a result; returns what the subscription completed before it.
+    fn note(
+        &self,
+        subscription_id: &str,
+        success: Option<bool>,
+        took: Duration,
+        signal: Signal,
+    ) -> Metered {
         self.with_entry(subscription_id, |entry| {
+            let now = Instant::now();
+            let metered = entry.metered;
+            entry.metered.observe(now, signal);
             // Weight 1/8 for the newest request: smooth, yet a slow spell shows within a few.
             entry.average = Some(
                 entry
                     .average
                     .map_or(took, |average| (average * 7 + took) / 8),
             );
-            let now = Instant::now();
             entry.last_progress = Some(now);
             // Any answer, a 429 too, shows the dispatcher is not starved.
             self.completed(now);
             let Some(success) = success else {
-                return;
+                return metered;
             };
             let was_open = entry.open_until.is_some();
             if success {
@@ -407,7 +428,7 @@ impl AdmissionControl {
                     self.open_gauge.dec();
                     tracing::info!(subscription_id, "circuit closed");
                 }
-                return;
+                return metered;
             }
             entry.consecutive_failures = entry.consecutive_failures.saturating_add(1);
             if entry.probing || entry.consecutive_failures >= self.threshold {
@@ -422,7 +443,8 @@ impl AdmissionControl {
                     );
                 }
             }
-        });
+            metered
+        })
     }
 }
 
@@ -458,13 +480,13 @@ mod tests {
         let held = futures_util::future::join_all(held).await;
         assert!(held.iter().all(|a| matches!(a, Admission::Go(_))));
         // Down to one: two of the three slots in use go away when given back.
-        iso.note("s", Some(false), MS);
+        iso.note("s", Some(false), MS, Signal::Neutral);
         assert!(matches!(iso.admit_to("s", 1).await, Admission::Failing));
         drop(held);
-        iso.note("s", Some(true), MS);
+        iso.note("s", Some(true), MS, Signal::Succeeded);
         let one = iso.admit_to("s", 1).await;
         assert!(matches!(one, Admission::Go(_)));
-        iso.note("s", Some(false), MS);
+        iso.note("s", Some(false), MS, Signal::Neutral);
         assert!(matches!(iso.admit_to("s", 1).await, Admission::Failing));
         // Up to two: one more.
         let two = iso.admit_to("s", 2).await;
@@ -483,14 +505,19 @@ mod tests {
         let a = iso.admit("s", &limits).await;
         let b = iso.admit("s", &limits).await;
         assert!(matches!((&a, &b), (Admission::Go(_), Admission::Go(_))));
-        iso.note("s", Some(false), MS);
+        iso.note("s", Some(false), MS, Signal::Neutral);
         assert!(matches!(iso.admit("s", &limits).await, Admission::Failing));
     }
 
     #[tokio::test]
     async fn the_cap_bounds_requests_in_flight_and_a_healthy_endpoint_is_waited_for() {
         let iso = isolation(2, 10, Duration::from_secs(1));
-        iso.note("s", Some(true), Duration::from_millis(30));
+        iso.note(
+            "s",
+            Some(true),
+            Duration::from_millis(30),
+            Signal::Succeeded,
+        );
         let a = iso.admit_to_cap("s").await;
         let b = iso.admit_to_cap("s").await;
         assert!(matches!((&a, &b), (Admission::Go(_), Admission::Go(_))));
@@ -502,7 +529,12 @@ mod tests {
         });
         for _ in 0..3 {
             tokio::time::sleep(Duration::from_millis(40)).await;
-            iso.note("s", Some(true), Duration::from_millis(30));
+            iso.note(
+                "s",
+                Some(true),
+                Duration::from_millis(30),
+                Signal::Succeeded,
+            );
         }
         drop(a);
         assert!(
@@ -517,7 +549,12 @@ mod tests {
         let iso = isolation(1, 10, Duration::from_secs(1));
         // Stall bound 4 x 100 ms: the first waiter's first check (at 400 ms) comes after the
         // second queued (at 200 ms) and before the slot frees (at 480 ms).
-        iso.note("s", Some(true), Duration::from_millis(100));
+        iso.note(
+            "s",
+            Some(true),
+            Duration::from_millis(100),
+            Signal::Succeeded,
+        );
         let held = iso.admit_to_cap("s").await;
         let (tx, mut order) = tokio::sync::mpsc::unbounded_channel();
         let mut waiters = Vec::new();
@@ -535,7 +572,12 @@ mod tests {
         // The endpoint keeps completing (not stalled) while both wait.
         for _ in 0..12 {
             tokio::time::sleep(Duration::from_millis(40)).await;
-            iso.note("s", Some(true), Duration::from_millis(100));
+            iso.note(
+                "s",
+                Some(true),
+                Duration::from_millis(100),
+                Signal::Succeeded,
+            );
         }
         drop(held);
         assert_eq!(order.recv().await, Some("first"));
@@ -545,7 +587,7 @@ mod tests {
     #[tokio::test]
     async fn a_failing_or_stalled_endpoint_at_its_cap_is_deferred() {
         let iso = isolation(1, 10, Duration::from_secs(1));
-        iso.note("failing", Some(false), MS);
+        iso.note("failing", Some(false), MS, Signal::Neutral);
         let _held = iso.admit_to_cap("failing").await;
         let asked = Instant::now();
         assert!(matches!(
@@ -631,7 +673,7 @@ mod tests {
     #[tokio::test]
     async fn the_queue_holds_three_caps_of_deliveries() {
         let iso = isolation(1, 10, Duration::from_secs(1));
-        iso.note("s", Some(true), Duration::from_secs(1));
+        iso.note("s", Some(true), Duration::from_secs(1), Signal::Succeeded);
         let _held = iso.admit_to_cap("s").await;
         let waiters: Vec<_> = (0..QUEUE_CAPS)
             .map(|_| {
@@ -652,7 +694,7 @@ mod tests {
     async fn failures_open_the_circuit_and_a_successful_probe_closes_it() {
         let iso = isolation(10, 3, Duration::from_millis(30));
         for _ in 0..3 {
-            iso.note("s", Some(false), MS);
+            iso.note("s", Some(false), MS, Signal::Neutral);
         }
         assert_eq!(iso.open_gauge.get(), 1);
         assert!(matches!(
@@ -667,7 +709,7 @@ mod tests {
             iso.admit_to_cap("s").await,
             Admission::CircuitOpen
         ));
-        iso.note("s", Some(true), MS);
+        iso.note("s", Some(true), MS, Signal::Succeeded);
         drop(probe);
         assert_eq!(iso.open_gauge.get(), 0);
         assert!(matches!(iso.admit_to_cap("s").await, Admission::Go(_)));
@@ -676,10 +718,10 @@ mod tests {
     #[tokio::test]
     async fn a_failed_probe_reopens_the_circuit() {
         let iso = isolation(10, 1, Duration::from_millis(20));
-        iso.note("s", Some(false), MS);
+        iso.note("s", Some(false), MS, Signal::Neutral);
         tokio::time::sleep(Duration::from_millis(30)).await;
         let _probe = iso.admit_to_cap("s").await;
-        iso.note("s", Some(false), MS);
+        iso.note("s", Some(false), MS, Signal::Neutral);
         assert!(matches!(
             iso.admit_to_cap("s").await,
             Admission::CircuitOpen

@@ -12,11 +12,14 @@
 //! the retries.
 
 use std::{
-    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
     time::{Duration, Instant},
 };
 
-use prometheus::IntGaugeVec;
+use prometheus::{IntGauge, IntGaugeVec};
 use tokio::sync::Notify;
 
 /// Which lane a request goes in.
@@ -48,51 +51,50 @@ impl Lane {
 /// A lane that started a request this recently still has work: its part is not lent.
 pub const LINGER: Duration = Duration::from_secs(5);
 
-#[derive(Debug, Default)]
-struct State {
-    used: [usize; 2],
-    waiting: [usize; 2],
-    /// When each lane last took a slot.
-    last: [Option<Instant>; 2],
+/// Both lanes' slots in use in one word (first in the low half), so that checking the
+/// parts and taking a slot is one compare-and-swap: no lock on the delivery path.
+const SHIFT: u32 = 32;
+
+fn unpack(used: u64) -> [u64; 2] {
+    [used & u64::from(u32::MAX), used >> SHIFT]
 }
 
-impl State {
-    fn busy(&self, lane: usize, now: Instant) -> bool {
-        self.waiting[lane] > 0
-            || self.used[lane] > 0
-            || self.last[lane].is_some_and(|at| now.saturating_duration_since(at) < LINGER)
-    }
+fn one(lane: usize) -> u64 {
+    1 << (SHIFT * u32::from(lane == 1))
 }
 
 /// The two lanes of one dispatcher.
 #[derive(Debug)]
 pub struct Lanes {
-    total: usize,
+    total: u64,
     /// Each lane's own part.
-    own: [usize; 2],
-    state: Mutex<State>,
+    own: [u64; 2],
+    used: AtomicU64,
+    waiting: [AtomicUsize; 2],
+    /// When each lane last took a slot: nanoseconds after `epoch`, plus one (0: never).
+    last: [AtomicU64; 2],
+    epoch: Instant,
     freed: Notify,
-    occupancy: IntGaugeVec,
+    occupancy: [IntGauge; 2],
 }
 
 /// A slot in a lane, given back when dropped.
 #[derive(Debug)]
 pub struct LaneSlot {
     lanes: Arc<Lanes>,
-    lane: Lane,
+    lane: usize,
 }
 
 impl Drop for LaneSlot {
     fn drop(&mut self) {
-        {
-            let mut state = self.lanes.state();
-            state.used[self.lane.index()] -= 1;
+        let lanes = &self.lanes;
+        lanes.used.fetch_sub(one(self.lane), Ordering::SeqCst);
+        lanes.occupancy[self.lane].dec();
+        // Only a waiter needs waking (read after the slot came back: a waiter either counted
+        // itself before, or sees the slot free when it looks).
+        if lanes.waiting.iter().any(|w| w.load(Ordering::SeqCst) > 0) {
+            lanes.freed.notify_waiters();
         }
-        self.lanes
-            .occupancy
-            .with_label_values(&[self.lane.label()])
-            .dec();
-        self.lanes.freed.notify_waiters();
     }
 }
 
@@ -101,22 +103,24 @@ struct Waiting<'a>(&'a Lanes, usize);
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        self.0.state().waiting[self.1] -= 1;
+        self.0.waiting[self.1].fetch_sub(1, Ordering::SeqCst);
+        // The other lane may borrow again now.
+        self.0.freed.notify_waiters();
     }
 }
 
 impl Lanes {
     /// `total` slots, `first_share` of them (rounded, at least one each when `total` allows)
     /// kept for first attempts; `occupancy` gets each lane's slots in use.
-    pub fn new(total: usize, first_share: f64, occupancy: IntGaugeVec) -> Arc<Self> {
-        let total = total.max(1);
+    pub fn new(total: usize, first_share: f64, occupancy: &IntGaugeVec) -> Arc<Self> {
+        let total = u64::try_from(total.clamp(1, u32::MAX as usize)).unwrap_or(1);
         // A share in [0, 1] of at most a few thousand slots.
         #[allow(
             clippy::cast_possible_truncation,
             clippy::cast_sign_loss,
             clippy::cast_precision_loss
         )]
-        let first = ((total as f64 * first_share).round() as usize).min(total);
+        let first = ((total as f64 * first_share).round() as u64).min(total);
         let first = if total >= 2 {
             first.clamp(1, total - 1)
         } else {
@@ -125,55 +129,82 @@ impl Lanes {
         Arc::new(Self {
             total,
             own: [first, total - first],
-            state: Mutex::new(State::default()),
+            used: AtomicU64::new(0),
+            waiting: [AtomicUsize::new(0), AtomicUsize::new(0)],
+            last: [AtomicU64::new(0), AtomicU64::new(0)],
+            epoch: Instant::now(),
             freed: Notify::new(),
-            occupancy,
+            occupancy: [Lane::First, Lane::Other]
+                .map(|lane| occupancy.with_label_values(&[lane.label()])),
         })
     }
 
-    fn state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    fn now(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos())
+            .unwrap_or(u64::MAX - 1)
+            .saturating_add(1)
     }
 
-    /// Whether `lane` may take a slot now: one is free, and it is within its own part or the
-    /// other lane has no work.
-    fn may_take(&self, state: &State, lane: usize, now: Instant) -> bool {
-        let used: usize = state.used.iter().sum();
-        used < self.total && (state.used[lane] < self.own[lane] || !state.busy(1 - lane, now))
+    /// Whether `lane` has work: requests in flight or waiting, or one started within
+    /// [`LINGER`].
+    fn busy(&self, lane: usize, used: u64, now: u64) -> bool {
+        let last = self.last[lane].load(Ordering::Relaxed);
+        used > 0
+            || self.waiting[lane].load(Ordering::SeqCst) > 0
+            || (last != 0
+                && now.saturating_sub(last) < u64::try_from(LINGER.as_nanos()).unwrap_or(u64::MAX))
     }
 
-    /// Waits for a slot in `lane`.
+    /// Takes a slot in `lane` when one is free and it is within its own part or the other
+    /// lane has no work.
+    fn try_take(&self, lane: usize) -> bool {
+        let now = self.now();
+        let mut current = self.used.load(Ordering::SeqCst);
+        loop {
+            let used = unpack(current);
+            if used[0] + used[1] >= self.total
+                || (used[lane] >= self.own[lane] && self.busy(1 - lane, used[1 - lane], now))
+            {
+                return false;
+            }
+            match self.used.compare_exchange_weak(
+                current,
+                current + one(lane),
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
+                Ok(_) => break,
+                Err(actual) => current = actual,
+            }
+        }
+        self.last[lane].fetch_max(now, Ordering::Relaxed);
+        self.occupancy[lane].inc();
+        true
+    }
+
+    /// Waits for a slot in `lane`. A free slot within the lane's part is taken with one
+    /// compare-and-swap; only a request that must wait touches the notifier.
     pub async fn acquire(self: &Arc<Self>, lane: Lane) -> LaneSlot {
         let index = lane.index();
-        let mut waiting = None;
+        let slot = || LaneSlot {
+            lanes: self.clone(),
+            lane: index,
+        };
+        if self.try_take(index) {
+            return slot();
+        }
+        self.waiting[index].fetch_add(1, Ordering::SeqCst);
+        let _waiting = Waiting(self, index);
         loop {
             let freed = self.freed.notified();
             let mut freed = std::pin::pin!(freed);
             // Registered before looking, so a slot given back in between is not missed.
             freed.as_mut().enable();
-            {
-                let mut state = self.state();
-                let now = Instant::now();
-                if self.may_take(&state, index, now) {
-                    state.used[index] += 1;
-                    state.last[index] = Some(now);
-                    drop(state);
-                    drop(waiting);
-                    self.occupancy.with_label_values(&[lane.label()]).inc();
-                    return LaneSlot {
-                        lanes: self.clone(),
-                        lane,
-                    };
-                }
-                if waiting.is_none() {
-                    state.waiting[index] += 1;
-                    waiting = Some(Waiting(self, index));
-                    // Somebody waits here now: a borrower in the other lane may be blocked
-                    // while this one could go; look again at once.
-                    continue;
-                }
+            if self.try_take(index) {
+                return slot();
             }
-            freed.await;
+            // A borrow may also become possible when the other lane's work lingers out.
+            let _ = tokio::time::timeout(LINGER, freed).await;
         }
     }
 }
@@ -188,7 +219,7 @@ mod tests {
 
     fn lanes(total: usize, share: f64) -> Arc<Lanes> {
         let gauge = IntGaugeVec::new(Opts::new("g", "g"), &["lane"]).unwrap();
-        Lanes::new(total, share, gauge)
+        Lanes::new(total, share, &gauge)
     }
 
     async fn blocked(lanes: &Arc<Lanes>, lane: Lane) -> bool {
@@ -246,6 +277,45 @@ mod tests {
         fresh.pop();
         assert!(blocked(&l, Lane::First).await);
         let _second = l.acquire(Lane::Other).await;
+    }
+
+    #[test]
+    fn many_threads_never_take_more_than_the_capacity_and_every_waiter_wakes() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .enable_time()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let l = lanes(8, 0.75);
+            let now = Arc::new(AtomicUsize::new(0));
+            let most = Arc::new(AtomicUsize::new(0));
+            let tasks: Vec<_> = (0..64)
+                .map(|i| {
+                    let (l, now, most) = (l.clone(), now.clone(), most.clone());
+                    tokio::spawn(async move {
+                        let lane = if i % 4 == 0 { Lane::Other } else { Lane::First };
+                        for _ in 0..200 {
+                            let slot = l.acquire(lane).await;
+                            most.fetch_max(
+                                now.fetch_add(1, Ordering::SeqCst) + 1,
+                                Ordering::SeqCst,
+                            );
+                            tokio::task::yield_now().await;
+                            now.fetch_sub(1, Ordering::SeqCst);
+                            drop(slot);
+                        }
+                    })
+                })
+                .collect();
+            let all = futures_util::future::join_all(tasks);
+            // A lost wake-up would leave a task waiting for ever.
+            let done = tokio::time::timeout(Duration::from_secs(60), all).await;
+            assert!(done.is_ok_and(|all| all.iter().all(Result::is_ok)));
+            assert!(most.load(Ordering::SeqCst) <= 8);
+            assert_eq!(l.used.load(Ordering::SeqCst), 0);
+        });
     }
 
     #[test]

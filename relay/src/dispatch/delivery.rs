@@ -257,7 +257,8 @@ impl Worker {
                         let (result, took);
                         (result, exchange, took) = self.send(route, event, lane).await;
                         drop(refused);
-                        self.admission.record(&route.id, &result, took);
+                        self.admission
+                            .record(&route.id, &route.limits, &result, took);
                         (
                             step::decide(Tried::Sent(&result), attempt, &self.retry),
                             Some(result),

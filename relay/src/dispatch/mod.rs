@@ -211,7 +211,7 @@ pub async fn run(
         lanes: capacity::Lanes::new(
             dispatch.max_inflight,
             dispatch.first_attempt_share,
-            metrics.lane_inflight.clone(),
+            &metrics.lane_inflight,
         ),
         retry: retry::RetryPolicy::new(
             dispatch.retry_schedule.clone(),

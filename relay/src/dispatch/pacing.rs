@@ -16,9 +16,14 @@
 //!
 //! **Slow-down.** A 429 or 503 is applied here and sent to the others as `SlowDown` (the new
 //! total rate and the `Retry-After` pause), so the whole subscription slows down and pauses.
+//!
+//! **Unlimited costs nothing.** Only limited subscriptions, and unlimited ones slowed down or
+//! paused after a 429/503, have a [`Throttle`]. The ids of the latter are a set read without a
+//! lock ([`ArcSwap`]), replaced when one is slowed or recovers: a delivery of any other
+//! subscription takes no lock, no wait and no window token here.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{
         Arc, Mutex, MutexGuard, PoisonError,
         atomic::{AtomicUsize, Ordering},
@@ -26,6 +31,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
+use arc_swap::ArcSwap;
 use lapin::Channel;
 use prometheus::{GaugeVec, IntCounterVec, IntGauge, Opts, Registry};
 use relay_shared::{
@@ -36,7 +42,7 @@ use tokio::sync::{Notify, mpsc, watch};
 use super::{
     members::Members,
     step::Signal,
-    throttle::{Pace, Slot, Throttle, WINDOW},
+    throttle::{Metered, Pace, Slot, Throttle, WINDOW},
 };
 
 /// At most this many subscriptions get an effective-rate gauge (the most slowed first), so
@@ -53,6 +59,9 @@ const READY_POLL: Duration = Duration::from_millis(50);
 #[derive(Debug)]
 pub struct Pacing {
     throttles: Mutex<HashMap<String, Throttle>>,
+    /// The unlimited subscriptions among `throttles` (slowed down or paused): the only
+    /// unlimited ones paced here. Replaced under the `throttles` lock, read without one.
+    unlimited: ArcSwap<HashSet<String>>,
     members: Mutex<Members>,
     /// The count this dispatcher last announced it has settled for.
     settled_for: AtomicUsize,
@@ -125,7 +134,9 @@ impl PacingMetrics {
 /// Whether a delivery may be sent as far as its rate goes (after waiting for its slot).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Paced {
-    /// Send it.
+    /// Not paced at all (unlimited, and not slowed down here): send it, no window token.
+    Free,
+    /// Send it, with a window token ([`Pacing::take`]).
     Go,
     /// Its slot is further away than the wait allowed: defer it.
     Defer,
@@ -186,6 +197,7 @@ impl Pacing {
         let (outbox, told) = mpsc::channel(256);
         let pacing = Self {
             throttles: Mutex::new(HashMap::new()),
+            unlimited: ArcSwap::from_pointee(HashSet::new()),
             members: Mutex::new(Members::new(
                 new_id("dsp"),
                 settings.heartbeat,
@@ -239,19 +251,57 @@ impl Pacing {
         Paced::Defer
     }
 
+    /// Whether a subscription with `limits` is paced here: limited, or slowed down or paused.
+    /// Takes no lock.
+    fn paced(&self, subscription_id: &str, limits: &Limits) -> bool {
+        limits.rate_limit.is_some() || {
+            let unlimited = self.unlimited.load();
+            !unlimited.is_empty() && unlimited.contains(subscription_id)
+        }
+    }
+
+    /// Publishes which unlimited subscriptions are paced, after `throttles` changed.
+    fn publish(&self, throttles: &HashMap<String, Throttle>) {
+        self.unlimited.store(Arc::new(
+            throttles
+                .iter()
+                .filter(|(_, throttle)| !throttle.limited())
+                .map(|(id, _)| id.clone())
+                .collect(),
+        ));
+    }
+
     /// Waits for this delivery's slot, or says to defer it.
     pub async fn reserve(&self, subscription_id: &str, limits: &Limits) -> Paced {
+        if !self.paced(subscription_id, limits) {
+            return Paced::Free;
+        }
         let asked = Instant::now();
         let limited = {
             let mut throttles = self.throttles();
-            let throttle = throttles
-                .entry(subscription_id.to_owned())
-                .or_insert_with(|| Throttle::new(limits.rate_limit, asked));
+            if !throttles.contains_key(subscription_id) {
+                if limits.rate_limit.is_none() {
+                    // Recovered since the set was read.
+                    return Paced::Free;
+                }
+                throttles.insert(
+                    subscription_id.to_owned(),
+                    Throttle::new(limits.rate_limit, asked),
+                );
+            }
+            let Some(throttle) = throttles.get_mut(subscription_id) else {
+                return Paced::Free;
+            };
+            let was = throttle.limited();
             throttle.configure(limits.rate_limit, asked);
-            throttle.rate().is_some() || throttle.pace(asked) != Pace::Active
+            let limited = throttle.rate().is_some() || throttle.pace(asked) != Pace::Active;
+            if was != throttle.limited() {
+                self.publish(&throttles);
+            }
+            limited
         };
         if !limited {
-            return Paced::Go;
+            return Paced::Free;
         }
         // Not before the others have settled for this dispatcher (a newcomer, or one that
         // could not hear itself).
@@ -359,16 +409,44 @@ impl Pacing {
     }
 
     /// Learns from an attempt's result: a success recovers the rate, a 429/503 slows the
-    /// subscription down here and, through `relay.control`, everywhere.
-    pub fn observe(&self, subscription_id: &str, signal: Signal) {
+    /// subscription down here and, through `relay.control`, everywhere. `metered` is what the
+    /// subscription completed before this result (see [`Metered`]): an unlimited one slowed
+    /// down for the first time slows down from there. Takes no lock for a subscription that
+    /// is not paced and did not ask to slow down.
+    pub fn observe(
+        &self,
+        subscription_id: &str,
+        limits: &Limits,
+        signal: Signal,
+        metered: Metered,
+    ) {
+        let slow_down = matches!(signal, Signal::SlowDown { .. });
+        if !slow_down && !self.paced(subscription_id, limits) {
+            return;
+        }
         let share = self.share();
         let now = Instant::now();
         let mut throttles = self.throttles();
+        if !throttles.contains_key(subscription_id) {
+            if !slow_down {
+                return;
+            }
+            throttles.insert(
+                subscription_id.to_owned(),
+                Throttle::metered(limits.rate_limit, now, metered),
+            );
+        }
         let Some(throttle) = throttles.get_mut(subscription_id) else {
             return;
         };
         match signal {
-            Signal::Succeeded => throttle.succeeded(now, share),
+            Signal::Succeeded => {
+                throttle.succeeded(now, share);
+                if throttle.unpaced(now) {
+                    throttles.remove(subscription_id);
+                    self.publish(&throttles);
+                }
+            }
             Signal::Neutral => {}
             Signal::SlowDown { retry_after } => {
                 let retry_after = retry_after.map(|after| after.min(self.max_retry_after));
@@ -386,6 +464,15 @@ impl Pacing {
                     };
                     // Telling the others is best effort: each learns on its own anyway.
                     let _ = self.outbox.try_send(told);
+                }
+                // Unlimited and too sparse to slow down, not paused: nothing to keep.
+                let unpaced = throttle.unpaced(now);
+                let listed = !throttle.limited() && !unpaced;
+                if unpaced {
+                    throttles.remove(subscription_id);
+                }
+                if listed != self.unlimited.load().contains(subscription_id) {
+                    self.publish(&throttles);
                 }
             }
         }
@@ -415,8 +502,20 @@ impl Pacing {
                 let until = paused_until_ms.map(|ms| now + unix_ms_until(ms));
                 #[allow(clippy::cast_precision_loss)]
                 let rate = rate_millis.map(|millis| millis as f64 / 1000.0);
-                if let Some(throttle) = self.throttles().get_mut(subscription_id) {
+                let mut throttles = self.throttles();
+                let new = !throttles.contains_key(subscription_id);
+                if new {
+                    if rate.is_none() && until.is_none_or(|until| until <= now) {
+                        return;
+                    }
+                    // Unlimited until a delivery says otherwise (its limits configure it).
+                    throttles.insert(subscription_id.clone(), Throttle::new(None, now));
+                }
+                if let Some(throttle) = throttles.get_mut(subscription_id) {
                     throttle.slowed_elsewhere(now, rate, until);
+                }
+                if new {
+                    self.publish(&throttles);
                 }
             }
             _ => {}
@@ -437,7 +536,15 @@ impl Pacing {
         };
         #[allow(clippy::cast_precision_loss)]
         let share = 1.0 / count.max(1) as f64;
-        let within = self.throttles().values().all(|t| t.within(share));
+        let within = {
+            let mut throttles = self.throttles();
+            let before = throttles.len();
+            throttles.retain(|_, t| !t.forgettable(now) && !t.unpaced(now));
+            if throttles.len() != before {
+                self.publish(&throttles);
+            }
+            throttles.values().all(|t| t.within(share))
+        };
         if within {
             self.settled_for.store(count, Ordering::Relaxed);
         }
@@ -545,6 +652,8 @@ fn unix_ms_until(ms: i64) -> Duration {
 
 #[cfg(test)]
 mod tests {
+    use tokio_util::task::AbortOnDropHandle;
+
     use super::*;
 
     fn pacing(max_wait: Duration) -> Arc<Pacing> {
@@ -568,26 +677,38 @@ mod tests {
         }
     }
 
-    /// Heartbeats of this dispatcher (and `others`, settled) until it is ready.
-    async fn settle(pacing: &Pacing, others: &[&str]) {
-        while !pacing.members().ready(Instant::now()) {
-            let me = pacing.members().me().to_owned();
+    /// Heartbeats of this dispatcher (and `others`, settled) every 10 ms, from now until the
+    /// handle is dropped; returns once it is ready (a stalled test process is heard again
+    /// before a delivery's wait for readiness runs out).
+    async fn settle(pacing: &Arc<Pacing>, others: &[&str]) -> AbortOnDropHandle<()> {
+        let (p, others): (_, Vec<String>) = (
+            pacing.clone(),
+            others.iter().map(|&o| o.to_owned()).collect(),
+        );
+        let beat = AbortOnDropHandle::new(tokio::spawn(async move {
+            let me = p.members().me().to_owned();
             let n = u32::try_from(others.len() + 1).unwrap();
-            for id in others.iter().copied().chain([me.as_str()]) {
-                pacing.apply(&ControlMessage::Dispatcher {
-                    id: id.to_owned(),
-                    members: n,
-                    settled_for: n,
-                });
+            loop {
+                for id in others.iter().chain([&me]) {
+                    p.apply(&ControlMessage::Dispatcher {
+                        id: id.clone(),
+                        members: n,
+                        settled_for: n,
+                    });
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
+        }));
+        while !pacing.members().ready(Instant::now()) {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        beat
     }
 
     #[tokio::test]
     async fn unlimited_goes_at_once_and_limited_waits_to_be_settled_for() {
         let p = pacing(Duration::from_millis(100));
-        assert_eq!(p.reserve("free", &Limits::default()).await, Paced::Go);
+        assert_eq!(p.reserve("free", &Limits::default()).await, Paced::Free);
         // Never hears itself: deferred after the wait allowed.
         let asked = Instant::now();
         assert_eq!(p.reserve("paced", &limited(10.0)).await, Paced::Defer);
@@ -599,7 +720,7 @@ mod tests {
         let mut p = pacing(Duration::from_secs(5));
         // A shorter window for the test; the budget is still the 10 s one.
         Arc::get_mut(&mut p).unwrap().hold = Duration::from_millis(400);
-        settle(&p, &["other"]).await;
+        let _beat = settle(&p, &["other"]).await;
         // 1 req/s, half each: 5 tokens per window here.
         assert_eq!(p.reserve("s", &limited(1.0)).await, Paced::Go);
         let mut tickets = Vec::new();
@@ -621,10 +742,60 @@ mod tests {
         // None within the wait allowed: deferred.
         let mut q = pacing(Duration::from_millis(100));
         Arc::get_mut(&mut q).unwrap().hold = Duration::from_secs(60);
-        settle(&q, &[]).await;
+        let _beat = settle(&q, &[]).await;
         assert_eq!(q.reserve("s", &limited(0.1)).await, Paced::Go);
         let _held = q.take("s").await.expect("one token");
         assert!(q.take("s").await.is_none());
+    }
+
+    #[tokio::test]
+    async fn an_unlimited_subscription_is_paced_only_after_it_asked_to_slow_down() {
+        let p = pacing(Duration::from_secs(5));
+        let _beat = settle(&p, &[]).await;
+        let free = Limits::default();
+        let at = Instant::now();
+        assert_eq!(p.reserve("u", &free).await, Paced::Free);
+        p.observe("u", &free, Signal::Succeeded, Metered::new(at));
+        assert!(
+            p.throttles().is_empty(),
+            "an unlimited subscription got a throttle"
+        );
+        // A 429 with Retry-After, too few requests before it to slow down from: paused.
+        let pause = Signal::SlowDown {
+            retry_after: Some(Duration::from_millis(200)),
+        };
+        p.observe("u", &free, pause, Metered::new(at));
+        assert!(p.unlimited.load().contains("u"));
+        let asked = Instant::now();
+        assert_eq!(p.reserve("u", &free).await, Paced::Go);
+        assert!(
+            asked.elapsed() >= Duration::from_millis(150),
+            "the pause did not hold"
+        );
+        // Nothing left to pace after the pause: free again.
+        p.observe("u", &free, Signal::Succeeded, Metered::new(at));
+        assert!(!p.unlimited.load().contains("u"));
+        assert_eq!(p.reserve("u", &free).await, Paced::Free);
+
+        // What the subscription completed before its first 429 is what it slows down from.
+        let mut metered = Metered::new(at);
+        for _ in 0..40 {
+            metered.observe(at, Signal::Succeeded);
+        }
+        let slow = Signal::SlowDown { retry_after: None };
+        p.observe("w", &free, slow, metered);
+        // Slowed down (to half of what got through), not only paused as without them.
+        let rate = p.throttles().get("w").and_then(Throttle::rate);
+        assert!(rate.is_some(), "not slowed down");
+
+        // Another dispatcher's slow-down paces an unlimited subscription here too.
+        p.apply(&ControlMessage::SlowDown {
+            subscription_id: "v".into(),
+            rate_millis: Some(5_000),
+            paused_until_ms: None,
+        });
+        assert!(p.unlimited.load().contains("v"));
+        assert_eq!(p.reserve("v", &free).await, Paced::Go);
     }
 
     #[test]

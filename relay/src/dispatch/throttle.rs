@@ -30,6 +30,8 @@
 
 use std::time::{Duration, Instant};
 
+use super::step::Signal;
+
 /// Real starts may run this many intervals ahead of their pace (a late wake-up's slack).
 const START_TOLERANCE: u32 = 2;
 
@@ -79,15 +81,15 @@ pub struct Throttle {
     paused_until: Option<Instant>,
     /// The earliest start of the next request (GCRA's theoretical arrival time).
     next: Option<Instant>,
-    /// Requests completed in the current and the previous second, to measure the real rate.
-    meter: Meter,
-    /// The same, of the requests the endpoint accepted.
-    accepted: Meter,
+    /// The requests it completed lately, to measure the real rate.
+    metered: Metered,
     /// When the next request is due by the real starts (GCRA's theoretical arrival time,
     /// over the starts that really happened).
     last_start: Option<Instant>,
     /// Tokens held: requests started and not yet a [`WINDOW`] past their answer.
     held: usize,
+    /// When a request last reserved its start or reported its result.
+    touched: Instant,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -100,6 +102,38 @@ struct Slowed {
     at: Instant,
 }
 
+/// A subscription's requests completed in the current and the previous second: those that
+/// asked for a pace (succeeded or refused with 429/503) and those the endpoint accepted. Kept
+/// for every subscription by [`super::admission`] (under the lock it already takes per
+/// request), so the first 429 of an unlimited one slows it down from what really got through.
+#[derive(Debug, Clone, Copy)]
+pub struct Metered {
+    sent: Meter,
+    accepted: Meter,
+}
+
+impl Metered {
+    /// Nothing counted yet, at `now`.
+    pub fn new(now: Instant) -> Self {
+        Self {
+            sent: Meter::new(now),
+            accepted: Meter::new(now),
+        }
+    }
+
+    /// Counts an attempt's signal.
+    pub fn observe(&mut self, now: Instant, signal: Signal) {
+        match signal {
+            Signal::Succeeded => {
+                self.sent.count(now);
+                self.accepted.count(now);
+            }
+            Signal::SlowDown { .. } => self.sent.count(now),
+            Signal::Neutral => {}
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Meter {
     start: Instant,
@@ -110,6 +144,11 @@ struct Meter {
 }
 
 impl Meter {
+    fn count(&mut self, now: Instant) {
+        self.roll(now);
+        self.current += 1;
+    }
+
     fn roll(&mut self, now: Instant) {
         let elapsed = now.saturating_duration_since(self.start);
         if elapsed >= Duration::from_secs(2) {
@@ -155,6 +194,20 @@ impl Meter {
 }
 
 impl Throttle {
+    /// A subscription limited to `configured` requests per second in total (`None`: unlimited),
+    /// whose requests so far are `metered`.
+    pub fn metered(configured: Option<f64>, now: Instant, metered: Metered) -> Self {
+        Self {
+            metered,
+            ..Self::new(configured, now)
+        }
+    }
+
+    /// Whether a limit is configured.
+    pub fn limited(&self) -> bool {
+        self.configured.is_some()
+    }
+
     /// A subscription limited to `configured` requests per second in total (`None`: unlimited).
     pub fn new(configured: Option<f64>, now: Instant) -> Self {
         Self {
@@ -162,10 +215,10 @@ impl Throttle {
             slowed: None,
             paused_until: None,
             next: None,
-            meter: Meter::new(now),
-            accepted: Meter::new(now),
+            metered: Metered::new(now),
             last_start: None,
             held: 0,
+            touched: now,
         }
     }
 
@@ -195,8 +248,7 @@ impl Throttle {
     }
 
     fn completed(&mut self, now: Instant) {
-        self.meter.roll(now);
-        self.meter.current += 1;
+        self.metered.sent.count(now);
     }
 
     /// The total rate in force: the slowed-down one, else the configured one.
@@ -242,6 +294,7 @@ impl Throttle {
     /// Reserves the start of one request on a dispatcher taking `share` (0 < share ≤ 1) of
     /// the total rate, waiting at most `max_wait`.
     pub fn reserve(&mut self, now: Instant, share: f64, max_wait: Duration) -> Slot {
+        self.touched = now;
         // Unlimited: only a pause holds it back.
         let next = self.rate().and(self.next);
         let earliest = [self.paused_until, next]
@@ -290,6 +343,7 @@ impl Throttle {
         share: f64,
         retry_after: Option<Duration>,
     ) -> Option<(Option<f64>, Option<Instant>)> {
+        self.touched = now;
         self.completed(now);
         // Refusals while paused, or within the holdoff, answer requests sent before the last
         // signal was acted on: they may lengthen the pause but do not lower the rate again.
@@ -304,9 +358,10 @@ impl Throttle {
         // dispatchers together (this one's part of it, scaled): a burst that was mostly
         // refused slows down to what got through, not to half the burst.
         let measured = self
+            .metered
             .accepted
             .rate(now)
-            .or_else(|| self.meter.rate(now))
+            .or_else(|| self.metered.sent.rate(now))
             .map(|local| local / share.max(0.001));
         let before = match (self.rate(), measured) {
             (Some(rate), Some(measured)) => rate.min(measured),
@@ -360,9 +415,9 @@ impl Throttle {
 
     /// A request succeeded on a dispatcher taking `share`: additive recovery.
     pub fn succeeded(&mut self, now: Instant, share: f64) {
+        self.touched = now;
         self.completed(now);
-        self.accepted.roll(now);
-        self.accepted.current += 1;
+        self.metered.accepted.count(now);
         let old = self.rate();
         let Some(slowed) = &mut self.slowed else {
             return;
@@ -379,7 +434,8 @@ impl Throttle {
             // A meter that covers no whole second (just after a pause) tells nothing.
             None => {
                 let measured = self
-                    .meter
+                    .metered
+                    .sent
                     .sparse_rate(now)
                     .map(|local| local / share.max(0.001));
                 slowed.rate >= slowed.before && measured.is_some_and(|m| m * 2.0 <= slowed.rate)
@@ -389,6 +445,24 @@ impl Throttle {
             self.slowed = None;
         }
         self.rescale(old, now);
+    }
+
+    /// Whether nothing is left to remember at `now`: no token held, no pause, and no request
+    /// for two windows (a limited subscription then starts afresh at its configured rate,
+    /// which its empty windows allow; an unlimited one goes back to unlimited).
+    pub fn forgettable(&self, now: Instant) -> bool {
+        self.held == 0
+            && self.paused_until.is_none_or(|until| until <= now)
+            && now.saturating_duration_since(self.touched) >= WINDOW * 2
+    }
+
+    /// Whether an unlimited subscription has nothing left to pace at `now`: not slowed down,
+    /// not paused, no token held.
+    pub fn unpaced(&self, now: Instant) -> bool {
+        self.configured.is_none()
+            && self.slowed.is_none()
+            && self.paused_until.is_none_or(|until| until <= now)
+            && self.held == 0
     }
 
     /// The subscription's pace at `now`.
