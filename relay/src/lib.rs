@@ -6,7 +6,6 @@
 #![forbid(unsafe_code)]
 
 pub mod catalogue;
-pub mod control_feed;
 pub mod dispatch;
 pub mod event_data;
 pub mod ingest;

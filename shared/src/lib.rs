@@ -8,6 +8,7 @@ pub mod amqp;
 pub mod attempt;
 pub mod config;
 pub mod control;
+pub mod control_feed;
 pub mod endpoint;
 pub mod envelope;
 pub mod event_schema;

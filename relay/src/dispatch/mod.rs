@@ -128,7 +128,7 @@ pub async fn run(
     let compiled = schemas.clone();
     let paced = pacing.clone();
     let loaded = metrics.subscriptions_loaded.clone();
-    background.spawn(crate::control_feed::follow(
+    background.spawn(relay_shared::control_feed::follow(
         sessions.clone(),
         topology.clone(),
         "relay-dispatch-control",

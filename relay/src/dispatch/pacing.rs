@@ -55,6 +55,23 @@ const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often a delivery waiting for this dispatcher to be settled for looks again.
 const READY_POLL: Duration = Duration::from_millis(50);
 
+/// A delivery waiting in memory for its reserved start, counted while it waits (also when the
+/// wait is cancelled).
+struct InRoom<'a>(&'a AtomicUsize);
+
+impl<'a> InRoom<'a> {
+    fn enter(waiting: &'a AtomicUsize) -> Self {
+        waiting.fetch_add(1, Ordering::Relaxed);
+        Self(waiting)
+    }
+}
+
+impl Drop for InRoom<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// The pacing of this dispatcher.
 #[derive(Debug)]
 pub struct Pacing {
@@ -313,37 +330,46 @@ impl Pacing {
             tokio::time::sleep(READY_POLL).await;
         }
         let share = self.share();
-        let now = Instant::now();
-        let slot = {
-            // With the waiting room full, only a slot free now is taken.
-            let full = self.waiting.load(Ordering::Relaxed) >= self.max_waiting;
-            let wait = if full {
-                Duration::ZERO
-            } else {
-                deadline.saturating_duration_since(now)
+        let mut in_room = None;
+        loop {
+            let now = Instant::now();
+            let reserved = {
+                // With the waiting room full, only a slot free now is taken.
+                let full =
+                    in_room.is_none() && self.waiting.load(Ordering::Relaxed) >= self.max_waiting;
+                let wait = if full {
+                    Duration::ZERO
+                } else {
+                    deadline.saturating_duration_since(now)
+                };
+                self.throttles()
+                    .get_mut(subscription_id)
+                    .map(|throttle| (throttle.reserve(now, share, wait), throttle.epoch()))
             };
-            self.throttles()
-                .get_mut(subscription_id)
-                .map_or(Slot::Now, |throttle| throttle.reserve(now, share, wait))
-        };
-        match slot {
-            Slot::Now => {
-                self.gate(subscription_id, share).await;
-                Paced::Go
+            match reserved {
+                None | Some((Slot::Now, _)) => break,
+                Some((Slot::Later, _)) => return self.defer(),
+                Some((Slot::At(start), epoch)) => {
+                    if in_room.is_none() {
+                        self.metrics
+                            .rate_limited
+                            .with_label_values(&["waited"])
+                            .inc();
+                        in_room = Some(InRoom::enter(&self.waiting));
+                    }
+                    tokio::time::sleep_until(start.into()).await;
+                    // The pace went down meanwhile (a slow-down, a pause): reserve again
+                    // rather than go at the old pace.
+                    let now_epoch = self.throttles().get(subscription_id).map(Throttle::epoch);
+                    if now_epoch.is_none_or(|now_epoch| now_epoch == epoch) {
+                        break;
+                    }
+                }
             }
-            Slot::At(start) => {
-                self.metrics
-                    .rate_limited
-                    .with_label_values(&["waited"])
-                    .inc();
-                self.waiting.fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep_until(start.into()).await;
-                self.gate(subscription_id, share).await;
-                self.waiting.fetch_sub(1, Ordering::Relaxed);
-                Paced::Go
-            }
-            Slot::Later => self.defer(),
         }
+        self.gate(subscription_id, share).await;
+        drop(in_room);
+        Paced::Go
     }
 
     /// Keeps the real starts at least one interval apart: deliveries that woke late (a busy
@@ -373,11 +399,19 @@ impl Pacing {
             released.as_mut().enable();
             let share = self.share();
             let taken = self.throttles().get_mut(subscription_id).map(|throttle| {
+                // Paused since its start was reserved: nothing goes out before the pause ends.
+                if throttle.paused(Instant::now()) {
+                    return None;
+                }
                 let counted = throttle.rate().is_some();
-                (counted, !counted || throttle.take(share))
+                Some((counted, !counted || throttle.take(share)))
             });
             match taken {
-                Some((counted, true)) => {
+                Some(None) => {
+                    self.defer();
+                    return None;
+                }
+                Some(Some((counted, true))) => {
                     return Some(Ticket {
                         pacing: self.clone(),
                         subscription_id: subscription_id.to_owned(),
@@ -391,7 +425,7 @@ impl Pacing {
                         counted: false,
                     });
                 }
-                Some((_, false)) => {
+                Some(Some((_, false))) => {
                     if tokio::time::timeout_at(deadline, released).await.is_err() {
                         self.defer();
                         return None;
@@ -796,6 +830,32 @@ mod tests {
         });
         assert!(p.unlimited.load().contains("v"));
         assert_eq!(p.reserve("v", &free).await, Paced::Go);
+    }
+
+    #[tokio::test]
+    async fn a_pause_holds_back_deliveries_already_waiting_for_their_start() {
+        let p = pacing(Duration::from_secs(5));
+        let _beat = settle(&p, &[]).await;
+        // One start every 500 ms.
+        assert_eq!(p.reserve("s", &limited(2.0)).await, Paced::Go);
+        let asked = Instant::now();
+        let waiter = tokio::spawn({
+            let p = p.clone();
+            async move { p.reserve("s", &limited(2.0)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Another dispatcher was told `Retry-After: 1` while this delivery waited.
+        p.apply(&ControlMessage::SlowDown {
+            subscription_id: "s".into(),
+            rate_millis: None,
+            paused_until_ms: Some(unix_ms_in(Duration::from_secs(1))),
+        });
+        assert_eq!(waiter.await.unwrap(), Paced::Go);
+        assert!(
+            asked.elapsed() >= Duration::from_secs(1),
+            "went out during the pause, after {:?}",
+            asked.elapsed()
+        );
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Keeps the directory current: a full snapshot from consumer-api at start, after every
 //! reconnect and every `dispatch.directory_refresh`; live `relay.control` notifications come
-//! through [`crate::control_feed`], which asks for a reload after every (re)bind.
+//! through [`relay_shared::control_feed`], which asks for a reload after every (re)bind.
 
 use std::{sync::Arc, time::Duration};
 

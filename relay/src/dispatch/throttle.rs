@@ -90,6 +90,8 @@ pub struct Throttle {
     held: usize,
     /// When a request last reserved its start or reported its result.
     touched: Instant,
+    /// See [`Throttle::epoch`].
+    epoch: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -219,6 +221,7 @@ impl Throttle {
             last_start: None,
             held: 0,
             touched: now,
+            epoch: 0,
         }
     }
 
@@ -236,15 +239,32 @@ impl Throttle {
         }
     }
 
-    /// After the rate changed from `old`: the `k` starts already reserved ahead took
+    /// After the rate changed from `old`. Up: the `k` starts already reserved ahead took
     /// `k / old` seconds; at the new rate they take `k / new`, and the next free start moves
-    /// there, so the average from now on is the new rate (up and down alike).
+    /// there, so the average from now on is the new rate. Down: the reservations are
+    /// forgotten ([`Throttle::epoch`] moves), and the deliveries waiting for them reserve
+    /// again at the new rate when they wake, so none goes out at the old pace.
     fn rescale(&mut self, old: Option<f64>, now: Instant) {
-        if let (Some(old), Some(new), Some(next)) = (old, self.rate(), self.next)
-            && next > now
-        {
-            self.next = Some(now + next.duration_since(now).mul_f64(old / new));
+        match (old, self.rate()) {
+            (Some(old), Some(new)) if new >= old => {
+                if let Some(next) = self.next.filter(|next| *next > now) {
+                    self.next = Some(now + next.duration_since(now).mul_f64(old / new));
+                }
+            }
+            (_, Some(_)) => self.forget_reservations(),
+            (_, None) => {}
         }
+    }
+
+    fn forget_reservations(&mut self) {
+        self.next = None;
+        self.epoch += 1;
+    }
+
+    /// Moves whenever the pace went down (a lower rate, a pause): a delivery that reserved
+    /// its start under another epoch must reserve again before it goes.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
     }
 
     fn completed(&mut self, now: Instant) {
@@ -410,6 +430,7 @@ impl Throttle {
             return None;
         }
         self.paused_until = Some(until);
+        self.forget_reservations();
         Some(until)
     }
 
@@ -463,6 +484,11 @@ impl Throttle {
             && self.slowed.is_none()
             && self.paused_until.is_none_or(|until| until <= now)
             && self.held == 0
+    }
+
+    /// Whether a `Retry-After` pause holds at `now`.
+    pub fn paused(&self, now: Instant) -> bool {
+        self.paused_until.is_some_and(|until| until > now)
     }
 
     /// The subscription's pace at `now`.
@@ -582,9 +608,11 @@ mod tests {
         // The 200 ms reserved at 10 req/s take 20 ms at 100 req/s.
         t.configure(Some(100.0), t0);
         assert_eq!(starts(&mut t, t0, t0, 1.0, 3), [20, 30, 40]);
-        // Down again: the 50 ms reserved at 100 req/s take 500 ms at 10 req/s.
+        // Down again: the reservations are forgotten; their deliveries reserve again.
+        let epoch = t.epoch();
         t.configure(Some(10.0), t0);
-        assert_eq!(starts(&mut t, t0, t0, 1.0, 1), [500]);
+        assert!(t.epoch() > epoch);
+        assert_eq!(starts(&mut t, t0, t0, 1.0, 2), [0, 100]);
         t.configure(None, t0);
         assert_eq!(t.reserve(t0 + ms(300), 1.0, WAIT), Slot::Now);
     }

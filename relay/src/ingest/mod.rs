@@ -13,12 +13,12 @@ use std::{sync::Arc, time::Duration};
 use anyhow::Context;
 use prometheus::Registry;
 use relay_shared::{
-    config::Settings, event_schema::SchemaCache, ops::Readiness, shutdown::Shutdown,
+    config::Settings, control_feed, event_schema::SchemaCache, ops::Readiness, shutdown::Shutdown,
     topology::Topology,
 };
 use tokio::sync::Notify;
 
-use crate::{catalogue, control_feed};
+use crate::catalogue;
 
 pub use config::IngestSettings;
 

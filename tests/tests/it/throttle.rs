@@ -6,7 +6,7 @@
 //! (the burst it documents is nil when `rate_limit × 10 s` is at least the number of
 //! dispatchers), and hold by construction: a request holds its window token from its start
 //! until 10 s after its answer, and reaches the receiver in between, however loaded the
-//! machine. The lower bounds (90 % of the limit) are measured over 10-20 s of backlog, at
+//! machine. The lower bounds (90 % of the limit) are measured over 20 s of backlog, at
 //! rates (20-40 req/s) a loaded two-core machine keeps up with.
 
 use std::{
@@ -131,14 +131,23 @@ async fn no_failed_attempts(relay: &System) {
 /// No attempt failed, and the limit held some back.
 async fn held_back_never_failed(relay: &System) {
     no_failed_attempts(relay).await;
-    let mut rate_limited = 0.0;
+    let (mut waited, mut deferred) = (0.0, 0.0);
     for url in &relay.dispatcher_urls {
-        rate_limited += relay
-            .metric(url, "relay_subscription_rate_limited_total")
-            .await
-            .unwrap_or(0.0);
+        for (sum, outcome) in [(&mut waited, "waited"), (&mut deferred, "deferred")] {
+            *sum += relay
+                .metric(
+                    url,
+                    &format!("relay_subscription_rate_limited_total{{outcome=\"{outcome}\"}}"),
+                )
+                .await
+                .unwrap_or(0.0);
+        }
     }
-    assert!(rate_limited > 0.0, "nothing was held back by the limit");
+    eprintln!("held back by the limit: {waited} waited in memory, {deferred} deferred");
+    assert!(
+        waited + deferred > 0.0,
+        "nothing was held back by the limit"
+    );
 }
 
 /// The most arrivals in any 10 s window (each window starts at an arrival) that
@@ -166,14 +175,15 @@ fn arrivals(received: &[Received]) -> Vec<Instant> {
 
 #[tokio::test]
 async fn three_dispatchers_keep_a_rate_limit_together_and_a_change_applies_within_2_s() {
-    const EVENTS: usize = 1100;
+    const EVENTS: usize = 1400;
     const BEFORE: usize = 420;
     let relay = three_dispatchers().await;
     let receiver = Receiver::start().await;
     let id = limited(&relay, &receiver, json!({"rate_limit": 20})).await;
 
     publish(&relay, EVENTS).await;
-    // 20 s and more at 20 req/s (the limit allows 200 per window), then the limit goes to 40.
+    // 20 s and more at 20 req/s (the limit allows 200 per window), then the limit goes to 40
+    // for 24 s and more.
     receiver.wait_for(BEFORE, Duration::from_secs(180)).await;
     let patch_sent = Instant::now();
     // A busy store may answer 503 (try again): the change counts from its 200.
@@ -199,15 +209,25 @@ async fn three_dispatchers_keep_a_rate_limit_together_and_a_change_applies_withi
     // every window at most 40 × 10.
     let before = worst_window(&at, |_, end| end <= patch_sent);
     let overall = worst_window(&at, |_, _| true);
-    // Reached: 90 % of the limit over 20 s of backlog before the change, and over 10 s from
-    // 2 s after it.
+    // Reached: 90 % of the limit over 20 s of backlog before the change, and over 20 s from
+    // 2 s after it (20 s: the receiver's clock is the test process's, which a loaded machine
+    // stalls for a second now and then, moving arrivals across a window's edge).
     let first = at[0];
     let early = count(&at, first, first + 2 * WINDOW);
     let from = changed_at + Duration::from_secs(2);
-    let late = count(&at, from, from + WINDOW);
+    let late = count(&at, from, from + 2 * WINDOW);
+    // Per second around the change, to tell a late change from a slow supply.
+    let seconds: Vec<usize> = (0..16)
+        .map(|i| {
+            let from = changed_at - Duration::from_secs(2) + Duration::from_secs(i);
+            count(&at, from, from + Duration::from_secs(1))
+        })
+        .collect();
     eprintln!(
         "worst 10 s window before the change: {before} (limit 200), overall {overall} (limit 400); \
-         first 20 s: {early} (limit 400); 10 s from 2 s after the change: {late} (limit 400)"
+         first 20 s: {early} (limit 400); 20 s from 2 s after the change: {late} (limit 800); \
+         per second from 2 s before the change: {seconds:?}; the change took {:?}",
+        changed_at - patch_sent
     );
     assert!(
         before <= 200,
@@ -223,8 +243,8 @@ async fn three_dispatchers_keep_a_rate_limit_together_and_a_change_applies_withi
     );
     assert!(early >= 360, "{early} in the first 20 s at 20 req/s");
     assert!(
-        late >= 360,
-        "{late} in 10 s at 40 req/s, from 2 s after the change"
+        late >= 720,
+        "{late} in 20 s at 40 req/s, from 2 s after the change"
     );
     held_back_never_failed(&relay).await;
     relay.stop().await;

@@ -7,14 +7,15 @@ use lapin::{
     options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions},
     types::FieldTable,
 };
-use relay_shared::{
+use tokio::sync::watch;
+
+use crate::{
     control::ControlMessage,
     ops::Readiness,
     session::{self as broker, Session},
     shutdown::Shutdown,
     topology::Topology,
 };
-use tokio::sync::watch;
 
 /// Readiness condition name for the control-notification consumer.
 pub const READY_CONTROL: &str = "control";
