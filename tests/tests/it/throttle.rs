@@ -175,15 +175,18 @@ fn arrivals(received: &[Received]) -> Vec<Instant> {
 
 #[tokio::test]
 async fn three_dispatchers_keep_a_rate_limit_together_and_a_change_applies_within_2_s() {
-    const EVENTS: usize = 1400;
+    // 700 at first; 900 more once the change is made, so that 20 s and more of backlog
+    // follow it however long the store takes to make it.
+    const FIRST: usize = 700;
+    const EVENTS: usize = 1600;
     const BEFORE: usize = 420;
     let relay = three_dispatchers().await;
     let receiver = Receiver::start().await;
     let id = limited(&relay, &receiver, json!({"rate_limit": 20})).await;
 
-    publish(&relay, EVENTS).await;
+    publish(&relay, FIRST).await;
     // 20 s and more at 20 req/s (the limit allows 200 per window), then the limit goes to 40
-    // for 24 s and more.
+    // for 22 s and more.
     receiver.wait_for(BEFORE, Duration::from_secs(180)).await;
     let patch_sent = Instant::now();
     // A busy store may answer 503 (try again): the change counts from its 200.
@@ -202,6 +205,7 @@ async fn three_dispatchers_keep_a_rate_limit_together_and_a_change_applies_withi
         assert!(Instant::now() < deadline, "the change was refused for 30 s");
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
+    publish(&relay, EVENTS - FIRST).await;
     let received = all_delivered(&receiver, EVENTS, Duration::from_secs(240)).await;
 
     let at = arrivals(&received);
@@ -315,8 +319,19 @@ async fn a_429_with_retry_after_slows_the_whole_subscription_down() {
     #[allow(clippy::cast_precision_loss)]
     let ratio = refused as f64 / after.len().max(1) as f64;
     let total_refused = received.iter().filter(|r| r.refused).count();
+    // Per second from the first request: (accepted, refused).
+    let mut seconds =
+        vec![(0, 0); 1 + (received.iter().map(|r| r.at).max().unwrap() - first).as_secs() as usize];
+    for r in &received {
+        let second = &mut seconds[(r.at - first).as_secs() as usize];
+        if r.refused {
+            second.1 += 1;
+        } else {
+            second.0 += 1;
+        }
+    }
     eprintln!(
-        "{} requests, {total_refused} refused in all; after settling {} requests, {refused} refused ({:.1} %); took {:?}",
+        "{} requests, {total_refused} refused in all; after settling {} requests, {refused} refused ({:.1} %); took {:?}; per second (accepted, refused): {seconds:?}",
         received.len(),
         after.len(),
         ratio * 100.0,
