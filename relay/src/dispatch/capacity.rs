@@ -10,6 +10,10 @@
 //! holds a steady flow of fresh events back by nothing, and a flow that resumes after a pause
 //! by at most the replay's requests already in flight; nor can a flood of fresh events starve
 //! the retries.
+//!
+//! No lock on the delivery path: taking a slot is one compare-and-swap on both lanes' counts.
+//! A request that has to wait queues in its lane and is woken in turn (the oldest first) as
+//! slots come back; while a lane has waiters, newcomers queue behind them.
 
 use std::{
     sync::{
@@ -74,7 +78,8 @@ pub struct Lanes {
     /// When each lane last took a slot: nanoseconds after `epoch`, plus one (0: never).
     last: [AtomicU64; 2],
     epoch: Instant,
-    freed: Notify,
+    /// Per lane: a slot came back (one waiter woken, the oldest).
+    freed: [Notify; 2],
     occupancy: [IntGauge; 2],
 }
 
@@ -90,10 +95,14 @@ impl Drop for LaneSlot {
         let lanes = &self.lanes;
         lanes.used.fetch_sub(one(self.lane), Ordering::SeqCst);
         lanes.occupancy[self.lane].dec();
-        // Only a waiter needs waking (read after the slot came back: a waiter either counted
-        // itself before, or sees the slot free when it looks).
-        if lanes.waiting.iter().any(|w| w.load(Ordering::SeqCst) > 0) {
-            lanes.freed.notify_waiters();
+        // Only a waiter needs waking, the oldest of each lane that has one (read after the
+        // slot came back: a waiter either counted itself before, or sees the slot free when
+        // it looks). One per lane, not all: a full dispatcher gives back hundreds of slots a
+        // second, and each would otherwise wake every waiter.
+        for (waiting, freed) in lanes.waiting.iter().zip(&lanes.freed) {
+            if waiting.load(Ordering::SeqCst) > 0 {
+                freed.notify_one();
+            }
         }
     }
 }
@@ -104,8 +113,6 @@ struct Waiting<'a>(&'a Lanes, usize);
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         self.0.waiting[self.1].fetch_sub(1, Ordering::SeqCst);
-        // The other lane may borrow again now.
-        self.0.freed.notify_waiters();
     }
 }
 
@@ -133,7 +140,7 @@ impl Lanes {
             waiting: [AtomicUsize::new(0), AtomicUsize::new(0)],
             last: [AtomicU64::new(0), AtomicU64::new(0)],
             epoch: Instant::now(),
-            freed: Notify::new(),
+            freed: [Notify::new(), Notify::new()],
             occupancy: [Lane::First, Lane::Other]
                 .map(|lane| occupancy.with_label_values(&[lane.label()])),
         })
@@ -182,21 +189,23 @@ impl Lanes {
         true
     }
 
-    /// Waits for a slot in `lane`. A free slot within the lane's part is taken with one
-    /// compare-and-swap; only a request that must wait touches the notifier.
+    /// Waits for a slot in `lane`, first come first served within the lane. A free slot is
+    /// taken with one compare-and-swap when nobody waits in the lane; only a request that
+    /// must wait touches the notifier.
     pub async fn acquire(self: &Arc<Self>, lane: Lane) -> LaneSlot {
         let index = lane.index();
         let slot = || LaneSlot {
             lanes: self.clone(),
             lane: index,
         };
-        if self.try_take(index) {
+        // Not past the lane's waiters: a slot that comes back is theirs.
+        if self.waiting[index].load(Ordering::SeqCst) == 0 && self.try_take(index) {
             return slot();
         }
         self.waiting[index].fetch_add(1, Ordering::SeqCst);
         let _waiting = Waiting(self, index);
         loop {
-            let freed = self.freed.notified();
+            let freed = self.freed[index].notified();
             let mut freed = std::pin::pin!(freed);
             // Registered before looking, so a slot given back in between is not missed.
             freed.as_mut().enable();
@@ -316,6 +325,27 @@ mod tests {
             assert!(most.load(Ordering::SeqCst) <= 8);
             assert_eq!(l.used.load(Ordering::SeqCst), 0);
         });
+    }
+
+    #[tokio::test]
+    async fn waiters_in_a_lane_are_served_in_turn() {
+        let l = lanes(2, 0.5);
+        let mut held = vec![l.acquire(Lane::First).await, l.acquire(Lane::First).await];
+        let (tx, mut order) = tokio::sync::mpsc::unbounded_channel();
+        for name in ["first", "second", "third"] {
+            let (l, tx) = (l.clone(), tx.clone());
+            tokio::spawn(async move {
+                let slot = l.acquire(Lane::First).await;
+                tx.send(name).unwrap();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                drop(slot);
+            });
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        held.clear();
+        assert_eq!(order.recv().await, Some("first"));
+        assert_eq!(order.recv().await, Some("second"));
+        assert_eq!(order.recv().await, Some("third"));
     }
 
     #[test]
