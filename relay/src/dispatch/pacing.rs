@@ -342,9 +342,13 @@ impl Pacing {
                 } else {
                     deadline.saturating_duration_since(now)
                 };
-                self.throttles()
-                    .get_mut(subscription_id)
-                    .map(|throttle| (throttle.reserve(now, share, wait), throttle.epoch()))
+                self.throttles().get_mut(subscription_id).map(|throttle| {
+                    let slot = throttle.reserve(now, share, wait);
+                    if slot != Slot::Now {
+                        throttle.held_back(now);
+                    }
+                    (slot, throttle.epoch())
+                })
             };
             match reserved {
                 None | Some((Slot::Now, _)) => break,
@@ -404,7 +408,11 @@ impl Pacing {
                     return None;
                 }
                 let counted = throttle.rate().is_some();
-                Some((counted, !counted || throttle.take(share)))
+                let taken = !counted || throttle.take(share);
+                if !taken {
+                    throttle.held_back(Instant::now());
+                }
+                Some((counted, taken))
             });
             match taken {
                 Some(None) => {

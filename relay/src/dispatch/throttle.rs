@@ -92,6 +92,8 @@ pub struct Throttle {
     touched: Instant,
     /// See [`Throttle::epoch`].
     epoch: u64,
+    /// When a delivery last had to wait for its start or token, or was deferred.
+    held_back: Option<Instant>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -222,6 +224,7 @@ impl Throttle {
             held: 0,
             touched: now,
             epoch: 0,
+            held_back: None,
         }
     }
 
@@ -440,6 +443,7 @@ impl Throttle {
         self.completed(now);
         self.metered.accepted.count(now);
         let old = self.rate();
+        let backlog = self.held_back_within(now, WINDOW);
         let Some(slowed) = &mut self.slowed else {
             return;
         };
@@ -451,15 +455,19 @@ impl Throttle {
             Some(limit) => slowed.rate >= limit,
             // Unlimited: keep probing upwards while the slowed rate is what holds the traffic
             // back (going back to unlimited with a backlog would send it all at once); end it
-            // once the traffic, all dispatchers together, stays under half of it.
-            // A meter that covers no whole second (just after a pause) tells nothing.
+            // once the traffic, all dispatchers together, stays under half of it and nothing
+            // was held back for a window (sparse traffic of a backlog deferred to a retry tier
+            // is still a backlog). A meter that covers no whole second (just after a pause)
+            // tells nothing.
             None => {
                 let measured = self
                     .metered
                     .sent
                     .sparse_rate(now)
                     .map(|local| local / share.max(0.001));
-                slowed.rate >= slowed.before && measured.is_some_and(|m| m * 2.0 <= slowed.rate)
+                slowed.rate >= slowed.before
+                    && measured.is_some_and(|m| m * 2.0 <= slowed.rate)
+                    && !backlog
             }
         };
         if done {
@@ -484,6 +492,17 @@ impl Throttle {
             && self.slowed.is_none()
             && self.paused_until.is_none_or(|until| until <= now)
             && self.held == 0
+    }
+
+    /// A delivery had to wait for its start or token, or was deferred, at `now`.
+    pub fn held_back(&mut self, now: Instant) {
+        self.held_back = Some(now);
+    }
+
+    /// Whether a delivery was held back within `recent` before `now`.
+    pub fn held_back_within(&self, now: Instant, recent: Duration) -> bool {
+        self.held_back
+            .is_some_and(|at| now.saturating_duration_since(at) <= recent)
     }
 
     /// Whether a `Retry-After` pause holds at `now`.
@@ -681,7 +700,15 @@ mod tests {
             t.succeeded(at, 1.0);
         }
         assert!(t.rate().is_some(), "went unlimited right after a pause");
-        // Sparse traffic for a few seconds: unlimited again.
+        // Sparse traffic while deliveries are held back (a backlog deferred to a retry tier):
+        // still paced.
+        let mut held = t.clone();
+        for i in 1..=4 {
+            held.held_back(at + ms(i * 1000 - 500));
+            held.succeeded(at + ms(i * 1000), 1.0);
+        }
+        assert!(held.rate().is_some(), "went unlimited with a backlog");
+        // Sparse traffic for a few seconds, nothing held back: unlimited again.
         for i in 1..=4 {
             t.succeeded(at + ms(i * 1000), 1.0);
         }
