@@ -16,7 +16,7 @@
 //! portal (the consumer portal: pages, sessions, assets) → service
 //! maintenance (background upkeep)
 //! service (ownership, validation, store access, announcements; service::* by resource)
-//! validation, control, recorder, metrics
+//! validation, control, recorder, metrics, dispatchers (their status reports)
 //! announce (Relay's own events), publisher
 //! store (store::*), error, clock
 //! ```
@@ -27,6 +27,7 @@ pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod control;
+pub mod dispatchers;
 pub mod error;
 pub mod extract;
 pub mod http;
@@ -100,6 +101,12 @@ pub async fn run(
     let topology = Topology::from_settings(&settings.amqp);
     // The recorder announces what it records (relay.message.exhausted, …) on this channel.
     let channel = relay_shared::session::confirm_channels(sessions.clone(), broker_open);
+    let reports = dispatchers::Reports::default();
+    tokio::spawn(
+        reports
+            .clone()
+            .follow(sessions.clone(), topology.clone(), shutdown.clone()),
+    );
     let recorders = recorder::spawn(
         store.clone(),
         Announcer::new(
@@ -151,7 +158,7 @@ pub async fn run(
     // The portal sits under the problem fallback like the rest; its error pages are HTML,
     // which the fallback leaves as they are.
     let app = http::router(
-        AppState::new(service, &settings.process),
+        AppState::new(service, &settings.process, reports),
         relay_shared::ops::router(registry, readiness).merge(portal),
     );
     let app = http_metrics.instrument(app);

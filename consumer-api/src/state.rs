@@ -1,5 +1,5 @@
 //! What every HTTP handler and middleware can reach: the [`Service`] (everything the API
-//! does) and what only HTTP needs (the admin and directory keys).
+//! does) and what only HTTP needs (the admin and directory keys, the dispatchers' reports).
 
 use std::sync::Arc;
 
@@ -7,6 +7,7 @@ use axum::extract::FromRef;
 
 use crate::{
     config::{ApiSettings, PortalSettings},
+    dispatchers::Reports,
     service::Service,
 };
 
@@ -21,13 +22,16 @@ pub struct AppState {
     directory_keys: Arc<[String]>,
     /// The portal's settings (links are minted through the API).
     portal: Arc<PortalSettings>,
+    /// What the dispatchers report (subscriptions' status).
+    reports: Reports,
 }
 
 impl AppState {
-    /// State over `service`, with the keys of `api`.
-    pub fn new(service: Service, api: &ApiSettings) -> Self {
+    /// State over `service`, with the keys of `api` and the dispatchers' `reports`.
+    pub fn new(service: Service, api: &ApiSettings, reports: Reports) -> Self {
         Self {
             service,
+            reports,
             admin_key: api.admin_key.as_str().into(),
             directory_keys: api.directory_keys.clone().into(),
             portal: Arc::new(api.portal.clone()),
@@ -47,6 +51,12 @@ impl AppState {
     /// The dispatchers' directory keys.
     pub fn directory_keys(&self) -> &[String] {
         &self.directory_keys
+    }
+}
+
+impl FromRef<AppState> for Reports {
+    fn from_ref(state: &AppState) -> Self {
+        state.reports.clone()
     }
 }
 

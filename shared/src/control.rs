@@ -46,6 +46,13 @@ pub enum ControlMessage {
         /// The largest count for which it holds no more than its part of every limit.
         #[serde(default)]
         settled_for: u32,
+        /// Its heartbeat, milliseconds (absent: 1 s): its `holding` counts for three.
+        #[serde(default)]
+        heartbeat_ms: u64,
+        /// The subscriptions it holds back now (at most [`HOLDING_REPORTED`]), for the status
+        /// consumer-api shows.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        holding: Vec<Holding>,
     },
     /// A dispatcher got 429 or 503 from a subscription's endpoint: every dispatcher slows it.
     SlowDown {
@@ -59,6 +66,38 @@ pub enum ControlMessage {
         #[serde(default)]
         paused_until_ms: Option<i64>,
     },
+}
+
+/// The most subscriptions one heartbeat reports as held back.
+pub const HOLDING_REPORTED: usize = 500;
+
+/// A subscription a dispatcher holds back, as its heartbeat reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holding {
+    /// `sub_…`
+    pub subscription_id: String,
+    /// How.
+    #[serde(flatten)]
+    pub held: Held,
+}
+
+/// How a dispatcher holds a subscription back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum Held {
+    /// Its deliveries wait for its rate (its limit with a backlog, or a slow-down after
+    /// 429/503): the total rate in force, thousandths of a request per second.
+    Throttled {
+        /// Thousandths of a request per second, all dispatchers together.
+        rate_millis: u64,
+    },
+    /// Paused by `Retry-After` until then.
+    BackingOff {
+        /// Unix milliseconds.
+        until_ms: i64,
+    },
+    /// Its circuit breaker is open on this dispatcher.
+    BreakerOpen,
 }
 
 impl ControlMessage {

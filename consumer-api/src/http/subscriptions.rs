@@ -10,7 +10,7 @@ use axum::{
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use relay_shared::{endpoint::RedactedCredentials, signing::SignatureScheme};
+use relay_shared::{control::Held, endpoint::RedactedCredentials, signing::SignatureScheme};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -18,6 +18,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use super::page::List;
 use crate::{
     clock::ms_rfc3339,
+    dispatchers::Reports,
     error::{ApiError, FieldError},
     extract::{
         FromQuery, JsonBody, OptionalJsonBody, Paging, Param, Query, QueryParams, consumer_param,
@@ -89,6 +90,64 @@ pub struct SubscriptionView {
     /// token; `null` when none.
     #[schema(value_type = Option<CredentialsView>)]
     pub credentials: Option<RedactedCredentials>,
+    /// What happens to its deliveries now, as the dispatchers reported it within their last
+    /// three heartbeats (README "Protecting endpoints").
+    pub status: StatusView,
+}
+
+/// What happens to a subscription's deliveries now.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum StatusView {
+    /// Delivered as they come (within its limits, none of which holds anything back now).
+    Active,
+    /// Deliveries wait for its rate: its `rate_limit` with a backlog, or a slow-down after
+    /// 429/503 answers.
+    Throttled {
+        /// The rate in force, requests per second, all dispatchers together.
+        rate: f64,
+    },
+    /// Paused until then, as the endpoint asked with `Retry-After`.
+    BackingOff {
+        /// RFC 3339.
+        until: String,
+    },
+    /// Its circuit breaker is open on a dispatcher: deliveries wait in the retry tiers until
+    /// a probe succeeds.
+    BreakerOpen,
+    /// No deliveries are made.
+    Disabled {
+        /// Why, when known.
+        reason: Option<String>,
+    },
+}
+
+impl From<Held> for StatusView {
+    fn from(held: Held) -> Self {
+        match held {
+            // Thousandths of a request per second, at most 10,000 req/s: exact in f64.
+            #[allow(clippy::cast_precision_loss)]
+            Held::Throttled { rate_millis } => Self::Throttled {
+                rate: rate_millis as f64 / 1000.0,
+            },
+            Held::BackingOff { until_ms } => Self::BackingOff {
+                until: ms_rfc3339(until_ms),
+            },
+            Held::BreakerOpen => Self::BreakerOpen,
+        }
+    }
+}
+
+impl SubscriptionView {
+    /// With the status the dispatchers report (an enabled subscription's).
+    fn reported(mut self, reports: &Reports) -> Self {
+        if self.status == StatusView::Active
+            && let Some(held) = reports.held(&self.id)
+        {
+            self.status = held.into();
+        }
+        self
+    }
 }
 
 /// Credentials as the API shows them (documentation of [`RedactedCredentials`]).
@@ -150,6 +209,13 @@ impl From<Subscription> for SubscriptionView {
             event_types: s.event_types,
             consumer: s.consumer,
             description: s.description,
+            status: if s.enabled {
+                StatusView::Active
+            } else {
+                StatusView::Disabled {
+                    reason: s.disabled_reason.clone(),
+                }
+            },
             enabled: s.enabled,
             disabled_reason: s.disabled_reason,
             rate_limit: s.rate_limit,
@@ -276,13 +342,16 @@ async fn create_subscription(
 )]
 async fn list_subscriptions(
     State(service): State<Service>,
+    State(reports): State<Reports>,
     caller: Caller,
     Query(query): Query<ListQuery>,
 ) -> Result<Json<List<SubscriptionView>>, ApiError> {
     let page = service
         .list_subscriptions(&caller, query.consumer, &query.page)
         .await?;
-    Ok(Json(List::of(page, SubscriptionView::from)))
+    Ok(Json(List::of(page, |s| {
+        SubscriptionView::from(s).reported(&reports)
+    })))
 }
 
 /// Read a subscription
@@ -294,8 +363,11 @@ async fn list_subscriptions(
     responses((status = 200, description = "The subscription (without its secret)", body = SubscriptionView)),
     security(("admin_key" = []), ("consumer_key" = [])),
 )]
-async fn get_subscription(subscription: OwnedSubscription) -> Json<SubscriptionView> {
-    Json(subscription.into_inner().into())
+async fn get_subscription(
+    State(reports): State<Reports>,
+    subscription: OwnedSubscription,
+) -> Json<SubscriptionView> {
+    Json(SubscriptionView::from(subscription.into_inner()).reported(&reports))
 }
 
 /// Change a subscription

@@ -426,6 +426,7 @@ impl AdmissionControl {
                 entry.probing = false;
                 if was_open {
                     self.open_gauge.dec();
+                    self.pacing.breaker(subscription_id, false);
                     tracing::info!(subscription_id, "circuit closed");
                 }
                 return metered;
@@ -436,6 +437,7 @@ impl AdmissionControl {
                 entry.open_until = Some(Instant::now() + self.cooldown);
                 if !was_open {
                     self.open_gauge.inc();
+                    self.pacing.breaker(subscription_id, true);
                     tracing::warn!(
                         subscription_id,
                         failures = entry.consecutive_failures,

@@ -4,7 +4,7 @@
 //! admits a delivery through its rate first, then its in-flight cap, then a window token.
 //!
 //! **Membership.** Every dispatcher announces itself on `relay.control` every
-//! `dispatch.member_heartbeat` (`Dispatcher { id, members, settled_for }`); each takes
+//! `dispatch.member_heartbeat` (`Dispatcher { id, members, settled_for, .. }`); each takes
 //! `1 / n` of every subscription's limits, with the rules in [`super::members`] so that the
 //! parts never add up to more than the whole while dispatchers join and leave.
 //!
@@ -35,7 +35,11 @@ use arc_swap::ArcSwap;
 use lapin::Channel;
 use prometheus::{GaugeVec, IntCounterVec, IntGauge, Opts, Registry};
 use relay_shared::{
-    amqp, control::ControlMessage, ids::new_id, shutdown::Shutdown, subscription::Limits,
+    amqp,
+    control::{ControlMessage, HOLDING_REPORTED, Held, Holding},
+    ids::new_id,
+    shutdown::Shutdown,
+    subscription::Limits,
 };
 use tokio::sync::{Notify, mpsc, watch};
 
@@ -79,6 +83,8 @@ pub struct Pacing {
     /// The unlimited subscriptions among `throttles` (slowed down or paused): the only
     /// unlimited ones paced here. Replaced under the `throttles` lock, read without one.
     unlimited: ArcSwap<HashSet<String>>,
+    /// Subscriptions whose circuit breaker is open here (for the status report).
+    breakers: Mutex<HashSet<String>>,
     members: Mutex<Members>,
     /// The count this dispatcher last announced it has settled for.
     settled_for: AtomicUsize,
@@ -215,6 +221,7 @@ impl Pacing {
         let pacing = Self {
             throttles: Mutex::new(HashMap::new()),
             unlimited: ArcSwap::from_pointee(HashSet::new()),
+            breakers: Mutex::new(HashSet::new()),
             members: Mutex::new(Members::new(
                 new_id("dsp"),
                 settings.heartbeat,
@@ -527,6 +534,7 @@ impl Pacing {
                 id,
                 members,
                 settled_for,
+                ..
             } => {
                 self.members().heard(
                     id,
@@ -600,7 +608,61 @@ impl Pacing {
             members: u32::try_from(count).unwrap_or(u32::MAX),
             settled_for: u32::try_from(self.settled_for.load(Ordering::Relaxed))
                 .unwrap_or(u32::MAX),
+            heartbeat_ms: u64::try_from(self.heartbeat.as_millis()).unwrap_or(u64::MAX),
+            holding: self.holding(now),
         }
+    }
+
+    /// The subscriptions this dispatcher holds back now, for consumer-api's status: with
+    /// their breaker open (which wins), paused, slowed down, or held back by their rate
+    /// within the last two heartbeats; at most [`HOLDING_REPORTED`].
+    fn holding(&self, now: Instant) -> Vec<Holding> {
+        let recent = self.heartbeat * 2;
+        let mut holding: HashMap<String, Held> = self
+            .throttles()
+            .iter()
+            .filter_map(|(id, throttle)| {
+                let throttled = || {
+                    throttle.rate().map(|rate| Held::Throttled {
+                        rate_millis: millis(rate),
+                    })
+                };
+                let held = match throttle.pace(now) {
+                    Pace::BackingOff(until) => Some(Held::BackingOff {
+                        until_ms: unix_ms_in(until.saturating_duration_since(now)),
+                    }),
+                    Pace::Throttled(_) => throttled(),
+                    Pace::Active if throttle.held_back_within(now, recent) => throttled(),
+                    Pace::Active => None,
+                };
+                held.map(|held| (id.clone(), held))
+            })
+            .collect();
+        for id in self.breakers().iter() {
+            holding.insert(id.clone(), Held::BreakerOpen);
+        }
+        holding
+            .into_iter()
+            .take(HOLDING_REPORTED)
+            .map(|(subscription_id, held)| Holding {
+                subscription_id,
+                held,
+            })
+            .collect()
+    }
+
+    /// A subscription's circuit breaker opened (`true`) or closed here.
+    pub fn breaker(&self, subscription_id: &str, open: bool) {
+        let mut breakers = self.breakers();
+        if open {
+            breakers.insert(subscription_id.to_owned());
+        } else {
+            breakers.remove(subscription_id);
+        }
+    }
+
+    fn breakers(&self) -> MutexGuard<'_, HashSet<String>> {
+        self.breakers.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Refreshes the gauges (the most slowed subscriptions' rates, at most [`RATE_GAUGES`]).
@@ -736,6 +798,8 @@ mod tests {
                         id: id.clone(),
                         members: n,
                         settled_for: n,
+                        heartbeat_ms: 0,
+                        holding: Vec::new(),
                     });
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -881,6 +945,8 @@ mod tests {
             id: "b".into(),
             members: 3,
             settled_for: 3,
+            heartbeat_ms: 0,
+            holding: Vec::new(),
         });
         assert_eq!(p.cap(&limits(6), 64), 2);
         assert_eq!(p.cap(&limits(2), 64), 1);

@@ -28,7 +28,11 @@
 //!   "key"` subscription (single-active-consumer ingress) against the same load to an
 //!   unordered one (events/s ratio and p99); then, open loop at half the unordered rate, the
 //!   unordered subscription's p99 beside an ordered one on the same events against alone
-//!   (the issue's "unordered traffic unaffected: p99 within 2×").
+//!   (the issue's "unordered traffic unaffected: p99 within 2×");
+//! - **h** fan-out 100 over AMQP, 20 of the subscriptions with a `rate_limit`: deliveries/s
+//!   (all, and to the 80 unlimited until their last), the rate accuracy of each limited one
+//!   (its worst 10 s window / `rate_limit × 10`, and its mean rate / `rate_limit`), and the
+//!   dispatcher's CPU µs per delivery against (b)'s when both run.
 //!
 //! Every row has the CPU time per event of each process. Results go to stdout,
 //! `target/relay-bench/<date>.json` with an SVG per scenario beside it (deliveries per
@@ -73,7 +77,7 @@ use crate::{broker::PrivateBroker, cluster::PrivateCluster};
              Build the binaries first: cargo build --release --bins"
 )]
 pub struct Options {
-    /// Scenarios to run: a, b, c, d, e, f, g, i, j, k, l, s (comma separated) or all.
+    /// Scenarios to run: a, b, c, d, e, f, g, h, i, j, k, l, s (comma separated) or all.
     #[arg(long, default_value = "all")]
     pub scenario: String,
     /// Small sizes: the whole run takes about two minutes.
@@ -109,6 +113,12 @@ pub struct Options {
     /// Events in (l) at fan-out 1; a fifth of it at fan-out 10 [default 20000; --quick 3000].
     #[arg(long)]
     pub slow_events: Option<u64>,
+    /// Events in (h) [default 5000; --quick 600].
+    #[arg(long)]
+    pub limit_events: Option<u64>,
+    /// `rate_limit` of (h)'s limited subscriptions, requests per second [default 50].
+    #[arg(long, default_value_t = 50.0)]
+    pub limit_rate: f64,
     /// Events per run in (f) and (g) [default 30000; --quick 6000].
     #[arg(long)]
     pub shard_events: Option<u64>,
@@ -247,6 +257,8 @@ struct Spec {
     ordered_beside: bool,
     /// `amqp.ordered_ingress` (single-active-consumer) even without `ordered`.
     ordered_ingress: bool,
+    /// Scenario (h): the first `.0` subscriptions are limited to `.1` requests per second.
+    limited: Option<(usize, f64)>,
 }
 
 impl Spec {
@@ -275,6 +287,7 @@ impl Spec {
             ordered: false,
             ordered_beside: false,
             ordered_ingress: false,
+            limited: None,
         }
     }
 
@@ -335,6 +348,40 @@ pub struct DirectoryFigures {
     dispatch_rss_mib: f64,
 }
 
+/// Scenario (h)'s rate-limit figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct LimitFigures {
+    /// Subscriptions limited.
+    limited: usize,
+    /// Their `rate_limit`, requests per second.
+    rate_limit: f64,
+    /// Per limited subscription, its worst 10 s window / `rate_limit × 10`: the highest.
+    worst_window_max: f64,
+    /// The same: the lowest.
+    worst_window_min: f64,
+    /// Per limited subscription, its mean rate (first to last delivery) / `rate_limit`: the
+    /// lowest.
+    mean_rate_min: f64,
+    /// Deliveries per second to the unlimited subscriptions, until their last.
+    unlimited_deliveries_per_s: f64,
+    /// The dispatcher's CPU µs per delivery.
+    dispatch_us_per_delivery: f64,
+}
+
+/// The most arrivals in any window of `window_us` starting at an arrival, of sorted `at`.
+fn worst_window(at: &[u64], window_us: u64) -> usize {
+    at.iter()
+        .enumerate()
+        .map(|(i, start)| {
+            at[i..]
+                .iter()
+                .take_while(|t| **t < start + window_us)
+                .count()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
 /// One measured run.
 #[derive(Debug, Clone, Serialize)]
 pub struct Row {
@@ -376,6 +423,8 @@ pub struct Row {
     retry_tier: Option<f64>,
     /// Scenario (k) only.
     directory: Option<DirectoryFigures>,
+    /// Scenario (h) only.
+    limits: Option<LimitFigures>,
     /// Deliveries per second over time.
     timeline: Timeline,
     /// Latency CDF, `(ms, fraction)`.
@@ -572,6 +621,28 @@ impl Bench {
                 row.ratio = Some(ratio(row.events_per_s, small));
                 self.rows.push(row);
             }
+        }
+        if o.wants("h") {
+            let load = Load::Closed(o.pick(o.limit_events, 5_000, 600));
+            let mut s = Spec::new("h", System::Relay, Driver::Amqp, 100, load);
+            s.limited = Some((20, o.limit_rate));
+            let mut row = self.run(s).await?;
+            // The limiter's cost: the dispatcher's CPU per delivery against (b)'s, when run.
+            let per_delivery = |r: &Row| {
+                #[allow(clippy::cast_precision_loss)]
+                r.cpu_us_per_event
+                    .get("dispatch")
+                    .map(|us| us / r.fanout as f64)
+            };
+            let b = self
+                .rows
+                .iter()
+                .find(|r| r.scenario == "b" && r.system == System::Relay);
+            row.ratio = b
+                .and_then(per_delivery)
+                .zip(per_delivery(&row))
+                .map(|(b, h)| ratio(h, b));
+            self.rows.push(row);
         }
         if o.wants("i") || o.wants("j") || o.wants("s") {
             self.contract_scenarios().await?;
@@ -781,7 +852,14 @@ impl Bench {
         }
         let prefix = if spec.slow { "/slowr" } else { "/r" };
         let mut subs: Vec<_> = (0..spec.fanout)
-            .map(|k| sub(format!("{prefix}{k}"), "bench.ok".into(), None))
+            .map(|k| match spec.limited {
+                Some((limited, rate)) if k < limited => {
+                    let (path, mut s) = sub(format!("/lim{k}"), "bench.ok".into(), None);
+                    s.extra = Some(serde_json::json!({"rate_limit": rate}));
+                    (path, s)
+                }
+                _ => sub(format!("{prefix}{k}"), "bench.ok".into(), None),
+            })
             .collect();
         if spec.ordered_beside {
             subs.push((
@@ -1030,10 +1108,14 @@ impl Bench {
             ratio: None,
             retry_tier: None,
             directory: None,
+            limits: None,
             timeline: Timeline::of(&recording.arrivals_us, started_us),
             cdf: stats::cdf(&recording.latencies_us),
             sent,
         };
+        if let Some((limited, rate)) = spec.limited {
+            row.limits = Some(limit_figures(&recording, &row, started, limited, rate));
+        }
         if let Some(relay) = &system.relay {
             row.retry_tier = Some(
                 relay
@@ -1166,7 +1248,7 @@ impl Bench {
         let targets = self.targets();
         let table = self.markdown_table();
         let cpu_table = self.cpu_table();
-        let k_table = self.directory_table();
+        let k_table = format!("{}{}", self.directory_table(), self.limits_table());
         println!("\n{table}\n{cpu_table}\n{k_table}\n{targets}");
 
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -1319,6 +1401,39 @@ impl Bench {
              ordered events/s vs unordered.",
             self.opts.sample
         );
+        t
+    }
+
+    /// Scenario (h)'s rate accuracy and cost; empty without it.
+    fn limits_table(&self) -> String {
+        let rows: Vec<(&Row, &LimitFigures)> = self
+            .rows
+            .iter()
+            .filter_map(|r| r.limits.as_ref().map(|l| (r, l)))
+            .collect();
+        if rows.is_empty() {
+            return String::new();
+        }
+        let mut t = String::from(
+            "\n| (h) limited | rate_limit | worst 10 s window / limit (max, min) | mean rate / limit (min) | deliveries/s (all) | to the unlimited | dispatch CPU µs/delivery | vs (b) |\n\
+             |---|---|---|---|---|---|---|---|\n",
+        );
+        for (r, l) in rows {
+            let _ = writeln!(
+                t,
+                "| {} | {} | {:.3}, {:.3} | {:.3} | {:.0} | {:.0} | {:.1} | {} |",
+                l.limited,
+                l.rate_limit,
+                l.worst_window_max,
+                l.worst_window_min,
+                l.mean_rate_min,
+                r.deliveries_per_s,
+                l.unlimited_deliveries_per_s,
+                l.dispatch_us_per_delivery,
+                r.ratio
+                    .map_or_else(|| "(b) not run".into(), |x| format!("{x:.2}×")),
+            );
+        }
         t
     }
 
@@ -1583,6 +1698,58 @@ impl Bench {
 /// consumer-api CPU µs per event in (a) over AMQP in the full run of 2026-11-29 (050050Z):
 /// the recorder path's cost the speed issue asks to halve.
 const RECORDER_US_BEFORE: f64 = 35.0;
+
+/// Scenario (h)'s figures from what the sink recorded.
+fn limit_figures(
+    recording: &sink::Recording,
+    row: &Row,
+    started: Instant,
+    limited: usize,
+    rate: f64,
+) -> LimitFigures {
+    let window_us = 10_000_000;
+    #[allow(clippy::cast_precision_loss)]
+    let per_window = rate * 10.0;
+    let (mut worst_max, mut worst_min, mut mean_min) = (0.0_f64, f64::MAX, f64::MAX);
+    for at in recording.limited_arrivals_us.values() {
+        let mut at = at.clone();
+        at.sort_unstable();
+        #[allow(clippy::cast_precision_loss)]
+        let worst = worst_window(&at, window_us) as f64 / per_window;
+        worst_max = worst_max.max(worst);
+        worst_min = worst_min.min(worst);
+        if let (Some(first), Some(last)) = (at.first(), at.last())
+            && last > first
+        {
+            #[allow(clippy::cast_precision_loss)]
+            let mean = (at.len() - 1) as f64 / ((last - first) as f64 / 1e6) / rate;
+            mean_min = mean_min.min(mean);
+        }
+    }
+    let unlimited = (row.fanout - limited) as u64 * (row.expected / row.fanout as u64);
+    let seconds = recording
+        .last_unlimited
+        .map_or(0.0, |t| t.saturating_duration_since(started).as_secs_f64());
+    #[allow(clippy::cast_precision_loss)]
+    let dispatch_us_per_delivery = row
+        .cpu_us_per_event
+        .get("dispatch")
+        .map_or(0.0, |us| us / row.fanout as f64);
+    LimitFigures {
+        limited,
+        rate_limit: rate,
+        worst_window_max: worst_max,
+        worst_window_min: if worst_min == f64::MAX {
+            0.0
+        } else {
+            worst_min
+        },
+        mean_rate_min: if mean_min == f64::MAX { 0.0 } else { mean_min },
+        #[allow(clippy::cast_precision_loss)]
+        unlimited_deliveries_per_s: per_second(unlimited as f64, seconds),
+        dispatch_us_per_delivery,
+    }
+}
 
 /// CPU µs per event by process group, and their total.
 fn cpu_per_event(procs: &[ProcStats], events: u64) -> BTreeMap<String, f64> {

@@ -3,7 +3,8 @@
 //! verifies the Standard Webhooks signature on a sample.
 //!
 //! Paths: `/fail…` answers 500 (the failing endpoint of scenario e); `/slow…` answers 200
-//! after [`SLOW`] (a realistic endpoint, scenario l); anything else 200 at once. Latency is
+//! after [`SLOW`] (a realistic endpoint, scenario l); anything else 200 at once. The arrivals
+//! at each `/lim…` path (a rate-limited subscription, scenario h) are also kept apart. Latency is
 //! read from `"sent_us":<unix µs>` in the body, stamped by the producer at send, and taken
 //! when the request arrives.
 
@@ -49,6 +50,10 @@ pub struct Recording {
     pub arrivals_us: Vec<u64>,
     /// When the latest 200 delivery arrived.
     pub last_ok: Option<Instant>,
+    /// Arrival of each first 200 delivery per `/lim…` path, in Unix microseconds.
+    pub limited_arrivals_us: HashMap<String, Vec<u64>>,
+    /// When the latest 200 delivery to any other path arrived.
+    pub last_unlimited: Option<Instant>,
 }
 
 #[derive(Debug, Default)]
@@ -59,6 +64,8 @@ struct Record {
     latencies_us: Vec<u64>,
     arrivals_us: Vec<u64>,
     last_ok: Option<Instant>,
+    limited_arrivals_us: HashMap<String, Vec<u64>>,
+    last_unlimited: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -138,6 +145,8 @@ impl Sink {
             latencies_us: record.latencies_us.clone(),
             arrivals_us: record.arrivals_us.clone(),
             last_ok: record.last_ok,
+            limited_arrivals_us: record.limited_arrivals_us.clone(),
+            last_unlimited: record.last_unlimited,
         }
     }
 
@@ -237,6 +246,16 @@ async fn handle(
         record.ok += 1;
         if record.seen.insert(key) {
             record.arrivals_us.push(arrived_us);
+            if path.starts_with("/lim") {
+                record
+                    .limited_arrivals_us
+                    .entry(path.to_owned())
+                    .or_default()
+                    .push(arrived_us);
+            }
+        }
+        if !path.starts_with("/lim") {
+            record.last_unlimited = Some(arrived);
         }
         if let Some(latency) = latency.filter(|_| path != ORDERED_BESIDE) {
             record.latencies_us.push(latency);

@@ -187,6 +187,10 @@ async fn three_dispatchers_keep_a_rate_limit_together_and_a_change_applies_withi
     publish(&relay, FIRST).await;
     // 20 s and more at 20 req/s (the limit allows 200 per window), then the limit goes to 40
     // for 22 s and more.
+    receiver.wait_for(BEFORE / 2, Duration::from_secs(180)).await;
+    // With a backlog, the API shows the limit holding deliveries back.
+    let status = status_becomes(&relay, &id, |s| s["state"] == "throttled").await;
+    assert_eq!(status["rate"], 20.0, "{status}");
     receiver.wait_for(BEFORE, Duration::from_secs(180)).await;
     let patch_sent = Instant::now();
     // A busy store may answer 503 (try again): the change counts from its 200.
@@ -288,7 +292,7 @@ async fn a_429_with_retry_after_slows_the_whole_subscription_down() {
     })
     .await;
     // No configured limit: the endpoint's 429s alone set the pace.
-    limited(&relay, &receiver, json!({})).await;
+    let id = limited(&relay, &receiver, json!({})).await;
     let started = Instant::now();
     publish(&relay, EVENTS).await;
 
@@ -354,6 +358,70 @@ async fn a_429_with_retry_after_slows_the_whole_subscription_down() {
         worst <= ENDPOINT_RATE * 11,
         "{worst} requests in a 10 s window after settling, at {ENDPOINT_RATE} req/s"
     );
+    // The slow-down outlives the backlog (for 20 s without requests): the API shows it.
+    let status = status_becomes(&relay, &id, |s| {
+        s["state"] == "throttled" || s["state"] == "backing_off"
+    })
+    .await;
+    eprintln!("status after the backlog: {status}");
+    relay.stop().await;
+}
+
+/// Waits (up to 30 s: three dispatcher heartbeats and more) until the API shows subscription
+/// `id` with a status that `ok` accepts, and returns it.
+async fn status_becomes(relay: &System, id: &str, ok: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let read = relay
+            .api(Method::GET, &format!("/v1/subscriptions/{id}"))
+            .send()
+            .await
+            .unwrap();
+        let status = if read.status() == 200 {
+            read.json::<Value>().await.unwrap()["status"].clone()
+        } else {
+            Value::Null
+        };
+        if ok(&status) {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "status stayed {status}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_api_shows_an_open_breaker_and_a_disabled_subscription() {
+    let relay = System::start_with(
+        Options::new(shared_amqp_url()).set("RELAY__DISPATCH__BREAKER_FAILURES", "2"),
+    )
+    .await;
+    let receiver = Receiver::start_with(Behaviour::Status(500)).await;
+    let id = limited(&relay, &receiver, json!({})).await;
+    let listed = |relay: &System| {
+        let request = relay.api(Method::GET, "/v1/subscriptions");
+        async move {
+            let list: Value = request.send().await.unwrap().json().await.unwrap();
+            list["data"][0]["status"].clone()
+        }
+    };
+    assert_eq!(listed(&relay).await, json!({"state": "active"}));
+    publish(&relay, 3).await;
+    status_becomes(&relay, &id, |s| *s == json!({"state": "breaker_open"})).await;
+    assert_eq!(listed(&relay).await, json!({"state": "breaker_open"}));
+    let disabled = relay
+        .api(Method::POST, &format!("/v1/subscriptions/{id}/disable"))
+        .json(&json!({"reason": "maintenance"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(disabled.status(), 200);
+    let disabled: Value = disabled.json().await.unwrap();
+    assert_eq!(
+        disabled["status"],
+        json!({"state": "disabled", "reason": "maintenance"})
+    );
+    status_becomes(&relay, &id, |s| s["state"] == "disabled").await;
     relay.stop().await;
 }
 
