@@ -604,7 +604,7 @@ mod tests {
         // A first request that hangs while another endpoint completes: a later delivery waits
         // the floor, then gives up.
         let _hung = iso.admit_to_cap("hung").await;
-        iso.note("other", Some(true), MS);
+        iso.note("other", Some(true), MS, Signal::Succeeded);
         let asked = Instant::now();
         assert!(matches!(iso.admit_to_cap("hung").await, Admission::Stalled));
         assert!(asked.elapsed() >= FLOOR, "gave up before the stall bound");
@@ -630,7 +630,7 @@ mod tests {
         );
         // The first request fails (say it timed out): the waiter gives up at its next check,
         // before any slot frees.
-        iso.note("cold", Some(false), MS);
+        iso.note("cold", Some(false), MS, Signal::Neutral);
         let answer = tokio::time::timeout(FLOOR * 4, waiter)
             .await
             .unwrap()
@@ -642,7 +642,7 @@ mod tests {
     #[tokio::test]
     async fn a_fast_endpoint_queues_more_than_three_caps() {
         let iso = isolation(1, 10, Duration::from_secs(1));
-        iso.note("fast", Some(true), MS);
+        iso.note("fast", Some(true), MS, Signal::Succeeded);
         let held = iso.admit_to_cap("fast").await;
         // Ten ahead at 1 ms each (more than three caps): an 11 ms wait.
         let waiters: Vec<_> = (0..10)
@@ -668,7 +668,7 @@ mod tests {
             // Each goes in turn as the one before it finishes.
             let answer = waiter.await.unwrap();
             assert!(matches!(answer, Admission::Go(_)), "{answer:?}");
-            iso.note("fast", Some(true), MS);
+            iso.note("fast", Some(true), MS, Signal::Succeeded);
         }
     }
 
