@@ -182,6 +182,10 @@ impl Meter {
     }
 
     /// Requests per second over the last one to two seconds; `None` with too few to tell.
+    /// Counted over a whole second at least: a burst of a fraction of a second (the first
+    /// requests, or the first after a pause) says how many got through, not that the endpoint
+    /// accepts that many per second, and extrapolating it slowed down to more than the
+    /// endpoint takes (refused again after the pause).
     fn rate(&self, now: Instant) -> Option<f64> {
         let sent = self.current + self.previous;
         if sent < 5 {
@@ -189,7 +193,7 @@ impl Meter {
         }
         let elapsed = now.saturating_duration_since(self.start).as_secs_f64();
         let seconds = if self.fresh {
-            elapsed.max(0.25)
+            elapsed.max(1.0)
         } else {
             1.0 + elapsed
         };
