@@ -60,6 +60,16 @@ impl Stalls {
             .sum()
     }
 
+    /// Like [`Stalls::within`], counting of each stall only what is beyond `absorbed`: for a
+    /// system that makes up for a wake-up that late by itself (a pacer's start tolerance).
+    pub fn within_beyond(&self, from: Instant, to: Instant, absorbed: Duration) -> Duration {
+        let late = lock(&self.late);
+        late.iter()
+            .filter(|(at, _)| *at >= from && *at <= to + PERIOD)
+            .map(|(_, lateness)| lateness.saturating_sub(absorbed))
+            .sum()
+    }
+
     /// Every stall so far, summed.
     pub fn total(&self) -> Duration {
         lock(&self.late).iter().map(|(_, lateness)| *lateness).sum()

@@ -6,8 +6,11 @@
 //! (the burst it documents is nil when `rate_limit × 10 s` is at least the number of
 //! dispatchers), and hold by construction: a request holds its window token from its start
 //! until 10 s after its answer, and reaches the receiver in between, however loaded the
-//! machine. The lower bounds (90 % of the limit) are measured over 20 s of backlog, at
-//! rates (20-40 req/s) a loaded two-core machine keeps up with.
+//! machine. The lower bounds (90 % of the limit over 20 s) hold by construction too: the test
+//! keeps the backlog at a few seconds of the limit (enough traffic for every dispatcher, and
+//! little to go round the retry tier), and takes off the time the test process could not run,
+//! which it measures (the pacer never catches up on a stall, so that a stall never becomes a
+//! burst).
 
 use std::{
     collections::HashSet,
@@ -18,6 +21,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use tests::{
     receiver::{Behaviour, Received, Receiver},
+    stalls::Stalls,
     system::{Options, System},
 };
 
@@ -173,43 +177,108 @@ fn arrivals(received: &[Received]) -> Vec<Instant> {
     at
 }
 
-#[tokio::test]
+/// Keeps the receiver's backlog at about `seconds` of `rate` (published, not yet received),
+/// publishing at most `total` events in all; returns how many are published. Called often, so
+/// the dispatchers always have work (the "enough traffic" of the lower bounds) while the part
+/// beyond their wait in memory, which goes round the first retry tier, stays small.
+async fn feed(
+    relay: &System,
+    receiver: &Receiver,
+    published: usize,
+    total: usize,
+    rate: f64,
+    seconds: f64,
+) -> usize {
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let target = (rate * seconds).ceil() as usize;
+    let backlog = published.saturating_sub(receiver.count());
+    let n = target.saturating_sub(backlog).min(total - published);
+    if n > 0 {
+        let events: Vec<Value> = (published..published + n)
+            .map(|i| json!({"type": "paced.tick", "data": {"i": i}}))
+            .collect();
+        for chunk in events.chunks(50) {
+            relay.publish_batch_ok(chunk).await;
+        }
+    }
+    published + n
+}
+
+/// Polls every dispatcher's effective-rate gauge for subscription `id` until all show
+/// `rate` (up to 30 s); returns when.
+async fn applied_everywhere(relay: &System, id: &str, rate: f64) -> Instant {
+    let metric = format!("relay_subscription_effective_rate{{subscription_id=\"{id}\"}}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for url in &relay.dispatcher_urls {
+        while relay.metric(url, &metric).await != Some(rate) {
+            assert!(Instant::now() < deadline, "{url} never applied {rate}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    Instant::now()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_dispatchers_keep_a_rate_limit_together_and_a_change_applies_within_2_s() {
-    // 700 at first; 900 more once the change is made, so that 20 s and more of backlog
-    // follow it however long the store takes to make it.
-    const FIRST: usize = 700;
-    const EVENTS: usize = 1600;
+    const EVENTS: usize = 1700;
     const BEFORE: usize = 420;
+    // The backlog kept, in seconds of the limit: more than the wait in memory (3 s).
+    const BACKLOG: f64 = 5.0;
     let relay = three_dispatchers().await;
     let receiver = Receiver::start().await;
     let id = limited(&relay, &receiver, json!({"rate_limit": 20})).await;
+    // A wake-up up to two intervals late costs a dispatcher nothing (its start tolerance);
+    // at 40 req/s over three dispatchers an interval is 75 ms.
+    const ABSORBED: Duration = Duration::from_millis(150);
+    let stalls = Stalls::start();
 
-    publish(&relay, FIRST).await;
-    // 20 s and more at 20 req/s (the limit allows 200 per window), then the limit goes to 40
-    // for 22 s and more.
-    receiver.wait_for(BEFORE / 2, Duration::from_secs(180)).await;
-    // With a backlog, the API shows the limit holding deliveries back.
-    let status = status_becomes(&relay, &id, |s| s["state"] == "throttled").await;
-    assert_eq!(status["rate"], 20.0, "{status}");
-    receiver.wait_for(BEFORE, Duration::from_secs(180)).await;
-    let patch_sent = Instant::now();
-    // A busy store may answer 503 (try again): the change counts from its 200.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let changed_at = loop {
-        let changed = relay
-            .api(Method::PATCH, &format!("/v1/subscriptions/{id}"))
-            .json(&json!({"rate_limit": 40}))
-            .send()
-            .await
-            .unwrap();
-        if changed.status() == 200 {
-            break Instant::now();
+    // 20 s and more at 20 req/s (the limit allows 200 per window)...
+    let mut published = 0;
+    let mut throttled = None;
+    while receiver.count() < BEFORE {
+        published = feed(&relay, &receiver, published, EVENTS, 20.0, BACKLOG).await;
+        // With a backlog, the API shows the limit holding deliveries back (within a few
+        // heartbeats: read once a round, so the backlog is kept up meanwhile).
+        if throttled.is_none() && receiver.count() >= BEFORE / 4 {
+            throttled = Some(status_of(&relay, &id).await).filter(|s| s["state"] == "throttled");
         }
-        assert_eq!(changed.status(), 503);
-        assert!(Instant::now() < deadline, "the change was refused for 30 s");
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = throttled.expect("the API never showed the subscription throttled");
+    assert_eq!(status["rate"], 20.0, "{status}");
+    // ...then the limit goes to 40, the backlog kept up meanwhile: a busy store may take
+    // long to answer, or answer 503 (try again); the change counts from its 200.
+    let patch_sent = Instant::now();
+    let change = tokio::spawn({
+        let patch = relay
+            .api(Method::PATCH, &format!("/v1/subscriptions/{id}"))
+            .json(&json!({"rate_limit": 40}));
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let changed = patch.try_clone().unwrap().send().await.unwrap();
+                if changed.status() == 200 {
+                    return Instant::now();
+                }
+                assert_eq!(changed.status(), 503);
+                assert!(Instant::now() < deadline, "the change was refused for 30 s");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    });
+    while !change.is_finished() {
+        published = feed(&relay, &receiver, published, EVENTS, 20.0, BACKLOG).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let changed_at = change.await.unwrap();
+    let applied = async { applied_everywhere(&relay, &id, 40.0).await };
+    let feeding = async {
+        while published < EVENTS {
+            published = feed(&relay, &receiver, published, EVENTS, 40.0, BACKLOG).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     };
-    publish(&relay, EVENTS - FIRST).await;
+    let (applied_at, ()) = tokio::join!(applied, feeding);
     let received = all_delivered(&receiver, EVENTS, Duration::from_secs(240)).await;
 
     let at = arrivals(&received);
@@ -218,12 +287,21 @@ async fn three_dispatchers_keep_a_rate_limit_together_and_a_change_applies_withi
     let before = worst_window(&at, |_, end| end <= patch_sent);
     let overall = worst_window(&at, |_, _| true);
     // Reached: 90 % of the limit over 20 s of backlog before the change, and over 20 s from
-    // 2 s after it (20 s: the receiver's clock is the test process's, which a loaded machine
-    // stalls for a second now and then, moving arrivals across a window's edge).
+    // 2 s after it, less the time the process could not run (the pacer does not catch up
+    // on a stall, so that it never turns into a burst). 20 s: the receiver's clock is the
+    // test process's, which moves arrivals across a window's edge when it stalls.
     let first = at[0];
     let early = count(&at, first, first + 2 * WINDOW);
+    let early_lost = stalls.within_beyond(first, first + 2 * WINDOW, ABSORBED);
     let from = changed_at + Duration::from_secs(2);
     let late = count(&at, from, from + 2 * WINDOW);
+    let late_lost = stalls.within_beyond(from, from + 2 * WINDOW, ABSORBED);
+    let floor = |rate: f64, lost: Duration| {
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let floor = (0.9 * rate * (2 * WINDOW).saturating_sub(lost).as_secs_f64()).floor() as usize;
+        floor
+    };
+    let (early_floor, late_floor) = (floor(20.0, early_lost), floor(40.0, late_lost));
     // Per second around the change, to tell a late change from a slow supply.
     let seconds: Vec<usize> = (0..16)
         .map(|i| {
@@ -233,9 +311,12 @@ async fn three_dispatchers_keep_a_rate_limit_together_and_a_change_applies_withi
         .collect();
     eprintln!(
         "worst 10 s window before the change: {before} (limit 200), overall {overall} (limit 400); \
-         first 20 s: {early} (limit 400); 20 s from 2 s after the change: {late} (limit 800); \
-         per second from 2 s before the change: {seconds:?}; the change took {:?}",
-        changed_at - patch_sent
+         first 20 s: {early} (limit 400, floor {early_floor}, the process stalled {early_lost:?}); \
+         20 s from 2 s after the change: {late} (limit 800, floor {late_floor}, stalled {late_lost:?}); \
+         per second from 2 s before the change: {seconds:?}; the change took {:?} to answer, \
+         every dispatcher showed it {:?} after its answer",
+        changed_at - patch_sent,
+        applied_at.saturating_duration_since(changed_at)
     );
     assert!(
         before <= 200,
@@ -249,10 +330,13 @@ async fn three_dispatchers_keep_a_rate_limit_together_and_a_change_applies_withi
         first + 2 * WINDOW <= patch_sent,
         "420 arrivals within 20 s at 20 req/s"
     );
-    assert!(early >= 360, "{early} in the first 20 s at 20 req/s");
     assert!(
-        late >= 720,
-        "{late} in 20 s at 40 req/s, from 2 s after the change"
+        early >= early_floor,
+        "{early} in the first 20 s at 20 req/s (floor {early_floor})"
+    );
+    assert!(
+        late >= late_floor,
+        "{late} in 20 s at 40 req/s, from 2 s after the change (floor {late_floor})"
     );
     held_back_never_failed(&relay).await;
     relay.stop().await;
@@ -281,7 +365,7 @@ async fn three_dispatchers_keep_a_max_in_flight_together() {
     relay.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_429_with_retry_after_slows_the_whole_subscription_down() {
     const EVENTS: usize = 400;
     const ENDPOINT_RATE: usize = 20;
@@ -367,21 +451,26 @@ async fn a_429_with_retry_after_slows_the_whole_subscription_down() {
     relay.stop().await;
 }
 
+/// Subscription `id`'s status as the API shows it (null when the read fails).
+async fn status_of(relay: &System, id: &str) -> Value {
+    let read = relay
+        .api(Method::GET, &format!("/v1/subscriptions/{id}"))
+        .send()
+        .await
+        .unwrap();
+    if read.status() == 200 {
+        read.json::<Value>().await.unwrap()["status"].clone()
+    } else {
+        Value::Null
+    }
+}
+
 /// Waits (up to 30 s: three dispatcher heartbeats and more) until the API shows subscription
 /// `id` with a status that `ok` accepts, and returns it.
 async fn status_becomes(relay: &System, id: &str, ok: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let read = relay
-            .api(Method::GET, &format!("/v1/subscriptions/{id}"))
-            .send()
-            .await
-            .unwrap();
-        let status = if read.status() == 200 {
-            read.json::<Value>().await.unwrap()["status"].clone()
-        } else {
-            Value::Null
-        };
+        let status = status_of(relay, id).await;
         if ok(&status) {
             return status;
         }
