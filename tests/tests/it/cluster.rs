@@ -101,7 +101,9 @@ async fn retry_tier_across_a_node_loss(survivor_urls: bool) {
     if survivor_urls {
         relay_urls.extend((0..3).filter(|&i| i != doomed).map(|i| urls[i].clone()));
     }
-    let receiver = Receiver::start_with(Behaviour::Status(503)).await;
+    // 500, not 503: a 503 also asks the subscription to slow down (README "Protecting
+    // endpoints"), which would defer first attempts with their own timing.
+    let receiver = Receiver::start_with(Behaviour::Status(500)).await;
     let relay = System::start_with(
         Options::new(urls[doomed].clone())
             .set("RELAY__AMQP__URLS", &relay_urls.join(","))
