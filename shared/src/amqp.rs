@@ -93,6 +93,11 @@ pub struct Outgoing {
     pub body: Vec<u8>,
     /// Its properties (persistence, ids, headers, expiry).
     pub properties: BasicProperties,
+    /// Published `mandatory`: a message no queue takes (its queue was deleted by hand, or
+    /// a binding is missing) comes back and the publish fails, instead of being confirmed and
+    /// dropped. Every message Relay must not lose is; a control notification, which no
+    /// process may be listening for, is not.
+    pub mandatory: bool,
 }
 
 /// Properties of a persistent JSON message.
@@ -148,7 +153,10 @@ pub async fn publish_confirmed(
             .basic_publish(
                 exchange.into(),
                 routing_key.into(),
-                BasicPublishOptions::default(),
+                BasicPublishOptions {
+                    mandatory: message.mandatory,
+                    ..BasicPublishOptions::default()
+                },
                 &message.body,
                 message.properties,
             )

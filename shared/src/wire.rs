@@ -124,6 +124,7 @@ impl Event {
         Outgoing {
             body: self.body.to_vec(),
             properties,
+            mandatory: true,
         }
     }
 
@@ -264,6 +265,7 @@ impl Handoff {
         Outgoing {
             body: self.event.body.to_vec(),
             properties,
+            mandatory: true,
         }
     }
 
@@ -324,6 +326,7 @@ impl Invalid {
                 .clone()
                 .with_headers(headers)
                 .with_delivery_mode(2),
+            mandatory: true,
         }
     }
 
@@ -349,6 +352,8 @@ impl ControlMessage {
             // A message of strings and integers always serialises.
             body: serde_json::to_vec(self).unwrap_or_default(),
             properties: amqp::persistent_json(),
+            // Fanned out to the processes running now; none may be.
+            mandatory: false,
         }
     }
 
@@ -368,6 +373,7 @@ impl AttemptRecord {
             // Records of strings and numbers always serialise.
             body: serde_json::to_vec(records).unwrap_or_default(),
             properties: amqp::persistent_json(),
+            mandatory: true,
         }
     }
 
