@@ -248,16 +248,22 @@ impl PrivateCluster {
         self.index_of(&info.leader)
     }
 
-    /// Waits until `queue` has a leader on a running node; returns that node's index.
+    /// Waits until `queue` is listed with a leader on a running node; returns that node's index.
     ///
     /// # Panics
     /// When none is elected within a minute.
     pub async fn wait_for_leader(&self, queue: &str) -> usize {
         let deadline = Instant::now() + ELECTION_TIMEOUT;
         loop {
-            let info = self.queue(queue).await;
-            // Right after a kill the record may still name the dead leader.
-            if let Some(i) = self.nodes.iter().position(|n| n.node() == info.leader)
+            // Right after a kill the queue may be missing from the listing (its leader was on
+            // the lost node) or its record may still name the dead leader.
+            let info = self
+                .queues(queue)
+                .await
+                .into_iter()
+                .find(|q| q.name == queue);
+            if let Some(info) = &info
+                && let Some(i) = self.nodes.iter().position(|n| n.node() == info.leader)
                 && self.nodes[i].is_running()
             {
                 return i;
