@@ -53,11 +53,7 @@ impl Stalls {
     /// The lateness of the wake-ups from `from` to `to`, summed: how long the process was
     /// stalled in that window (a stall is counted in the window where it ends).
     pub fn within(&self, from: Instant, to: Instant) -> Duration {
-        let late = lock(&self.late);
-        late.iter()
-            .filter(|(at, _)| *at >= from && *at <= to + PERIOD)
-            .map(|(_, lateness)| *lateness)
-            .sum()
+        self.within_beyond(from, to, Duration::ZERO)
     }
 
     /// Like [`Stalls::within`], counting of each stall only what is beyond `absorbed`: for a
