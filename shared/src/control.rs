@@ -65,6 +65,10 @@ pub enum ControlMessage {
         /// `Retry-After`: nothing is sent to it before this time (Unix milliseconds).
         #[serde(default)]
         paused_until_ms: Option<i64>,
+        /// The slow-down episode's recovery step, thousandths of a request per second added
+        /// per second of successes (absent: from an older dispatcher, or only paused).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        step_millis: Option<u64>,
     },
 }
 

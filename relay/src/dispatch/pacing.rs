@@ -510,6 +510,7 @@ impl Pacing {
                         subscription_id: subscription_id.to_owned(),
                         rate_millis: rate.map(millis),
                         paused_until_ms: until.map(|u| unix_ms_in(u.duration_since(now))),
+                        step_millis: throttle.step().map(millis),
                     };
                     // Telling the others is best effort: each learns on its own anyway.
                     let _ = self.outbox.try_send(told);
@@ -547,11 +548,14 @@ impl Pacing {
                 subscription_id,
                 rate_millis,
                 paused_until_ms,
+                step_millis,
             } => {
                 let now = Instant::now();
                 let until = paused_until_ms.map(|ms| now + unix_ms_until(ms));
                 #[allow(clippy::cast_precision_loss)]
-                let rate = rate_millis.map(|millis| millis as f64 / 1000.0);
+                let per_second = |millis: &u64| *millis as f64 / 1000.0;
+                let rate = rate_millis.as_ref().map(per_second);
+                let step = step_millis.as_ref().map(per_second);
                 let mut throttles = self.throttles();
                 let new = !throttles.contains_key(subscription_id);
                 if new {
@@ -562,7 +566,7 @@ impl Pacing {
                     throttles.insert(subscription_id.clone(), Throttle::new(None, now));
                 }
                 if let Some(throttle) = throttles.get_mut(subscription_id) {
-                    throttle.slowed_elsewhere(now, rate, until);
+                    throttle.slowed_elsewhere(now, rate, until, step);
                 }
                 if new {
                     self.publish(&throttles);
@@ -899,6 +903,7 @@ mod tests {
             subscription_id: "v".into(),
             rate_millis: Some(5_000),
             paused_until_ms: None,
+            step_millis: Some(250),
         });
         assert!(p.unlimited.load().contains("v"));
         assert_eq!(p.reserve("v", &free).await, Paced::Go);
@@ -921,6 +926,7 @@ mod tests {
             subscription_id: "s".into(),
             rate_millis: None,
             paused_until_ms: Some(unix_ms_in(Duration::from_secs(1))),
+            step_millis: None,
         });
         assert_eq!(waiter.await.unwrap(), Paced::Go);
         assert!(

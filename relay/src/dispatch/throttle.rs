@@ -18,9 +18,19 @@
 //! - **Slow-down**: a 429 or 503 lowers the effective rate to `DECREASE ×` the lower of the
 //!   current rate and the rate the endpoint accepted over the last second or two (a
 //!   subscription without a limit slows down from what really got through); at most once per [`HOLDOFF`] (or per pause),
-//!   so a burst of refusals counts as one signal. Successes then add back [`RECOVERY`] × the
-//!   decreased rate per second (from half the rate back to all of it in 20 s); back at the
-//!   configured rate the subscription is no longer slowed. Without a configured limit the
+//!   so a burst of refusals counts as one signal. Successes then add back a constant step per
+//!   second: [`RECOVERY`] × the rate of the *episode's first* decrease. An episode runs from a
+//!   decrease while not slowed until the subscription is no longer slowed; further decreases
+//!   within it (an endpoint refusing for a while, or again during recovery) lower the rate but
+//!   keep its step. So one decrease recovers from half the rate back to all of it in 20 s, and
+//!   from any depth the rate is back where the episode began (the rate it halved) within
+//!   `1 / (RECOVERY × DECREASE)` = 40 s of successes at the slowed pace (plus a `Retry-After`
+//!   pause, during which nothing is sent). A step in proportion to the decreased rate would
+//!   shrink with every decrease (from the floor, minutes). The cost: an endpoint that takes far
+//!   less than where the episode began is probed as fast, so it refuses again sooner (taking
+//!   `c` req/s after an episode that began at `b`, about every `20 × c / b` seconds, at most
+//!   once per [`HOLDOFF`]). Back at the configured rate the subscription is no longer slowed.
+//!   Without a configured limit the
 //!   probing goes on past the rate before the decrease until the traffic stays under half the
 //!   slowed rate: going back to unlimited with a backlog would send all of it at once.
 //! - **A changed rate** (limit changed, slow-down, recovery) rescales the requests already
@@ -40,7 +50,8 @@ pub const WINDOW: Duration = Duration::from_secs(10);
 
 /// The effective rate after a slow-down is this fraction of the rate before it.
 pub const DECREASE: f64 = 0.5;
-/// Recovery: each second of successes adds this fraction of the decreased rate.
+/// Recovery: each second of successes adds this fraction of the rate of the slow-down
+/// episode's first decrease.
 pub const RECOVERY: f64 = 0.05;
 /// The lowest effective rate a slow-down goes to, requests per second.
 pub const FLOOR: f64 = 0.1;
@@ -99,9 +110,10 @@ pub struct Throttle {
 #[derive(Debug, Clone, Copy)]
 struct Slowed {
     rate: f64,
-    /// The rate before the decrease: what recovery goes back to when unlimited.
+    /// The rate before the episode's first decrease: what recovery goes back to when
+    /// unlimited.
     before: f64,
-    /// Recovery per second of successes.
+    /// Recovery per second of successes, the same for the whole episode.
     step: f64,
     at: Instant,
 }
@@ -185,14 +197,17 @@ impl Meter {
     /// Counted over a whole second at least: a burst of a fraction of a second (the first
     /// requests, or the first after a pause) says how many got through, not that the endpoint
     /// accepts that many per second, and extrapolating it slowed down to more than the
-    /// endpoint takes (refused again after the pause).
+    /// endpoint takes (refused again after the pause). Counts older than that are not
+    /// averaged in: after a lull, they would make the rate look like a fraction of it.
     fn rate(&self, now: Instant) -> Option<f64> {
-        let sent = self.current + self.previous;
+        let mut recent = *self;
+        recent.roll(now);
+        let sent = recent.current + recent.previous;
         if sent < 5 {
             return None;
         }
-        let elapsed = now.saturating_duration_since(self.start).as_secs_f64();
-        let seconds = if self.fresh {
+        let elapsed = now.saturating_duration_since(recent.start).as_secs_f64();
+        let seconds = if recent.fresh {
             elapsed.max(1.0)
         } else {
             1.0 + elapsed
@@ -400,30 +415,54 @@ impl Throttle {
         };
         let old = self.rate();
         let rate = (before * DECREASE).max(FLOOR);
+        // Still slowed: the same episode, whose start and step hold (a step taken from each
+        // decreased rate would shrink with every decrease).
+        let (before, step) = self
+            .slowed
+            .map_or((before, RECOVERY * rate), |episode| {
+                (episode.before, episode.step)
+            });
         self.slowed = Some(Slowed {
             rate,
             before,
-            step: RECOVERY * rate,
+            step,
             at: now,
         });
         self.rescale(old, now);
         Some((Some(rate), self.paused_until.filter(|p| *p > now)))
     }
 
-    /// Another dispatcher slowed the subscription to `rate` (pausing it until `until`).
-    pub fn slowed_elsewhere(&mut self, now: Instant, rate: Option<f64>, until: Option<Instant>) {
+    /// The recovery step of the slow-down episode under way, requests per second per second
+    /// (for the other dispatchers, so that every copy recovers at the same pace).
+    pub fn step(&self) -> Option<f64> {
+        self.slowed.map(|slowed| slowed.step)
+    }
+
+    /// Another dispatcher slowed the subscription to `rate` (pausing it until `until`), its
+    /// episode recovering by `step` (absent from an older dispatcher: this one's episode's,
+    /// or a new episode's from `rate`).
+    pub fn slowed_elsewhere(
+        &mut self,
+        now: Instant,
+        rate: Option<f64>,
+        until: Option<Instant>,
+        step: Option<f64>,
+    ) {
         self.pause(until);
         let Some(rate) = rate else {
             return;
         };
         let old = self.rate();
         if old.is_none_or(|current| rate < current) {
-            let before = old.unwrap_or(rate / DECREASE);
             let rate = rate.max(FLOOR);
+            let (before, own_step) = self.slowed.map_or_else(
+                || (old.unwrap_or(rate / DECREASE), RECOVERY * rate),
+                |episode| (episode.before, episode.step),
+            );
             self.slowed = Some(Slowed {
                 rate,
                 before: before.max(rate),
-                step: RECOVERY * rate,
+                step: step.unwrap_or(own_step),
                 at: now,
             });
             self.rescale(old, now);
@@ -667,6 +706,136 @@ mod tests {
         assert_eq!(t.pace(t0 + ms(20_000)), Pace::Active);
     }
 
+    /// Successes at the pace in force from `from` on a dispatcher taking `share` (each one
+    /// interval of that dispatcher's part of the rate after the last), until the rate is
+    /// `target` or more; returns how long they took.
+    fn recover(t: &mut Throttle, from: Instant, share: f64, target: f64) -> f64 {
+        let mut seconds = 0.0;
+        while let Some(rate) = t.rate().filter(|rate| *rate < target) {
+            seconds += 1.0 / (rate * share);
+            t.succeeded(from + Duration::from_secs_f64(seconds), share);
+            assert!(seconds < 3600.0, "stuck at {rate}");
+        }
+        seconds
+    }
+
+    /// `n` decreases, each 1.5 s (more than the holdoff) after the last, from `t0`, on a
+    /// dispatcher taking `share`; returns when the last was.
+    fn refused(t: &mut Throttle, t0: Instant, share: f64, n: u32) -> Instant {
+        let mut at = t0;
+        for i in 0..n {
+            at = t0 + ms(1500) * i;
+            assert!(t.slow_down(at, share, None).is_some(), "decrease {i} ignored");
+        }
+        at
+    }
+
+    /// From any depth, back where the episode began within 40 s of successes.
+    const BOUND: f64 = 1.0 / (RECOVERY * DECREASE);
+
+    #[test]
+    fn a_deep_decrease_recovers_within_the_bound() {
+        // (configured, decreases, share, rate at the bottom, seconds back to the configured).
+        let table = [
+            (40.0, 4, 1.0, 2.5, 37.5),
+            (40.0, 4, 1.0 / 3.0, 2.5, 37.5),
+            (50.0, 4, 1.0, 3.125, 37.5),
+            (1000.0, 4, 0.5, 62.5, 37.5),
+            // Down to the floor: 50 / 2^12 is below 0.1 req/s.
+            (50.0, 12, 1.0, FLOOR, 39.92),
+        ];
+        for (configured, n, share, bottom, expected) in table {
+            let t0 = Instant::now();
+            let mut t = Throttle::new(Some(configured), t0);
+            let last = refused(&mut t, t0, share, n);
+            assert_eq!(t.rate(), Some(bottom), "{configured} after {n}");
+            // The step of the first decrease, to the configured rate's half.
+            assert_eq!(t.step(), Some(RECOVERY * configured * DECREASE));
+            let took = recover(&mut t, last, share, configured);
+            assert!(
+                took <= BOUND && (took - expected).abs() < 0.1,
+                "{configured} after {n} decreases at a share of {share}: back in {took} s"
+            );
+            assert_eq!(t.pace(last + Duration::from_secs(41)), Pace::Active);
+        }
+    }
+
+    #[test]
+    fn one_decrease_recovers_from_half_to_all_in_20_s() {
+        for (configured, share) in [(40.0, 1.0), (50.0, 1.0 / 3.0), (0.2, 1.0), (10_000.0, 0.5)] {
+            let t0 = Instant::now();
+            let mut t = Throttle::new(Some(configured), t0);
+            refused(&mut t, t0, share, 1);
+            assert_eq!(t.rate(), Some(configured * DECREASE));
+            assert_eq!(t.step(), Some(RECOVERY * configured * DECREASE));
+            let took = recover(&mut t, t0, share, configured);
+            // Within one interval at the slowed pace (the last success crosses the limit).
+            let interval = 1.0 / (configured * DECREASE * share);
+            assert!(
+                took >= 20.0 - 1e-6 && took < 20.0 + interval,
+                "{configured} at a share of {share}: back in {took} s"
+            );
+            assert_eq!(t.step(), None, "still slowed at {configured}");
+        }
+    }
+
+    #[test]
+    fn a_decrease_during_recovery_keeps_the_episodes_step() {
+        let t0 = Instant::now();
+        let mut t = Throttle::new(Some(40.0), t0);
+        refused(&mut t, t0, 1.0, 1);
+        // 10 s of successes at 1 req/s per second: 20 → 30.
+        let half_way = recover(&mut t, t0, 1.0, 30.0);
+        assert!((10.0..10.1).contains(&half_way), "{half_way}");
+        // Refused again: half of 30 or of what got through over the last second or two.
+        let again = t0 + Duration::from_secs_f64(half_way);
+        let (rate, _) = t.slow_down(again, 1.0, None).unwrap();
+        let rate = rate.unwrap();
+        assert!((14.0..=15.0).contains(&rate), "{rate}");
+        // The episode's step (1 req/s per second), not 5 % of the decreased rate: about 25 s
+        // back to 40, not 34 s.
+        assert_eq!(t.step(), Some(1.0));
+        let took = recover(&mut t, again, 1.0, 40.0);
+        assert!((took - (40.0 - rate)).abs() < 0.1, "{took}");
+        assert_eq!(t.pace(again + Duration::from_secs(26)), Pace::Active);
+        // Over: the next decrease starts an episode with its own step (a lower limit since).
+        let later = again + Duration::from_secs(60);
+        t.configure(Some(20.0), later);
+        refused(&mut t, later, 1.0, 1);
+        assert_eq!((t.rate(), t.step()), (Some(10.0), Some(0.5)));
+    }
+
+    #[test]
+    fn every_dispatchers_copy_recovers_at_the_same_pace() {
+        // (the message carries the step, the other dispatcher was slowed from the first
+        // decrease): told every step; an older dispatcher's message without it, after the
+        // episode's first; a dispatcher that missed the first messages (it joined later).
+        for (with_step, first_told) in [(true, 0), (false, 0), (true, 3)] {
+            let t0 = Instant::now();
+            let (mut here, mut there) = (
+                Throttle::new(Some(40.0), t0),
+                Throttle::new(Some(40.0), t0),
+            );
+            let mut last = t0;
+            for i in 0..4 {
+                last = t0 + ms(1500) * i;
+                let (rate, until) = here.slow_down(last, 0.5, None).unwrap();
+                if i >= first_told {
+                    let step = here.step().filter(|_| with_step);
+                    there.slowed_elsewhere(last, rate, until, step);
+                }
+            }
+            assert_eq!(there.rate(), here.rate());
+            let took_here = recover(&mut here, last, 0.5, 40.0);
+            let took_there = recover(&mut there, last, 0.5, 40.0);
+            assert!(
+                (took_here - took_there).abs() < 0.1 && took_there <= BOUND,
+                "told the step: {with_step}, from decrease {first_told}: here {took_here} s, \
+                 there {took_there} s"
+            );
+        }
+    }
+
     #[test]
     fn an_unlimited_subscription_slows_down_from_what_it_really_sent() {
         let t0 = Instant::now();
@@ -717,6 +886,19 @@ mod tests {
             t.succeeded(at + ms(i * 1000), 1.0);
         }
         assert_eq!(t.rate(), None);
+    }
+
+    #[test]
+    fn a_refusal_after_a_lull_slows_down_from_the_limit_not_from_an_average_over_the_lull() {
+        let t0 = Instant::now();
+        let mut t = Throttle::new(Some(40.0), t0);
+        // 40 req/s for 2 s, then nothing for a minute, then a 429 first.
+        for i in 0..80 {
+            t.succeeded(t0 + ms(i * 25), 1.0);
+        }
+        let after = t0 + Duration::from_secs(62);
+        assert_eq!(t.slow_down(after, 1.0, None).unwrap().0, Some(20.0));
+        assert_eq!(t.step(), Some(1.0));
     }
 
     #[test]
@@ -801,11 +983,11 @@ mod tests {
     fn another_dispatchers_signal_is_applied_once() {
         let t0 = Instant::now();
         let mut t = Throttle::new(Some(50.0), t0);
-        t.slowed_elsewhere(t0, Some(25.0), Some(t0 + ms(1000)));
+        t.slowed_elsewhere(t0, Some(25.0), Some(t0 + ms(1000)), None);
         assert_eq!(t.rate(), Some(25.0));
         assert_eq!(t.pace(t0), Pace::BackingOff(t0 + ms(1000)));
         // A stale or higher rate does not raise it.
-        t.slowed_elsewhere(t0, Some(40.0), None);
+        t.slowed_elsewhere(t0, Some(40.0), None, None);
         assert_eq!(t.rate(), Some(25.0));
         // Raising the configured limit above the slowed rate keeps the slow-down; lowering it
         // below ends it.
