@@ -417,11 +417,9 @@ impl Throttle {
         let rate = (before * DECREASE).max(FLOOR);
         // Still slowed: the same episode, whose start and step hold (a step taken from each
         // decreased rate would shrink with every decrease).
-        let (before, step) = self
-            .slowed
-            .map_or((before, RECOVERY * rate), |episode| {
-                (episode.before, episode.step)
-            });
+        let (before, step) = self.slowed.map_or((before, RECOVERY * rate), |episode| {
+            (episode.before, episode.step)
+        });
         self.slowed = Some(Slowed {
             rate,
             before,
@@ -725,7 +723,10 @@ mod tests {
         let mut at = t0;
         for i in 0..n {
             at = t0 + ms(1500) * i;
-            assert!(t.slow_down(at, share, None).is_some(), "decrease {i} ignored");
+            assert!(
+                t.slow_down(at, share, None).is_some(),
+                "decrease {i} ignored"
+            );
         }
         at
     }
@@ -812,10 +813,8 @@ mod tests {
         // episode's first; a dispatcher that missed the first messages (it joined later).
         for (with_step, first_told) in [(true, 0), (false, 0), (true, 3)] {
             let t0 = Instant::now();
-            let (mut here, mut there) = (
-                Throttle::new(Some(40.0), t0),
-                Throttle::new(Some(40.0), t0),
-            );
+            let (mut here, mut there) =
+                (Throttle::new(Some(40.0), t0), Throttle::new(Some(40.0), t0));
             let mut last = t0;
             for i in 0..4 {
                 last = t0 + ms(1500) * i;

@@ -6,11 +6,11 @@
 //! (the burst it documents is nil when `rate_limit × 10 s` is at least the number of
 //! dispatchers), and hold by construction: a request holds its window token from its start
 //! until 10 s after its answer, and reaches the receiver in between, however loaded the
-//! machine. The lower bounds (90 % of the limit over 20 s) hold by construction too: the test
-//! keeps the backlog at a few seconds of the limit (enough traffic for every dispatcher, and
-//! little to go round the retry tier), and takes off the time the test process could not run,
-//! which it measures (the pacer never catches up on a stall, so that a stall never becomes a
-//! burst).
+//! machine. The lower bounds (5,000 requests at 50 req/s within 110 s, 90 % of a raised limit
+//! over 20 s) hold by construction too: the test keeps the backlog at a few seconds of the
+//! limit (enough traffic for every dispatcher, and little to go round the retry tier), and
+//! adds the time the test process could not run, which it measures (the pacer never catches
+//! up on a stall, so that a stall never becomes a burst).
 
 use std::{
     collections::HashSet,
@@ -218,41 +218,49 @@ async fn applied_everywhere(relay: &System, id: &str, rate: f64) -> Instant {
     Instant::now()
 }
 
+/// The issue's sizes: 5,000 requests at 50 req/s over three dispatchers take 100 s (±10 %),
+/// no 10 s window over 500 (the promise; the issue asks for 550); then the limit goes to 100
+/// via the API mid-run and applies within 2 s, no window over 1,000.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_dispatchers_keep_a_rate_limit_together_and_a_change_applies_within_2_s() {
-    const EVENTS: usize = 1700;
-    const BEFORE: usize = 420;
+async fn three_dispatchers_keep_50_req_s_for_5000_events_and_a_change_to_100_applies_within_2_s() {
+    const LIMIT: f64 = 50.0;
+    const RAISED: f64 = 100.0;
+    /// Timed at `LIMIT`: 100 s of it.
+    const TIMED: usize = 5_000;
+    /// In all: the timed ones, then enough for 2 s and 20 s at `RAISED` with a backlog.
+    const EVENTS: usize = 8_000;
     // The backlog kept, in seconds of the limit: more than the wait in memory (3 s).
     const BACKLOG: f64 = 5.0;
+    // A wake-up up to two intervals late costs a dispatcher nothing (its start tolerance): at
+    // 50 req/s over three dispatchers an interval is 60 ms, at 100 req/s 30 ms.
+    const ABSORBED: Duration = Duration::from_millis(120);
+    const ABSORBED_RAISED: Duration = Duration::from_millis(60);
     let relay = three_dispatchers().await;
     let receiver = Receiver::start().await;
-    let id = limited(&relay, &receiver, json!({"rate_limit": 20})).await;
-    // A wake-up up to two intervals late costs a dispatcher nothing (its start tolerance);
-    // at 40 req/s over three dispatchers an interval is 75 ms.
-    const ABSORBED: Duration = Duration::from_millis(150);
+    let id = limited(&relay, &receiver, json!({"rate_limit": LIMIT})).await;
     let stalls = Stalls::start();
 
-    // 20 s and more at 20 req/s (the limit allows 200 per window)...
+    // 5,000 requests at 50 req/s (the limit allows 500 per window)...
     let mut published = 0;
     let mut throttled = None;
-    while receiver.count() < BEFORE {
-        published = feed(&relay, &receiver, published, EVENTS, 20.0, BACKLOG).await;
+    while receiver.count() < TIMED {
+        published = feed(&relay, &receiver, published, EVENTS, LIMIT, BACKLOG).await;
         // With a backlog, the API shows the limit holding deliveries back (within a few
         // heartbeats: read once a round, so the backlog is kept up meanwhile).
-        if throttled.is_none() && receiver.count() >= BEFORE / 4 {
+        if throttled.is_none() && receiver.count() >= TIMED / 10 {
             throttled = Some(status_of(&relay, &id).await).filter(|s| s["state"] == "throttled");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let status = throttled.expect("the API never showed the subscription throttled");
-    assert_eq!(status["rate"], 20.0, "{status}");
-    // ...then the limit goes to 40, the backlog kept up meanwhile: a busy store may take
+    assert_eq!(status["rate"], LIMIT, "{status}");
+    // ...then the limit goes to 100, the backlog kept up meanwhile: a busy store may take
     // long to answer, or answer 503 (try again); the change counts from its 200.
     let patch_sent = Instant::now();
     let change = tokio::spawn({
         let patch = relay
             .api(Method::PATCH, &format!("/v1/subscriptions/{id}"))
-            .json(&json!({"rate_limit": 40}));
+            .json(&json!({"rate_limit": RAISED}));
         async move {
             let deadline = Instant::now() + Duration::from_secs(30);
             loop {
@@ -267,14 +275,14 @@ async fn three_dispatchers_keep_a_rate_limit_together_and_a_change_applies_withi
         }
     });
     while !change.is_finished() {
-        published = feed(&relay, &receiver, published, EVENTS, 20.0, BACKLOG).await;
+        published = feed(&relay, &receiver, published, EVENTS, LIMIT, BACKLOG).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let changed_at = change.await.unwrap();
-    let applied = async { applied_everywhere(&relay, &id, 40.0).await };
+    let applied = async { applied_everywhere(&relay, &id, RAISED).await };
     let feeding = async {
         while published < EVENTS {
-            published = feed(&relay, &receiver, published, EVENTS, 40.0, BACKLOG).await;
+            published = feed(&relay, &receiver, published, EVENTS, RAISED, BACKLOG).await;
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     };
@@ -282,26 +290,26 @@ async fn three_dispatchers_keep_a_rate_limit_together_and_a_change_applies_withi
     let received = all_delivered(&receiver, EVENTS, Duration::from_secs(240)).await;
 
     let at = arrivals(&received);
-    // The promise: windows that end before the change was asked for see at most 20 × 10,
-    // every window at most 40 × 10.
+    // The promise: windows that end before the change was asked for see at most 50 × 10,
+    // every window at most 100 × 10.
     let before = worst_window(&at, |_, end| end <= patch_sent);
     let overall = worst_window(&at, |_, _| true);
-    // Reached: 90 % of the limit over 20 s of backlog before the change, and over 20 s from
-    // 2 s after it, less the time the process could not run (the pacer does not catch up
-    // on a stall, so that it never turns into a burst). 20 s: the receiver's clock is the
-    // test process's, which moves arrivals across a window's edge when it stalls.
+    // Reached: the 5,000 took 100 s (the windows make it at least that), and at most 110 s
+    // plus the time the process could not run (the pacer does not catch up on a stall, so
+    // that it never turns into a burst); 90 % of the new limit over 20 s from 2 s after the
+    // change's answer, likewise. 20 s: the receiver's clock is the test process's, which moves
+    // arrivals across a window's edge when it stalls.
     let first = at[0];
-    let early = count(&at, first, first + 2 * WINDOW);
-    let early_lost = stalls.within_beyond(first, first + 2 * WINDOW, ABSORBED);
+    let timed_end = at[TIMED - 1];
+    let took = timed_end - first;
+    let timed_lost = stalls.within_beyond(first, timed_end, ABSORBED);
+    let took_at_most = Duration::from_secs(110) + timed_lost;
     let from = changed_at + Duration::from_secs(2);
     let late = count(&at, from, from + 2 * WINDOW);
-    let late_lost = stalls.within_beyond(from, from + 2 * WINDOW, ABSORBED);
-    let floor = |rate: f64, lost: Duration| {
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-        let floor = (0.9 * rate * (2 * WINDOW).saturating_sub(lost).as_secs_f64()).floor() as usize;
-        floor
-    };
-    let (early_floor, late_floor) = (floor(20.0, early_lost), floor(40.0, late_lost));
+    let late_lost = stalls.within_beyond(from, from + 2 * WINDOW, ABSORBED_RAISED);
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let late_floor =
+        (0.9 * RAISED * (2 * WINDOW).saturating_sub(late_lost).as_secs_f64()).floor() as usize;
     // Per second around the change, to tell a late change from a slow supply.
     let seconds: Vec<usize> = (0..16)
         .map(|i| {
@@ -310,33 +318,33 @@ async fn three_dispatchers_keep_a_rate_limit_together_and_a_change_applies_withi
         })
         .collect();
     eprintln!(
-        "worst 10 s window before the change: {before} (limit 200), overall {overall} (limit 400); \
-         first 20 s: {early} (limit 400, floor {early_floor}, the process stalled {early_lost:?}); \
-         20 s from 2 s after the change: {late} (limit 800, floor {late_floor}, stalled {late_lost:?}); \
+        "the first {TIMED} at {LIMIT} req/s took {took:?} (100 s ± 10 %, at most {took_at_most:?} \
+         with the process's stalls, {timed_lost:?}); worst 10 s window before the change: \
+         {before} (limit 500, the issue's bound 550), overall {overall} (limit 1000); 20 s from \
+         2 s after the change: {late} (limit 2000, floor {late_floor}, stalled {late_lost:?}); \
          per second from 2 s before the change: {seconds:?}; the change took {:?} to answer, \
-         every dispatcher showed it {:?} after its answer",
+         every dispatcher showed it {:?} after its answer; the process stalled {:?} in all, \
+         {:?} at most at once",
         changed_at - patch_sent,
-        applied_at.saturating_duration_since(changed_at)
+        applied_at.saturating_duration_since(changed_at),
+        stalls.total(),
+        stalls.longest()
     );
     assert!(
-        before <= 200,
-        "{before} requests in a 10 s window at 20 req/s"
+        before <= 500,
+        "{before} requests in a 10 s window at {LIMIT} req/s"
     );
     assert!(
-        overall <= 400,
-        "{overall} requests in a 10 s window at 40 req/s"
+        overall <= 1000,
+        "{overall} requests in a 10 s window at {RAISED} req/s"
     );
     assert!(
-        first + 2 * WINDOW <= patch_sent,
-        "420 arrivals within 20 s at 20 req/s"
-    );
-    assert!(
-        early >= early_floor,
-        "{early} in the first 20 s at 20 req/s (floor {early_floor})"
+        took >= Duration::from_secs(90) && took <= took_at_most,
+        "{TIMED} requests at {LIMIT} req/s took {took:?} (at most {took_at_most:?})"
     );
     assert!(
         late >= late_floor,
-        "{late} in 20 s at 40 req/s, from 2 s after the change (floor {late_floor})"
+        "{late} in 20 s at {RAISED} req/s, from 2 s after the change (floor {late_floor})"
     );
     held_back_never_failed(&relay).await;
     relay.stop().await;
