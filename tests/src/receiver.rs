@@ -212,6 +212,41 @@ impl Receiver {
         let _ = tokio::time::timeout(timeout, count.wait_for(|c| *c >= n)).await;
         self.received()
     }
+
+    /// Waits until every id in `expected` arrived (as `webhook-id`) or `timeout` passes;
+    /// returns the distinct ids seen and the number of requests. Counting requests is not
+    /// enough where a redelivery is allowed: a duplicate can make up the count while an
+    /// event is still on its way.
+    pub async fn wait_for_ids(
+        &self,
+        expected: &[String],
+        timeout: Duration,
+    ) -> (HashSet<String>, usize) {
+        let mut count = self.count.clone();
+        let all_seen = async {
+            loop {
+                let received = self.received();
+                let seen: HashSet<String> = received
+                    .iter()
+                    .filter_map(|r| r.header("webhook-id").map(str::to_owned))
+                    .collect();
+                if expected.iter().all(|id| seen.contains(id)) {
+                    return;
+                }
+                // Wakes at the next arrival.
+                if count.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(timeout, all_seen).await;
+        let received = self.received();
+        let seen = received
+            .iter()
+            .filter_map(|r| r.header("webhook-id").map(str::to_owned))
+            .collect();
+        (seen, received.len())
+    }
 }
 
 impl Drop for Receiver {

@@ -70,24 +70,6 @@ async fn publish_batches_to(
     accepted
 }
 
-/// Waits until every id in `expected` has arrived at `receiver` (or `timeout`); returns the
-/// distinct ids seen and the total number of requests.
-async fn wait_all(
-    receiver: &Receiver,
-    expected: &[String],
-    timeout: Duration,
-) -> (HashSet<String>, usize) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let received = receiver.received();
-        let seen: HashSet<String> = ids(&received).into_iter().collect();
-        if expected.iter().all(|id| seen.contains(id)) || Instant::now() > deadline {
-            return (seen, received.len());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 fn missing(expected: &[String], seen: &HashSet<String>) -> usize {
     expected.iter().filter(|id| !seen.contains(*id)).count()
 }
@@ -254,7 +236,9 @@ async fn healthy_latencies(with_slow_endpoint: bool) -> (Vec<Duration>, usize) {
     let n = 400;
     let sent = publish_timed(&relay, n).await;
     let expected: Vec<String> = sent.keys().cloned().collect();
-    let (seen, _) = wait_all(&healthy, &expected, Duration::from_secs(30)).await;
+    let (seen, _) = healthy
+        .wait_for_ids(&expected, Duration::from_secs(30))
+        .await;
     let lost = missing(&expected, &seen);
     let mut latencies: Vec<Duration> = healthy
         .received()
@@ -335,7 +319,7 @@ async fn a_dispatcher_killed_mid_stream_loses_nothing() {
     let killed_at = hook.count();
     let accepted = publishing.await.unwrap();
     let started = Instant::now();
-    let (seen, total) = wait_all(&hook, &accepted, Duration::from_secs(90)).await;
+    let (seen, total) = hook.wait_for_ids(&accepted, Duration::from_secs(90)).await;
     let lost = missing(&accepted, &seen);
     println!(
         "FIGURE fault4 accepted={} delivered_distinct={} requests={} duplicates={} lost={} killed_after={} drain_ms={}",
@@ -421,7 +405,7 @@ async fn a_broker_restart_mid_stream_loses_no_accepted_event() {
                 .expect("accepted after retries"),
         );
     }
-    let (seen, total) = wait_all(&hook, &accepted, Duration::from_secs(60)).await;
+    let (seen, total) = hook.wait_for_ids(&accepted, Duration::from_secs(60)).await;
     let lost = missing(&accepted, &seen);
     println!(
         "FIGURE fault5 accepted={} refused_503={} delivered_distinct={} duplicates={} lost={} ingest_recovered_ms={}",
@@ -468,7 +452,7 @@ async fn sigterm_drains_in_flight_deliveries_within_the_grace_period() {
         "took {exit_ms} ms, grace is 5 s ({stalled:?} of stalls)"
     );
     let _second = DispatcherProcess::start(&relay, &[]).await;
-    let (seen, total) = wait_all(&slow, &accepted, Duration::from_secs(30)).await;
+    let (seen, total) = slow.wait_for_ids(&accepted, Duration::from_secs(30)).await;
     let lost = missing(&accepted, &seen);
     println!(
         "FIGURE fault6 accepted={} delivered_distinct={} duplicates={} lost={} exit_ms={exit_ms}",
