@@ -5,6 +5,10 @@
 
 use std::{
     collections::HashSet,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -13,9 +17,12 @@ use relay_shared::topology::Topology;
 use serde_json::{Value, json};
 use tests::{
     cluster::PrivateCluster,
+    process::DispatcherProcess,
     receiver::{Behaviour, Receiver},
     system::{Options, PUBLISHER_KEY, System},
 };
+
+use crate::ordering::{Tally, deliveries_by, key_and_seq, ordered_system_on, round, subscription};
 
 /// A topology prefix of the test's own.
 fn prefix(name: &str) -> String {
@@ -285,31 +292,38 @@ impl ReadinessWatch {
     }
 }
 
+/// Posts `batch` (events with their own `id`s) until it is answered 202, again after each
+/// refusal (a producer retrying a 503 with the same ids); returns how many times it was refused.
+async fn post_until_accepted(http: &reqwest::Client, ingest_url: &str, batch: &[Value]) -> usize {
+    let mut refused = 0;
+    loop {
+        let answer = http
+            .post(format!("{ingest_url}/v1/events/batch"))
+            .bearer_auth(PUBLISHER_KEY)
+            .json(&batch)
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await;
+        if answer.is_ok_and(|r| r.status() == 202) {
+            return refused;
+        }
+        refused += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Posts `events` (each with its own `id`) in batches of 100, each batch again until it is
 /// answered 202 (a producer retrying a 503 with the same ids); `accepted` counts them.
 async fn http_producer(
     http: reqwest::Client,
     ingest_url: String,
     events: Vec<Value>,
-    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    accepted: Arc<AtomicUsize>,
 ) -> usize {
     let mut refused = 0;
     for batch in events.chunks(100) {
-        loop {
-            let answer = http
-                .post(format!("{ingest_url}/v1/events/batch"))
-                .bearer_auth(PUBLISHER_KEY)
-                .json(&batch)
-                .timeout(Duration::from_secs(30))
-                .send()
-                .await;
-            if answer.is_ok_and(|r| r.status() == 202) {
-                accepted.fetch_add(batch.len(), std::sync::atomic::Ordering::SeqCst);
-                break;
-            }
-            refused += 1;
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        refused += post_until_accepted(&http, &ingest_url, batch).await;
+        accepted.fetch_add(batch.len(), Ordering::SeqCst);
     }
     refused
 }
@@ -320,10 +334,6 @@ async fn http_producer(
 /// and restarted 15 s later. Every accepted event is delivered; none is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cluster_node_loss_mid_stream_loses_no_accepted_event() {
-    use std::sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    };
     const PER_SOURCE: usize = 5_000;
     const KILL_AFTER: usize = 3_000;
     const DOWN_FOR: Duration = Duration::from_secs(15);
@@ -494,5 +504,305 @@ async fn cluster_shards_spread_their_leaders_and_events_over_the_nodes() {
         "four shards led by nodes {leaders:?}, not all three"
     );
     crate::shards::check_spread_and_keys(&relay, &urls[0], 4).await;
+    relay.stop().await;
+}
+
+/// The id of event `seq` of ordering key `key` in [`key_stream`].
+fn event_id(key: &str, seq: usize) -> String {
+    format!("{key}.{seq}")
+}
+
+/// A producer of a steady stream over HTTP: round `seq` is one event `{key}.{seq}` of each of
+/// `keys` (with `"data": {"seq": seq}`), posted (again after each refusal) once the round
+/// before was accepted, so each key's events are accepted one after the other, in publish
+/// order; rounds go on until `stop` is set. Paced by deliveries, not by time: a round is posted
+/// only while the events `accepted` from every producer are at most `window` ahead of the
+/// requests `paced_by` has received. Returns the rounds accepted and the refused posts.
+async fn key_stream(
+    http: reqwest::Client,
+    ingest_url: String,
+    keys: Vec<String>,
+    (paced_by, window): (Arc<Receiver>, usize),
+    stop: Arc<AtomicBool>,
+    accepted: Arc<AtomicUsize>,
+) -> (usize, usize) {
+    let (mut rounds, mut refused) = (0, 0);
+    while !stop.load(Ordering::SeqCst) {
+        if accepted.load(Ordering::SeqCst) > paced_by.count() + window {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        }
+        let mut batch = round(&keys, rounds);
+        for (event, key) in batch.iter_mut().zip(&keys) {
+            event["id"] = json!(event_id(key, rounds));
+        }
+        refused += post_until_accepted(&http, &ingest_url, &batch).await;
+        accepted.fetch_add(batch.len(), Ordering::SeqCst);
+        rounds += 1;
+    }
+    (rounds, refused)
+}
+
+/// Polls `done` every 50 ms until it holds, or panics with `what` after `timeout`.
+async fn until(what: impl Fn() -> String, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "not within {timeout:?}: {}",
+            what()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Order through a node loss: two producers stream rounds of 100 ordering keys each over HTTP
+/// (paced by the deliveries) into 3 ingress shards (single-active-consumer, leaders on all three nodes), to an ordered
+/// and an unordered subscription, with two dispatchers. The node killed (`kill -9`) mid-stream
+/// leads a shard and is the one ingest, consumer-api and the first dispatcher — the active
+/// consumer of every shard — are connected to; the second dispatcher, standing by on a
+/// survivor, takes over. Publishing goes on while the node is down and after it is back.
+/// Every accepted event reaches both subscriptions, and for the ordered one, per key, the first
+/// arrival of each event is in publish order (a redelivery of an event already delivered is
+/// at-least-once and allowed). Overlapping requests of one key are not judged: a request the
+/// lost dispatcher still has in flight can overlap the survivor's redelivery by design.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cluster_per_key_order_holds_through_a_node_loss() {
+    const SHARDS: usize = 3;
+    const KEYS_PER_PRODUCER: usize = 100;
+    /// Events accepted before the kill, while the node is down, and after it is back: each
+    /// phase at least this many.
+    const PHASE: usize = 1_500;
+    /// How far the producers may be ahead of the ordered endpoint's requests.
+    const WINDOW: usize = 1_000;
+    const PHASE_TIMEOUT: Duration = Duration::from_secs(300);
+    const DOOMED: usize = 0;
+
+    let cluster = PrivateCluster::start().await;
+    let urls = cluster.urls();
+    let prefix = prefix("order");
+    // The order is what is checked, not the schedule: attempts enough and a generous request
+    // timeout that a loaded machine cannot dead-letter an event (the endpoints accept all).
+    let schedule = ["200ms"; 10].join(",");
+    let relay = System::start_with(ordered_system_on(
+        urls[DOOMED].clone(),
+        &[
+            ("RELAY__AMQP__URLS", &urls.join(",")),
+            ("RELAY__AMQP__PREFIX", &prefix),
+            ("RELAY__AMQP__INGRESS_SHARDS", &SHARDS.to_string()),
+            ("RELAY__DISPATCH__RETRY_SCHEDULE", &schedule),
+            ("RELAY__DISPATCH__REQUEST_TIMEOUT", "30s"),
+            ("RELAY__LOG__LEVEL", "error"),
+        ],
+    ))
+    .await;
+    let shards = Topology::from_settings(&relay.settings.amqp).ingress_queues();
+    assert_eq!(shards.len(), SHARDS);
+    // The doomed node leads a shard: the balanced locator spreads the shards' leaders, but
+    // over every queue of the topology, so one is placed there if none landed there.
+    let mut led = None;
+    for shard in &shards {
+        if cluster.leader(shard).await == DOOMED {
+            led = Some(shard.clone());
+            break;
+        }
+    }
+    let led = match led {
+        Some(shard) => shard,
+        None => {
+            cluster.place(&shards[0], DOOMED, &[0, 1, 2]).await;
+            shards[0].clone()
+        }
+    };
+
+    let ordered = Arc::new(Receiver::start().await);
+    let unordered = Receiver::start().await;
+    subscription(&relay, &ordered.url(), &["ord.*"], "key").await;
+    subscription(&relay, &unordered.url(), &["ord.*"], "none").await;
+    // RabbitMQ 3.10 gives each single-active-consumer queue to its first consumer: the first
+    // dispatcher, on the doomed node, is started (and consuming) first; the second stands by on
+    // a survivor (it reads `redeliver` meanwhile, which is not single-active-consumer).
+    let dispatchers = [
+        DispatcherProcess::start(&relay, &[]).await,
+        DispatcherProcess::start(
+            &relay,
+            &[(
+                "RELAY__AMQP__URLS",
+                &(1..=2)
+                    .chain([0])
+                    .map(|k| urls[(DOOMED + k) % 3].clone())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            )],
+        )
+        .await,
+    ];
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let producers: Vec<_> = ["p", "q"]
+        .iter()
+        .map(|producer| {
+            let keys: Vec<String> = (0..KEYS_PER_PRODUCER)
+                .map(|k| format!("{producer}{k}"))
+                .collect();
+            let task = tokio::spawn(key_stream(
+                relay.http.clone(),
+                relay.ingest_url.clone(),
+                keys.clone(),
+                (ordered.clone(), WINDOW),
+                stop.clone(),
+                accepted.clone(),
+            ));
+            (keys, task)
+        })
+        .collect();
+    let accepted_now = || accepted.load(Ordering::SeqCst);
+
+    // Deliveries well under way before the kill.
+    until(
+        || {
+            format!(
+                "{} accepted, {} ordered requests",
+                accepted_now(),
+                ordered.count()
+            )
+        },
+        PHASE_TIMEOUT,
+        || accepted_now() >= PHASE && ordered.count() >= PHASE / 2,
+    )
+    .await;
+    let before_kill = deliveries_by(&relay, &dispatchers).await;
+    cluster.kill(DOOMED);
+    let killed = Instant::now();
+    let at_kill = accepted_now();
+    let new_leader = cluster.wait_for_leader(&led).await;
+    let elected = killed.elapsed();
+    // Publishing goes on and deliveries resume while the node is down (the producers, paced by
+    // deliveries, cannot get further).
+    let at_election = ordered.count();
+    until(
+        || {
+            format!(
+                "node down: {} accepted ({at_kill} at the kill), {} ordered requests \
+                 ({at_election} at the election)",
+                accepted_now(),
+                ordered.count()
+            )
+        },
+        PHASE_TIMEOUT,
+        || accepted_now() >= at_kill + PHASE && ordered.count() >= at_election + PHASE / 2,
+    )
+    .await;
+    let down_delivered = deliveries_by(&relay, &dispatchers).await;
+    cluster.restart(DOOMED).await;
+    let down_for = killed.elapsed();
+    let at_restart = accepted_now();
+    until(
+        || {
+            format!(
+                "node back: {} accepted ({at_restart} at the restart)",
+                accepted_now()
+            )
+        },
+        PHASE_TIMEOUT,
+        || accepted_now() >= at_restart + PHASE,
+    )
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    let mut expected: Vec<String> = Vec::new();
+    let mut rounds = Vec::new();
+    let mut refused = 0;
+    for (keys, task) in producers {
+        let (n, r) = task.await.expect("producer");
+        refused += r;
+        rounds.push((keys.clone(), n));
+        for seq in 0..n {
+            expected.extend(keys.iter().map(|key| event_id(key, seq)));
+        }
+    }
+    let published = started.elapsed();
+
+    // Every accepted event reaches both endpoints; the ordered one's first arrivals are
+    // tallied per key.
+    let mut tally = Tally::default();
+    let (mut unordered_ids, mut unordered_seen) = (HashSet::new(), 0);
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        tally.update(&ordered, |_| 1);
+        let new = unordered.received_from(unordered_seen);
+        unordered_seen += new.len();
+        for request in &new {
+            unordered_ids.insert(request.header("webhook-id").expect("webhook-id").to_owned());
+        }
+        let pending = tally.pending(&expected, |_| 1);
+        let unordered_missing = expected
+            .iter()
+            .filter(|id| !unordered_ids.contains(id.as_str()))
+            .count();
+        if pending.is_empty() && unordered_missing == 0 {
+            break;
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "not delivered within 600 s: {} of {} accepted events to the ordered endpoint \
+                 (e.g. {:?}), {unordered_missing} to the unordered one; queues: {:#?}",
+                pending.len(),
+                expected.len(),
+                &pending[..pending.len().min(5)],
+                cluster.queues(&prefix).await
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let drained = started.elapsed();
+
+    // Per key, the first arrivals are exactly the publish order: nothing lost, nothing first
+    // delivered before an earlier event of its key.
+    for (keys, n) in &rounds {
+        let in_order: Vec<u64> = (0..*n as u64).collect();
+        for key in keys {
+            assert_eq!(
+                tally.firsts.get(key),
+                Some(&in_order),
+                "key {key}: first arrivals out of publish order"
+            );
+        }
+    }
+    // Redeliveries are of events already delivered, each after its first arrival (checked
+    // above); their count is the figure.
+    let unexpected: Vec<(String, u64)> = ordered
+        .received()
+        .iter()
+        .map(key_and_seq)
+        .filter(|(key, seq)| {
+            let n = rounds
+                .iter()
+                .find(|(keys, _)| keys.contains(key))
+                .map_or(0, |(_, n)| *n);
+            *seq >= n as u64
+        })
+        .take(5)
+        .collect();
+    assert!(
+        unexpected.is_empty(),
+        "events never published: {unexpected:?}"
+    );
+    eprintln!(
+        "FIGURE order through a node loss: {} keys, {} events accepted ({at_kill} before the \
+         kill of node {DOOMED}, which led {led}; new leader node {new_leader} after {elected:.1?}; \
+         node back after {down_for:.1?}; refused posts retried {refused}); published in \
+         {published:.1?}, all delivered after {drained:.1?}; ordered requests {} ({} \
+         redeliveries), unordered requests {unordered_seen} ({} redeliveries); deliveries by \
+         dispatcher before the kill {before_kill:?}, before the restart {down_delivered:?}, at \
+         the end {:?}",
+        2 * KEYS_PER_PRODUCER,
+        expected.len(),
+        tally.seen,
+        tally.seen - expected.len(),
+        unordered_seen - expected.len(),
+        deliveries_by(&relay, &dispatchers).await,
+    );
     relay.stop().await;
 }

@@ -19,7 +19,12 @@ use crate::{pull::publish_all, shared_amqp_url};
 
 /// Creates a subscription of `url` to `filters` with `ordering` (the dispatchers start
 /// later); returns its id.
-async fn subscription(relay: &System, url: &str, filters: &[&str], ordering: &str) -> String {
+pub(crate) async fn subscription(
+    relay: &System,
+    url: &str,
+    filters: &[&str],
+    ordering: &str,
+) -> String {
     let body = json!({"url": url, "event_types": filters, "ordering": ordering});
     let created = relay.create_subscription_with(body).await;
     assert_eq!(created["ordering"], ordering);
@@ -27,7 +32,7 @@ async fn subscription(relay: &System, url: &str, filters: &[&str], ordering: &st
 }
 
 /// `(ordering key, seq)` of a request.
-fn key_and_seq(request: &Received) -> (String, u64) {
+pub(crate) fn key_and_seq(request: &Received) -> (String, u64) {
     let body = request.json();
     (
         body["ordering_key"]
@@ -39,7 +44,7 @@ fn key_and_seq(request: &Received) -> (String, u64) {
 }
 
 /// Events `seq` of each of `keys`, one per key, in key order.
-fn round(keys: &[String], seq: usize) -> Vec<Value> {
+pub(crate) fn round(keys: &[String], seq: usize) -> Vec<Value> {
     keys.iter()
         .map(|key| json!({"type": "ord.event", "ordering_key": key, "data": {"seq": seq}}))
         .collect()
@@ -68,7 +73,7 @@ fn ordered_system(extra: &[(&str, &str)]) -> Options {
 }
 
 /// As [`ordered_system`], on the broker at `amqp_url`.
-fn ordered_system_on(amqp_url: String, extra: &[(&str, &str)]) -> Options {
+pub(crate) fn ordered_system_on(amqp_url: String, extra: &[(&str, &str)]) -> Options {
     let mut options = Options::new(amqp_url)
         .set("RELAY__AMQP__ORDERED_INGRESS", "true")
         // The breaker would defer the failing key's retries (in place) for its cooldown.
@@ -187,21 +192,34 @@ async fn a_dead_lettered_delivery_lets_its_key_move_on_and_names_the_key() {
     relay.stop().await;
 }
 
+/// Each dispatcher's `relay_deliveries_total` (0 when it does not answer).
+pub(crate) async fn deliveries_by(relay: &System, dispatchers: &[DispatcherProcess]) -> Vec<f64> {
+    let mut delivered = Vec::new();
+    for dispatcher in dispatchers {
+        let n = relay
+            .metric(&dispatcher.ops_url, "relay_deliveries_total")
+            .await
+            .unwrap_or(0.0);
+        delivered.push(n);
+    }
+    delivered
+}
+
 /// Requests per `webhook-id` seen at a receiver, and each event's first successful request
 /// per ordering key, read incrementally: a poll copies only the requests that are new, so
 /// polling 12,000 requests every 50 ms does not starve the receivers of CPU.
 #[derive(Default)]
-struct Tally {
-    seen: usize,
-    requests: HashMap<String, usize>,
+pub(crate) struct Tally {
+    pub(crate) seen: usize,
+    pub(crate) requests: HashMap<String, usize>,
     /// Per ordering key, the `seq` of each event's first successful request, in arrival order.
-    firsts: BTreeMap<String, Vec<u64>>,
+    pub(crate) firsts: BTreeMap<String, Vec<u64>>,
 }
 
 impl Tally {
     /// Reads what `receiver` got since the last call; `success_at(id)` is the number of the
     /// request of event `id` that the endpoint answers 200.
-    fn update(&mut self, receiver: &Receiver, success_at: impl Fn(&str) -> usize) {
+    pub(crate) fn update(&mut self, receiver: &Receiver, success_at: impl Fn(&str) -> usize) {
         let new = receiver.received_from(self.seen);
         self.seen += new.len();
         for request in &new {
@@ -216,7 +234,7 @@ impl Tally {
     }
 
     /// The ids of `accepted` not yet answered 200.
-    fn pending<'a>(
+    pub(crate) fn pending<'a>(
         &self,
         accepted: &'a [String],
         success_at: impl Fn(&str) -> usize,
@@ -267,14 +285,7 @@ async fn per_key_order_holds_through_failing_attempts_and_a_dispatcher_kill() {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let mut delivered = Vec::new();
-        for dispatcher in &dispatchers {
-            let n = relay
-                .metric(&dispatcher.ops_url, "relay_deliveries_total")
-                .await
-                .unwrap_or(0.0);
-            delivered.push(n);
-        }
+        let delivered = deliveries_by(&relay, &dispatchers).await;
         let busiest = usize::from(delivered[1] > delivered[0]);
         dispatchers[busiest].signal("KILL");
         (ordered.count(), busiest, delivered)
