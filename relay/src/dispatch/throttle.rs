@@ -17,8 +17,10 @@
 //!   not from when the request really went out, so timer slack does not lower the rate.
 //! - **Slow-down**: a 429 or 503 lowers the effective rate to `DECREASE ×` the lower of the
 //!   current rate and the rate the endpoint accepted over the last second or two (a
-//!   subscription without a limit slows down from what really got through); at most once per [`HOLDOFF`] (or per pause),
-//!   so a burst of refusals counts as one signal. Successes then add back a constant step per
+//!   subscription without a limit slows down from what really got through); at most once per
+//!   [`HOLDOFF`] (or per pause, once one lowered it: an unlimited subscription whose first
+//!   refusal came before a rate could be told slows down on a later refusal of the same
+//!   burst), so a burst of refusals counts as one signal. Successes then add back a constant step per
 //!   second: [`RECOVERY`] × the rate of the *episode's first* decrease. An episode runs from a
 //!   decrease while not slowed until the subscription is no longer slowed; further decreases
 //!   within it (an endpoint refusing for a while, or again during recovery) lower the rate but
@@ -389,8 +391,12 @@ impl Throttle {
         self.completed(now);
         // Refusals while paused, or within the holdoff, answer requests sent before the last
         // signal was acted on: they may lengthen the pause but do not lower the rate again.
+        // Unless nothing lowered it yet: an unlimited subscription's first refusal can come
+        // before enough answers to tell a rate (it only pauses), and the refusals of the rest
+        // of that burst are then the first signal a rate can be measured from. Skipping them
+        // left it unlimited, sending its backlog in a burst after every pause.
         let recent = self.slowed.is_some_and(|s| now < s.at + HOLDOFF)
-            || self.paused_until.is_some_and(|p| now < p);
+            || (self.slowed.is_some() && self.paused_until.is_some_and(|p| now < p));
         let until = retry_after.map(|after| now + after);
         let paused = self.pause(until);
         if recent {
@@ -675,6 +681,35 @@ mod tests {
         assert_eq!(starts(&mut t, t0, t0, 1.0, 2), [0, 100]);
         t.configure(None, t0);
         assert_eq!(t.reserve(t0 + ms(300), 1.0, WAIT), Slot::Now);
+    }
+
+    #[test]
+    fn an_unlimited_burst_refused_before_a_rate_shows_slows_down_within_its_pause() {
+        let t0 = Instant::now();
+        // Unlimited, nothing completed yet: the first refusal (Retry-After 2 s) only pauses.
+        let mut t = Throttle::metered(None, t0, Metered::new(t0));
+        let (rate, paused) = t.slow_down(t0, 1.0, Some(ms(2000))).unwrap();
+        assert_eq!((rate, paused), (None, Some(t0 + ms(2000))));
+        // The rest of the burst answers within the pause: accepted and refused, 30 in 1.2 s.
+        // Once they tell a rate, one of them lowers it (once: the later ones are the same
+        // signal, and successes then recover it), and the pause holds.
+        let mut decreases = Vec::new();
+        for i in 1..=30 {
+            let at = t0 + ms(40 * i);
+            if i % 3 == 0 {
+                t.succeeded(at, 1.0);
+            } else {
+                let before = t.rate();
+                t.slow_down(at, 1.0, Some(ms(2000)));
+                if t.rate() != before {
+                    decreases.push((i, t.rate()));
+                }
+            }
+        }
+        // At the fifth answer (160 ms in, too few accepted to tell: what was sent, counted
+        // over a whole second, 5 req/s) the rate is halved from that.
+        assert_eq!(decreases, [(4, Some(2.5))]);
+        assert!(t.paused(t0 + ms(1900)));
     }
 
     #[test]
