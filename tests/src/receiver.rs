@@ -216,36 +216,31 @@ impl Receiver {
     /// Waits until every id in `expected` arrived (as `webhook-id`) or `timeout` passes;
     /// returns the distinct ids seen and the number of requests. Counting requests is not
     /// enough where a redelivery is allowed: a duplicate can make up the count while an
-    /// event is still on its way.
+    /// event is still on its way. Woken by each arrival, it reads only what is new.
     pub async fn wait_for_ids(
         &self,
         expected: &[String],
         timeout: Duration,
     ) -> (HashSet<String>, usize) {
+        let deadline = tokio::time::Instant::now() + timeout;
         let mut count = self.count.clone();
-        let all_seen = async {
-            loop {
-                let received = self.received();
-                let seen: HashSet<String> = received
-                    .iter()
-                    .filter_map(|r| r.header("webhook-id").map(str::to_owned))
-                    .collect();
-                if expected.iter().all(|id| seen.contains(id)) {
-                    return;
-                }
-                // Wakes at the next arrival.
-                if count.changed().await.is_err() {
-                    return;
-                }
+        let mut missing: HashSet<&str> = expected.iter().map(String::as_str).collect();
+        let (mut seen, mut requests) = (HashSet::new(), 0);
+        let mut timed_out = false;
+        loop {
+            let new = self.received_from(requests);
+            requests += new.len();
+            for id in new.iter().filter_map(|r| r.header("webhook-id")) {
+                missing.remove(id);
+                seen.insert(id.to_owned());
             }
-        };
-        let _ = tokio::time::timeout(timeout, all_seen).await;
-        let received = self.received();
-        let seen = received
-            .iter()
-            .filter_map(|r| r.header("webhook-id").map(str::to_owned))
-            .collect();
-        (seen, received.len())
+            if missing.is_empty() || timed_out {
+                return (seen, requests);
+            }
+            // The count is sent after its request is stored, so nothing is missed.
+            let arrived = tokio::time::timeout_at(deadline, count.changed()).await;
+            timed_out = !matches!(arrived, Ok(Ok(())));
+        }
     }
 }
 

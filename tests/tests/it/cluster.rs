@@ -370,9 +370,10 @@ async fn cluster_node_loss_mid_stream_loses_no_accepted_event() {
             (id, body.to_string().into_bytes())
         })
         .collect();
-    let mut expected: HashSet<String> = HashSet::new();
-    expected.extend((0..PER_SOURCE).map(|i| format!("http-{i}")));
-    expected.extend((0..PER_SOURCE).map(|i| format!("amqp-{i}")));
+    let expected: Vec<String> = (0..PER_SOURCE)
+        .map(|i| format!("http-{i}"))
+        .chain((0..PER_SOURCE).map(|i| format!("amqp-{i}")))
+        .collect();
 
     let accepted = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
@@ -419,31 +420,23 @@ async fn cluster_node_loss_mid_stream_loses_no_accepted_event() {
     let amqp_resent = amqp_task.await.expect("AMQP producer");
     let published = started.elapsed();
 
-    let deadline = Instant::now() + Duration::from_secs(600);
-    let delivered = loop {
-        let received = receiver.received();
-        let distinct: HashSet<String> = received
-            .iter()
-            .filter_map(|r| r.header("webhook-id").map(str::to_owned))
-            .collect();
-        if expected.iter().all(|id| distinct.contains(id)) {
-            break received;
-        }
-        if Instant::now() > deadline {
-            let missing: Vec<&String> = expected
-                .iter()
-                .filter(|id| !distinct.contains(*id))
-                .take(10)
-                .collect();
-            panic!(
-                "{} of {} accepted events not delivered after 600 s, e.g. {missing:?}; queues: {:#?}",
-                expected.len() - distinct.len().min(expected.len()),
-                expected.len(),
-                cluster.queues(&prefix).await
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let (distinct, _) = receiver
+        .wait_for_ids(&expected, Duration::from_secs(600))
+        .await;
+    let missing: Vec<&String> = expected
+        .iter()
+        .filter(|id| !distinct.contains(*id))
+        .collect();
+    if !missing.is_empty() {
+        panic!(
+            "{} of {} accepted events not delivered after 600 s, e.g. {:?}; queues: {:#?}",
+            missing.len(),
+            expected.len(),
+            &missing[..missing.len().min(10)],
+            cluster.queues(&prefix).await
+        );
+    }
+    let delivered = receiver.received();
     let readiness = watch.finish().await;
 
     // The longest stretch without a delivery after the kill: the time to resume.
@@ -727,27 +720,17 @@ async fn cluster_per_key_order_holds_through_a_node_loss() {
     // Every accepted event reaches both endpoints; the ordered one's first arrivals are
     // tallied per key.
     let mut tally = Tally::default();
-    let (mut unordered_ids, mut unordered_seen) = (HashSet::new(), 0);
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         tally.update(&ordered, |_| 1);
-        let new = unordered.received_from(unordered_seen);
-        unordered_seen += new.len();
-        for request in &new {
-            unordered_ids.insert(request.header("webhook-id").expect("webhook-id").to_owned());
-        }
         let pending = tally.pending(&expected, |_| 1);
-        let unordered_missing = expected
-            .iter()
-            .filter(|id| !unordered_ids.contains(id.as_str()))
-            .count();
-        if pending.is_empty() && unordered_missing == 0 {
+        if pending.is_empty() {
             break;
         }
         if Instant::now() > deadline {
             panic!(
                 "not delivered within 600 s: {} of {} accepted events to the ordered endpoint \
-                 (e.g. {:?}), {unordered_missing} to the unordered one; queues: {:#?}",
+                 (e.g. {:?}); queues: {:#?}",
                 pending.len(),
                 expected.len(),
                 &pending[..pending.len().min(5)],
@@ -755,6 +738,24 @@ async fn cluster_per_key_order_holds_through_a_node_loss() {
             );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (unordered_ids, unordered_seen) = unordered
+        .wait_for_ids(
+            &expected,
+            deadline.saturating_duration_since(Instant::now()),
+        )
+        .await;
+    let unordered_missing = expected
+        .iter()
+        .filter(|id| !unordered_ids.contains(*id))
+        .count();
+    if unordered_missing > 0 {
+        panic!(
+            "not delivered within 600 s: {unordered_missing} of {} accepted events to the \
+             unordered endpoint; queues: {:#?}",
+            expected.len(),
+            cluster.queues(&prefix).await
+        );
     }
     let drained = started.elapsed();
 

@@ -332,25 +332,15 @@ async fn per_key_order_holds_through_failing_attempts_and_a_dispatcher_kill() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Every event reaches the unordered endpoint too (duplicates after the kill aside).
-    let (mut unordered_ids, mut unordered_seen) = (std::collections::HashSet::new(), 0);
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while !accepted
-        .iter()
-        .all(|id| unordered_ids.contains(id.as_str()))
-    {
-        assert!(
-            Instant::now() < deadline,
-            "every event at the unordered endpoint: {} of {} within 300 s",
-            unordered_ids.len(),
-            KEYS * PER_KEY
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let new = unordered.received_from(unordered_seen);
-        unordered_seen += new.len();
-        for request in &new {
-            unordered_ids.insert(request.header("webhook-id").expect("webhook-id").to_owned());
-        }
-    }
+    let (unordered_ids, unordered_seen) = unordered
+        .wait_for_ids(&accepted, Duration::from_secs(300))
+        .await;
+    assert!(
+        accepted.iter().all(|id| unordered_ids.contains(id)),
+        "every event at the unordered endpoint: {} of {} within 300 s",
+        unordered_ids.len(),
+        KEYS * PER_KEY
+    );
 
     let in_order: Vec<u64> = (0..PER_KEY as u64).collect();
     for key in &keys {
