@@ -54,6 +54,50 @@ impl Publisher {
         subscription_id: &str,
         event_id: &str,
     ) -> Result<(), ApiError> {
+        let message = Self::handoff(body, subscription_id, event_id)?;
+        self.publish(&self.topology.retry_ready, "", message).await
+    }
+
+    /// [`Publisher::redeliver`] of each `(body, event_id)` of `events`, in order, with one
+    /// round trip to the broker for the lot. Returns how many, from the first, the broker
+    /// confirmed, and the error that stopped the rest.
+    pub async fn redeliver_all(
+        &self,
+        events: &[(&[u8], &str)],
+        subscription_id: &str,
+    ) -> (usize, Option<ApiError>) {
+        let mut messages = Vec::with_capacity(events.len());
+        let mut damaged = None;
+        for (body, event_id) in events {
+            match Self::handoff(body, subscription_id, event_id) {
+                Ok(message) => messages.push(message),
+                Err(e) => {
+                    damaged = Some(e);
+                    break;
+                }
+            }
+        }
+        let channel = match self.channel() {
+            Ok(channel) => channel,
+            Err(e) => return (0, Some(e)),
+        };
+        let (confirmed, error) = amqp::publish_all_confirmed(
+            &channel,
+            &self.topology.retry_ready,
+            "",
+            messages,
+            PUBLISH_TIMEOUT,
+        )
+        .await;
+        let error = error.map(|e| ApiError::Broker(e.to_string()));
+        (confirmed, error.or(damaged))
+    }
+
+    fn handoff(
+        body: &[u8],
+        subscription_id: &str,
+        event_id: &str,
+    ) -> Result<amqp::Outgoing, ApiError> {
         let event = Event::stored(body, event_id).map_err(|e| ApiError::Broker(e.to_string()))?;
         let handoff = Handoff {
             event: Arc::new(event),
@@ -62,8 +106,7 @@ impl Publisher {
             last_error: None,
             last_status: None,
         };
-        self.publish(&self.topology.retry_ready, "", handoff.encode(None))
-            .await
+        Ok(handoff.encode(None))
     }
 
     /// Publishes an event through Relay, as ingest does (confirmed, persistent, stamped with

@@ -1,6 +1,8 @@
 //! A TCP relay in front of a real broker that can go silent: every connection stays open but
 //! no byte passes either way any more, as when a node hangs or the network between drops
-//! packets. What a client then sees is a connection that looks up and never answers.
+//! packets. What a client then sees is a connection that looks up and never answers. It can
+//! also go silent one way only: the client's frames still reach the broker, which acts on
+//! them, but nothing it answers comes back (a publish stored whose confirm is lost).
 
 use std::net::SocketAddr;
 
@@ -15,7 +17,7 @@ use tokio::{
 #[derive(Debug)]
 pub struct FreezingProxy {
     url: String,
-    frozen: watch::Sender<bool>,
+    silence: watch::Sender<Silence>,
     _tasks: JoinSet<()>,
 }
 
@@ -34,7 +36,7 @@ impl FreezingProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let local: SocketAddr = listener.local_addr().expect("local address");
         url.set_port(Some(local.port())).expect("set the port");
-        let (frozen, watching) = watch::channel(false);
+        let (silence, watching) = watch::channel(Silence::None);
         let mut tasks = JoinSet::new();
         tasks.spawn(async move {
             let mut connections = JoinSet::new();
@@ -44,13 +46,23 @@ impl FreezingProxy {
                 };
                 let (client_read, client_write) = client.into_split();
                 let (server_read, server_write) = server.into_split();
-                connections.spawn(pump(client_read, server_write, watching.clone()));
-                connections.spawn(pump(server_read, client_write, watching.clone()));
+                connections.spawn(pump(
+                    client_read,
+                    server_write,
+                    watching.clone(),
+                    Silence::BothWays,
+                ));
+                connections.spawn(pump(
+                    server_read,
+                    client_write,
+                    watching.clone(),
+                    Silence::Answers,
+                ));
             }
         });
         Self {
             url: url.to_string(),
-            frozen,
+            silence,
             _tasks: tasks,
         }
     }
@@ -62,28 +74,46 @@ impl FreezingProxy {
 
     /// From now on no byte passes; the connections stay open.
     pub fn freeze(&self) {
-        self.frozen.send_replace(true);
+        self.silence.send_replace(Silence::BothWays);
+    }
+
+    /// From now on the broker's bytes no longer reach the clients, while theirs still reach
+    /// it; the connections stay open.
+    pub fn hold_answers(&self) {
+        self.silence.send_replace(Silence::Answers);
     }
 }
 
-/// Copies `from` to `to` until either closes or the relay freezes, then holds both open.
+/// Which way bytes no longer pass, from least to most.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Silence {
+    None,
+    /// From the broker to the clients.
+    Answers,
+    /// Both ways.
+    BothWays,
+}
+
+/// Copies `from` to `to` until either closes or the relay falls silent at `stop_at` (or
+/// more), then holds both open.
 async fn pump(
     mut from: impl AsyncReadExt + Unpin,
     mut to: impl AsyncWriteExt + Unpin,
-    mut frozen: watch::Receiver<bool>,
+    mut silence: watch::Receiver<Silence>,
+    stop_at: Silence,
 ) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let read = tokio::select! {
             biased;
-            _ = frozen.wait_for(|f| *f) => break,
+            _ = silence.wait_for(|s| *s >= stop_at) => break,
             read = from.read(&mut buf) => read,
         };
         let n = match read {
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
-        if *frozen.borrow() || to.write_all(&buf[..n]).await.is_err() {
+        if *silence.borrow() >= stop_at || to.write_all(&buf[..n]).await.is_err() {
             break;
         }
     }

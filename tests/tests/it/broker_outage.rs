@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use serde_json::json;
-use tests::{api::answer, broker::PrivateBroker, receiver::Receiver, system::System};
+use tests::{
+    api::answer, broker::PrivateBroker, freeze::FreezingProxy, receiver::Receiver, system::System,
+};
 
 #[tokio::test]
 async fn ingest_answers_503_while_the_broker_is_down_and_202_after_it_returns() {
@@ -62,11 +64,14 @@ async fn a_503_whose_event_may_be_stored_says_so_and_a_retry_keeps_the_webhook_i
     let relay = System::start(&tests::broker::shared_amqp_url()).await;
     let hook = Receiver::start().await;
     relay.subscribe(&hook.url(), &["maybe.*"], None).await;
-    // A second ingest that gives up on every confirm at once: each publish has left for the
-    // broker (which stores and routes it), but its confirm never comes in time. That is
-    // the connection-lost-mid-publish case, produced by design.
+    // A second ingest whose connection goes through a relay that, once told, passes its frames
+    // to the broker (which stores and routes the event) but none of the broker's back: the
+    // confirm never comes. That is the connection-lost-mid-publish case, produced by design
+    // (a zero publish timeout was not: a confirm within the timer's first tick still came).
+    let proxy = FreezingProxy::start(&tests::broker::shared_amqp_url()).await;
     let mut impatient = relay.settings.ingest.clone();
-    impatient.process.publish_timeout = Duration::ZERO;
+    impatient.amqp.url = proxy.url().to_owned();
+    impatient.process.publish_timeout = Duration::from_secs(1);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (trigger, shutdown) = relay_shared::shutdown::channel();
@@ -91,6 +96,7 @@ async fn a_503_whose_event_may_be_stored_says_so_and_a_retry_keeps_the_webhook_i
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
+    proxy.hold_answers();
     let response = relay
         .http
         .post(format!("{url}/v1/events"))
@@ -126,6 +132,8 @@ async fn a_503_whose_event_may_be_stored_says_so_and_a_retry_keeps_the_webhook_i
             .all(|r| r.header("webhook-id") == Some(id.as_str())),
         "a retry changed the webhook-id"
     );
+    // Closing the relay's connections lets the second ingest stop without waiting for answers.
+    drop(proxy);
     trigger.trigger();
     task.await.unwrap().unwrap();
     relay.stop().await;
