@@ -16,6 +16,8 @@ pub struct DispatchMetrics {
     pub inflight: IntGauge,
     /// `relay_lane_inflight{lane}`
     pub lane_inflight: IntGaugeVec,
+    /// `relay_lane_other_limit`
+    pub lane_other_limit: IntGauge,
     /// `relay_subscriptions_loaded`
     pub subscriptions_loaded: IntGauge,
     /// `relay_events_ingested_total{source="amqp"}`: events published straight to the exchange.
@@ -72,6 +74,11 @@ impl DispatchMetrics {
                 "relay_lane_inflight",
                 "Webhook requests in flight by lane: first (first attempts of fresh events) and other (retries, replays, redrives, test pings).",
                 &["lane"],
+            )?,
+            lane_other_limit: gauge(
+                registry,
+                "relay_lane_other_limit",
+                "Slots the other lane may hold while first attempts have work: lowered while the dispatcher's runtime is saturated, raised back while it is not.",
             )?,
             subscriptions_loaded: gauge(
                 registry,

@@ -195,6 +195,13 @@ pub async fn run(
         metrics.attempt_records_dropped.clone(),
     );
     let deliveries = TaskTracker::new();
+    let lanes = capacity::Lanes::new(
+        dispatch.max_inflight,
+        dispatch.first_attempt_share,
+        &metrics.lane_inflight,
+        metrics.lane_other_limit.clone(),
+    );
+    background.spawn(lanes.clone().regulate(shutdown.clone()));
     let worker = Arc::new(worker::Worker {
         directory,
         schemas,
@@ -208,11 +215,7 @@ pub async fn run(
             dispatch.breaker_cooldown,
             metrics.circuit_open.clone(),
         ),
-        lanes: capacity::Lanes::new(
-            dispatch.max_inflight,
-            dispatch.first_attempt_share,
-            &metrics.lane_inflight,
-        ),
+        lanes: lanes.clone(),
         retry: retry::RetryPolicy::new(
             dispatch.retry_schedule.clone(),
             dispatch.retry_jitter,

@@ -13,6 +13,7 @@ mod consumers;
 mod contract;
 mod delivery;
 mod event_types;
+mod first_attempt_lane;
 mod ingest_errors;
 mod lifecycle;
 mod observability;

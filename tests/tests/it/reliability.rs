@@ -39,7 +39,7 @@ async fn publish_batches(relay: &System, n: usize, event_type: &str) -> Vec<Stri
 }
 
 /// As [`publish_batches`], with owned arguments so it can run in its own task.
-async fn publish_batches_to(
+pub(crate) async fn publish_batches_to(
     http: reqwest::Client,
     ingest_url: String,
     n: usize,
@@ -205,7 +205,7 @@ async fn publish_timed(relay: &System, n: usize) -> HashMap<String, Instant> {
     sent
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     #[allow(
         clippy::cast_possible_truncation,
         clippy::cast_sign_loss,

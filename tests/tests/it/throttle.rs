@@ -642,7 +642,7 @@ async fn a_replay_to_a_slow_endpoint_does_not_hold_fresh_events_back() {
     relay.stop().await;
 }
 
-fn rfc3339_now() -> String {
+pub(crate) fn rfc3339_now() -> String {
     time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap()
