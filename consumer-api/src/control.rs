@@ -3,20 +3,26 @@
 //!
 //! They are an optimisation, not the source of truth: dispatchers also reload the whole
 //! directory periodically. So a change is committed and acknowledged to the client even when
-//! the broker is down; the notification is then only logged and counted as failed.
+//! the broker is down; the notification is then logged and counted as failed, and once the
+//! broker takes messages again one [`ControlMessage::Resync`] tells every dispatcher and
+//! ingest to reload at once ([`ControlPublisher::resync_after_misses`]) rather than at their
+//! next refresh (a minute by default).
 
 use std::{sync::Arc, time::Duration};
 
 use lapin::Channel;
 use prometheus::IntCounterVec;
+use relay_shared::shutdown::Shutdown;
 use relay_shared::{
     amqp::{self, AmqpError},
     control::ControlMessage,
 };
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 /// Longest a request waits for the broker's confirm of its notification.
 pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pause between attempts to publish a resync while the broker is away.
+const RESYNC_RETRY: Duration = Duration::from_secs(1);
 
 /// Why a notification was not published.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +42,8 @@ pub struct ControlPublisher {
     exchange: Arc<str>,
     /// `outcome` = `published` | `failed`.
     notifications: IntCounterVec,
+    /// A notification failed since the last resync (a stored permit).
+    missed: Arc<Notify>,
 }
 
 impl ControlPublisher {
@@ -49,6 +57,29 @@ impl ControlPublisher {
             channel,
             exchange: exchange.into(),
             notifications,
+            missed: Arc::default(),
+        }
+    }
+
+    /// Until `shutdown`: after a notification failed, publishes [`ControlMessage::Resync`] as
+    /// soon as the broker confirms it (trying every [`RESYNC_RETRY`]).
+    pub async fn resync_after_misses(self, mut shutdown: Shutdown) {
+        loop {
+            tokio::select! {
+                () = self.missed.notified() => {}
+                () = shutdown.wait() => return,
+            }
+            while let Err(e) = self.publish(&ControlMessage::Resync).await {
+                tracing::debug!(error = %e, "resync not published yet");
+                tokio::select! {
+                    () = tokio::time::sleep(RESYNC_RETRY) => {}
+                    () = shutdown.wait() => return,
+                }
+            }
+            self.notifications.with_label_values(&["published"]).inc();
+            tracing::info!(
+                "resync published: dispatchers and ingest reload the changes whose notifications failed"
+            );
         }
     }
 
@@ -93,10 +124,11 @@ impl ControlPublisher {
                 }
                 Err(e) => {
                     publisher.notifications.with_label_values(&["failed"]).inc();
+                    publisher.missed.notify_one();
                     tracing::warn!(
                         subject,
                         error = %e,
-                        "control notification not published; dispatchers and ingest will see the change at their next refresh"
+                        "control notification not published; dispatchers and ingest will reload once the broker takes a resync, or at their next refresh"
                     );
                 }
             }
@@ -125,5 +157,11 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(1));
         assert_eq!(counter.with_label_values(&["failed"]).get(), 1);
         assert_eq!(counter.with_label_values(&["published"]).get(), 0);
+        // The miss is remembered for the resync.
+        let marked = tokio::time::timeout(Duration::from_millis(100), publisher.missed.notified());
+        assert!(
+            marked.await.is_ok(),
+            "a failed notification asks for a resync"
+        );
     }
 }

@@ -132,6 +132,7 @@ pub async fn run(
         &topology.control,
         metrics.control_notifications.clone(),
     );
+    tokio::spawn(control.clone().resync_after_misses(shutdown.clone()));
     let service = Service::new(
         store.clone(),
         control,

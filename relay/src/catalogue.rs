@@ -93,7 +93,8 @@ pub fn apply(cache: &SchemaCache, message: &ControlMessage) {
         ControlMessage::Upsert { .. }
         | ControlMessage::Delete { .. }
         | ControlMessage::Dispatcher { .. }
-        | ControlMessage::SlowDown { .. } => {}
+        | ControlMessage::SlowDown { .. }
+        | ControlMessage::Resync => {}
     }
 }
 

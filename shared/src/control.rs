@@ -70,6 +70,10 @@ pub enum ControlMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         step_millis: Option<u64>,
     },
+    /// Changes were committed while their notifications could not be published (consumer-api
+    /// had no broker connection): every dispatcher and ingest reloads its directory and
+    /// catalogue now rather than at its next periodic refresh.
+    Resync,
 }
 
 /// The most subscriptions one heartbeat reports as held back.
@@ -116,6 +120,7 @@ impl ControlMessage {
             Self::SlowDown {
                 subscription_id, ..
             } => subscription_id,
+            Self::Resync => "resync",
         }
     }
 }

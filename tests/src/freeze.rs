@@ -2,7 +2,9 @@
 //! no byte passes either way any more, as when a node hangs or the network between drops
 //! packets. What a client then sees is a connection that looks up and never answers. It can
 //! also go silent one way only: the client's frames still reach the broker, which acts on
-//! them, but nothing it answers comes back (a publish stored whose confirm is lost).
+//! them, but nothing it answers comes back (a publish stored whose confirm is lost). Or it can
+//! close every connection and refuse new ones for a while: a broker that went away and comes
+//! back on the same address.
 
 use std::net::SocketAddr;
 
@@ -18,6 +20,7 @@ use tokio::{
 pub struct FreezingProxy {
     url: String,
     silence: watch::Sender<Silence>,
+    refusing: watch::Sender<bool>,
     _tasks: JoinSet<()>,
 }
 
@@ -37,10 +40,30 @@ impl FreezingProxy {
         let local: SocketAddr = listener.local_addr().expect("local address");
         url.set_port(Some(local.port())).expect("set the port");
         let (silence, watching) = watch::channel(Silence::None);
+        let (refusing, mut refused) = watch::channel(false);
         let mut tasks = JoinSet::new();
         tasks.spawn(async move {
             let mut connections = JoinSet::new();
-            while let Ok((client, _)) = listener.accept().await {
+            loop {
+                let client = tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok((client, _)) => client,
+                        Err(_) => break,
+                    },
+                    changed = refused.changed() => {
+                        if changed.is_err() {
+                            break;
+                        }
+                        if *refused.borrow() {
+                            connections.abort_all();
+                        }
+                        continue;
+                    }
+                };
+                // Refused: closed at once, as by a broker that is not there.
+                if *refused.borrow() {
+                    continue;
+                }
                 let Ok(server) = TcpStream::connect(&target).await else {
                     continue;
                 };
@@ -63,6 +86,7 @@ impl FreezingProxy {
         Self {
             url: url.to_string(),
             silence,
+            refusing,
             _tasks: tasks,
         }
     }
@@ -70,6 +94,17 @@ impl FreezingProxy {
     /// The broker's URL through the relay.
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// Closes every connection and, until [`FreezingProxy::accept`], closes new ones at once:
+    /// a broker that went away, on the same address.
+    pub fn refuse(&self) {
+        self.refusing.send_replace(true);
+    }
+
+    /// Relays new connections again (after [`FreezingProxy::refuse`]).
+    pub fn accept(&self) {
+        self.refusing.send_replace(false);
     }
 
     /// From now on no byte passes; the connections stay open.

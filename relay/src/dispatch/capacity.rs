@@ -13,7 +13,7 @@
 //!
 //! Slots alone do not keep a replay from crowding fresh events out when the dispatcher is short
 //! of CPU rather than of slots: requests to a fast endpoint give their slots back at once, and
-//! a replay of 50,000 events to one took 60 % of the deliveries while fresh events' median
+//! a replay of 10,000 events to one took 70 % of the deliveries while fresh events' median
 //! latency went from 10 ms to 200–330 ms in its queue for the processor. So while first
 //! attempts have work, the other lane is a scavenger: it holds at most a **limit** of slots
 //! (from one to its own part) that [`Lanes::regulate`] halves after every tick on which the

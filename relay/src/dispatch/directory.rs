@@ -446,7 +446,8 @@ fn apply_to(table: &mut Table, message: ControlMessage) {
         ControlMessage::EventType { .. }
         | ControlMessage::EventTypeDeleted { .. }
         | ControlMessage::Dispatcher { .. }
-        | ControlMessage::SlowDown { .. } => {}
+        | ControlMessage::SlowDown { .. }
+        | ControlMessage::Resync => {}
     }
 }
 

@@ -32,8 +32,8 @@ use std::{sync::Arc, time::Duration};
 use anyhow::Context;
 use prometheus::Registry;
 use relay_shared::{
-    config::Settings, event_schema::SchemaCache, ops::Readiness, shutdown::Shutdown,
-    topology::Topology,
+    config::Settings, control::ControlMessage, event_schema::SchemaCache, ops::Readiness,
+    shutdown::Shutdown, topology::Topology,
 };
 use tokio::sync::Notify;
 use tokio_util::task::TaskTracker;
@@ -128,15 +128,21 @@ pub async fn run(
     let compiled = schemas.clone();
     let paced = pacing.clone();
     let loaded = metrics.subscriptions_loaded.clone();
+    let reload_all = move || {
+        reload.notify_one();
+        reload_catalogue.notify_one();
+    };
+    let resync = reload_all.clone();
     background.spawn(relay_shared::control_feed::follow(
         sessions.clone(),
         topology.clone(),
         "relay-dispatch-control",
-        move || {
-            reload.notify_one();
-            reload_catalogue.notify_one();
-        },
+        reload_all,
         move |message| {
+            if message == ControlMessage::Resync {
+                resync();
+                return;
+            }
             crate::catalogue::apply(&compiled, &message);
             paced.apply(&message);
             applied.apply(message);

@@ -13,8 +13,8 @@ use std::{sync::Arc, time::Duration};
 use anyhow::Context;
 use prometheus::Registry;
 use relay_shared::{
-    config::Settings, control_feed, event_schema::SchemaCache, ops::Readiness, shutdown::Shutdown,
-    topology::Topology,
+    config::Settings, control::ControlMessage, control_feed, event_schema::SchemaCache,
+    ops::Readiness, shutdown::Shutdown, topology::Topology,
 };
 use tokio::sync::Notify;
 
@@ -112,12 +112,19 @@ fn follow_catalogue(
         shutdown.clone(),
     ));
     let applied = schemas.clone();
+    let resync = reload.clone();
     tokio::spawn(control_feed::follow(
         publisher.sessions(),
         Topology::from_settings(&settings.amqp),
         "relay-ingest-control",
         move || reload.notify_one(),
-        move |message| catalogue::apply(&applied, &message),
+        move |message| {
+            if message == ControlMessage::Resync {
+                resync.notify_one();
+            } else {
+                catalogue::apply(&applied, &message);
+            }
+        },
         readiness.clone(),
         shutdown.clone(),
     ));

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use serde_json::json;
 use tests::{
-    api::answer, broker::PrivateBroker, freeze::FreezingProxy, receiver::Receiver, system::System,
+    api::answer, broker::PrivateBroker, freeze::FreezingProxy, process::ApiProcess,
+    receiver::Receiver, system::System,
 };
 
 #[tokio::test]
@@ -136,5 +137,59 @@ async fn a_503_whose_event_may_be_stored_says_so_and_a_retry_keeps_the_webhook_i
     drop(proxy);
     trigger.trigger();
     task.await.unwrap().unwrap();
+    relay.stop().await;
+}
+
+/// A subscription created while consumer-api has no broker connection reaches the dispatchers
+/// as soon as consumer-api is connected again (its resync), not at their next directory
+/// refresh a minute later.
+#[tokio::test]
+async fn a_change_committed_while_consumer_api_had_no_broker_reaches_the_dispatchers_when_it_returns()
+ {
+    let relay = System::start(&tests::broker::shared_amqp_url()).await;
+    // A second consumer-api on the same store whose broker connection goes through a relay.
+    let proxy = FreezingProxy::start(&tests::broker::shared_amqp_url()).await;
+    let mut env = relay.env.clone();
+    for (key, value) in &mut env {
+        if key == "RELAY__AMQP__URL" {
+            proxy.url().clone_into(value);
+        }
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listen = listener.local_addr().unwrap().to_string();
+    drop(listener);
+    let _second = ApiProcess::start(&env, &listen).await;
+    let dispatcher = &relay.dispatcher_urls[0];
+    let loaded = || relay.metric(dispatcher, "relay_subscriptions_loaded");
+    assert_eq!(loaded().await, Some(0.0));
+
+    // The broker goes away for the second consumer-api; a subscription is created through it.
+    proxy.refuse();
+    let hook = Receiver::start().await;
+    let created = relay
+        .http
+        .post(format!("http://{listen}/v1/subscriptions"))
+        .bearer_auth(tests::system::ADMIN_KEY)
+        .json(&json!({"url": hook.url(), "event_types": ["resync.*"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201, "committed without a broker");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        loaded().await,
+        Some(0.0),
+        "the dispatcher heard of a change nobody could tell it"
+    );
+
+    // Back: the dispatcher loads it within seconds (its own refresh is a minute away).
+    proxy.accept();
+    let back = tokio::time::Instant::now();
+    relay
+        .wait_for_metric(dispatcher, "relay_subscriptions_loaded", |v| v >= 1.0)
+        .await;
+    assert!(back.elapsed() < Duration::from_secs(10));
+    relay.publish_ok(&json!({"type": "resync.done"})).await;
+    assert_eq!(hook.wait_for(1, Duration::from_secs(30)).await.len(), 1);
     relay.stop().await;
 }
