@@ -101,6 +101,25 @@ impl<'de> Deserialize<'de> for Whole {
     }
 }
 
+/// Reads an optional JSON object into `T` (for `#[serde(deserialize_with = …)]`): serde's
+/// derived structs also take an array, as their fields in order, which a schema that says
+/// "object" must refuse (Schemathesis sent a theme of `[null, null]`, and it was taken).
+///
+/// # Errors
+/// The deserializer's for anything but an object or `null`, and `T`'s.
+pub fn optional_object<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    match Option::<serde_json::Map<String, serde_json::Value>>::deserialize(deserializer)? {
+        None => Ok(None),
+        Some(map) => T::deserialize(serde_json::Value::Object(map))
+            .map(Some)
+            .map_err(serde::de::Error::custom),
+    }
+}
+
 /// Reads an optional whole number, `395.0` included (for `#[serde(deserialize_with = …)]`).
 ///
 /// # Errors

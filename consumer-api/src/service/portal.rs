@@ -111,7 +111,7 @@ pub fn parse_hex_colour(text: &str) -> Option<[u8; 3]> {
 #[serde(deny_unknown_fields)]
 pub struct NewPortalLink {
     /// How the portal looks for this link.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "validation::optional_object")]
     pub theme: Option<Theme>,
     /// How long the browser session lasts once the link is opened, e.g. `2h` (default
     /// `api.portal.session_ttl`; 1 s to 7 days).
@@ -568,6 +568,18 @@ fn context(session: PortalSession) -> PortalContext {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_theme_is_an_object_or_absent() {
+        let link = |body: &str| serde_json::from_str::<NewPortalLink>(body);
+        assert!(link(r#"{"theme": [null, null]}"#).is_err());
+        assert!(link(r#"{"theme": "dark"}"#).is_err());
+        assert!(link(r#"{"theme": {"colour": "red"}}"#).is_err());
+        assert_eq!(link(r#"{"theme": null}"#).unwrap().theme, None);
+        assert_eq!(link("{}").unwrap().theme, None);
+        let themed = link(r##"{"theme": {"accent": "#0a7cff"}}"##).unwrap();
+        assert_eq!(themed.theme.unwrap().accent.as_deref(), Some("#0a7cff"));
+    }
 
     #[test]
     fn a_theme_takes_only_safe_values() {
