@@ -119,7 +119,12 @@ impl CustomHeaders {
 
 /// Credentials sent to an endpoint in `Authorization`.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+#[serde(
+    tag = "type",
+    rename_all = "lowercase",
+    deny_unknown_fields,
+    try_from = "CredentialsObject"
+)]
 pub enum Credentials {
     /// HTTP basic authentication (RFC 7617).
     Basic {
@@ -133,6 +138,34 @@ pub enum Credentials {
         /// The token.
         token: String,
     },
+}
+
+/// [`Credentials`] as they are read: only from a JSON object. serde's internally tagged enums
+/// also take an array with the tag first (`["bearer", "t"]`), which the API's schema refuses.
+#[derive(Deserialize)]
+struct CredentialsObject(serde_json::Map<String, serde_json::Value>);
+
+/// The same shape as [`Credentials`], derived, for reading a [`CredentialsObject`].
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+enum TaggedCredentials {
+    Basic { username: String, password: String },
+    Bearer { token: String },
+}
+
+impl TryFrom<CredentialsObject> for Credentials {
+    type Error = serde_json::Error;
+
+    fn try_from(object: CredentialsObject) -> Result<Self, Self::Error> {
+        Ok(
+            match serde_json::from_value(serde_json::Value::Object(object.0))? {
+                TaggedCredentials::Basic { username, password } => {
+                    Self::Basic { username, password }
+                }
+                TaggedCredentials::Bearer { token } => Self::Bearer { token },
+            },
+        )
+    }
 }
 
 impl std::fmt::Debug for Credentials {
@@ -240,6 +273,24 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn credentials_are_read_only_from_an_object() {
+        let read = |json: &str| serde_json::from_str::<Credentials>(json);
+        assert!(read(r#"["bearer", "t"]"#).is_err());
+        assert!(read(r#"{"type": "bearer", "token": "t", "extra": 1}"#).is_err());
+        assert_eq!(
+            read(r#"{"type": "bearer", "token": "t"}"#).unwrap(),
+            Credentials::Bearer { token: "t".into() }
+        );
+        assert_eq!(
+            read(r#"{"type": "basic", "username": "u", "password": "p"}"#).unwrap(),
+            Credentials::Basic {
+                username: "u".into(),
+                password: "p".into()
+            }
+        );
+    }
 
     fn headers(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs
