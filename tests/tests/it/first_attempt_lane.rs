@@ -4,14 +4,18 @@
 //! before the replay, in the same run.
 //!
 //! What is asserted is the part the dispatcher's lanes decide: the median time from the
-//! event's acceptance (its publish answered) to its delivery, within 4× of the flow alone.
-//! Without the scavenger limit on the other lane (README "Protecting endpoints") the replay
-//! took the processor and that median went from 3 ms to 55 ms (17×); with it, 5–6 ms on a quiet
-//! machine. The whole publish→delivery latency is printed, not asserted: on this 2-core box
-//! the broker, consumer-api, ingest, the dispatcher and the receivers share the processor, a
-//! replay slows the broker's confirms to ingest (median 7 → 17–26 ms), and the broker now and
-//! then holds a confirm for 200–700 ms with or without a replay, so a p99 of either phase is
-//! that luck.
+//! event's acceptance (its publish answered) to its delivery, within 4× of the flow alone or
+//! within the scavenger's lag target (10 ms) of it, whichever is larger. Without the scavenger
+//! limit on the other lane (README "Protecting endpoints") the replay took the processor and
+//! that median went from 3 ms to 55 ms (17×); with it, 5–6 ms on a quiet machine. The 10 ms
+//! floor is what the scavenger promises (it backs off whenever the runtime wakes more than
+//! 10 ms late): 4× alone is luck when the median alone is under a millisecond (a
+//! clean-clone run beside a release build: 0.87 ms alone, 4.03 ms beside).
+//!
+//! The whole publish→delivery latency is printed, not asserted: on this 2-core box the broker,
+//! consumer-api, ingest, the dispatcher and the receivers share the processor, a replay slows
+//! the broker's confirms to ingest (median 7 → 17–26 ms), and the broker now and then holds a
+//! confirm for 200–700 ms with or without a replay, so a p99 of either phase is that luck.
 //!
 //! The test runs alone (`.config/nextest.toml` gives it every test thread): another test's
 //! load in one phase and not the other would be what the ratio measured.
@@ -42,6 +46,9 @@ const REPLAYED: usize = 50_000;
 const FRESH_SUBSCRIPTIONS: usize = 10;
 /// One fresh event every 50 ms: 20 events/s, 200 deliveries/s.
 const PERIOD: Duration = Duration::from_millis(50);
+/// The runtime lag past which the dispatcher's scavenger lane backs off
+/// (`relay::dispatch::capacity::LAG_TARGET`).
+const SCAVENGER_LAG_TARGET: Duration = Duration::from_millis(10);
 /// How long the flow runs alone, after a second of warm-up, before the replay starts.
 const ALONE: Duration = Duration::from_secs(15);
 
@@ -120,7 +127,7 @@ fn latencies(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replay_of_50000_events_keeps_the_median_from_acceptance_to_delivery_within_4x() {
+async fn a_replay_of_50000_events_keeps_the_median_from_acceptance_to_delivery_near_the_flow_alone() {
     // consumer-api, which runs the replay job and records every attempt, in its own process
     // as deployed; the dispatcher and ingest in this one.
     let relay = System::start_with(Options::new(shared_amqp_url()).api_as_process()).await;
@@ -216,10 +223,11 @@ async fn a_replay_of_50000_events_keeps_the_median_from_acceptance_to_delivery_w
         n_beside >= 1_000,
         "only {n_beside} fresh deliveries while the replay ran"
     );
+    let bound = (p50_after_alone * 4).max(p50_after_alone + SCAVENGER_LAG_TARGET);
     assert!(
-        p50_after_beside <= p50_after_alone * 4,
+        p50_after_beside <= bound,
         "fresh events' median from acceptance to delivery {p50_after_beside:?} beside the \
-         replay vs {p50_after_alone:?} alone"
+         replay vs {p50_after_alone:?} alone (bound {bound:?})"
     );
     relay.stop().await;
 }
