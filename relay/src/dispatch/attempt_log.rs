@@ -1,6 +1,10 @@
 //! The delivery log feed: attempt records batched onto the `attempts` queue for the
 //! consumer-api recorder, one broker message per ~100 ms instead of one per delivery.
 //!
+//! With a backlog, up to [`ROUND`] batches go out together and their confirms are awaited
+//! together: one confirm round trip per batch could not keep up with a dispatcher at 16,000
+//! deliveries/s (fan-out 10), which then dropped a third of its records at the bound.
+//!
 //! Records survive broker blips: a batch that cannot be published waits for the next session
 //! and goes out then, while new records queue behind it. The queue is bounded
 //! ([`BUFFER`] records): past it, new records are dropped and counted in
@@ -19,6 +23,8 @@ use tokio::{
 };
 
 const BATCH: usize = 500;
+/// Batches published before their confirms are awaited, at most.
+const ROUND: usize = 8;
 const LINGER: Duration = Duration::from_millis(100);
 /// Records waiting to be published, at most.
 pub const BUFFER: usize = 20_000;
@@ -85,7 +91,6 @@ async fn run(
     queue: String,
     dropped: IntCounter,
 ) {
-    let mut batch = Vec::with_capacity(BATCH);
     let mut finished = false;
     loop {
         let first = tokio::select! {
@@ -98,6 +103,7 @@ async fn run(
             }
         };
         let Some(first) = first else { break };
+        let mut batch = Vec::with_capacity(BATCH);
         batch.push(first);
         let deadline = tokio::time::Instant::now() + LINGER;
         while batch.len() < BATCH {
@@ -106,36 +112,52 @@ async fn run(
                 Ok(None) | Err(_) => break,
             }
         }
-        if !publish(&batch, &mut channels, &queue).await {
-            dropped.inc_by(batch.len() as u64);
+        let mut round = vec![batch];
+        // A full batch means a backlog: take what already waits, without lingering.
+        while round.len() < ROUND && round.last().is_some_and(|b| b.len() == BATCH) {
+            let mut next = Vec::with_capacity(BATCH);
+            while next.len() < BATCH {
+                let Ok(record) = rx.try_recv() else { break };
+                next.push(record);
+            }
+            if next.is_empty() {
+                break;
+            }
+            round.push(next);
         }
-        batch.clear();
+        if !publish(&round, &mut channels, &queue).await {
+            dropped.inc_by(round.iter().map(|b| b.len() as u64).sum());
+        }
     }
 }
 
-/// Publishes `batch`, waiting for a channel and retrying until the broker confirms it;
-/// `false` only when no channel will ever come again.
+/// Publishes `round` (one message per batch), waiting for a channel and retrying what the
+/// broker has not confirmed until it has; `false` only when no channel will ever come again.
 async fn publish(
-    batch: &[AttemptRecord],
+    round: &[Vec<AttemptRecord>],
     channels: &mut watch::Receiver<Option<Channel>>,
     queue: &str,
 ) -> bool {
+    let mut confirmed = 0;
     let mut warned = false;
     loop {
         let Ok(channel) = channels.wait_for(Option::is_some).await.map(|c| c.clone()) else {
             return false;
         };
         let Some(channel) = channel else { continue };
-        let message = AttemptRecord::encode_batch(batch);
-        match amqp::publish_confirmed(&channel, "", queue, message, CONFIRM_TIMEOUT).await {
-            Ok(()) => return true,
-            Err(e) => {
-                if !warned {
-                    tracing::warn!(records = batch.len(), error = %e, "attempt records kept until the broker takes them");
-                    warned = true;
-                }
-                tokio::time::sleep(RETRY_PAUSE).await;
-            }
+        let messages = round[confirmed..]
+            .iter()
+            .map(|batch| AttemptRecord::encode_batch(batch))
+            .collect();
+        let (done, error) =
+            amqp::publish_all_confirmed(&channel, "", queue, messages, CONFIRM_TIMEOUT).await;
+        confirmed += done;
+        let Some(e) = error else { return true };
+        if !warned {
+            let records: usize = round[confirmed..].iter().map(Vec::len).sum();
+            tracing::warn!(records, error = %e, "attempt records kept until the broker takes them");
+            warned = true;
         }
+        tokio::time::sleep(RETRY_PAUSE).await;
     }
 }

@@ -421,6 +421,9 @@ pub struct Row {
     ratio: Option<f64>,
     /// Deliveries handed to a retry tier (Relay: deferred, circuit open, retry scheduled).
     retry_tier: Option<f64>,
+    /// Attempt records the dispatchers dropped (`relay_attempt_records_dropped_total`: the
+    /// delivery log's buffer was full).
+    records_dropped: Option<f64>,
     /// Scenario (k) only.
     directory: Option<DirectoryFigures>,
     /// Scenario (h) only.
@@ -1107,6 +1110,7 @@ impl Bench {
             procs,
             ratio: None,
             retry_tier: None,
+            records_dropped: None,
             directory: None,
             limits: None,
             timeline: Timeline::of(&recording.arrivals_us, started_us),
@@ -1123,6 +1127,11 @@ impl Bench {
                         "relay_deliveries_total",
                         &["\"deferred\"", "\"circuit_open\"", "\"retry_scheduled\""],
                     )
+                    .await,
+            );
+            row.records_dropped = Some(
+                relay
+                    .dispatch_metric("relay_attempt_records_dropped_total", &[])
                     .await,
             );
             if let Some(d) = spec.directory {
@@ -1690,6 +1699,12 @@ impl Bench {
             out,
             "- nothing lost, no duplicates, signatures valid: {lost} missing, {dups} duplicates, {bad} bad signatures — {}",
             mark(lost == 0 && dups == 0 && bad == 0)
+        );
+        let dropped: f64 = self.rows.iter().filter_map(|r| r.records_dropped).sum();
+        let _ = writeln!(
+            out,
+            "- every attempt recorded (delivery log): {dropped:.0} records dropped — {}",
+            mark(dropped == 0.0)
         );
         out
     }
