@@ -22,6 +22,9 @@ pub enum AmqpError {
     /// The broker refused to take responsibility for a message.
     #[error("broker refused the message (nack)")]
     Nack,
+    /// The broker returned a mandatory message: no queue is bound for it.
+    #[error("broker returned the message: no queue is bound for it (unroutable)")]
+    Unroutable,
     /// The message was sent, but the connection failed before the broker confirmed it: the
     /// broker may or may not hold it.
     #[error("no confirm before the connection failed: {0}")]
@@ -138,7 +141,8 @@ pub fn header_i64(headers: Option<&FieldTable>, name: &str) -> Option<i64> {
 /// Publishes and waits for the broker's confirm, bounded by `timeout`.
 ///
 /// # Errors
-/// [`AmqpError::Broker`] (not sent) or [`AmqpError::Nack`] (refused): the broker does not
+/// [`AmqpError::Broker`] (not sent), [`AmqpError::Nack`] (refused) or
+/// [`AmqpError::Unroutable`] (returned): the broker does not
 /// hold the message. [`AmqpError::Timeout`] or [`AmqpError::Unconfirmed`]: it may (see
 /// [`AmqpError::outcome_unknown`]). In every case the publish is not accepted.
 pub async fn publish_confirmed(
@@ -212,10 +216,10 @@ async fn send(
 fn settle(confirm: Result<Confirmation, lapin::Error>) -> Result<(), AmqpError> {
     match confirm.map_err(AmqpError::Unconfirmed)? {
         Confirmation::Ack(None) => Ok(()),
-        // Acked but returned (unroutable) or nacked: the broker does not hold it.
-        Confirmation::Ack(Some(_)) | Confirmation::Nack(_) | Confirmation::NotRequested => {
-            Err(AmqpError::Nack)
-        }
+        // Acked but returned, or nacked: the broker does not hold it. Which one is told
+        // apart, as they have different remedies (a binding, or the queue's state).
+        Confirmation::Ack(Some(_)) | Confirmation::Nack(Some(_)) => Err(AmqpError::Unroutable),
+        Confirmation::Nack(None) | Confirmation::NotRequested => Err(AmqpError::Nack),
     }
 }
 

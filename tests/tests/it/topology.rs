@@ -72,7 +72,7 @@ async fn a_message_no_queue_takes_is_refused_and_a_control_notification_is_not()
 
     let refused = publish(name.clone(), AttemptRecord::encode_batch(&[])).await;
     assert!(
-        matches!(refused, Err(AmqpError::Nack)),
+        matches!(refused, Err(AmqpError::Unroutable)),
         "a record for a missing queue was {refused:?}"
     );
     channel
