@@ -5,6 +5,7 @@
 
 use std::{
     collections::HashSet,
+    fmt::Write as _,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -536,17 +537,80 @@ async fn key_stream(
     (rounds, refused)
 }
 
-/// Polls `done` every 50 ms until it holds, or panics with `what` after `timeout`.
-async fn until(what: impl Fn() -> String, timeout: Duration, mut done: impl FnMut() -> bool) {
+/// Polls `done` every 50 ms until it holds; after `timeout`, the error says `what`.
+async fn until(
+    what: impl Fn() -> String,
+    timeout: Duration,
+    mut done: impl FnMut() -> bool,
+) -> Result<(), String> {
     let deadline = Instant::now() + timeout;
     while !done() {
-        assert!(
-            Instant::now() < deadline,
-            "not within {timeout:?}: {}",
-            what()
-        );
+        if Instant::now() >= deadline {
+            return Err(format!("not within {timeout:?}: {}", what()));
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    Ok(())
+}
+
+/// Panics with `why` and what a stuck phase needs explained: the queues as a running node
+/// sees them, the nodes' alarms (a blocked publisher never gets its confirm), ingest's
+/// answer to one event, and each dispatcher's readiness and delivery outcomes.
+async fn stuck(
+    cluster: &PrivateCluster,
+    prefix: &str,
+    relay: &System,
+    dispatchers: &[DispatcherProcess],
+    why: String,
+) -> ! {
+    let queues = cluster.queues(prefix).await;
+    let alarms = cluster
+        .running_node()
+        .tool("rabbitmq-diagnostics", &["alarms"])
+        .await;
+    let probe = relay
+        .http
+        .post(format!("{}/v1/events/batch", relay.ingest_url))
+        .bearer_auth(PUBLISHER_KEY)
+        .json(&json!([{"type": "ord.probe", "data": {}}]))
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await;
+    let probe = match probe {
+        Ok(answer) => format!(
+            "{} {}",
+            answer.status(),
+            answer.text().await.unwrap_or_default()
+        ),
+        Err(e) => format!("no answer: {e}"),
+    };
+    let mut dispatched = String::new();
+    for d in dispatchers {
+        let get = |path: &str| {
+            relay
+                .http
+                .get(format!("{}{path}", d.ops_url))
+                .timeout(Duration::from_secs(10))
+                .send()
+        };
+        let ready = match get("/readyz").await {
+            Ok(answer) => answer.text().await.unwrap_or_default(),
+            Err(e) => e.to_string(),
+        };
+        let metrics = match get("/metrics").await {
+            Ok(answer) => answer.text().await.unwrap_or_default(),
+            Err(e) => e.to_string(),
+        };
+        let outcomes: Vec<&str> = metrics
+            .lines()
+            .filter(|l| l.starts_with("relay_deliveries_total"))
+            .collect();
+        let _ = write!(dispatched, "\n{}: readyz {ready}; {outcomes:?}", d.ops_url);
+    }
+    panic!(
+        "{why}\nqueues: {queues:#?}\nalarms: {alarms}\ningest's answer to one event: \
+         {probe}\ndispatchers:{dispatched}"
+    )
 }
 
 /// Order through a node loss: two producers stream rounds of 100 ordering keys each over HTTP
@@ -654,7 +718,7 @@ async fn cluster_per_key_order_holds_through_a_node_loss() {
     let accepted_now = || accepted.load(Ordering::SeqCst);
 
     // Deliveries well under way before the kill.
-    until(
+    if let Err(why) = until(
         || {
             format!(
                 "{} accepted, {} ordered requests",
@@ -665,7 +729,10 @@ async fn cluster_per_key_order_holds_through_a_node_loss() {
         PHASE_TIMEOUT,
         || accepted_now() >= PHASE && ordered.count() >= PHASE / 2,
     )
-    .await;
+    .await
+    {
+        stuck(&cluster, &prefix, &relay, &dispatchers, why).await;
+    }
     let before_kill = deliveries_by(&relay, &dispatchers).await;
     cluster.kill(DOOMED);
     let killed = Instant::now();
@@ -675,7 +742,7 @@ async fn cluster_per_key_order_holds_through_a_node_loss() {
     // Publishing goes on and deliveries resume while the node is down (the producers, paced by
     // deliveries, cannot get further).
     let at_election = ordered.count();
-    until(
+    if let Err(why) = until(
         || {
             format!(
                 "node down: {} accepted ({at_kill} at the kill), {} ordered requests \
@@ -687,12 +754,15 @@ async fn cluster_per_key_order_holds_through_a_node_loss() {
         PHASE_TIMEOUT,
         || accepted_now() >= at_kill + PHASE && ordered.count() >= at_election + PHASE / 2,
     )
-    .await;
+    .await
+    {
+        stuck(&cluster, &prefix, &relay, &dispatchers, why).await;
+    }
     let down_delivered = deliveries_by(&relay, &dispatchers).await;
     cluster.restart(DOOMED).await;
     let down_for = killed.elapsed();
     let at_restart = accepted_now();
-    until(
+    if let Err(why) = until(
         || {
             format!(
                 "node back: {} accepted ({at_restart} at the restart)",
@@ -702,7 +772,10 @@ async fn cluster_per_key_order_holds_through_a_node_loss() {
         PHASE_TIMEOUT,
         || accepted_now() >= at_restart + PHASE,
     )
-    .await;
+    .await
+    {
+        stuck(&cluster, &prefix, &relay, &dispatchers, why).await;
+    }
     stop.store(true, Ordering::SeqCst);
     let mut expected: Vec<String> = Vec::new();
     let mut rounds = Vec::new();
