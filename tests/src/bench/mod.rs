@@ -260,7 +260,8 @@ struct Spec {
     /// Scenario (h): the first `.0` subscriptions are limited to `.1` requests per second.
     limited: Option<(usize, f64)>,
     /// Relay's in-flight caps set to the baseline's concurrency (the prefetch per
-    /// subscription, prefetch × fan-out in all) instead of its defaults (64, 512).
+    /// subscription, prefetch × fan-out in all) instead of its defaults (64, 512):
+    /// `max_in_flight` and both `dispatch.max_inflight*` settings.
     caps_as_bare: bool,
 }
 
@@ -923,6 +924,11 @@ impl Bench {
                     extra.push((
                         "RELAY__DISPATCH__MAX_INFLIGHT".into(),
                         (usize::from(self.opts.prefetch) * spec.fanout).to_string(),
+                    ));
+                    // The ceiling of a subscription's `max_in_flight` on each dispatcher.
+                    extra.push((
+                        "RELAY__DISPATCH__MAX_INFLIGHT_PER_SUBSCRIPTION".into(),
+                        self.opts.prefetch.to_string(),
                     ));
                 }
                 for kv in &self.opts.settings {
