@@ -27,6 +27,10 @@ mod throttle;
 mod tier_watch;
 mod worker;
 
+/// The runtime lag past which the other lane gives way to first attempts (tests bound the
+/// fresh events' latency by it).
+pub use capacity::LAG_TARGET;
+
 use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;

@@ -46,9 +46,6 @@ const REPLAYED: usize = 50_000;
 const FRESH_SUBSCRIPTIONS: usize = 10;
 /// One fresh event every 50 ms: 20 events/s, 200 deliveries/s.
 const PERIOD: Duration = Duration::from_millis(50);
-/// The runtime lag past which the dispatcher's scavenger lane backs off
-/// (`relay::dispatch::capacity::LAG_TARGET`).
-const SCAVENGER_LAG_TARGET: Duration = Duration::from_millis(10);
 /// How long the flow runs alone, after a second of warm-up, before the replay starts.
 const ALONE: Duration = Duration::from_secs(15);
 
@@ -223,7 +220,7 @@ async fn a_replay_of_50000_events_keeps_the_fresh_median_near_the_flow_alone() {
         n_beside >= 1_000,
         "only {n_beside} fresh deliveries while the replay ran"
     );
-    let bound = (p50_after_alone * 4).max(p50_after_alone + SCAVENGER_LAG_TARGET);
+    let bound = (p50_after_alone * 4).max(p50_after_alone + relay::dispatch::LAG_TARGET);
     assert!(
         p50_after_beside <= bound,
         "fresh events' median from acceptance to delivery {p50_after_beside:?} beside the \
