@@ -144,7 +144,8 @@ pub fn header_i64(headers: Option<&FieldTable>, name: &str) -> Option<i64> {
 /// [`AmqpError::Broker`] (not sent), [`AmqpError::Nack`] (refused) or
 /// [`AmqpError::Unroutable`] (returned): the broker does not
 /// hold the message. [`AmqpError::Timeout`] or [`AmqpError::Unconfirmed`]: it may (see
-/// [`AmqpError::outcome_unknown`]). In every case the publish is not accepted.
+/// [`AmqpError::outcome_unknown`]). In every case the publish is not accepted. After a nack
+/// the channel is closed (see [`retire_refusing`]).
 pub async fn publish_confirmed(
     channel: &Channel,
     exchange: &str,
@@ -156,16 +157,21 @@ pub async fn publish_confirmed(
         let confirm = send(channel, exchange, routing_key, message).await?;
         settle(confirm.await)
     };
-    tokio::time::timeout(timeout, confirm)
+    let result = tokio::time::timeout(timeout, confirm)
         .await
-        .unwrap_or(Err(AmqpError::Timeout(timeout)))
+        .unwrap_or(Err(AmqpError::Timeout(timeout)));
+    if matches!(result, Err(AmqpError::Nack)) {
+        retire_refusing(channel).await;
+    }
+    result
 }
 
 /// Publishes `messages` in order without waiting between them, then waits for their confirms,
 /// all bounded by `timeout`: one round trip for the lot instead of one per message. Returns
 /// how many, from the first, the broker confirmed, and the error that stopped the rest (the
 /// errors of [`publish_confirmed`]); a message after the first unconfirmed one may be held
-/// too (its confirm is not waited for).
+/// too (its confirm is not waited for). After a nack the channel is closed (see
+/// [`retire_refusing`]).
 pub async fn publish_all_confirmed(
     channel: &Channel,
     exchange: &str,
@@ -190,7 +196,23 @@ pub async fn publish_all_confirmed(
         Ok(Err(e)) => Some(e),
         Err(_) => Some(AmqpError::Timeout(timeout)),
     };
+    if matches!(error, Some(AmqpError::Nack)) {
+        retire_refusing(channel).await;
+    }
     (confirmed, error)
+}
+
+/// Closes a channel the broker nacked a publish on. A channel that published to a quorum
+/// queue while the queue elected a new leader can go on refusing every message (RabbitMQ 3.10,
+/// after a node loss: for minutes, in `tests/tests/it/cluster.rs`); a new channel does not.
+/// Every publisher holds its channel through [`crate::session::confirm_channels`], which opens
+/// the next one within 250 ms; the publishes still in flight on this one fail unconfirmed.
+async fn retire_refusing(channel: &Channel) {
+    tracing::warn!(
+        channel = channel.id(),
+        "the broker refused a message; reopening the publishing channel"
+    );
+    close_channel(channel, "reopened after a nack").await;
 }
 
 async fn send(

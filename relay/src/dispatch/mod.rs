@@ -235,6 +235,7 @@ pub async fn run(
         metrics,
         topology,
         prefetch: dispatch.prefetch,
+        handoff_channels: broker::confirm_channels(sessions.clone(), broker_open.clone()),
         tasks: deliveries.clone(),
         readiness,
         ordered_lanes: Arc::default(),

@@ -76,6 +76,8 @@ pub struct Worker {
     pub lanes: Arc<Lanes>,
     /// The delivery log feed.
     pub attempts: AttemptLog,
+    /// The confirm channel hand-offs are published on, kept open across sessions and nacks.
+    pub handoff_channels: watch::Receiver<Option<Channel>>,
     /// Every delivery task, of this session and of lost ones.
     pub tasks: TaskTracker,
     /// `consumers` is ready only while every consumer runs.
@@ -184,7 +186,7 @@ impl Worker {
         result
     }
 
-    /// Declares the retry tiers, opens the parking channel and subscribes to every ingress
+    /// Declares the retry tiers and subscribes to every ingress
     /// shard (one queue unless sharded), then `redeliver`, each on its own channel.
     async fn open(
         &self,
@@ -195,7 +197,11 @@ impl Worker {
             self.topology.declare_retry_tier(&setup, tier).await?;
         }
         amqp::close_channel(&setup, "tiers declared").await;
-        let parking = Parking::new(amqp::confirm_channel(session).await?, &self.topology);
+        let parking = Parking::new(
+            self.handoff_channels.clone(),
+            session.clone(),
+            &self.topology,
+        );
         let mut queues = self.topology.ingress_queues();
         queues.push(self.topology.redeliver.clone());
         let mut subscribed = Vec::with_capacity(queues.len());

@@ -101,17 +101,7 @@ impl Publisher {
         let started = Instant::now();
         // The routing key places the event on its ingress shard (consistent hash).
         let key = envelope.ordering_key();
-        let sent =
-            amqp::publish_confirmed(&channel, &self.exchange, key, message, self.timeout).await;
-        if matches!(sent, Err(amqp::AmqpError::Nack)) {
-            // A channel that published to a quorum queue while it was electing a leader can
-            // go on refusing every message (RabbitMQ 3.10, after a node loss: minutes, in
-            // tests/tests/it/cluster.rs); a new channel does not. The channel watcher opens
-            // one within 250 ms; until then publishes answer 503 as unavailable.
-            tracing::warn!("the broker refused an event; reopening the publishing channel");
-            let _ = channel.close(200, "reopened after a nack".into()).await;
-        }
-        sent?;
+        amqp::publish_confirmed(&channel, &self.exchange, key, message, self.timeout).await?;
         self.metrics
             .confirm_seconds
             .observe(started.elapsed().as_secs_f64());
