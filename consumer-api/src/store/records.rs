@@ -3,6 +3,8 @@
 //! when each subscription has been failing without a success, and since when its circuit
 //! breaker has been seen open (deliveries deferred as `circuit_open`) without a success.
 
+use std::collections::HashMap;
+
 use relay_shared::attempt::{AttemptOutcome, AttemptRecord, Headers};
 use sqlx::{Row, any::AnyRow};
 
@@ -287,15 +289,31 @@ impl Store {
             }
             query.execute(&mut *tx).await?;
         }
-        // One streak update per subscription per batch, equal to applying the batch in order.
-        for (subscription_id, streak) in streaks(&rows) {
+        // One streak change per subscription per batch, equal to applying the batch in order.
+        let changes = streaks(&rows);
+        // Most of a batch is successes to subscriptions without a streak: their ends are one
+        // statement per chunk that writes only the rows that had one (no row is no streak),
+        // not an upsert per subscription (most of consumer-api's cost at 100k subscriptions).
+        let ended: Vec<&str> = changes
+            .iter()
+            .filter(|(_, streak)| *streak == Streak::Ended)
+            .map(|(id, _)| *id)
+            .collect();
+        for chunk in statement_chunks(&ended) {
+            let sql = format!(
+                "UPDATE subscription_health SET failing_since_ms = NULL \
+                 WHERE failing_since_ms IS NOT NULL AND subscription_id IN ({})",
+                parameter_list(chunk.len(), self.postgres)
+            );
+            let mut query = sqlx::query(&sql);
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            query.execute(&mut *tx).await?;
+        }
+        for (subscription_id, streak) in changes {
             let query = match streak {
-                Streak::Ended => sqlx::query(
-                    "INSERT INTO subscription_health (subscription_id, failing_since_ms) \
-                     VALUES ($1, NULL) ON CONFLICT (subscription_id) \
-                     DO UPDATE SET failing_since_ms = NULL",
-                )
-                .bind(subscription_id),
+                Streak::Ended => continue,
                 Streak::Restarted(since) => sqlx::query(
                     "INSERT INTO subscription_health (subscription_id, failing_since_ms) \
                      VALUES ($1, $2) ON CONFLICT (subscription_id) \
@@ -314,21 +332,35 @@ impl Store {
             };
             query.execute(&mut *tx).await?;
         }
+        let seen = circuits(&rows);
+        let succeeded: Vec<&str> = seen
+            .iter()
+            .filter(|(_, circuit)| circuit.success_ms.is_some())
+            .map(|(id, _)| *id)
+            .collect();
+        // Which of them have an open circuit stored: one read per chunk, not per subscription.
+        let mut stored_open: HashMap<String, i64> = HashMap::new();
+        for chunk in statement_chunks(&succeeded) {
+            let sql = format!(
+                "SELECT subscription_id, circuit_opened_ms FROM subscription_health \
+                 WHERE circuit_opened_ms IS NOT NULL AND subscription_id IN ({})",
+                parameter_list(chunk.len(), self.postgres)
+            );
+            let mut query = sqlx::query(&sql);
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            for row in query.fetch_all(&mut *tx).await? {
+                stored_open.insert(row.try_get(0)?, row.try_get(1)?);
+            }
+        }
         let mut recoveries = Vec::new();
-        for (subscription_id, circuit) in circuits(&rows) {
+        for (subscription_id, circuit) in seen {
             if let Some(recovered_ms) = circuit.success_ms {
-                // RETURNING gives the new value, so read the open time first and clear it
-                // only if it is still that: of concurrent recorders, one changes the row and
-                // announces the recovery.
-                let held: Option<i64> = sqlx::query_scalar::<_, Option<i64>>(
-                    "SELECT circuit_opened_ms FROM subscription_health WHERE subscription_id = $1",
-                )
-                .bind(subscription_id)
-                .fetch_optional(&mut *tx)
-                .await?
-                .flatten();
-                let claimed = match held {
-                    Some(opened_ms) => {
+                // Clear the open time only if it is still the one read: of concurrent
+                // recorders, one changes the row and announces the recovery.
+                let claimed = match stored_open.get(subscription_id) {
+                    Some(&opened_ms) => {
                         let cleared = sqlx::query(
                             "UPDATE subscription_health SET circuit_opened_ms = NULL \
                              WHERE subscription_id = $1 AND circuit_opened_ms = $2",
@@ -725,6 +757,19 @@ fn placeholders(rows: usize, columns: usize, numbered: bool) -> String {
     sql
 }
 
+/// The parameters of an `IN (...)` list of `n` values: `$1, $2` for PostgreSQL, `?, ?` for
+/// SQLite (see [`placeholders`]).
+fn parameter_list(n: usize, numbered: bool) -> String {
+    if numbered {
+        (1..=n)
+            .map(|i| format!("${i}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    } else {
+        vec!["?"; n].join(", ")
+    }
+}
+
 /// What a batch of attempts does to one subscription's failure streak.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Streak {
@@ -740,6 +785,7 @@ enum Streak {
 /// failed request starts one if none is running; deferrals and the like change nothing.
 fn streaks<'a>(rows: &[(&'a AttemptRecord, i64)]) -> Vec<(&'a str, Streak)> {
     let mut changes: Vec<(&'a str, Streak)> = Vec::new();
+    let mut index: HashMap<&'a str, usize> = HashMap::new();
     for (a, at_ms) in rows {
         let failed = matches!(
             a.outcome,
@@ -749,7 +795,7 @@ fn streaks<'a>(rows: &[(&'a AttemptRecord, i64)]) -> Vec<(&'a str, Streak)> {
             continue;
         }
         let id = a.subscription_id.as_str();
-        let position = changes.iter().position(|(s, _)| *s == id);
+        let position = index.get(id).copied();
         let next = match (position.map(|i| changes[i].1), failed) {
             (_, false) => Streak::Ended,
             (None, true) => Streak::Continued(*at_ms),
@@ -758,7 +804,10 @@ fn streaks<'a>(rows: &[(&'a AttemptRecord, i64)]) -> Vec<(&'a str, Streak)> {
         };
         match position {
             Some(i) => changes[i].1 = next,
-            None => changes.push((id, next)),
+            None => {
+                index.insert(id, changes.len());
+                changes.push((id, next));
+            }
         }
     }
     changes
@@ -790,6 +839,7 @@ impl Circuit {
 /// `circuit_open` deferral nor a success are left out.
 fn circuits<'a>(rows: &[(&'a AttemptRecord, i64)]) -> Vec<(&'a str, Circuit)> {
     let mut seen: Vec<(&'a str, Circuit)> = Vec::new();
+    let mut index: HashMap<&'a str, usize> = HashMap::new();
     for (a, at_ms) in rows {
         if !matches!(
             a.outcome,
@@ -798,7 +848,7 @@ fn circuits<'a>(rows: &[(&'a AttemptRecord, i64)]) -> Vec<(&'a str, Circuit)> {
             continue;
         }
         let id = a.subscription_id.as_str();
-        let i = seen.iter().position(|(s, _)| *s == id).unwrap_or_else(|| {
+        let i = *index.entry(id).or_insert_with(|| {
             seen.push((id, Circuit::default()));
             seen.len() - 1
         });
@@ -819,7 +869,9 @@ fn circuits<'a>(rows: &[(&'a AttemptRecord, i64)]) -> Vec<(&'a str, Circuit)> {
 mod streak_tests {
     use relay_shared::attempt::{AttemptOutcome, AttemptRecord};
 
-    use super::{Circuit, Streak, circuits, placeholders, statement_chunks, streaks};
+    use super::{
+        Circuit, Streak, circuits, parameter_list, placeholders, statement_chunks, streaks,
+    };
 
     fn attempt(subscription: &str, outcome: AttemptOutcome) -> AttemptRecord {
         AttemptRecord {
@@ -837,6 +889,13 @@ mod streak_tests {
             response_headers: relay_shared::attempt::Headers::default(),
             response_headers_omitted: 0,
         }
+    }
+
+    #[test]
+    fn in_lists_are_numbered_for_postgres_and_anonymous_for_sqlite() {
+        assert_eq!(parameter_list(3, true), "$1, $2, $3");
+        assert_eq!(parameter_list(2, false), "?, ?");
+        assert_eq!(parameter_list(1, false), "?");
     }
 
     #[test]
@@ -1090,6 +1149,28 @@ pub(crate) mod tests {
                 "{backend}: the streak starts at the first failure; a success ends it"
             );
             assert!(store.failing_since(jan_1 - 1).await.unwrap().is_empty());
+            // A later batch's successes end stored streaks (one statement for all the ends).
+            store
+                .insert_attempts(&[
+                    attempt("sub_b", AttemptOutcome::Success, "2026-01-03T00:00:01Z"),
+                    attempt("sub_a", AttemptOutcome::Success, "2026-01-03T00:00:02Z"),
+                ])
+                .await
+                .unwrap();
+            assert!(
+                store.failing_since(i64::MAX).await.unwrap().is_empty(),
+                "{backend}: a success in a later batch ends the streak"
+            );
+            let fail_at = "2026-01-03T00:00:03Z";
+            store
+                .insert_attempts(&[attempt("sub_a", AttemptOutcome::Dead, fail_at)])
+                .await
+                .unwrap();
+            assert_eq!(
+                store.failing_since(i64::MAX).await.unwrap(),
+                [("sub_a".to_owned(), rfc3339_ms(fail_at).unwrap())],
+                "{backend}: a new streak"
+            );
             store.reset_health("sub_a").await.unwrap();
             assert!(store.failing_since(i64::MAX).await.unwrap().is_empty());
 
@@ -1131,6 +1212,34 @@ pub(crate) mod tests {
                 .unwrap();
             assert_eq!(recovered.len(), 1, "{backend}");
             assert_eq!(recovered[0].subscription_id, "sub_b");
+            // Two stored open circuits, closed by one batch: both recover.
+            let reopen_at = "2026-01-05T00:00:00Z";
+            store
+                .insert_attempts(&[
+                    attempt("sub_a", AttemptOutcome::CircuitOpen, reopen_at),
+                    attempt("sub_b", AttemptOutcome::CircuitOpen, reopen_at),
+                ])
+                .await
+                .unwrap();
+            let mut recovered = store
+                .insert_attempts(&[
+                    attempt("sub_b", AttemptOutcome::Success, "2026-01-05T00:01:00Z"),
+                    attempt("sub_a", AttemptOutcome::Success, "2026-01-05T00:01:00Z"),
+                ])
+                .await
+                .unwrap();
+            recovered.sort_by(|x, y| x.subscription_id.cmp(&y.subscription_id));
+            assert_eq!(
+                recovered
+                    .iter()
+                    .map(|r| (r.subscription_id.as_str(), r.circuit_opened_ms))
+                    .collect::<Vec<_>>(),
+                [
+                    ("sub_a", rfc3339_ms(reopen_at).unwrap()),
+                    ("sub_b", rfc3339_ms(reopen_at).unwrap())
+                ],
+                "{backend}"
+            );
             store.close().await;
         }
     }
