@@ -17,9 +17,12 @@
 //! latency went from 10 ms to 200–330 ms in its queue for the processor. So while first
 //! attempts have work, the other lane is a scavenger: it holds at most a **limit** of slots
 //! (from one to its own part) that [`Lanes::regulate`] halves after every tick on which the
-//! dispatcher's runtime answered late (by more than [`LAG_TARGET`]: it is saturated) and
-//! raises by one after each tick on time. Background work so takes what the processor has to
-//! spare and gives it back as soon as fresh work would wait for it.
+//! dispatcher's runtime answered late (by more than [`LAG_TARGET`]: it is saturated), or on
+//! which a fresh event arrived more than [`QUEUE_TARGET`] later after its acceptance than the
+//! quickest of the last minute (the broker or the machine is saturated, which the dispatcher's
+//! own runtime may not feel), and raises by one after each other tick. Background work so
+//! takes what the processor has to spare and gives it back as soon as fresh work would wait
+//! for it.
 //!
 //! No lock on the delivery path: taking a slot is one compare-and-swap on both lanes' counts.
 //! A request that has to wait queues in its lane and is woken in turn (the oldest first) as
@@ -28,7 +31,7 @@
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -71,6 +74,34 @@ const TICK: Duration = Duration::from_millis(50);
 /// Above the timer's own millisecond rounding and a busy runtime's usual few milliseconds.
 pub const LAG_TARGET: Duration = Duration::from_millis(10);
 
+/// Fresh events taking longer than this beyond the least age of the window are queueing
+/// somewhere (the broker, the machine): fresh work is waiting.
+pub const QUEUE_TARGET: Duration = Duration::from_millis(10);
+
+/// How long the least age of fresh events is remembered as the path's own delay.
+pub const BASE_WINDOW: Duration = Duration::from_secs(60);
+#[allow(clippy::cast_possible_truncation)]
+const BASE_TICKS: usize = (BASE_WINDOW.as_millis() / TICK.as_millis()) as usize;
+
+/// How much longer than usual fresh events take from acceptance to the dispatcher: the
+/// greatest age of a tick less the least age of the last [`BASE_WINDOW`].
+#[derive(Debug, Default)]
+struct FreshQueueing {
+    least: std::collections::VecDeque<i64>,
+}
+
+impl FreshQueueing {
+    /// One tick's least and greatest ages (`i64::MAX`, `i64::MIN`: no fresh event).
+    fn tick(&mut self, least: i64, most: i64) -> Duration {
+        if self.least.len() == BASE_TICKS {
+            self.least.pop_front();
+        }
+        self.least.push_back(least);
+        let base = self.least.iter().copied().min().unwrap_or(i64::MAX);
+        Duration::from_millis(u64::try_from(most.saturating_sub(base)).unwrap_or(0))
+    }
+}
+
 /// Both lanes' slots in use in one word (first in the low half), so that checking the
 /// parts and taking a slot is one compare-and-swap: no lock on the delivery path.
 const SHIFT: u32 = 32;
@@ -101,6 +132,9 @@ pub struct Lanes {
     freed: [Notify; 2],
     occupancy: [IntGauge; 2],
     limit_gauge: IntGauge,
+    /// The least and the greatest age (milliseconds from acceptance) of the fresh events
+    /// received since the last tick; `i64::MAX` and `i64::MIN` when none came.
+    fresh_age: [AtomicI64; 2],
 }
 
 /// A slot in a lane, given back when dropped.
@@ -172,6 +206,7 @@ impl Lanes {
             occupancy: [Lane::First, Lane::Other]
                 .map(|lane| occupancy.with_label_values(&[lane.label()])),
             limit_gauge: limit,
+            fresh_age: [AtomicI64::new(i64::MAX), AtomicI64::new(i64::MIN)],
         })
     }
 
@@ -184,11 +219,11 @@ impl Lanes {
         }
     }
 
-    /// Adapts the other lane's limit to how late a tick came: halved when later than
-    /// [`LAG_TARGET`], one more otherwise, within 1 and its own part.
-    fn adapt(&self, late: Duration) {
+    /// Adapts the other lane's limit after a tick: halved when fresh work was kept waiting
+    /// (`saturated`), one more otherwise, within 1 and its own part.
+    fn adapt(&self, saturated: bool) {
         let limit = self.other_limit.load(Ordering::Relaxed);
-        let next = if late > LAG_TARGET {
+        let next = if saturated {
             (limit / 2).max(1)
         } else {
             limit + 1
@@ -204,16 +239,31 @@ impl Lanes {
         }
     }
 
-    /// Every [`TICK`] until `shutdown`, measures how late the runtime woke this task and
-    /// adapts the other lane's limit to it.
+    /// A fresh event `age_ms` after its acceptance reached the dispatcher.
+    pub fn observe_fresh(&self, age_ms: i64) {
+        self.fresh_age[0].fetch_min(age_ms, Ordering::Relaxed);
+        self.fresh_age[1].fetch_max(age_ms, Ordering::Relaxed);
+    }
+
+    /// Every [`TICK`] until `shutdown`, adapts the other lane's limit: fresh work waits when
+    /// the runtime woke this task more than [`LAG_TARGET`] late, or a fresh event took more
+    /// than [`QUEUE_TARGET`] longer than the least of the last [`BASE_WINDOW`] from acceptance
+    /// to the dispatcher (a saturated broker or machine delays fresh events without making
+    /// this runtime late). The least age
+    /// is the path's own delay (and any clock offset between ingest and the dispatcher).
     pub async fn regulate(self: Arc<Self>, mut shutdown: relay_shared::shutdown::Shutdown) {
+        let mut queueing = FreshQueueing::default();
         loop {
             let asleep = Instant::now();
             tokio::select! {
                 () = tokio::time::sleep(TICK) => {}
                 () = shutdown.wait() => return,
             }
-            self.adapt(asleep.elapsed().saturating_sub(TICK));
+            let late = asleep.elapsed().saturating_sub(TICK);
+            let least = self.fresh_age[0].swap(i64::MAX, Ordering::Relaxed);
+            let most = self.fresh_age[1].swap(i64::MIN, Ordering::Relaxed);
+            let queued = queueing.tick(least, most);
+            self.adapt(late > LAG_TARGET || queued > QUEUE_TARGET);
         }
     }
 
@@ -360,6 +410,21 @@ mod tests {
     }
 
     #[test]
+    fn fresh_queueing_is_the_age_beyond_the_least_of_the_window() {
+        let mut q = FreshQueueing::default();
+        assert_eq!(q.tick(i64::MAX, i64::MIN), Duration::ZERO, "no fresh event");
+        // A clock offset of 5 s between ingest and the dispatcher is the base, not queueing.
+        assert_eq!(q.tick(5_004, 5_006), Duration::from_millis(2));
+        assert_eq!(q.tick(5_030, 5_090), Duration::from_millis(86));
+        assert_eq!(q.tick(i64::MAX, i64::MIN), Duration::ZERO);
+        // The least age leaves the window after BASE_WINDOW.
+        for _ in 0..BASE_TICKS {
+            q.tick(5_020, 5_020);
+        }
+        assert_eq!(q.tick(5_020, 5_035), Duration::from_millis(15));
+    }
+
+    #[test]
     fn many_threads_never_take_more_than_the_capacity_and_every_waiter_wakes() {
         use std::sync::atomic::{AtomicUsize, Ordering};
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -426,17 +491,17 @@ mod tests {
         let _fresh = l.acquire(Lane::First).await;
         // Three late ticks: 5 → 2 → 1, and never below one.
         for _ in 0..3 {
-            l.adapt(LAG_TARGET * 2);
+            l.adapt(true);
         }
         assert_eq!(limit(&l), 1);
         let _replayed = l.acquire(Lane::Other).await;
         assert!(blocked(&l, Lane::Other).await);
         // Ticks on time: one more slot each, up to the lane's own part.
-        l.adapt(Duration::ZERO);
+        l.adapt(false);
         let _second = l.acquire(Lane::Other).await;
         assert!(blocked(&l, Lane::Other).await);
         for _ in 0..10 {
-            l.adapt(LAG_TARGET);
+            l.adapt(false);
         }
         assert_eq!(limit(&l), 5);
     }
@@ -444,8 +509,8 @@ mod tests {
     #[tokio::test]
     async fn without_first_attempts_the_other_lane_borrows_everything_whatever_its_limit() {
         let l = lanes(4, 0.5);
-        l.adapt(LAG_TARGET * 2);
-        l.adapt(LAG_TARGET * 2);
+        l.adapt(true);
+        l.adapt(true);
         let mut replay = Vec::new();
         for _ in 0..4 {
             replay.push(l.acquire(Lane::Other).await);

@@ -90,6 +90,11 @@ impl Worker {
             Err(e) => return Received::Invalid(e.to_string()),
         };
         let data = EventData::new(&event.envelope);
+        if let Some(accepted_ms) = event.accepted_ms {
+            let now_ms = OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
+            let age = i64::try_from(now_ms).unwrap_or(i64::MAX) - accepted_ms;
+            self.lanes.observe_fresh(age);
+        }
         // Not stamped by ingest: published straight over AMQP by a producer.
         if event.accepted_ms.is_none() {
             if let Some(reason) = self.refuse_from_producer(&event, &data) {
