@@ -30,6 +30,7 @@ use super::{
     directory::Route,
     ordered_lanes::{Ticket, Tickets},
     outcome::{Ending, Outcome},
+    pacing::unix_ms_now,
     parking::Parking,
     select,
     step::{self, DeadReason, Failure, Refusal, Step, Tried},
@@ -90,18 +91,16 @@ impl Worker {
             Err(e) => return Received::Invalid(e.to_string()),
         };
         let data = EventData::new(&event.envelope);
-        if let Some(accepted_ms) = event.accepted_ms {
-            let now_ms = OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
-            let age = i64::try_from(now_ms).unwrap_or(i64::MAX) - accepted_ms;
-            self.lanes.observe_fresh(age);
-        }
-        // Not stamped by ingest: published straight over AMQP by a producer.
-        if event.accepted_ms.is_none() {
-            if let Some(reason) = self.refuse_from_producer(&event, &data) {
-                return Received::Invalid(reason);
-            }
-            if !delivery.redelivered {
-                self.metrics.ingested.with_label_values(&["amqp"]).inc();
+        match event.accepted_ms {
+            Some(accepted_ms) => self.lanes.observe_fresh(unix_ms_now() - accepted_ms),
+            // Not stamped by ingest: published straight over AMQP by a producer.
+            None => {
+                if let Some(reason) = self.refuse_from_producer(&event, &data) {
+                    return Received::Invalid(reason);
+                }
+                if !delivery.redelivered {
+                    self.metrics.ingested.with_label_values(&["amqp"]).inc();
+                }
             }
         }
         let routes = select::routes(&self.directory, &event.envelope, &data);

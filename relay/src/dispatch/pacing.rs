@@ -742,7 +742,8 @@ fn millis(rate: f64) -> u64 {
     millis
 }
 
-fn unix_ms_now() -> i64 {
+/// Now, in Unix milliseconds.
+pub(super) fn unix_ms_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
