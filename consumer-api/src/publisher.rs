@@ -93,6 +93,26 @@ impl Publisher {
         (confirmed, error.or(damaged))
     }
 
+    /// How many messages wait in `redeliver` for a dispatcher (a passive declare); `None`
+    /// when the broker does not say.
+    pub async fn redeliver_backlog(&self) -> Option<u32> {
+        let passive = lapin::options::QueueDeclareOptions {
+            passive: true,
+            ..lapin::options::QueueDeclareOptions::default()
+        };
+        let queue = self
+            .channel()
+            .ok()?
+            .queue_declare(
+                self.topology.redeliver.as_str().into(),
+                passive,
+                lapin::types::FieldTable::default(),
+            )
+            .await
+            .ok()?;
+        Some(queue.message_count())
+    }
+
     fn handoff(
         body: &[u8],
         subscription_id: &str,

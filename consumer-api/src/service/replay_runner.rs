@@ -7,7 +7,10 @@
 //! 2. publish them in order of recording, in bursts of [`BURST`]: every event of a burst is
 //!    sent, then their broker confirms are awaited, then `cursor_seq` and `published` are
 //!    written (which also renews the lease). One round trip and one write per event held a
-//!    replay to a few hundred events a second.
+//!    replay to a few hundred events a second. A burst waits while more than [`BACKLOG`]
+//!    messages wait in `redeliver`: the job goes at the pace the dispatchers deliver, which
+//!    hold replays back while fresh events need the machine, rather than loading the broker
+//!    with the whole window at once.
 //!
 //! A job taken over resumes after its last written event: what was confirmed and written is
 //! never sent again; only the burst in flight at a crash, confirmed before its progress was
@@ -34,6 +37,12 @@ const PAGE: u32 = 500;
 /// Events published with one round trip to the broker and one progress write. A crash
 /// re-sends at most the burst it was in.
 const BURST: usize = 100;
+/// Messages waiting in `redeliver` above which a job publishes no further burst. Publishing a
+/// 50,000-event window as fast as the broker confirms took the broker from fresh events for
+/// tens of seconds while the dispatchers delivered it over minutes.
+const BACKLOG: u32 = 1_000;
+/// How often a job held back by the backlog looks again.
+const BACKLOG_POLL: Duration = Duration::from_millis(100);
 /// How long a job waits for the broker to take an event before it fails.
 pub const BROKER_PATIENCE: Duration = Duration::from_secs(60);
 
@@ -235,6 +244,7 @@ impl Job {
             let rows: Vec<&StoredEvent> = rows.iter().take_while(|row| row.seq <= last).collect();
             for burst in rows.chunks(BURST) {
                 self.stop_if_asked()?;
+                self.wait_for_room().await?;
                 let sending: Vec<&StoredEvent> = burst
                     .iter()
                     .copied()
@@ -248,6 +258,31 @@ impl Job {
             }
             if newest >= last {
                 break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits while more than [`BACKLOG`] messages wait in `redeliver` (renewing the lease
+    /// meanwhile). When the broker does not say, the publish goes ahead and waits out the
+    /// broker itself.
+    async fn wait_for_room(&mut self) -> Result<(), Stop> {
+        let mut saved = Instant::now();
+        while self
+            .service
+            .publisher
+            .redeliver_backlog()
+            .await
+            .is_some_and(|waiting| waiting > BACKLOG)
+        {
+            if saved.elapsed() >= self.lease / 3 {
+                self.save().await?;
+                saved = Instant::now();
+            }
+            let mut shutdown = self.shutdown.clone();
+            tokio::select! {
+                () = tokio::time::sleep(BACKLOG_POLL) => {}
+                () = shutdown.wait() => return Err(Stop::Shutdown),
             }
         }
         Ok(())

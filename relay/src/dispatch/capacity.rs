@@ -11,18 +11,22 @@
 //! by at most the replay's requests already in flight; nor can a flood of fresh events starve
 //! the retries.
 //!
-//! Slots alone do not keep a replay from crowding fresh events out when the dispatcher is short
-//! of CPU rather than of slots: requests to a fast endpoint give their slots back at once, and
-//! a replay of 10,000 events to one took 70 % of the deliveries while fresh events' median
-//! latency went from 10 ms to 200–330 ms in its queue for the processor. So while first
-//! attempts have work, the other lane is a scavenger: it holds at most a **limit** of slots
-//! (from one to its own part) that [`Lanes::regulate`] halves after every tick on which the
-//! dispatcher's runtime answered late (by more than [`LAG_TARGET`]: it is saturated), or on
-//! which a fresh event arrived more than [`QUEUE_TARGET`] later after its acceptance than the
-//! quickest of the last minute (the broker or the machine is saturated, which the dispatcher's
-//! own runtime may not feel), and raises by one after each other tick. Background work so
-//! takes what the processor has to spare and gives it back as soon as fresh work would wait
-//! for it.
+//! Slots alone do not keep a replay from crowding fresh events out when the machine is short
+//! of processor rather than of slots: requests to a fast endpoint give their slots back at
+//! once, so one slot is a thousand requests a second, each of which costs the broker and
+//! consumer-api more than the dispatcher. A replay of 10,000 events to one took 70 % of the
+//! deliveries while fresh events' median latency went from 10 ms to 200–330 ms in its queue for
+//! the processor; halving the replay's slots on saturation still left it one slot, a thousand
+//! requests a second. So while first attempts have work, the other lane is a scavenger whose
+//! **pace** (starts a second) [`Lanes::regulate`] sets every [`TICK`]: on a tick on which the
+//! dispatcher's runtime answered late (by more than [`LAG_TARGET`]: it is saturated) or fresh
+//! events arrived more than [`QUEUE_TARGET`] later after their acceptance than the quickest of
+//! the last minute, on two ticks in a row ([`FreshQueueing`]: the broker or the machine is
+//! saturated, which the dispatcher's own runtime may not feel), the pace becomes half of what the lane started lately (at least [`MIN_PACE`], so
+//! that a replay always progresses); after each other tick it rises by [`PACE_RISE`] and one
+//! start a second, up to twice what the lane starts (a pace the lane does not use is not
+//! raised). Background work so takes what the processor has to spare and gives it back as soon
+//! as fresh work would wait for it. Without fresh work the lane is not paced.
 //!
 //! No lock on the delivery path: taking a slot is one compare-and-swap on both lanes' counts.
 //! A request that has to wait queues in its lane and is woken in turn (the oldest first) as
@@ -78,27 +82,47 @@ pub const LAG_TARGET: Duration = Duration::from_millis(10);
 /// somewhere (the broker, the machine): fresh work is waiting.
 pub const QUEUE_TARGET: Duration = Duration::from_millis(10);
 
+/// The slowest pace of the other lane while first attempts have work, in starts a second:
+/// a replay beside them always progresses.
+pub const MIN_PACE: f64 = 20.0;
+/// How much the pace rises after each tick on which nothing was saturated (and by one start a
+/// second more): slowly (doubling in about 7 s), as each return to saturation delays a few
+/// fresh events.
+const PACE_RISE: f64 = 0.005;
+
 /// How long the least age of fresh events is remembered as the path's own delay.
 pub const BASE_WINDOW: Duration = Duration::from_secs(60);
 #[allow(clippy::cast_possible_truncation)]
 const BASE_TICKS: usize = (BASE_WINDOW.as_millis() / TICK.as_millis()) as usize;
 
-/// How much longer than usual fresh events take from acceptance to the dispatcher: the
-/// greatest age of a tick less the least age of the last [`BASE_WINDOW`].
+/// How much longer than usual fresh events take from acceptance to the dispatcher: the least
+/// age over two successive ticks with fresh events, less the least age of the last
+/// [`BASE_WINDOW`]. The least, over two ticks: a queue in front of fresh events delays every
+/// one of them, while a single late one is a hiccup (a process descheduled a moment), which
+/// came about every 5 s on a quiet 2-core machine and halved the other lane's pace each time.
 #[derive(Debug, Default)]
 struct FreshQueueing {
     least: std::collections::VecDeque<i64>,
+    /// The least age of the last tick with fresh events.
+    previous: Option<i64>,
 }
 
 impl FreshQueueing {
-    /// One tick's least and greatest ages (`i64::MAX`, `i64::MIN`: no fresh event).
-    fn tick(&mut self, least: i64, most: i64) -> Duration {
+    /// One tick's least age (`i64::MAX`: no fresh event).
+    fn tick(&mut self, least: i64) -> Duration {
         if self.least.len() == BASE_TICKS {
             self.least.pop_front();
         }
         self.least.push_back(least);
+        if least == i64::MAX {
+            return Duration::ZERO;
+        }
         let base = self.least.iter().copied().min().unwrap_or(i64::MAX);
-        Duration::from_millis(u64::try_from(most.saturating_sub(base)).unwrap_or(0))
+        let both = self
+            .previous
+            .replace(least)
+            .map_or(i64::MIN, |previous| previous.min(least));
+        Duration::from_millis(u64::try_from(both.saturating_sub(base)).unwrap_or(0))
     }
 }
 
@@ -120,9 +144,12 @@ pub struct Lanes {
     total: u64,
     /// Each lane's own part.
     own: [u64; 2],
-    /// The other lane's part while first attempts have work, from 1 to `own[1]`: lowered
-    /// while the runtime is saturated ([`Lanes::regulate`]).
-    other_limit: AtomicU64,
+    /// The least gap between the other lane's starts while first attempts have work, in
+    /// nanoseconds (0: not paced), and when it may start next (as [`Lanes::now`]).
+    other_gap: AtomicU64,
+    other_next: AtomicU64,
+    /// The other lane's starts since the last tick.
+    other_starts: AtomicU64,
     used: AtomicU64,
     waiting: [AtomicUsize; 2],
     /// When each lane last took a slot: nanoseconds after `epoch`, plus one (0: never).
@@ -131,10 +158,10 @@ pub struct Lanes {
     /// Per lane: a slot came back (one waiter woken, the oldest).
     freed: [Notify; 2],
     occupancy: [IntGauge; 2],
-    limit_gauge: IntGauge,
-    /// The least and the greatest age (milliseconds from acceptance) of the fresh events
-    /// received since the last tick; `i64::MAX` and `i64::MIN` when none came.
-    fresh_age: [AtomicI64; 2],
+    pace_gauge: IntGauge,
+    /// The least age (milliseconds from acceptance) of the fresh events received since the
+    /// last tick; `i64::MAX` when none came.
+    fresh_age: AtomicI64,
 }
 
 /// A slot in a lane, given back when dropped.
@@ -172,13 +199,13 @@ impl Drop for Waiting<'_> {
 
 impl Lanes {
     /// `total` slots, `first_share` of them (rounded, at least one each when `total` allows)
-    /// kept for first attempts; `occupancy` gets each lane's slots in use, `limit` the other
-    /// lane's part while first attempts have work.
+    /// kept for first attempts; `occupancy` gets each lane's slots in use, `pace` the other
+    /// lane's pace while first attempts have work (0: not paced).
     pub fn new(
         total: usize,
         first_share: f64,
         occupancy: &IntGaugeVec,
-        limit: IntGauge,
+        pace: IntGauge,
     ) -> Arc<Self> {
         let total = u64::try_from(total.clamp(1, u32::MAX as usize)).unwrap_or(1);
         // A share in [0, 1] of at most a few thousand slots.
@@ -193,11 +220,12 @@ impl Lanes {
         } else {
             first
         };
-        limit.set(i64::try_from(total - first).unwrap_or(i64::MAX));
         Arc::new(Self {
             total,
             own: [first, total - first],
-            other_limit: AtomicU64::new(total - first),
+            other_gap: AtomicU64::new(0),
+            other_next: AtomicU64::new(0),
+            other_starts: AtomicU64::new(0),
             used: AtomicU64::new(0),
             waiting: [AtomicUsize::new(0), AtomicUsize::new(0)],
             last: [AtomicU64::new(0), AtomicU64::new(0)],
@@ -205,54 +233,48 @@ impl Lanes {
             freed: [Notify::new(), Notify::new()],
             occupancy: [Lane::First, Lane::Other]
                 .map(|lane| occupancy.with_label_values(&[lane.label()])),
-            limit_gauge: limit,
-            fresh_age: [AtomicI64::new(i64::MAX), AtomicI64::new(i64::MIN)],
+            pace_gauge: pace,
+            fresh_age: AtomicI64::new(i64::MAX),
         })
     }
 
-    /// Each lane's part now: the other lane's is its regulated limit.
-    fn part(&self, lane: usize) -> u64 {
-        if lane == 1 {
-            self.other_limit.load(Ordering::Relaxed)
-        } else {
-            self.own[0]
-        }
-    }
-
-    /// Adapts the other lane's limit after a tick: halved when fresh work was kept waiting
-    /// (`saturated`), one more otherwise, within 1 and its own part.
-    fn adapt(&self, saturated: bool) {
-        let limit = self.other_limit.load(Ordering::Relaxed);
-        let next = if saturated {
-            (limit / 2).max(1)
-        } else {
-            limit + 1
-        }
-        .min(self.own[1]);
-        if next != limit {
-            self.other_limit.store(next, Ordering::Relaxed);
-            self.limit_gauge
-                .set(i64::try_from(next).unwrap_or(i64::MAX));
-            if next > limit && self.waiting[1].load(Ordering::SeqCst) > 0 {
-                self.freed[1].notify_one();
+    /// Sets the other lane's pace after a tick (module documentation), the lane having
+    /// lately started `recent` requests a second.
+    #[allow(clippy::cast_precision_loss)]
+    fn adapt(&self, saturated: bool, recent: f64, first_busy: bool) {
+        let gap = self.other_gap.load(Ordering::Relaxed);
+        let pace = (gap > 0).then(|| 1e9 / gap as f64);
+        let next = match pace {
+            // Nothing to protect, or nothing to slow down.
+            _ if !first_busy => None,
+            None if !saturated || recent < MIN_PACE => None,
+            _ if saturated => Some((pace.unwrap_or(f64::INFINITY).min(recent) / 2.0).max(MIN_PACE)),
+            Some(pace) if pace < 2.0 * recent => {
+                Some((pace * (1.0 + PACE_RISE) + 1.0).min(2.0 * recent))
             }
-        }
+            unused => unused,
+        };
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let (gap, shown) = next.map_or((0, 0), |pace| ((1e9 / pace) as u64, pace.round() as i64));
+        self.other_gap.store(gap, Ordering::Relaxed);
+        self.pace_gauge.set(shown);
     }
 
     /// A fresh event `age_ms` after its acceptance reached the dispatcher.
     pub fn observe_fresh(&self, age_ms: i64) {
-        self.fresh_age[0].fetch_min(age_ms, Ordering::Relaxed);
-        self.fresh_age[1].fetch_max(age_ms, Ordering::Relaxed);
+        self.fresh_age.fetch_min(age_ms, Ordering::Relaxed);
     }
 
-    /// Every [`TICK`] until `shutdown`, adapts the other lane's limit: fresh work waits when
-    /// the runtime woke this task more than [`LAG_TARGET`] late, or a fresh event took more
+    /// Every [`TICK`] until `shutdown`, sets the other lane's pace: fresh work waits when
+    /// the runtime woke this task more than [`LAG_TARGET`] late, or fresh events took more
     /// than [`QUEUE_TARGET`] longer than the least of the last [`BASE_WINDOW`] from acceptance
-    /// to the dispatcher (a saturated broker or machine delays fresh events without making
-    /// this runtime late). The least age
-    /// is the path's own delay (and any clock offset between ingest and the dispatcher).
+    /// to the dispatcher ([`FreshQueueing`]; a saturated broker or machine delays fresh events
+    /// without making this runtime late). The least age is the path's own delay (and any
+    /// clock offset between ingest and the dispatcher).
     pub async fn regulate(self: Arc<Self>, mut shutdown: relay_shared::shutdown::Shutdown) {
         let mut queueing = FreshQueueing::default();
+        // The other lane's starts a second, smoothed over about half a second.
+        let mut smoothed = 0.0;
         loop {
             let asleep = Instant::now();
             tokio::select! {
@@ -260,10 +282,16 @@ impl Lanes {
                 () = shutdown.wait() => return,
             }
             let late = asleep.elapsed().saturating_sub(TICK);
-            let least = self.fresh_age[0].swap(i64::MAX, Ordering::Relaxed);
-            let most = self.fresh_age[1].swap(i64::MIN, Ordering::Relaxed);
-            let queued = queueing.tick(least, most);
-            self.adapt(late > LAG_TARGET || queued > QUEUE_TARGET);
+            let queued = queueing.tick(self.fresh_age.swap(i64::MAX, Ordering::Relaxed));
+            #[allow(clippy::cast_precision_loss)]
+            let rate = self.other_starts.swap(0, Ordering::Relaxed) as f64 / TICK.as_secs_f64();
+            smoothed += (rate - smoothed) * 0.1;
+            let first = unpack(self.used.load(Ordering::SeqCst))[0];
+            self.adapt(
+                late > LAG_TARGET || queued > QUEUE_TARGET,
+                smoothed.max(rate),
+                self.busy(0, first, self.now()),
+            );
         }
     }
 
@@ -291,7 +319,8 @@ impl Lanes {
         loop {
             let used = unpack(current);
             if used[0] + used[1] >= self.total
-                || (used[lane] >= self.part(lane) && self.busy(1 - lane, used[1 - lane], now))
+                || (used[lane] >= self.own[lane] && self.busy(1 - lane, used[1 - lane], now))
+                || (lane == 1 && !self.paced_wait(now).is_zero() && self.busy(0, used[0], now))
             {
                 return false;
             }
@@ -307,7 +336,23 @@ impl Lanes {
         }
         self.last[lane].fetch_max(now, Ordering::Relaxed);
         self.occupancy[lane].inc();
+        if lane == 1 {
+            self.other_starts.fetch_add(1, Ordering::Relaxed);
+            let gap = self.other_gap.load(Ordering::Relaxed);
+            if gap > 0 {
+                self.other_next.fetch_max(now + gap, Ordering::Relaxed);
+            }
+        }
         true
+    }
+
+    /// How long the paced other lane must wait from `now` for its next start (zero: it may
+    /// start, or it is not paced).
+    fn paced_wait(&self, now: u64) -> Duration {
+        if self.other_gap.load(Ordering::Relaxed) == 0 {
+            return Duration::ZERO;
+        }
+        Duration::from_nanos(self.other_next.load(Ordering::Relaxed).saturating_sub(now))
     }
 
     /// Waits for a slot in `lane`, first come first served within the lane. A free slot is
@@ -333,8 +378,15 @@ impl Lanes {
             if self.try_take(index) {
                 return slot();
             }
-            // A borrow may also become possible when the other lane's work lingers out.
-            let _ = tokio::time::timeout(LINGER, freed).await;
+            // A borrow may also become possible when the other lane's work lingers out, and
+            // a paced start when its time comes.
+            let paced = self.paced_wait(self.now());
+            let wait = if index == 1 && !paced.is_zero() {
+                paced.min(LINGER)
+            } else {
+                LINGER
+            };
+            let _ = tokio::time::timeout(wait, freed).await;
         }
     }
 }
@@ -349,7 +401,7 @@ mod tests {
 
     fn lanes(total: usize, share: f64) -> Arc<Lanes> {
         let gauge = IntGaugeVec::new(Opts::new("g", "g"), &["lane"]).unwrap();
-        Lanes::new(total, share, &gauge, IntGauge::new("l", "l").unwrap())
+        Lanes::new(total, share, &gauge, IntGauge::new("p", "p").unwrap())
     }
 
     async fn blocked(lanes: &Arc<Lanes>, lane: Lane) -> bool {
@@ -410,18 +462,25 @@ mod tests {
     }
 
     #[test]
-    fn fresh_queueing_is_the_age_beyond_the_least_of_the_window() {
+    fn fresh_queueing_is_the_age_beyond_the_least_of_the_window_over_two_ticks() {
         let mut q = FreshQueueing::default();
-        assert_eq!(q.tick(i64::MAX, i64::MIN), Duration::ZERO, "no fresh event");
+        assert_eq!(q.tick(i64::MAX), Duration::ZERO, "no fresh event");
         // A clock offset of 5 s between ingest and the dispatcher is the base, not queueing.
-        assert_eq!(q.tick(5_004, 5_006), Duration::from_millis(2));
-        assert_eq!(q.tick(5_030, 5_090), Duration::from_millis(86));
-        assert_eq!(q.tick(i64::MAX, i64::MIN), Duration::ZERO);
+        assert_eq!(q.tick(5_004), Duration::ZERO, "one tick is not a queue");
+        assert_eq!(q.tick(5_006), Duration::ZERO);
+        // One late event is a hiccup; two ticks of them (a tick without events between),
+        // a queue.
+        assert_eq!(q.tick(5_090), Duration::from_millis(2));
+        assert_eq!(q.tick(5_006), Duration::from_millis(2));
+        assert_eq!(q.tick(5_090), Duration::from_millis(2));
+        assert_eq!(q.tick(i64::MAX), Duration::ZERO);
+        assert_eq!(q.tick(5_060), Duration::from_millis(56));
         // The least age leaves the window after BASE_WINDOW.
         for _ in 0..BASE_TICKS {
-            q.tick(5_020, 5_020);
+            q.tick(5_020);
         }
-        assert_eq!(q.tick(5_020, 5_035), Duration::from_millis(15));
+        assert_eq!(q.tick(5_035), Duration::ZERO);
+        assert_eq!(q.tick(5_035), Duration::from_millis(15));
     }
 
     #[test]
@@ -485,32 +544,57 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_saturated_runtime_shrinks_the_other_lane_while_first_attempts_have_work() {
-        let l = lanes(10, 0.5);
-        let limit = |l: &Lanes| l.other_limit.load(Ordering::Relaxed);
+    async fn a_saturated_tick_paces_the_other_lane_while_first_attempts_have_work() {
+        let l = lanes(4, 0.5);
+        let pace = |l: &Lanes| l.pace_gauge.get();
+        // No fresh work: nothing to protect, whatever the signal.
+        l.adapt(true, 200.0, false);
+        assert_eq!(pace(&l), 0);
         let _fresh = l.acquire(Lane::First).await;
-        // Three late ticks: 5 → 2 → 1, and never below one.
-        for _ in 0..3 {
-            l.adapt(true);
-        }
-        assert_eq!(limit(&l), 1);
-        let _replayed = l.acquire(Lane::Other).await;
-        assert!(blocked(&l, Lane::Other).await);
-        // Ticks on time: one more slot each, up to the lane's own part.
-        l.adapt(false);
-        let _second = l.acquire(Lane::Other).await;
-        assert!(blocked(&l, Lane::Other).await);
+        // Saturated, with nothing in the other lane to slow down: not paced.
+        l.adapt(true, 0.0, true);
+        assert_eq!(pace(&l), 0);
+        // Saturated while the lane starts 200 a second: half of that.
+        l.adapt(true, 200.0, true);
+        assert_eq!(pace(&l), 100);
+        drop(l.acquire(Lane::Other).await);
+        // The next start waits for its turn, 10 ms later, although its slot is free.
+        let asked = Instant::now();
+        drop(l.acquire(Lane::Other).await);
+        assert!(
+            asked.elapsed() >= Duration::from_millis(9),
+            "{:?}",
+            asked.elapsed()
+        );
+        // Saturated again: halved, and never below the least pace.
+        l.adapt(true, 100.0, true);
+        assert_eq!(pace(&l), 50);
         for _ in 0..10 {
-            l.adapt(false);
+            l.adapt(true, 100.0, true);
         }
-        assert_eq!(limit(&l), 5);
+        assert_eq!(pace(&l), 20, "MIN_PACE");
+        // Ticks on time while the lane uses its pace: a little faster each (0.5 % and 1/s).
+        l.adapt(false, 20.0, true);
+        assert_eq!(pace(&l), 21);
+        for _ in 0..100 {
+            l.adapt(false, 1_000.0, true);
+        }
+        assert_eq!(pace(&l), 164);
+        // A pace the lane does not use (a slow endpoint, no backlog) is neither raised nor
+        // lowered; raised again, at most to twice what it starts, once the lane uses it.
+        l.adapt(false, 50.0, true);
+        assert_eq!(pace(&l), 164);
+        l.adapt(false, 82.5, true);
+        assert_eq!(pace(&l), 165);
+        // Fresh work stops: not paced.
+        l.adapt(false, 10.0, false);
+        assert_eq!(pace(&l), 0);
+        assert_eq!(l.paced_wait(l.now()), Duration::ZERO);
     }
 
     #[tokio::test]
-    async fn without_first_attempts_the_other_lane_borrows_everything_whatever_its_limit() {
+    async fn without_first_attempts_the_other_lane_borrows_everything() {
         let l = lanes(4, 0.5);
-        l.adapt(true);
-        l.adapt(true);
         let mut replay = Vec::new();
         for _ in 0..4 {
             replay.push(l.acquire(Lane::Other).await);

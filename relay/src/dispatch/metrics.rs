@@ -16,8 +16,8 @@ pub struct DispatchMetrics {
     pub inflight: IntGauge,
     /// `relay_lane_inflight{lane}`
     pub lane_inflight: IntGaugeVec,
-    /// `relay_lane_other_limit`
-    pub lane_other_limit: IntGauge,
+    /// `relay_lane_other_pace`
+    pub lane_other_pace: IntGauge,
     /// `relay_subscriptions_loaded`
     pub subscriptions_loaded: IntGauge,
     /// `relay_events_ingested_total{source="amqp"}`: events published straight to the exchange.
@@ -75,10 +75,10 @@ impl DispatchMetrics {
                 "Webhook requests in flight by lane: first (first attempts of fresh events) and other (retries, replays, redrives, test pings).",
                 &["lane"],
             )?,
-            lane_other_limit: gauge(
+            lane_other_pace: gauge(
                 registry,
-                "relay_lane_other_limit",
-                "Slots the other lane may hold while first attempts have work: lowered while the dispatcher's runtime is saturated, raised back while it is not.",
+                "relay_lane_other_pace",
+                "Requests a second the other lane (retries, replays, redrives, test pings) may start while first attempts have work: halved while the dispatcher, the broker or the machine is saturated, raised back while not (0: not paced).",
             )?,
             subscriptions_loaded: gauge(
                 registry,

@@ -29,7 +29,7 @@ mod worker;
 
 /// The runtime lag past which the other lane gives way to first attempts (tests bound the
 /// fresh events' latency by it).
-pub use capacity::LAG_TARGET;
+pub use capacity::{LAG_TARGET, QUEUE_TARGET};
 
 use std::{sync::Arc, time::Duration};
 
@@ -209,7 +209,7 @@ pub async fn run(
         dispatch.max_inflight,
         dispatch.first_attempt_share,
         &metrics.lane_inflight,
-        metrics.lane_other_limit.clone(),
+        metrics.lane_other_pace.clone(),
     );
     background.spawn(lanes.clone().regulate(shutdown.clone()));
     let worker = Arc::new(worker::Worker {

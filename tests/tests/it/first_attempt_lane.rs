@@ -3,19 +3,21 @@
 //! the fresh deliveries' publish→delivery latency is compared with the same flow's just
 //! before the replay, in the same run.
 //!
-//! What is asserted is the part the dispatcher's lanes decide: the median time from the
-//! event's acceptance (its publish answered) to its delivery, within 4× of the flow alone or
-//! within the scavenger's lag target (10 ms) of it, whichever is larger. Without the scavenger
-//! limit on the other lane (README "Protecting endpoints") the replay took the processor and
-//! that median went from 3 ms to 55 ms (17×); with it, 5–6 ms on a quiet machine. The 10 ms
-//! floor is what the scavenger promises (it backs off whenever the runtime wakes more than
-//! 10 ms late): 4× alone is luck when the median alone is under a millisecond (a
-//! clean-clone run beside a release build: 0.87 ms alone, 4.03 ms beside).
+//! What is asserted is the part the dispatcher's lanes decide, from the event's acceptance
+//! (its publish answered) to its delivery: the p99 beside the replay within 2× of the flow
+//! alone or within the scavenger's queueing target (10 ms) of it, whichever is larger, and the
+//! median within 4× or 10 ms likewise. The 10 ms floor is what the scavenger promises (it
+//! slows the other lane whenever fresh events queue 10 ms beyond their usual delay), and 2×
+//! alone is luck when the p99 alone is a few milliseconds. Before the other lane was paced
+//! (README "Protecting endpoints") that p99 went from 4.6 ms alone to 18–33 ms beside the
+//! replay; paced, 10–16 ms beside against 7–26 ms alone in five quiet runs.
 //!
 //! The whole publish→delivery latency is printed, not asserted: on this 2-core box the broker,
-//! consumer-api, ingest, the dispatcher and the receivers share the processor, a replay slows
-//! the broker's confirms to ingest (median 7 → 17–26 ms), and the broker now and then holds a
-//! confirm for 200–700 ms with or without a replay, so a p99 of either phase is that luck.
+//! consumer-api, ingest, the dispatcher and the receivers share the processor and the disk,
+//! and the broker now and then holds a confirm to ingest for 100–300 ms with or without a
+//! replay (the first seconds after the 50,000 events were loaded had such stalls in every
+//! run), so a p99 of either phase is partly that luck. Paced, it was 23–40 ms beside against
+//! 39–345 ms for the whole phase alone, and 13–14 ms for its quietest 5 s (two runs).
 //!
 //! The test runs alone (`.config/nextest.toml` gives it every test thread): another test's
 //! load in one phase and not the other would be what the ratio measured.
@@ -124,7 +126,7 @@ fn latencies(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replay_of_50000_events_keeps_the_fresh_median_near_the_flow_alone() {
+async fn a_replay_of_50000_events_keeps_the_fresh_p99_near_the_flow_alone() {
     // consumer-api, which runs the replay job and records every attempt, in its own process
     // as deployed; the dispatcher and ingest in this one.
     let relay = System::start_with(Options::new(shared_amqp_url()).api_as_process()).await;
@@ -220,7 +222,14 @@ async fn a_replay_of_50000_events_keeps_the_fresh_median_near_the_flow_alone() {
         n_beside >= 1_000,
         "only {n_beside} fresh deliveries while the replay ran"
     );
-    let bound = (p50_after_alone * 4).max(p50_after_alone + relay::dispatch::LAG_TARGET);
+    let target = relay::dispatch::QUEUE_TARGET;
+    let bound = (p99_after_alone * 2).max(p99_after_alone + target);
+    assert!(
+        p99_after_beside <= bound,
+        "fresh events' p99 from acceptance to delivery {p99_after_beside:?} beside the replay \
+         vs {p99_after_alone:?} alone (bound {bound:?})"
+    );
+    let bound = (p50_after_alone * 4).max(p50_after_alone + target);
     assert!(
         p50_after_beside <= bound,
         "fresh events' median from acceptance to delivery {p50_after_beside:?} beside the \

@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use tests::{
     api::{Api, assert_problem},
     broker::shared_amqp_url,
+    process::DispatcherProcess,
     receiver::{self, Behaviour, Receiver},
     system::{ADMIN_KEY, Options, System},
 };
@@ -383,6 +384,74 @@ async fn one_replay_per_subscription_and_another_consumers_job_is_not_found() {
         .assert_problem(404, "not-found");
     // A stop hands the running job back (checked: stop returns promptly and cleanly).
     api.stop().await;
+}
+
+#[tokio::test]
+async fn a_replay_publishes_no_further_ahead_of_the_dispatchers_than_its_backlog() {
+    // No dispatcher at first: whatever the job publishes waits in `redeliver`.
+    let mut options = Options::new(shared_amqp_url());
+    options.dispatchers = 0;
+    let relay = System::start_with(options).await;
+    // Recorded events, as the recorder would have stored them: published through ingest,
+    // they would also wait in `ingress` and reach the subscription a second time, fresh.
+    const EVENTS: usize = 2_500;
+    let ids: Vec<String> = (0..EVENTS).map(|n| format!("evt_backlog_{n:05}")).collect();
+    let accepted_ms = OffsetDateTime::now_utc().unix_timestamp() * 1000;
+    let events: Vec<NewEvent> = ids
+        .iter()
+        .map(|id| NewEvent {
+            body: json!({"id": id, "type": "bulk.item", "data": {}, "occurred_at": now()})
+                .to_string(),
+            id: id.clone(),
+            event_type: "bulk.item".into(),
+            consumer: None,
+            accepted_ms,
+        })
+        .collect();
+    let store = Store::open(&relay.settings.api.process.database_url)
+        .await
+        .unwrap();
+    store.insert_events(&events).await.unwrap();
+    store.close().await;
+    let hook = Receiver::start().await;
+    let sub = relay.subscribe(&hook.url(), &["bulk.*"], None).await;
+    let (status, job) = call(
+        &relay,
+        ADMIN_KEY,
+        Method::POST,
+        &format!("/v1/subscriptions/{}/replay", sub["id"].as_str().unwrap()),
+        Some(json!({"since": "2020-01-01T00:00:00Z"})),
+    )
+    .await;
+    assert_eq!(status, 202, "{job}");
+    let id = job["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/replays/{id}");
+
+    // It fills the backlog (1,000 waiting, consumer-api's `replay_runner::BACKLOG`, plus the
+    // burst of 100 that crossed it), then waits for the dispatchers.
+    let filled = poll_until(&relay, ADMIN_KEY, &path, WAIT, |job| {
+        job["published"].as_i64().is_some_and(|p| p >= 1_000)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (_, held) = call(&relay, ADMIN_KEY, Method::GET, &path, None).await;
+    assert_eq!(held["state"], "running", "{held}");
+    assert!(
+        held["published"].as_i64().is_some_and(|p| p <= 1_100),
+        "published past its backlog with no dispatcher: {filled} then {held}"
+    );
+
+    // A dispatcher comes: the job goes on at its pace, to the end, each event once.
+    let _dispatcher = DispatcherProcess::start(&relay, &[]).await;
+    let job = wait_replay_ended(&relay, ADMIN_KEY, &id, Duration::from_secs(120)).await;
+    assert_eq!(
+        (job["state"].as_str(), job["published"].as_i64()),
+        (Some("done"), Some(EVENTS as i64)),
+        "{job}"
+    );
+    let (delivered, requests) = hook.wait_for_ids(&ids, Duration::from_secs(60)).await;
+    assert_eq!((delivered.len(), requests), (EVENTS, EVENTS));
+    relay.stop().await;
 }
 
 #[tokio::test]
