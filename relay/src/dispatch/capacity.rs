@@ -1,6 +1,7 @@
 //! The dispatcher's delivery capacity (`dispatch.max_inflight` requests at once) in two lanes:
-//! first attempts of fresh events (from `ingress`), and everything that comes back through
-//! `redeliver` (retries, replays, redrives, test pings).
+//! first attempts of fresh events (from `ingress`, or deferred by their subscription's rate
+//! limit or breaker), and the rest of what comes through `redeliver` (retries, replays,
+//! redrives, test pings).
 //!
 //! `dispatch.first_attempt_share` of the capacity is kept for first attempts and the rest for
 //! the other lane, while that lane has work: requests waiting or in flight, or one started

@@ -137,7 +137,7 @@ impl Worker {
         join_all(deliveries).await.into_iter().collect()
     }
 
-    /// A `redeliver` message: its one subscription's next attempt, unless the subscription
+    /// A `redeliver` message: its one subscription's next attempt (in its [`lane`]), unless the subscription
     /// is gone or disabled. It takes no lane: ordered deliveries retry in place, so what
     /// comes here for an ordered subscription is a replay or a redrive, sent when it comes.
     async fn redeliver(&self, delivery: &Delivery, parking: &Parking) -> Result<(), AmqpError> {
@@ -151,7 +151,7 @@ impl Worker {
                     &route,
                     &handoff.event,
                     handoff.attempts + 1,
-                    Lane::Other,
+                    lane(&handoff),
                     parking,
                     None,
                 )
@@ -452,6 +452,18 @@ enum Hold {
 }
 
 /// This event's delivery to one subscription, `attempts` made so far, after `error`.
+/// The lane of a `redeliver` message: a fresh event's first attempt that its subscription's
+/// rate limit or breaker deferred is still a first attempt; retries, and the stored events
+/// that replays, redrives and test pings send (without an acceptance time), are the other
+/// lane's.
+fn lane(handoff: &Handoff) -> Lane {
+    if handoff.attempts == 0 && handoff.event.accepted_ms.is_some() {
+        Lane::First
+    } else {
+        Lane::Other
+    }
+}
+
 fn handoff(
     event: &Arc<Event>,
     subscription_id: &str,
@@ -464,5 +476,32 @@ fn handoff(
         attempts,
         last_error: error.map(ToString::to_string),
         last_status: error.and_then(AttemptError::status),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_deferred_first_attempt_of_a_fresh_event_keeps_the_first_lane() {
+        let body = br#"{"id":"evt_1","type":"order.created","data":{}}"#;
+        let stored = Arc::new(Event::stored(body, "evt_1").unwrap());
+        let mut fresh = Event::stored(body, "evt_1").unwrap();
+        fresh.accepted_ms = Some(1_764_547_200_000);
+        let fresh = Arc::new(fresh);
+        let handoff = |event: &Arc<Event>, attempts| Handoff {
+            event: Arc::clone(event),
+            subscription_id: "sub_1".into(),
+            attempts,
+            last_error: None,
+            last_status: None,
+        };
+        // Held back by its own rate limit or breaker before any attempt.
+        assert_eq!(lane(&handoff(&fresh, 0)), Lane::First);
+        // A retry.
+        assert_eq!(lane(&handoff(&fresh, 1)), Lane::Other);
+        // A replay, a redrive, a test ping: stored events, no acceptance time.
+        assert_eq!(lane(&handoff(&stored, 0)), Lane::Other);
     }
 }
