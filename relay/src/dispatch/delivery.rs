@@ -137,9 +137,10 @@ impl Worker {
         join_all(deliveries).await.into_iter().collect()
     }
 
-    /// A `redeliver` message: its one subscription's next attempt (in its [`lane`]), unless the subscription
-    /// is gone or disabled. It takes no lane: ordered deliveries retry in place, so what
-    /// comes here for an ordered subscription is a replay or a redrive, sent when it comes.
+    /// A `redeliver` message: its one subscription's next attempt (in the capacity lane
+    /// [`lane`] picks), unless the subscription is gone or disabled. It takes no place in the
+    /// ordered lanes: ordered deliveries retry in place, so what comes here for an ordered
+    /// subscription is a replay or a redrive, sent when it comes.
     async fn redeliver(&self, delivery: &Delivery, parking: &Parking) -> Result<(), AmqpError> {
         let handoff = match Handoff::decode(&delivery.data, &delivery.properties) {
             Ok(handoff) => handoff,
