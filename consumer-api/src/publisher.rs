@@ -96,18 +96,8 @@ impl Publisher {
     /// How many messages wait in `redeliver` for a dispatcher (a passive declare); `None`
     /// when the broker does not say.
     pub async fn redeliver_backlog(&self) -> Option<u32> {
-        let passive = lapin::options::QueueDeclareOptions {
-            passive: true,
-            ..lapin::options::QueueDeclareOptions::default()
-        };
-        let queue = self
-            .channel()
-            .ok()?
-            .queue_declare(
-                self.topology.redeliver.as_str().into(),
-                passive,
-                lapin::types::FieldTable::default(),
-            )
+        let channel = self.channel().ok()?;
+        let queue = amqp::passive_declare(&channel, &self.topology.redeliver)
             .await
             .ok()?;
         Some(queue.message_count())
@@ -125,6 +115,7 @@ impl Publisher {
             attempts: 0,
             last_error: None,
             last_status: None,
+            fresh: false,
         };
         Ok(handoff.encode(None))
     }

@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use lapin::{
-    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties,
-    options::{BasicPublishOptions, ConfirmSelectOptions},
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Queue,
+    options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions},
     types::{AMQPValue, FieldTable, ShortString},
 };
 
@@ -87,6 +87,21 @@ pub async fn confirm_channel(connection: &Connection) -> Result<Channel, AmqpErr
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
     Ok(channel)
+}
+
+/// The queue named `queue` as the broker holds it now (its ready messages and consumers),
+/// without creating it: a passive `queue.declare`.
+///
+/// # Errors
+/// The queue does not exist (the broker then closes `channel`: 404) or the channel failed.
+pub async fn passive_declare(channel: &Channel, queue: &str) -> Result<Queue, lapin::Error> {
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions::default().passive(),
+            FieldTable::default(),
+        )
+        .await
 }
 
 /// A message ready to publish: body and properties, as [`crate::wire`] encodes them.

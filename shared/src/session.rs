@@ -185,16 +185,7 @@ async fn is_new(connection: &Connection, topology: &Topology) -> bool {
     let Ok(channel) = connection.create_channel().await else {
         return true;
     };
-    let passive = lapin::options::QueueDeclareOptions {
-        passive: true,
-        ..lapin::options::QueueDeclareOptions::default()
-    };
-    let found = channel
-        .queue_declare(
-            topology.ingress_queues()[0].as_str().into(),
-            passive,
-            lapin::types::FieldTable::default(),
-        )
+    let found = amqp::passive_declare(&channel, &topology.ingress_queues()[0])
         .await
         .is_ok();
     if found {

@@ -45,6 +45,8 @@ const EVENT_ID: &str = "x-relay-event-id";
 const LAST_ERROR: &str = "x-relay-last-error";
 /// The last HTTP status of a handed-off delivery (absent if none).
 const LAST_STATUS: &str = "x-relay-last-status";
+/// Present on a fresh event's first attempt that its subscription deferred.
+const FRESH: &str = "x-relay-fresh";
 
 /// Why a delivery is not the message it should be.
 #[derive(Debug, thiserror::Error)]
@@ -239,6 +241,10 @@ pub struct Handoff {
     pub last_error: Option<String>,
     /// The last HTTP status, if the endpoint answered.
     pub last_status: Option<u16>,
+    /// A fresh event's first attempt, deferred by its subscription's rate limit or breaker
+    /// before it was made: it is still a first attempt when it comes back. False for retries
+    /// and for what consumer-api sends (replays, redrives, test pings).
+    pub fresh: bool,
 }
 
 impl Handoff {
@@ -255,6 +261,9 @@ impl Handoff {
         }
         if let Some(status) = self.last_status {
             amqp::header(&mut headers, LAST_STATUS, status.to_string());
+        }
+        if self.fresh {
+            headers.insert(FRESH.into(), AMQPValue::Boolean(true));
         }
         let mut properties = amqp::persistent_json()
             .with_message_id(self.event.envelope.id.as_str().into())
@@ -299,6 +308,9 @@ impl Handoff {
             })?,
             last_error: amqp::header_text(headers, LAST_ERROR),
             last_status: last_status.and_then(|s| u16::try_from(s).ok()),
+            fresh: headers
+                .and_then(|h| h.inner().get(FRESH))
+                .is_some_and(|v| matches!(v, AMQPValue::Boolean(true))),
         })
     }
 }
@@ -503,6 +515,7 @@ mod tests {
             attempts: 3,
             last_error: Some("endpoint answered HTTP 500".into()),
             last_status: Some(500),
+            fresh: false,
         };
         let out = sent.encode(Some(Duration::from_millis(1500)));
         assert_eq!(
@@ -518,6 +531,15 @@ mod tests {
         assert_eq!(got.event.envelope.to_json(), sent.event.envelope.to_json());
         assert_eq!(got.event.trace, sent.event.trace);
         assert_eq!(got.event.accepted_ms, sent.event.accepted_ms);
+        assert!(!got.fresh);
+        // A deferred first attempt says so; nothing else does.
+        let deferred = Handoff {
+            attempts: 0,
+            fresh: true,
+            ..sent
+        };
+        let out = deferred.encode(Some(Duration::from_millis(1500)));
+        assert!(Handoff::decode(&out.body, &out.properties).unwrap().fresh);
     }
 
     #[test]

@@ -50,6 +50,7 @@ use super::{
     pacing::{Paced, Pacing, Ticket},
     step::{self, Signal},
     throttle::Metered,
+    waiting_room::Pin,
 };
 
 /// Deliveries that may wait per slow subscription, in caps: the expected wait of the last is
@@ -282,12 +283,13 @@ impl AdmissionControl {
         out
     }
 
-    /// May a request go to `subscription_id` (with `limits`) now, or after waiting its turn?
+    /// May a request go to `subscription_id` (with `limits`) now, or after waiting its turn
+    /// (holding `pin`'s message meanwhile)?
     ///
     /// An unlimited subscription that is not slowed down costs what the cap and breaker alone
     /// cost: one hold of this lock, no wait unless it is at its cap.
-    pub async fn admit(&self, subscription_id: &str, limits: &Limits) -> Admission {
-        let paced = match self.pacing.reserve(subscription_id, limits).await {
+    pub async fn admit(&self, subscription_id: &str, limits: &Limits, pin: Pin<'_>) -> Admission {
+        let paced = match self.pacing.reserve(subscription_id, limits, pin).await {
             Paced::Free => false,
             Paced::Go => true,
             Paced::Defer => return Admission::RateLimited,
@@ -504,11 +506,14 @@ mod tests {
             rate_limit: None,
             max_in_flight: Some(2),
         };
-        let a = iso.admit("s", &limits).await;
-        let b = iso.admit("s", &limits).await;
+        let a = iso.admit("s", &limits, Pin::Redelivery).await;
+        let b = iso.admit("s", &limits, Pin::Redelivery).await;
         assert!(matches!((&a, &b), (Admission::Go(_), Admission::Go(_))));
         iso.note("s", Some(false), MS, Signal::Neutral);
-        assert!(matches!(iso.admit("s", &limits).await, Admission::Failing));
+        assert!(matches!(
+            iso.admit("s", &limits, Pin::Redelivery).await,
+            Admission::Failing
+        ));
     }
 
     #[tokio::test]

@@ -34,6 +34,7 @@ use super::{
     parking::Parking,
     select,
     step::{self, DeadReason, Failure, Refusal, Step, Tried},
+    waiting_room::Pin,
     worker::{Kind, Worker},
 };
 use crate::{
@@ -132,7 +133,9 @@ impl Worker {
         let deliveries: Vec<_> = routes
             .iter()
             .enumerate()
-            .map(|(i, route)| self.deliver(route, &event, 1, Lane::First, parking, tickets.take(i)))
+            .map(|(i, route)| {
+                self.deliver(route, &event, 1, Origin::Ingress, parking, tickets.take(i))
+            })
             .collect();
         join_all(deliveries).await.into_iter().collect()
     }
@@ -152,7 +155,7 @@ impl Worker {
                     &route,
                     &handoff.event,
                     handoff.attempts + 1,
-                    lane(&handoff),
+                    Origin::Redeliver(lane(&handoff)),
                     parking,
                     None,
                 )
@@ -212,7 +215,8 @@ impl Worker {
             .await
     }
 
-    /// Delivers `event` to one subscription as attempt number `attempt` in `lane`: admit,
+    /// Delivers `event` to one subscription as attempt number `attempt`, its message from
+    /// `origin`: admit,
     /// send, decide, execute, report. `Ok` once it succeeded or is durably handed off. With a
     /// `ticket` (an `ordering: key` subscription) it first waits for its turn in the key's
     /// lane, and retries in place, holding the lane, instead of handing off to a retry tier.
@@ -221,10 +225,11 @@ impl Worker {
         route: &Route,
         event: &Arc<Event>,
         attempt: u32,
-        lane: Lane,
+        origin: Origin,
         parking: &Parking,
         mut ticket: Option<Ticket>,
     ) -> Result<(), AmqpError> {
+        let lane = origin.lane();
         let trace_id = event.trace.as_ref().map(TraceParent::trace_id_hex);
         let span = tracing::info_span!("delivery", event_id = %event.envelope.id, subscription_id = %route.id, attempt, trace_id);
         async {
@@ -242,7 +247,10 @@ impl Worker {
                     return Err(AmqpError::SessionClosed);
                 }
                 let started = (OffsetDateTime::now_utc(), Instant::now());
-                let refused = match self.admission.admit(&route.id, &route.limits).await {
+                let refused = match self
+                    .admission
+                    .admit(&route.id, &route.limits, origin.pin(event))
+                    .await {
                     Admission::Go(pass) => Err(pass),
                     Admission::RateLimited => Ok(Refusal::RateLimited),
                     Admission::CircuitOpen => Ok(Refusal::CircuitOpen),
@@ -295,7 +303,7 @@ impl Worker {
                 }
                 let ending = loop {
                     match self
-                        .execute(step, route, event, attempt, error, parking)
+                        .execute(step, route, event, (attempt, lane), error, parking)
                         .await
                     {
                         Ok(ending) => break ending,
@@ -365,21 +373,21 @@ impl Worker {
         (result, exchange, took)
     }
 
-    /// Carries out `step`: the hand-off it needs, or the 410 disable.
+    /// Carries out `step` for attempt number `attempt` in `lane`: the hand-off it needs, or
+    /// the 410 disable.
     async fn execute(
         &self,
         step: Step,
         route: &Route,
         event: &Arc<Event>,
-        attempt: u32,
+        (attempt, lane): (u32, Lane),
         error: Option<&AttemptError>,
         parking: &Parking,
     ) -> Result<Ending, AmqpError> {
         let failure = match step {
             Step::Done | Step::SendAnyway => return Ok(Ending::Delivered),
             Step::Defer { tier, reason } => {
-                // Not an attempt: the number of the next try stays the same.
-                let handoff = handoff(event, &route.id, attempt - 1, None);
+                let handoff = deferral(event, &route.id, attempt, lane);
                 parking
                     .retry(&handoff, tier, self.retry.ttl_with_jitter(tier))
                     .await?;
@@ -452,19 +460,53 @@ enum Hold {
     Over,
 }
 
-/// This event's delivery to one subscription, `attempts` made so far, after `error`.
+/// The queue a delivery's message came on, with its capacity lane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// An `ingress` event: a first attempt.
+    Ingress,
+    /// A `redeliver` message, in the lane [`lane`] picks.
+    Redeliver(Lane),
+}
+
+impl Origin {
+    fn lane(self) -> Lane {
+        match self {
+            Self::Ingress => Lane::First,
+            Self::Redeliver(lane) => lane,
+        }
+    }
+
+    /// What the delivery holds unacknowledged while it waits for its rate.
+    fn pin(self, event: &Event) -> Pin<'_> {
+        match self {
+            Self::Ingress => Pin::Event(event.envelope.id.as_str()),
+            Self::Redeliver(_) => Pin::Redelivery,
+        }
+    }
+}
+
 /// The lane of a `redeliver` message: a fresh event's first attempt that its subscription's
-/// rate limit or breaker deferred is still a first attempt; retries, and the stored events
-/// that replays, redrives and test pings send (without an acceptance time), are the other
-/// lane's.
+/// rate limit or breaker deferred is still a first attempt (whether ingest or a producer on
+/// AMQP published it); retries, replays, redrives and test pings are the other lane's.
 fn lane(handoff: &Handoff) -> Lane {
-    if handoff.attempts == 0 && handoff.event.accepted_ms.is_some() {
+    if handoff.fresh {
         Lane::First
     } else {
         Lane::Other
     }
 }
 
+/// Attempt number `attempt` in `lane`, deferred: not an attempt, so the number of the next
+/// try stays the same, and so does its lane.
+fn deferral(event: &Arc<Event>, subscription_id: &str, attempt: u32, lane: Lane) -> Handoff {
+    Handoff {
+        fresh: lane == Lane::First,
+        ..handoff(event, subscription_id, attempt - 1, None)
+    }
+}
+
+/// This event's delivery to one subscription, `attempts` made so far, after `error`.
 fn handoff(
     event: &Arc<Event>,
     subscription_id: &str,
@@ -477,6 +519,7 @@ fn handoff(
         attempts,
         last_error: error.map(ToString::to_string),
         last_status: error.and_then(AttemptError::status),
+        fresh: false,
     }
 }
 
@@ -485,24 +528,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_deferred_first_attempt_of_a_fresh_event_keeps_the_first_lane() {
+    fn a_deferred_first_attempt_comes_back_in_the_first_lane_and_nothing_else_does() {
         let body = br#"{"id":"evt_1","type":"order.created","data":{}}"#;
-        let stored = Arc::new(Event::stored(body, "evt_1").unwrap());
-        let mut fresh = Event::stored(body, "evt_1").unwrap();
-        fresh.accepted_ms = Some(1_764_547_200_000);
-        let fresh = Arc::new(fresh);
-        let handoff = |event: &Arc<Event>, attempts| Handoff {
-            event: Arc::clone(event),
-            subscription_id: "sub_1".into(),
-            attempts,
-            last_error: None,
-            last_status: None,
+        // Published straight over AMQP: no acceptance time, a first attempt all the same.
+        let event = Arc::new(Event::stored(body, "evt_1").unwrap());
+        let back = |handoff: Handoff| {
+            let message = handoff.encode(Some(Duration::from_secs(1)));
+            Handoff::decode(&message.body, &message.properties).unwrap()
         };
-        // Held back by its own rate limit or breaker before any attempt.
-        assert_eq!(lane(&handoff(&fresh, 0)), Lane::First);
-        // A retry.
-        assert_eq!(lane(&handoff(&fresh, 1)), Lane::Other);
-        // A replay, a redrive, a test ping: stored events, no acceptance time.
-        assert_eq!(lane(&handoff(&stored, 0)), Lane::Other);
+        // Held back by its own rate limit or breaker before any attempt, twice.
+        let once = back(deferral(&event, "sub_1", 1, Lane::First));
+        assert_eq!((once.attempts, lane(&once)), (0, Lane::First));
+        let twice = back(deferral(&event, "sub_1", once.attempts + 1, lane(&once)));
+        assert_eq!((twice.attempts, lane(&twice)), (0, Lane::First));
+        // A retry, and a retry deferred.
+        let retry = back(handoff(&event, "sub_1", 1, None));
+        assert_eq!((retry.attempts, lane(&retry)), (1, Lane::Other));
+        let deferred = back(deferral(&event, "sub_1", retry.attempts + 1, lane(&retry)));
+        assert_eq!((deferred.attempts, lane(&deferred)), (1, Lane::Other));
     }
 }

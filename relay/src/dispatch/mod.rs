@@ -25,6 +25,7 @@ mod step;
 mod sync;
 mod throttle;
 mod tier_watch;
+mod waiting_room;
 mod worker;
 
 /// The runtime lag past which the other lane gives way to first attempts (tests bound the

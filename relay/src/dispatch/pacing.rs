@@ -9,8 +9,9 @@
 //! parts never add up to more than the whole while dispatchers join and leave.
 //!
 //! **Waiting.** A delivery whose reserved start is at most `dispatch.rate_limit_wait` away
-//! waits for it in memory (at most `prefetch / 2` of them at once, so waiting deliveries never
-//! fill the prefetch window of the other subscriptions' events); otherwise it is deferred to
+//! waits for it in memory (holding at most `prefetch / 2` events and as many redeliveries,
+//! [`super::waiting_room`], so waiting deliveries never fill the prefetch window of the other
+//! subscriptions' messages); otherwise it is deferred to
 //! the first retry tier, not as an attempt, and comes back later. So is one that finds no
 //! window token within that wait, or that finds this dispatcher not yet settled for.
 //!
@@ -47,6 +48,7 @@ use super::{
     members::Members,
     step::Signal,
     throttle::{Metered, Pace, Slot, Throttle, WINDOW},
+    waiting_room::{Pin, WaitingRoom},
 };
 
 /// At most this many subscriptions get an effective-rate gauge (the most slowed first), so
@@ -58,23 +60,6 @@ const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How often a delivery waiting for this dispatcher to be settled for looks again.
 const READY_POLL: Duration = Duration::from_millis(50);
-
-/// A delivery waiting in memory for its reserved start, counted while it waits (also when the
-/// wait is cancelled).
-struct InRoom<'a>(&'a AtomicUsize);
-
-impl<'a> InRoom<'a> {
-    fn enter(waiting: &'a AtomicUsize) -> Self {
-        waiting.fetch_add(1, Ordering::Relaxed);
-        Self(waiting)
-    }
-}
-
-impl Drop for InRoom<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
 
 /// The pacing of this dispatcher.
 #[derive(Debug)]
@@ -95,8 +80,7 @@ pub struct Pacing {
     heartbeat: Duration,
     max_wait: Duration,
     max_retry_after: Duration,
-    waiting: AtomicUsize,
-    max_waiting: usize,
+    waiting: WaitingRoom,
     outbox: mpsc::Sender<ControlMessage>,
     metrics: PacingMetrics,
 }
@@ -201,7 +185,7 @@ pub struct PacingSettings {
     pub heartbeat: Duration,
     /// Longest wait in memory for a reserved slot or a window token.
     pub max_wait: Duration,
-    /// Most deliveries waiting in memory at once.
+    /// Most events, and most redeliveries, held by deliveries waiting in memory at once.
     pub max_waiting: usize,
     /// Longest `Retry-After` honoured.
     pub max_retry_after: Duration,
@@ -233,8 +217,7 @@ impl Pacing {
             heartbeat: settings.heartbeat,
             max_wait: settings.max_wait,
             max_retry_after: settings.max_retry_after,
-            waiting: AtomicUsize::new(0),
-            max_waiting: settings.max_waiting.max(1),
+            waiting: WaitingRoom::new(settings.max_waiting),
             outbox,
             metrics: PacingMetrics::register(registry)?,
         };
@@ -295,8 +278,8 @@ impl Pacing {
         ));
     }
 
-    /// Waits for this delivery's slot, or says to defer it.
-    pub async fn reserve(&self, subscription_id: &str, limits: &Limits) -> Paced {
+    /// Waits for this delivery's slot (holding `pin`'s message meanwhile), or says to defer it.
+    pub async fn reserve(&self, subscription_id: &str, limits: &Limits, pin: Pin<'_>) -> Paced {
         if !self.paced(subscription_id, limits) {
             return Paced::Free;
         }
@@ -342,8 +325,7 @@ impl Pacing {
             let now = Instant::now();
             let reserved = {
                 // With the waiting room full, only a slot free now is taken.
-                let full =
-                    in_room.is_none() && self.waiting.load(Ordering::Relaxed) >= self.max_waiting;
+                let full = in_room.is_none() && !self.waiting.admits(pin);
                 let wait = if full {
                     Duration::ZERO
                 } else {
@@ -366,7 +348,7 @@ impl Pacing {
                             .rate_limited
                             .with_label_values(&["waited"])
                             .inc();
-                        in_room = Some(InRoom::enter(&self.waiting));
+                        in_room = Some(self.waiting.enter(pin));
                     }
                     tokio::time::sleep_until(start.into()).await;
                     // The pace went down meanwhile (a slow-down, a pause): reserve again
@@ -819,10 +801,16 @@ mod tests {
     #[tokio::test]
     async fn unlimited_goes_at_once_and_limited_waits_to_be_settled_for() {
         let p = pacing(Duration::from_millis(100));
-        assert_eq!(p.reserve("free", &Limits::default()).await, Paced::Free);
+        assert_eq!(
+            p.reserve("free", &Limits::default(), Pin::Redelivery).await,
+            Paced::Free
+        );
         // Never hears itself: deferred after the wait allowed.
         let asked = Instant::now();
-        assert_eq!(p.reserve("paced", &limited(10.0)).await, Paced::Defer);
+        assert_eq!(
+            p.reserve("paced", &limited(10.0), Pin::Redelivery).await,
+            Paced::Defer
+        );
         assert!(asked.elapsed() >= Duration::from_millis(50));
     }
 
@@ -833,7 +821,10 @@ mod tests {
         Arc::get_mut(&mut p).unwrap().hold = Duration::from_millis(400);
         let _beat = settle(&p, &["other"]).await;
         // 1 req/s, half each: 5 tokens per window here.
-        assert_eq!(p.reserve("s", &limited(1.0)).await, Paced::Go);
+        assert_eq!(
+            p.reserve("s", &limited(1.0), Pin::Redelivery).await,
+            Paced::Go
+        );
         let mut tickets = Vec::new();
         for _ in 0..5 {
             tickets.push(p.take("s").await.expect("a token"));
@@ -854,7 +845,10 @@ mod tests {
         let mut q = pacing(Duration::from_millis(100));
         Arc::get_mut(&mut q).unwrap().hold = Duration::from_secs(60);
         let _beat = settle(&q, &[]).await;
-        assert_eq!(q.reserve("s", &limited(0.1)).await, Paced::Go);
+        assert_eq!(
+            q.reserve("s", &limited(0.1), Pin::Redelivery).await,
+            Paced::Go
+        );
         let _held = q.take("s").await.expect("one token");
         assert!(q.take("s").await.is_none());
     }
@@ -865,7 +859,7 @@ mod tests {
         let _beat = settle(&p, &[]).await;
         let free = Limits::default();
         let at = Instant::now();
-        assert_eq!(p.reserve("u", &free).await, Paced::Free);
+        assert_eq!(p.reserve("u", &free, Pin::Redelivery).await, Paced::Free);
         p.observe("u", &free, Signal::Succeeded, Metered::new(at));
         assert!(
             p.throttles().is_empty(),
@@ -878,7 +872,7 @@ mod tests {
         p.observe("u", &free, pause, Metered::new(at));
         assert!(p.unlimited.load().contains("u"));
         let asked = Instant::now();
-        assert_eq!(p.reserve("u", &free).await, Paced::Go);
+        assert_eq!(p.reserve("u", &free, Pin::Redelivery).await, Paced::Go);
         assert!(
             asked.elapsed() >= Duration::from_millis(150),
             "the pause did not hold"
@@ -886,7 +880,7 @@ mod tests {
         // Nothing left to pace after the pause: free again.
         p.observe("u", &free, Signal::Succeeded, Metered::new(at));
         assert!(!p.unlimited.load().contains("u"));
-        assert_eq!(p.reserve("u", &free).await, Paced::Free);
+        assert_eq!(p.reserve("u", &free, Pin::Redelivery).await, Paced::Free);
 
         // What the subscription completed before its first 429 is what it slows down from.
         let mut metered = Metered::new(at);
@@ -907,7 +901,7 @@ mod tests {
             step_millis: Some(250),
         });
         assert!(p.unlimited.load().contains("v"));
-        assert_eq!(p.reserve("v", &free).await, Paced::Go);
+        assert_eq!(p.reserve("v", &free, Pin::Redelivery).await, Paced::Go);
     }
 
     #[tokio::test]
@@ -915,11 +909,14 @@ mod tests {
         let p = pacing(Duration::from_secs(5));
         let _beat = settle(&p, &[]).await;
         // One start every 500 ms.
-        assert_eq!(p.reserve("s", &limited(2.0)).await, Paced::Go);
+        assert_eq!(
+            p.reserve("s", &limited(2.0), Pin::Redelivery).await,
+            Paced::Go
+        );
         let asked = Instant::now();
         let waiter = tokio::spawn({
             let p = p.clone();
-            async move { p.reserve("s", &limited(2.0)).await }
+            async move { p.reserve("s", &limited(2.0), Pin::Redelivery).await }
         });
         tokio::time::sleep(Duration::from_millis(100)).await;
         // Another dispatcher was told `Retry-After: 1` while this delivery waited.

@@ -15,7 +15,7 @@
 
 use std::time::Duration;
 
-use lapin::{Channel, options::QueueDeclareOptions, types::FieldTable};
+use lapin::Channel;
 use prometheus::{IntGaugeVec, Registry};
 use tokio::sync::watch;
 
@@ -136,14 +136,7 @@ impl QueueSampler {
             let declare = async {
                 match tier {
                     Some((_, delay)) => self.topology.declare_retry_tier(&open, *delay).await,
-                    None => {
-                        open.queue_declare(
-                            name.as_str().into(),
-                            QueueDeclareOptions::default().passive(),
-                            FieldTable::default(),
-                        )
-                        .await
-                    }
+                    None => amqp::passive_declare(&open, name).await,
                 }
             };
             let declared = tokio::time::timeout(Duration::from_secs(5), declare).await;
