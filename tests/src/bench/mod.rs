@@ -1018,6 +1018,21 @@ impl Bench {
         eprintln!("[{} {label}] preparing", spec.scenario);
         self.sink.reset();
         let system = self.start(&spec, &tag).await?;
+        if let (Some(relay), Some(_)) = (&system.relay, spec.limited) {
+            // A new dispatcher sends to limited subscriptions only once it has heard the
+            // others for three heartbeats (README "Protecting endpoints"): (h) measures the
+            // limits kept, not that start.
+            let deadline = Instant::now() + Duration::from_secs(15);
+            #[allow(clippy::cast_precision_loss)]
+            while relay
+                .dispatch_metric("relay_dispatcher_rate_limits_ready", &[])
+                .await
+                < spec.dispatchers as f64
+                && Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
         let events = Events {
             run: tag.clone(),
             size: self.opts.size,
