@@ -3,21 +3,20 @@
 //! the fresh deliveries' publish→delivery latency is compared with the same flow's just
 //! before the replay, in the same run.
 //!
-//! What is asserted is the part the dispatcher's lanes decide, from the event's acceptance
-//! (its publish answered) to its delivery: the p99 beside the replay within 2× of the flow
-//! alone or within the scavenger's queueing target (10 ms) of it, whichever is larger, and the
-//! median within 4× or 10 ms likewise. The 10 ms floor is what the scavenger promises (it
-//! slows the other lane whenever fresh events queue 10 ms beyond their usual delay), and 2×
-//! alone is luck when the p99 alone is a few milliseconds. Before the other lane was paced
-//! (README "Protecting endpoints") that p99 went from 4.6 ms alone to 18–33 ms beside the
-//! replay; paced, 10–16 ms beside against 7–26 ms alone in five quiet runs.
+//! Asserted, from the start of each publish to its delivery (the whole path, ingest's broker
+//! confirm included): the p99 beside the replay within 2x of the flow alone or within the
+//! scavenger's queueing target (10 ms) of it, whichever is larger, and the median within 4x or
+//! 10 ms likewise; the same for the part from the publish's answer to the delivery. The 10 ms
+//! floor is what the scavenger promises (it slows the other lane whenever fresh events reach
+//! the dispatcher 10 ms later than their quickest), and 2x alone is luck when a p99 is a few
+//! milliseconds.
 //!
-//! The whole publish→delivery latency is printed, not asserted: on this 2-core box the broker,
-//! consumer-api, ingest, the dispatcher and the receivers share the processor and the disk,
-//! and the broker now and then holds a confirm to ingest for 100–300 ms with or without a
-//! replay (the first seconds after the 50,000 events were loaded had such stalls in every
-//! run), so a p99 of either phase is partly that luck. Paced, it was 23–40 ms beside against
-//! 39–345 ms for the whole phase alone, and 13–14 ms for its quietest 5 s (two runs).
+//! Measured (debug build, dependencies optimized, 2026-12-01): with the scavenger reacting to
+//! two late ticks in a row, the whole-path p99 went from 13.7 ms alone to 30.9 ms beside the
+//! replay (2.3x; ingest's confirms waited for a broker that also carried the replay) while the
+//! median barely moved; reacting to one late tick, 18.4 ms beside. The flow alone sometimes
+//! meets the broker's stalls of 100–500 ms in the first seconds after the 50,000 events were
+//! loaded, which only makes the bound looser; the 5 s warm-up leaves some of them out.
 //!
 //! The test runs alone (`.config/nextest.toml` gives it every test thread): another test's
 //! load in one phase and not the other would be what the ratio measured.
@@ -48,8 +47,11 @@ const REPLAYED: usize = 50_000;
 const FRESH_SUBSCRIPTIONS: usize = 10;
 /// One fresh event every 50 ms: 20 events/s, 200 deliveries/s.
 const PERIOD: Duration = Duration::from_millis(50);
-/// How long the flow runs alone, after a second of warm-up, before the replay starts.
+/// How long the flow runs alone before the replay starts, after [`WARM_UP`].
 const ALONE: Duration = Duration::from_secs(15);
+/// The flow's first seconds, not measured: connections open, and the broker settles after
+/// taking the 50,000 events.
+const WARM_UP: Duration = Duration::from_secs(5);
 
 /// Fresh events published at a fixed rate, each on its own task (an open loop: a slow answer
 /// does not delay the next event), with the instant each publish started.
@@ -125,6 +127,21 @@ fn latencies(
     latencies
 }
 
+/// How long the publishes started in `[from, to)` waited for their answer (ingest's broker
+/// confirm, mostly), sorted.
+fn answer_waits(
+    published: &HashMap<String, (Instant, Instant)>,
+    (from, to): (Instant, Instant),
+) -> Vec<Duration> {
+    let mut waits: Vec<Duration> = published
+        .values()
+        .filter(|(at, _)| *at >= from && *at < to)
+        .map(|(at, answered)| answered.saturating_duration_since(*at))
+        .collect();
+    waits.sort();
+    waits
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replay_of_50000_events_keeps_the_fresh_p99_near_the_flow_alone() {
     // consumer-api, which runs the replay job and records every attempt, in its own process
@@ -152,8 +169,8 @@ async fn a_replay_of_50000_events_keeps_the_fresh_p99_near_the_flow_alone() {
     }
 
     let flow = Flow::start(&relay);
-    let warm = Instant::now() + Duration::from_secs(1);
-    tokio::time::sleep(Duration::from_secs(1) + ALONE).await;
+    let warm = Instant::now() + WARM_UP;
+    tokio::time::sleep(WARM_UP + ALONE).await;
     let replay_asked = Instant::now();
     let answer = relay
         .api(
@@ -209,6 +226,16 @@ async fn a_replay_of_50000_events_keeps_the_fresh_p99_near_the_flow_alone() {
     let (n_beside, p50_beside, p99_beside) = figures(beside, false);
     let (_, p50_after_alone, p99_after_alone) = figures(alone, true);
     let (_, p50_after_beside, p99_after_beside) = figures(beside, true);
+    let answers = |phase| {
+        let w = answer_waits(&published, phase);
+        (percentile(&w, 0.5), percentile(&w, 0.99))
+    };
+    let ((p50_answer_alone, p99_answer_alone), (p50_answer_beside, p99_answer_beside)) =
+        (answers(alone), answers(beside));
+    eprintln!(
+        "FIGURE publish answered after: alone p50 {p50_answer_alone:?} p99 \
+         {p99_answer_alone:?}, beside p50 {p50_answer_beside:?} p99 {p99_answer_beside:?}"
+    );
     eprintln!(
         "FIGURE replay of {REPLAYED} in {:.1} s ({:.0}/s); fresh deliveries alone: {n_alone}, \
          p50 {p50_alone:?} p99 {p99_alone:?}; beside the replay: {n_beside}, p50 {p50_beside:?} \
@@ -223,17 +250,27 @@ async fn a_replay_of_50000_events_keeps_the_fresh_p99_near_the_flow_alone() {
         "only {n_beside} fresh deliveries while the replay ran"
     );
     let target = relay::dispatch::QUEUE_TARGET;
-    let bound = (p99_after_alone * 2).max(p99_after_alone + target);
-    assert!(
-        p99_after_beside <= bound,
-        "fresh events' p99 from acceptance to delivery {p99_after_beside:?} beside the replay \
-         vs {p99_after_alone:?} alone (bound {bound:?})"
-    );
-    let bound = (p50_after_alone * 4).max(p50_after_alone + target);
-    assert!(
-        p50_after_beside <= bound,
-        "fresh events' median from acceptance to delivery {p50_after_beside:?} beside the \
-         replay vs {p50_after_alone:?} alone (bound {bound:?})"
-    );
+    let checks = [
+        ("publish", (p50_alone, p99_alone), (p50_beside, p99_beside)),
+        (
+            "acceptance",
+            (p50_after_alone, p99_after_alone),
+            (p50_after_beside, p99_after_beside),
+        ),
+    ];
+    for (from, (p50_alone, p99_alone), (p50_beside, p99_beside)) in checks {
+        let bound = (p99_alone * 2).max(p99_alone + target);
+        assert!(
+            p99_beside <= bound,
+            "fresh events' p99 from {from} to delivery {p99_beside:?} beside the replay vs \
+             {p99_alone:?} alone (bound {bound:?})"
+        );
+        let bound = (p50_alone * 4).max(p50_alone + target);
+        assert!(
+            p50_beside <= bound,
+            "fresh events' median from {from} to delivery {p50_beside:?} beside the replay vs \
+             {p50_alone:?} alone (bound {bound:?})"
+        );
+    }
     relay.stop().await;
 }
