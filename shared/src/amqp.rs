@@ -153,6 +153,14 @@ pub fn header_i64(headers: Option<&FieldTable>, name: &str) -> Option<i64> {
     }
 }
 
+/// Whether a header is present as boolean true.
+pub fn header_bool(headers: Option<&FieldTable>, name: &str) -> bool {
+    matches!(
+        headers.and_then(|h| h.inner().get(name)),
+        Some(AMQPValue::Boolean(true))
+    )
+}
+
 /// Publishes and waits for the broker's confirm, bounded by `timeout`.
 ///
 /// # Errors

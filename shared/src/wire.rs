@@ -308,9 +308,7 @@ impl Handoff {
             })?,
             last_error: amqp::header_text(headers, LAST_ERROR),
             last_status: last_status.and_then(|s| u16::try_from(s).ok()),
-            fresh: headers
-                .and_then(|h| h.inner().get(FRESH))
-                .is_some_and(|v| matches!(v, AMQPValue::Boolean(true))),
+            fresh: amqp::header_bool(headers, FRESH),
         })
     }
 }

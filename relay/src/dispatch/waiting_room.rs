@@ -13,7 +13,7 @@
 use std::{
     collections::HashMap,
     sync::{
-        Mutex, MutexGuard, PoisonError,
+        Arc, Mutex, MutexGuard, PoisonError,
         atomic::{AtomicUsize, Ordering},
     },
 };
@@ -32,7 +32,7 @@ pub enum Pin<'a> {
 #[derive(Debug)]
 pub struct WaitingRoom {
     /// Event id → deliveries of it waiting.
-    events: Mutex<HashMap<String, usize>>,
+    events: Mutex<HashMap<Arc<str>, usize>>,
     redeliveries: AtomicUsize,
     max: usize,
 }
@@ -41,7 +41,8 @@ pub struct WaitingRoom {
 #[derive(Debug)]
 pub struct Seat<'a> {
     room: &'a WaitingRoom,
-    event: Option<String>,
+    /// The map's own key: one allocation per waiting event, not per waiting delivery.
+    event: Option<Arc<str>>,
 }
 
 impl WaitingRoom {
@@ -72,8 +73,13 @@ impl WaitingRoom {
     pub fn enter(&self, pin: Pin<'_>) -> Seat<'_> {
         let event = match pin {
             Pin::Event(id) => {
-                *self.events().entry(id.to_owned()).or_default() += 1;
-                Some(id.to_owned())
+                let mut events = self.events();
+                let key = match events.get_key_value(id) {
+                    Some((key, _)) => Arc::clone(key),
+                    None => Arc::from(id),
+                };
+                *events.entry(Arc::clone(&key)).or_default() += 1;
+                Some(key)
             }
             Pin::Redelivery => {
                 self.redeliveries.fetch_add(1, Ordering::Relaxed);
@@ -83,7 +89,7 @@ impl WaitingRoom {
         Seat { room: self, event }
     }
 
-    fn events(&self) -> MutexGuard<'_, HashMap<String, usize>> {
+    fn events(&self) -> MutexGuard<'_, HashMap<Arc<str>, usize>> {
         self.events.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -93,10 +99,10 @@ impl Drop for Seat<'_> {
         match self.event.take() {
             Some(id) => {
                 let mut events = self.room.events();
-                if let Some(waiting) = events.get_mut(&id) {
+                if let Some(waiting) = events.get_mut(&*id) {
                     *waiting -= 1;
                     if *waiting == 0 {
-                        events.remove(&id);
+                        events.remove(&*id);
                     }
                 }
             }
