@@ -14,9 +14,9 @@
 //! Measured (debug build, dependencies optimized, 2026-12-01): with the scavenger reacting to
 //! two late ticks in a row, the whole-path p99 went from 13.7 ms alone to 30.9 ms beside the
 //! replay (2.3x; ingest's confirms waited for a broker that also carried the replay) while the
-//! median barely moved; reacting to one late tick, 18.4 ms beside. The flow alone sometimes
-//! meets the broker's stalls of 100–500 ms in the first seconds after the 50,000 events were
-//! loaded, which only makes the bound looser; the 5 s warm-up leaves some of them out.
+//! median barely moved; reacting to one late tick, 18.4–19.3 ms (four runs). The flow alone
+//! often meets the broker's stalls of 100–500 ms in the first seconds after the 50,000 events
+//! were loaded, which only makes the bound looser; the 5 s warm-up leaves some of them out.
 //!
 //! The test runs alone (`.config/nextest.toml` gives it every test thread): another test's
 //! load in one phase and not the other would be what the ratio measured.
