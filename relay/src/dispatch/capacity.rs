@@ -23,12 +23,12 @@
 //! dispatcher's runtime answered late (by more than [`LAG_TARGET`]: it is saturated) or fresh
 //! events arrived more than [`QUEUE_TARGET`] later after their acceptance than the quickest of
 //! the last minute ([`FreshQueueing`]: the broker or the machine is saturated, which the
-//! dispatcher's own runtime may not feel), the pace becomes half of what
-//! the lane started lately (at least [`MIN_PACE`], so that a replay always progresses); after
-//! each other tick it rises by [`PACE_RISE`] and one start a second, up to twice what the lane
-//! starts (a pace the lane does not use is not raised). Background work so takes what the
-//! processor has to spare and gives it back as soon as fresh work would wait for it. Without
-//! fresh work the lane is not paced.
+//! dispatcher's own runtime may not feel), the pace becomes half of what the lane started
+//! lately (at least [`MIN_PACE`], so that a replay always progresses); after each other tick
+//! it rises by [`PACE_RISE`] and one start a second, up to twice what the lane starts (a pace
+//! the lane does not use is not raised). Background work so takes what the processor has to
+//! spare and gives it back as soon as fresh work would wait for it. Without fresh work the
+//! lane is not paced.
 //!
 //! No lock on the delivery path: taking a slot is one compare-and-swap on both lanes' counts.
 //! A request that has to wait queues in its lane and is woken in turn (the oldest first) as
