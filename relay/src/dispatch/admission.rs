@@ -374,6 +374,12 @@ impl AdmissionControl {
         }
     }
 
+    /// How long a delivery deferred for its rate waits in the tier of `tier`: see
+    /// [`Pacing::comeback`].
+    pub fn comeback(&self, subscription_id: &str, tier: Duration) -> Duration {
+        self.pacing.comeback(subscription_id, tier)
+    }
+
     /// Records an attempt's result and the request's duration: a success closes the circuit,
     /// failures past the threshold open it (again, after a failed probe); the rate learns
     /// from it (a 429 or 503 slows the subscription down).

@@ -388,9 +388,12 @@ impl Worker {
             Step::Done | Step::SendAnyway => return Ok(Ending::Delivered),
             Step::Defer { tier, reason } => {
                 let handoff = deferral(event, &route.id, attempt, lane);
-                parking
-                    .retry(&handoff, tier, self.retry.ttl_with_jitter(tier))
-                    .await?;
+                // Held back by its rate: back when its subscription has room, not in a clump.
+                let ttl = match reason {
+                    Refusal::RateLimited => self.admission.comeback(&route.id, tier),
+                    _ => self.retry.ttl_with_jitter(tier),
+                };
+                parking.retry(&handoff, tier, ttl).await?;
                 return Ok(Ending::Deferred(reason));
             }
             Step::Disable { otherwise } => {

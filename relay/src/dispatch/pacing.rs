@@ -365,6 +365,17 @@ impl Pacing {
         Paced::Go
     }
 
+    /// How long a delivery of `subscription_id` deferred for its rate waits in the tier of
+    /// `tier`: see [`Throttle::comeback`] (the whole tier when it is not paced here).
+    pub fn comeback(&self, subscription_id: &str, tier: Duration) -> Duration {
+        let share = self.share();
+        self.throttles()
+            .get_mut(subscription_id)
+            .map_or(tier, |throttle| {
+                throttle.comeback(Instant::now(), share, tier)
+            })
+    }
+
     /// Keeps the real starts at least one interval apart: deliveries that woke late (a busy
     /// machine) go one by one instead of all at once, so a stall never turns into a burst.
     async fn gate(&self, subscription_id: &str, share: f64) {

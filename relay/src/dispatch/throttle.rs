@@ -107,6 +107,9 @@ pub struct Throttle {
     epoch: u64,
     /// When a delivery last had to wait for its start or token, or was deferred.
     held_back: Option<Instant>,
+    /// When the next delivery deferred for its rate should come back: one interval after
+    /// the one deferred before it (see [`Throttle::comeback`]).
+    comeback: Option<Instant>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -246,6 +249,7 @@ impl Throttle {
             touched: now,
             epoch: 0,
             held_back: None,
+            comeback: None,
         }
     }
 
@@ -282,6 +286,7 @@ impl Throttle {
 
     fn forget_reservations(&mut self) {
         self.next = None;
+        self.comeback = None;
         self.epoch += 1;
     }
 
@@ -349,14 +354,38 @@ impl Throttle {
             return Slot::Later;
         }
         if let Some(rate) = self.rate() {
-            let local = (rate * share).max(f64::MIN_POSITIVE);
-            self.next = Some(earliest + Duration::from_secs_f64((1.0 / local).min(3600.0)));
+            self.next = Some(earliest + interval(rate, share));
         }
         if earliest > now {
             Slot::At(earliest)
         } else {
             Slot::Now
         }
+    }
+
+    /// How long a delivery deferred for its rate at `now` waits in the tier of `tier` (whose
+    /// queue holds nothing longer): until the first start free after the ones reserved and
+    /// the deliveries deferred before it, one interval each at this dispatcher's pace. So a
+    /// backlog in the tier comes back at the rate, not all of it one tier later, when its
+    /// subscription's starts would long have been free. Further away than the tier: the
+    /// tier, taking no interval (it is spread when it is back).
+    pub fn comeback(&mut self, now: Instant, share: f64, tier: Duration) -> Duration {
+        let Some(rate) = self.rate() else {
+            // Unlimited and paused: back when the pause ends.
+            return self
+                .paused_until
+                .map_or(tier, |until| until.saturating_duration_since(now).min(tier));
+        };
+        let at = [self.paused_until, self.next, self.comeback]
+            .into_iter()
+            .flatten()
+            .fold(now, Instant::max);
+        let wait = at.duration_since(now);
+        if wait >= tier {
+            return tier;
+        }
+        self.comeback = Some(at + interval(rate, share));
+        wait
     }
 
     /// A request is about to start at `now`: `Ok` (and counted) when the real starts keep
@@ -367,8 +396,7 @@ impl Throttle {
         let Some(rate) = self.rate() else {
             return Ok(());
         };
-        let local = (rate * share).max(f64::MIN_POSITIVE);
-        let interval = Duration::from_secs_f64((1.0 / local).min(3600.0));
+        let interval = interval(rate, share);
         let tolerance = interval * START_TOLERANCE;
         let due = self.last_start.map_or(now, |due| due.max(now));
         if due > now + tolerance {
@@ -567,6 +595,13 @@ impl Throttle {
     }
 }
 
+/// The time between two starts on a dispatcher taking `share` of a total `rate` (at most an
+/// hour, however low the rate).
+fn interval(rate: f64, share: f64) -> Duration {
+    let local = (rate * share).max(f64::MIN_POSITIVE);
+    Duration::from_secs_f64((1.0 / local).min(3600.0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -633,6 +668,36 @@ mod tests {
         // Idle time is not banked: after a pause the pace starts again from now.
         let later = t0 + Duration::from_secs(60);
         assert_eq!(starts(&mut t, t0, later, 1.0 / 3.0, 2), [60_000, 60_100]);
+    }
+
+    #[test]
+    fn deferred_deliveries_come_back_at_the_pace_after_the_reserved_ones() {
+        let t0 = Instant::now();
+        let tier = Duration::from_secs(5);
+        // 20 req/s for all, half here: one every 100 ms; one second reserved ahead.
+        let mut t = Throttle::new(Some(20.0), t0);
+        assert_eq!(starts(&mut t, t0, t0, 0.5, 10).last(), Some(&900));
+        // Deferred ones come back one interval apart from the first free start (1 s)...
+        let back: Vec<u128> = (0..4)
+            .map(|_| t.comeback(t0, 0.5, tier).as_millis())
+            .collect();
+        assert_eq!(back, [1000, 1100, 1200, 1300]);
+        // ...up to the tier: 36 more fit within 5 s, the rest wait the whole tier and take
+        // no interval, so the next deferred later still fills the gap they left.
+        let spread = (0..100)
+            .map(|_| t.comeback(t0, 0.5, tier))
+            .take_while(|wait| *wait < tier)
+            .count();
+        assert_eq!(spread, 36);
+        assert_eq!(t.comeback(t0, 0.5, tier), tier);
+        assert_eq!(t.comeback(t0 + ms(500), 0.5, tier), ms(4500));
+        // Nothing deferred for a while: back as soon as a start is free.
+        assert_eq!(t.comeback(t0 + ms(60_000), 0.5, tier), Duration::ZERO);
+        // Paused by Retry-After: not before the pause ends, limited or not.
+        let mut u = Throttle::new(None, t0);
+        assert_eq!(u.comeback(t0, 1.0, tier), tier);
+        u.slow_down(t0, 1.0, Some(ms(2000)));
+        assert_eq!(u.comeback(t0, 1.0, tier), ms(2000));
     }
 
     #[test]
