@@ -29,9 +29,11 @@ pub struct DispatchSettings {
     /// Delays before each retry after the first try; after the last, a delivery is dead.
     #[serde(deserialize_with = "durations")]
     pub retry_schedule: Vec<Duration>,
-    /// Random extra delay, as a fraction of the tier's delay (0.1 = up to +10 %).
+    /// Random jitter, as a fraction of the tier's delay taken off it (0.1 = up to 10 % sooner;
+    /// never sooner than a `Retry-After`).
     pub retry_jitter: f64,
-    /// Longest `Retry-After` honoured on 429/502/503/504 (the largest tier not above it is used).
+    /// Longest `Retry-After` honoured on 429/502/503/504 (the shortest tier at least that long
+    /// is used; beyond the largest tier, the largest).
     #[serde(with = "humantime_serde")]
     pub max_retry_after: Duration,
     /// Webhook requests one subscription may have in flight on one dispatcher. A delivery that

@@ -280,7 +280,7 @@ impl Worker {
                 };
                 let error = result.as_ref().and_then(|r| r.as_ref().err());
                 if let Some(held_since) = held_since {
-                    match self.hold(step, held_since) {
+                    match self.hold(step, error, held_since) {
                         Hold::Wait { ending, ttl, next } => {
                             let mut outcome = self.outcome(
                                 event,
@@ -331,20 +331,29 @@ impl Worker {
 
     /// For an ordered delivery, whether `step` waits in place (holding its key), and how
     /// long, or the hold is over.
-    fn hold(&self, step: Step, held_since: Instant) -> Hold {
-        let (tier, ending, next) = match step {
-            Step::Defer { tier, reason } => (tier, Ending::Deferred(reason), 0),
+    fn hold(&self, step: Step, error: Option<&AttemptError>, held_since: Instant) -> Hold {
+        let (ttl, ending, next) = match step {
+            Step::Defer { tier, reason } => (
+                self.retry.ttl_with_jitter(tier, Duration::ZERO),
+                Ending::Deferred(reason),
+                0,
+            ),
             Step::Failed(Failure::Retry { tier }) => {
-                let due = OffsetDateTime::now_utc() + tier;
-                (tier, Ending::RetryScheduled { tier, due }, 1)
+                let ttl = self.retry.ttl_with_jitter(tier, self.asked(error));
+                let due = OffsetDateTime::now_utc() + ttl;
+                (ttl, Ending::RetryScheduled { tier, due }, 1)
             }
             _ => return Hold::No,
         };
-        let ttl = self.retry.ttl_with_jitter(tier);
         if held_since.elapsed() + ttl > self.ordered_hold {
             return Hold::Over;
         }
         Hold::Wait { ending, ttl, next }
+    }
+
+    /// What the endpoint's `Retry-After`, if it sent one with `error`, asks a retry to wait.
+    fn asked(&self, error: Option<&AttemptError>) -> Duration {
+        self.retry.asked(error.and_then(AttemptError::retry_after))
     }
 
     /// One HTTP request, within the global in-flight cap (in its lane); its result, the
@@ -391,7 +400,7 @@ impl Worker {
                 // Held back by its rate: back when its subscription has room, not in a clump.
                 let ttl = match reason {
                     Refusal::RateLimited => self.admission.comeback(&route.id, tier),
-                    _ => self.retry.ttl_with_jitter(tier),
+                    _ => self.retry.ttl_with_jitter(tier, Duration::ZERO),
                 };
                 parking.retry(&handoff, tier, ttl).await?;
                 return Ok(Ending::Deferred(reason));
@@ -411,7 +420,7 @@ impl Worker {
         let handoff = handoff(event, &route.id, attempt, error);
         match failure {
             Failure::Retry { tier } => {
-                let ttl = self.retry.ttl_with_jitter(tier);
+                let ttl = self.retry.ttl_with_jitter(tier, self.asked(error));
                 parking.retry(&handoff, tier, ttl).await?;
                 Ok(Ending::RetryScheduled {
                     tier,

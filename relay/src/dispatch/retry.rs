@@ -1,10 +1,13 @@
 //! The retry schedule: after a failed attempt, which delay tier the next one waits in.
 //!
-//! Delays live in per-tier queues (one TTL per queue), so the schedule costs no broker plugin
-//! and a message never waits behind one with a longer delay. Jitter is a per-message TTL of
-//! at most `retry_jitter` × the tier's delay on top of it, so a burst of failures from one
-//! outage does not come back as one burst; since a queue expires messages from its head, a
-//! message can wait behind another's jitter, by at most that same fraction of the delay.
+//! Delays live in per-tier queues (one TTL per queue), so the schedule costs no broker plugin.
+//! Jitter is a per-message TTL of up to `retry_jitter` × the tier's delay *shorter* than the
+//! delay, never shorter than the endpoint's `Retry-After`: RabbitMQ applies the lower of the
+//! queue's TTL and the message's, so jitter on top of the delay would never apply. Since a
+//! queue expires messages from its head, a message can wait behind another's longer TTL, so
+//! jitter spreads failures that were spread a little, not one burst (which comes back as the
+//! burst it was, one delay later): the breaker and the rate limits are what shield an
+//! endpoint from it. Never longer than the tier's delay either way.
 
 use std::time::Duration;
 
@@ -60,9 +63,7 @@ impl RetryPolicy {
         let Some(&scheduled) = self.schedule.get(attempt.saturating_sub(1) as usize) else {
             return NextStep::Dead;
         };
-        let wanted = retry_after
-            .map(|s| Duration::from_secs(s).min(self.max_retry_after))
-            .unwrap_or_default();
+        let wanted = self.asked(retry_after);
         // Honour Retry-After by waiting in the shortest tier that is at least as long (never
         // shorter than the schedule asks); beyond the largest tier, the largest.
         let tier = if wanted > scheduled {
@@ -82,11 +83,20 @@ impl RetryPolicy {
         }
     }
 
-    /// The per-message TTL for a wait in `tier`: the delay plus random jitter.
-    pub fn ttl_with_jitter(&self, tier: Duration) -> Duration {
+    /// The wait an endpoint's `Retry-After` (seconds) asks for, within `max_retry_after`.
+    pub fn asked(&self, retry_after: Option<u64>) -> Duration {
+        retry_after
+            .map(|s| Duration::from_secs(s).min(self.max_retry_after))
+            .unwrap_or_default()
+    }
+
+    /// The per-message TTL for a wait in `tier`: the delay less random jitter, but not less
+    /// than `at_least` (what the endpoint asked for, see [`RetryPolicy::asked`]).
+    pub fn ttl_with_jitter(&self, tier: Duration, at_least: Duration) -> Duration {
         let unit = f64::from(u32::from_le_bytes(relay_shared::ids::random_bytes::<4>()))
             / f64::from(u32::MAX);
-        tier + tier.mul_f64(self.jitter * unit)
+        tier.saturating_sub(tier.mul_f64(self.jitter * unit))
+            .max(at_least.min(tier))
     }
 }
 
@@ -161,12 +171,27 @@ mod tests {
     }
 
     #[test]
-    fn jitter_stays_within_its_fraction() {
+    fn jitter_shortens_within_its_fraction_and_never_below_retry_after() {
         let p = policy();
-        for _ in 0..1000 {
-            let ttl = p.ttl_with_jitter(secs(100));
-            assert!(ttl >= secs(100) && ttl <= secs(110), "{ttl:?}");
-        }
+        let ttls: Vec<Duration> = (0..1000)
+            .map(|_| p.ttl_with_jitter(secs(100), Duration::ZERO))
+            .collect();
+        assert!(ttls.iter().all(|ttl| *ttl >= secs(90) && *ttl <= secs(100)));
+        // Really jittered: not all the same (1000 draws of a 10 s range).
+        assert!(
+            ttls.iter()
+                .max()
+                .unwrap()
+                .saturating_sub(*ttls.iter().min().unwrap())
+                > secs(5)
+        );
+        // Retry-After: 99 s in the 100 s tier waits at least 99 s.
+        let asked = p.asked(Some(99));
+        assert!((0..1000).all(|_| p.ttl_with_jitter(secs(100), asked) >= secs(99)));
+        // Never beyond the tier (the queue's own TTL), and max_retry_after bounds what is asked.
+        assert_eq!(p.ttl_with_jitter(secs(5), p.asked(Some(60))), secs(5));
+        assert_eq!(p.asked(Some(86_400)), secs(3600));
+        assert_eq!(p.asked(None), Duration::ZERO);
     }
 
     #[test]
