@@ -12,8 +12,10 @@
 //! waits for it in memory (holding at most `prefetch / 2` events and as many redeliveries,
 //! [`super::waiting_room`], so waiting deliveries never fill the prefetch window of the other
 //! subscriptions' messages); otherwise it is deferred to
-//! the first retry tier, not as an attempt, and comes back later. So is one that finds no
-//! window token within that wait, or that finds this dispatcher not yet settled for.
+//! the first retry tier, not as an attempt, and comes back about when its subscription has a
+//! start free ([`Pacing::comeback`]), not one tier later with everything deferred with it. So
+//! is one that finds no window token within that wait, or that finds this dispatcher not yet
+//! settled for.
 //!
 //! **Slow-down.** A 429 or 503 is applied here and sent to the others as `SlowDown` (the new
 //! total rate and the `Retry-After` pause), so the whole subscription slows down and pauses.

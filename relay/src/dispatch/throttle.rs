@@ -13,8 +13,10 @@
 //!   start): each dispatcher sends at `rate × share`, where `share` is its part of the
 //!   dispatchers alive ([`super::members`]), so the window's tokens are spread out evenly.
 //!   A request reserves its start time; when that is further away than the wait allowed in
-//!   memory, the delivery is deferred instead (it is not an attempt). The next start advances by exactly one interval from the reserved time,
-//!   not from when the request really went out, so timer slack does not lower the rate.
+//!   memory, the delivery is deferred instead (it is not an attempt), to come back at the
+//!   pace after the deliveries deferred before it ([`Throttle::comeback`]). The next start
+//!   advances by exactly one interval from the reserved time, not from when the request
+//!   really went out, so timer slack does not lower the rate.
 //! - **Slow-down**: a 429 or 503 lowers the effective rate to `DECREASE ×` the lower of the
 //!   current rate and the rate the endpoint accepted over the last second or two (a
 //!   subscription without a limit slows down from what really got through); at most once per
